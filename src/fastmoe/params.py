@@ -1,0 +1,252 @@
+"""The parameter object of a softmax-gated multinomial-logistic mixture of experts.
+
+Shapes follow ``MODEL.md`` section 1: ``beta0 (k,)``, ``beta1 (k, d_gate)``, ``a (k, K, d)``, ``b (k, K)``
+and the gating transform ``M`` that maps the expert input ``x`` (``d`` features) to the gating input
+``M(x)`` (``d_gate`` features). The engine works on the packed forms ``W = [beta0 | beta1]`` of shape
+``(k, 1 + d_gate)`` and ``V = [b | a]`` of shape ``(k, K, 1 + d)``: column 0 is always the intercept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+import numpy as np
+from scipy.special import expit
+
+__all__ = ["MoEParams", "GATING_TRANSFORMS", "gate_input"]
+
+
+def _identity(X):
+    return X
+
+
+#: Built-in gating transforms. ``identity`` is the standard softmax gating; the bounded ones give the
+#: *modified* softmax gating of Nguyen et al. (ICML 2024), applied to the gating input only.
+GATING_TRANSFORMS = {"identity": _identity, "tanh": np.tanh, "sigmoid": expit}
+
+Gating = Union[str, Callable[[np.ndarray], np.ndarray]]
+
+
+def _check_gating(gating):
+    if isinstance(gating, str):
+        if gating not in GATING_TRANSFORMS:
+            raise ValueError(
+                f"unknown gating transform {gating!r}; expected one of {sorted(GATING_TRANSFORMS)} "
+                "or a callable mapping X (n, d) to M(X) (n, d_gate)"
+            )
+        return gating
+    if callable(gating):
+        return gating
+    raise TypeError(f"gating must be a transform name or a callable, got {type(gating).__name__}")
+
+
+def gate_input(gating, X):
+    """Return the gating design ``M(X)`` as a C-contiguous float64 array.
+
+    For ``"identity"`` this is ``X`` itself (no copy), so standard gating costs no extra memory.
+    """
+    gating = _check_gating(gating)
+    if isinstance(gating, str):
+        if gating == "identity":
+            return X
+        return np.ascontiguousarray(GATING_TRANSFORMS[gating](X), dtype=np.float64)
+    Z = np.ascontiguousarray(gating(X), dtype=np.float64)
+    if Z.ndim != 2 or Z.shape[0] != X.shape[0]:
+        raise ValueError(
+            f"the gating callable must map X of shape {X.shape} to an array (n_samples={X.shape[0]}, d_gate); "
+            f"got shape {Z.shape}"
+        )
+    if not np.isfinite(Z).all():
+        raise ValueError("the gating callable returned NaN or inf")
+    return Z
+
+
+def _as_float_array(name, value, ndim):
+    arr = np.array(value, dtype=np.float64, copy=True)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-d array, got {arr.ndim}-d with shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class MoEParams:
+    """Parameters of a softmax-gated multinomial-logistic mixture of experts.
+
+    ``P(Y = s | x) = sum_i softmax_i(beta1_i . M(x) + beta0_i) * softmax_s(a_si . x + b_si)``.
+
+    Parameters
+    ----------
+    beta0 : array-like of shape (n_experts,)
+        Gating intercepts.
+    beta1 : array-like of shape (n_experts, n_gate_features)
+        Gating slopes, acting on ``M(x)``.
+    a : array-like of shape (n_experts, n_classes, n_features)
+        Expert slopes: ``a[i, s]`` is the slope of class ``s`` in expert ``i``.
+    b : array-like of shape (n_experts, n_classes)
+        Expert intercepts.
+    gating : {"identity", "tanh", "sigmoid"} or callable, default="identity"
+        The gating transform ``M``. ``"identity"`` is standard softmax gating; a bounded transform gives
+        the modified softmax gating. A callable maps ``X (n, d)`` to ``M(X) (n, d_gate)``.
+
+    Notes
+    -----
+    Softmax is invariant to a common shift of all experts' gating parameters and of all classes'
+    parameters within an expert; :meth:`normalized` moves to the reference conventions (last expert
+    and last class zero) without changing the model. Arrays are stored read-only.
+    """
+
+    beta0: np.ndarray
+    beta1: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    gating: Gating = field(default="identity")
+
+    def __post_init__(self):
+        beta0 = _as_float_array("beta0", self.beta0, 1)
+        beta1 = _as_float_array("beta1", self.beta1, 2)
+        a = _as_float_array("a", self.a, 3)
+        b = _as_float_array("b", self.b, 2)
+        k = beta0.shape[0]
+        if k < 1:
+            raise ValueError("a mixture needs at least one expert; beta0 is empty")
+        if beta1.shape[0] != k:
+            raise ValueError(f"beta1 has {beta1.shape[0]} rows but beta0 has {k} experts")
+        if a.shape[0] != k or b.shape[0] != k:
+            raise ValueError(f"a has {a.shape[0]} and b has {b.shape[0]} experts but beta0 has {k}")
+        if a.shape[1] != b.shape[1]:
+            raise ValueError(f"a has {a.shape[1]} classes but b has {b.shape[1]}")
+        if a.shape[1] < 2:
+            raise ValueError(f"the experts need at least 2 classes, got {a.shape[1]}")
+        if a.shape[2] < 1 or beta1.shape[1] < 1:
+            raise ValueError(f"need at least one feature; got a.shape={a.shape}, beta1.shape={beta1.shape}")
+        gating = _check_gating(self.gating)
+        if isinstance(gating, str) and beta1.shape[1] != a.shape[2]:
+            raise ValueError(
+                f"gating {gating!r} keeps the number of features, so beta1 needs {a.shape[2]} columns "
+                f"(a has {a.shape[2]} features), got {beta1.shape[1]}"
+            )
+        for name, value in (("beta0", beta0), ("beta1", beta1), ("a", a), ("b", b), ("gating", gating)):
+            object.__setattr__(self, name, value)
+
+    # -- shapes ---------------------------------------------------------------------------------------
+    @property
+    def n_experts(self) -> int:
+        return self.beta0.shape[0]
+
+    @property
+    def n_classes(self) -> int:
+        return self.a.shape[1]
+
+    @property
+    def n_features(self) -> int:
+        return self.a.shape[2]
+
+    @property
+    def n_gate_features(self) -> int:
+        return self.beta1.shape[1]
+
+    @property
+    def n_free_params(self) -> int:
+        """``(k - 1)(d_gate + 1) + k (K - 1)(d + 1)``: the count after the reference conventions."""
+        k, K, d = self.n_experts, self.n_classes, self.n_features
+        return (k - 1) * (self.n_gate_features + 1) + k * (K - 1) * (d + 1)
+
+    @property
+    def gating_name(self) -> str:
+        return self.gating if isinstance(self.gating, str) else getattr(self.gating, "__name__", "callable")
+
+    # -- conventions ----------------------------------------------------------------------------------
+    def normalized(self) -> "MoEParams":
+        """Return the same model in the reference conventions (last expert and last class zero)."""
+        return MoEParams(
+            beta0=self.beta0 - self.beta0[-1],
+            beta1=self.beta1 - self.beta1[-1],
+            a=self.a - self.a[:, -1:, :],
+            b=self.b - self.b[:, -1:],
+            gating=self.gating,
+        )
+
+    def gate_input(self, X) -> np.ndarray:
+        """The gating design ``M(X)`` for this parameter set's transform."""
+        return gate_input(self.gating, X)
+
+    # -- packed forms used by the engine ----------------------------------------------------------------
+    def packed(self):
+        """Return ``(W, V)``: ``W = [beta0 | beta1]`` (k, 1+d_gate) and ``V = [b | a]`` (k, K, 1+d)."""
+        W = np.empty((self.n_experts, 1 + self.n_gate_features))
+        W[:, 0] = self.beta0
+        W[:, 1:] = self.beta1
+        V = np.empty((self.n_experts, self.n_classes, 1 + self.n_features))
+        V[:, :, 0] = self.b
+        V[:, :, 1:] = self.a
+        return W, V
+
+    @classmethod
+    def from_packed(cls, W, V, gating="identity") -> "MoEParams":
+        W = np.asarray(W, dtype=np.float64)
+        V = np.asarray(V, dtype=np.float64)
+        return cls(beta0=W[:, 0], beta1=W[:, 1:], a=V[:, :, 1:], b=V[:, :, 0], gating=gating)
+
+    # -- comparison, (de)serialisation ------------------------------------------------------------------
+    def allclose(self, other: "MoEParams", rtol=1e-7, atol=1e-9) -> bool:
+        """Whether two parameter sets agree entry by entry (same expert order, same conventions)."""
+        return (
+            self.gating_name == other.gating_name
+            and all(
+                getattr(self, f).shape == getattr(other, f).shape
+                and np.allclose(getattr(self, f), getattr(other, f), rtol=rtol, atol=atol)
+                for f in ("beta0", "beta1", "a", "b")
+            )
+        )
+
+    def to_dict(self) -> dict:
+        """Plain-Python form (lists and a transform name), ready for JSON."""
+        if not isinstance(self.gating, str):
+            raise ValueError("parameters with a callable gating transform cannot be serialised; use a named one")
+        return {
+            "beta0": self.beta0.tolist(),
+            "beta1": self.beta1.tolist(),
+            "a": self.a.tolist(),
+            "b": self.b.tolist(),
+            "gating": self.gating,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, gating=None) -> "MoEParams":
+        """Inverse of :meth:`to_dict`; ``gating`` overrides the stored transform."""
+        missing = {"beta0", "beta1", "a", "b"} - set(data)
+        if missing:
+            raise ValueError(f"parameter dict lacks {sorted(missing)}")
+        return cls(
+            beta0=data["beta0"],
+            beta1=data["beta1"],
+            a=data["a"],
+            b=data["b"],
+            gating=gating if gating is not None else data.get("gating", "identity"),
+        )
+
+    def save(self, path) -> None:
+        """Write the parameters as JSON."""
+        with open(path, "w") as fh:
+            json.dump(self.to_dict(), fh, indent=1)
+
+    @classmethod
+    def load(cls, path) -> "MoEParams":
+        with open(path) as fh:
+            return cls.from_dict(json.load(fh))
+
+    def __repr__(self) -> str:
+        with np.printoptions(precision=4, suppress=True, threshold=50):
+            body = ",\n".join(
+                f"  {name}={np.array2string(getattr(self, name), prefix='  ' + name + '=')}"
+                for name in ("beta0", "beta1", "a", "b")
+            )
+        return (
+            f"MoEParams(n_experts={self.n_experts}, n_classes={self.n_classes}, "
+            f"n_features={self.n_features}, gating={self.gating_name!r},\n{body})"
+        )
