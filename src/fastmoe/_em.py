@@ -1,0 +1,239 @@
+"""The generalised EM loop and the data-driven initialisations.
+
+Each iteration costs one fused kernel pass (MODEL.md section 2). At the current parameters the pass
+returns the log-likelihood, the responsibilities' sufficient statistics and every block's gradient and
+negative Hessian; each block then takes one Newton step. The *next* pass, at the new parameters,
+returns the new log-likelihood for free: if it did not decrease the step is kept, otherwise each
+block's step is halved until its own Q function increases (``halve_until_q_increases``), which by
+the EM inequality makes the log-likelihood increase. So the log-likelihood (penalised, when ``l2 > 0``)
+never decreases, and the common case costs a single pass per iteration.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._engine import Problem
+from ._newton import halve_until_q_increases, newton_directions
+from .exceptions import FitWarning
+
+# A free logit whose bound over the data's bounding box exceeds this (odds beyond e^150) means the
+# coefficients are running off to infinity: quasi-separation, where the MLE does not exist.
+DIVERGENCE_LOGIT = 150.0
+# An expert whose responsibility mass is below this fraction of the total weight has no data to fit.
+EMPTY_EXPERT_FRACTION = 1e-8
+# Log-likelihood drops smaller than this (relative) are rounding in the summation, not a real decrease.
+ROUNDING_SLACK = 1e-12
+# Initialisation: M-steps are fitted on at most this many samples, with this softening of hard labels.
+INIT_SUBSAMPLE = 20_000
+INIT_LABEL_SMOOTHING = 0.1
+INIT_L2 = 1.0
+INIT_NEWTON_ITER = 25
+
+
+@dataclass
+class EMState:
+    """What the loop hands back to ``fit``."""
+
+    W: np.ndarray
+    V: np.ndarray
+    objective: float
+    loglik: float
+    n_iter: int
+    converged: bool
+    diverged: bool
+    stopped: bool
+    empty_experts: tuple
+    history: list = field(default_factory=list)
+    n_ridged: int = 0
+    n_halvings: int = 0
+
+
+class _Penalty:
+    """``l2 / 2 * ||slopes||^2`` per M-step block: gating first, then one entry per expert."""
+
+    def __init__(self, l2, n_experts):
+        self.l2 = float(l2)
+        self.n_experts = n_experts
+
+    def blocks(self, W, V):
+        out = np.zeros(self.n_experts + 1)
+        if self.l2 > 0.0:
+            out[0] = 0.5 * self.l2 * np.sum(W[:, 1:] ** 2)
+            out[1:] = 0.5 * self.l2 * np.sum(V[:, :, 1:] ** 2, axis=(1, 2))
+        return out
+
+    def __call__(self, W, V):
+        return self.blocks(W, V)
+
+
+def _slope_masks(problem):
+    k, K = problem.n_experts, problem.n_classes
+    gate = np.ones((k - 1, problem.n_gate_features + 1))
+    gate[:, 0] = 0.0
+    expert = np.ones((K - 1, problem.n_features + 1))
+    expert[:, 0] = 0.0
+    return gate.ravel(), expert.ravel()
+
+
+def logit_bound(W, V, x_scale, z_scale):
+    """Largest possible |free logit| over the box ``|x_j| <= x_scale_j``: a cheap divergence gauge."""
+    gate = np.abs(W[:, 0]) + np.abs(W[:, 1:]) @ z_scale
+    expert = np.abs(V[:, :, 0]) + np.abs(V[:, :, 1:]) @ x_scale
+    return float(max(gate.max(), expert.max()))
+
+
+def run_em(problem: Problem, W, V, *, max_iter, tol, l2, callback=None, verbose=0, make_params=None):
+    """Generalised EM from (W, V) until the relative objective change is below ``tol``.
+
+    Parameters
+    ----------
+    problem : Problem
+    W, V : packed starting parameters in reference conventions (copied).
+    max_iter : int; tol : float; l2 : float
+    callback : callable ``(iteration, loglik, params) -> bool`` or None; returning True stops the fit.
+    verbose : int; 0 silent, 1 a line every 10 iterations, 2 every iteration.
+    make_params : callable ``(W, V) -> MoEParams`` used for the callback.
+
+    Returns
+    -------
+    EMState
+    """
+    W, V = W.copy(), V.copy()
+    k = problem.n_experts
+    penalty = _Penalty(l2, k)
+    mask_gate, mask_expert = _slope_masks(problem)
+    x_scale = np.abs(problem.X).max(axis=0)
+    z_scale = x_scale if problem.Z is problem.X else np.abs(problem.Z).max(axis=0)
+    empty_cut = EMPTY_EXPERT_FRACTION * problem.total_weight
+
+    result = problem.newton_pass(W, V)
+    objective = result.loglik - penalty(W, V).sum()
+    state = EMState(W, V, objective, result.loglik, 0, False, False, False, (), [objective])
+    start = time.perf_counter()
+    for iteration in range(1, max_iter + 1):
+        active = result.expert_weight > empty_cut
+        dW, dV, n_ridged = newton_directions(result, W, V, l2, mask_gate, mask_expert, active)
+        state.n_ridged += n_ridged
+        W_new, V_new = W + dW, V + dV
+        result_new = problem.newton_pass(W_new, V_new)
+        objective_new = result_new.loglik - penalty(W_new, V_new).sum()
+        slack = ROUNDING_SLACK * abs(objective)
+        if not objective_new >= objective - slack:  # also catches NaN
+            q_old = result.q - penalty(W, V)
+            W_new, V_new, n_rounds = halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty)
+            state.n_halvings += n_rounds
+            result_new = problem.newton_pass(W_new, V_new)
+            objective_new = result_new.loglik - penalty(W_new, V_new).sum()
+            if not objective_new >= objective - slack:
+                warnings.warn(
+                    f"the log-likelihood decreased from {objective!r} to {objective_new!r} at iteration "
+                    f"{iteration} despite step halving; stopping at the previous parameters (please report)",
+                    FitWarning,
+                    stacklevel=3,
+                )
+                state.n_iter = iteration - 1
+                break
+        change = objective_new - objective
+        W, V, result, objective = W_new, V_new, result_new, objective_new
+        state.history.append(objective)
+        state.n_iter = iteration
+        if verbose and (verbose > 1 or iteration % 10 == 0):
+            print(
+                f"[fastmoe] iter {iteration:5d}  loglik {result.loglik:.10g}  change {change:.3e}  "
+                f"{time.perf_counter() - start:.2f}s",
+                flush=True,
+            )
+        if callback is not None and callback(iteration, result.loglik, make_params(W, V)):
+            state.stopped = True
+            break
+        if abs(change) <= tol * max(abs(objective), np.finfo(float).tiny):
+            state.converged = True
+            break
+        if logit_bound(W, V, x_scale, z_scale) > DIVERGENCE_LOGIT:
+            break
+    state.W, state.V = W, V
+    state.diverged = logit_bound(W, V, x_scale, z_scale) > DIVERGENCE_LOGIT
+    state.objective, state.loglik = objective, result.loglik
+    state.empty_experts = tuple(int(i) for i in np.flatnonzero(result.expert_weight <= empty_cut))
+    return state
+
+
+def m_step_from_responsibilities(problem: Problem, resp, l2=INIT_L2, max_iter=INIT_NEWTON_ITER):
+    """Fit (W, V) to fixed responsibilities ``resp`` (n, k) by Newton steps on each block's Q.
+
+    Used to turn a partition of the data into starting parameters. A small ridge keeps a cluster
+    in which some class never occurs from sending its intercept to -inf.
+    """
+    k, K = problem.n_experts, problem.n_classes
+    W = np.zeros((k, problem.n_gate_features + 1))
+    V = np.zeros((k, K, problem.n_features + 1))
+    penalty = _Penalty(l2, k)
+    mask_gate, mask_expert = _slope_masks(problem)
+    active = np.ones(k, dtype=bool)
+    q_prev = -np.inf
+    for _ in range(max_iter):
+        result = problem.newton_pass(W, V, resp)
+        q = result.q - penalty(W, V)
+        if abs(q.sum() - q_prev) <= 1e-10 * abs(q.sum()):
+            break
+        q_prev = q.sum()
+        dW, dV, _ = newton_directions(result, W, V, l2, mask_gate, mask_expert, active)
+        W, V, _ = halve_until_q_increases(problem, W, V, dW, dV, q, penalty, resp)
+    return W, V
+
+
+def _kmeans_labels(Z, k, rng, n_lloyd=20):
+    """Hard labels from k-means (k-means++ seeding, a few Lloyd iterations) on the gating inputs."""
+    n = Z.shape[0]
+    centers = np.empty((k, Z.shape[1]))
+    centers[0] = Z[rng.integers(n)]
+    dist = np.sum((Z - centers[0]) ** 2, axis=1)
+    for c in range(1, k):
+        total = dist.sum()
+        idx = rng.choice(n, p=dist / total) if total > 0 else rng.integers(n)
+        centers[c] = Z[idx]
+        dist = np.minimum(dist, np.sum((Z - centers[c]) ** 2, axis=1))
+    labels = np.zeros(n, dtype=np.intp)
+    for _ in range(n_lloyd):
+        d2 = ((Z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
+        new = d2.argmin(axis=1)
+        if _ > 0 and np.array_equal(new, labels):
+            break
+        labels = new
+        for c in range(k):
+            members = Z[labels == c]
+            if members.shape[0]:
+                centers[c] = members.mean(axis=0)
+    return labels
+
+
+def _random_labels(Z, k, rng):
+    """Hard labels from a random linear gating: random directions through the data's spread."""
+    scale = Z.std(axis=0)
+    scale[scale == 0] = 1.0
+    logits = ((Z - Z.mean(axis=0)) / scale) @ rng.standard_normal((Z.shape[1], k)) + rng.standard_normal(k)
+    return logits.argmax(axis=1)
+
+
+def initial_parameters(problem: Problem, method, rng):
+    """Starting (W, V) from a data partition: ``"kmeans"`` on the gating inputs or ``"random"``.
+
+    Works on a subsample of at most ``INIT_SUBSAMPLE`` rows: a start only needs to be roughly right.
+    The hard labels are softened so that no expert starts without data.
+    """
+    n, k = problem.n_samples, problem.n_experts
+    rows = np.sort(rng.choice(n, size=INIT_SUBSAMPLE, replace=False)) if n > INIT_SUBSAMPLE else slice(None)
+    X = np.ascontiguousarray(problem.X[rows])
+    Z = X if problem.Z is problem.X else np.ascontiguousarray(problem.Z[rows])
+    y = np.ascontiguousarray(problem.y[rows])
+    w = np.ascontiguousarray(problem.sample_weight[rows]) if problem.sample_weight.size else problem.sample_weight
+    sub = Problem(X, Z, y, w, k, problem.n_classes, problem.n_threads)
+    labels = _kmeans_labels(Z, k, rng) if method == "kmeans" else _random_labels(Z, k, rng)
+    resp = np.full((X.shape[0], k), INIT_LABEL_SMOOTHING / k)
+    resp[np.arange(X.shape[0]), labels] += 1.0 - INIT_LABEL_SMOOTHING
+    return m_step_from_responsibilities(sub, resp)

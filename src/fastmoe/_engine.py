@@ -1,0 +1,118 @@
+"""The data of one fit bound to the compiled kernels: validated once, buffers allocated once.
+
+``Problem`` hands the EM loop the few operations it needs (log-likelihood, the fused Newton pass,
+M-step objectives at trial parameters) in terms of the packed parameters ``W`` (k, 1 + d_gate) and
+``V`` (k, K, 1 + d), and turns the kernels' packed upper-triangle Hessians into full matrices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels
+
+
+def _pair_index(n_blocks):
+    """Symmetric (n_blocks, n_blocks) map to the triu-order pair number."""
+    index = np.zeros((n_blocks, n_blocks), dtype=np.intp)
+    rows, cols = np.triu_indices(n_blocks)
+    index[rows, cols] = np.arange(rows.size)
+    index[cols, rows] = np.arange(rows.size)
+    return index
+
+
+def block_hessian_index(n_blocks, block_size):
+    """Index that expands the kernels' packed Hessian into a full symmetric matrix.
+
+    The kernels store, for each block pair ``(i <= j)`` in triu order, the triu entries of a
+    symmetric ``block_size`` square; entry ``((i, p), (j, q))`` of the full matrix sits at
+    ``pair(i, j) * m + triu(p, q)`` with ``m = block_size (block_size + 1) / 2``.
+    """
+    m = block_size * (block_size + 1) // 2
+    pair = _pair_index(n_blocks)
+    entry = _pair_index(block_size)
+    full = pair[:, None, :, None] * m + entry[None, :, None, :]
+    return full.reshape(n_blocks * block_size, n_blocks * block_size)
+
+
+@dataclass
+class PassResult:
+    """What one fused pass returns, with full negative Hessians.
+
+    ``q`` holds ``Q_gate`` then ``Q_1 .. Q_k`` at the parameters of the pass; ``expert_weight`` the
+    soft sizes ``sum_n w_n tau_ni``; gradients are flattened per block in the order of the free
+    parameters (``W[:k-1].ravel()`` and ``V[i, :K-1].ravel()``).
+    """
+
+    loglik: float
+    q: np.ndarray
+    expert_weight: np.ndarray
+    grad_gate: np.ndarray
+    hess_gate: np.ndarray
+    grad_expert: np.ndarray
+    hess_expert: np.ndarray
+
+
+class Problem:
+    """Validated data of a fit and the kernel calls on it.
+
+    Parameters
+    ----------
+    X, Z : C-contiguous float64 arrays (n, d) and (n, d_gate); ``Z is X`` for standard gating.
+    y : int32/int64 labels; sample_weight : float64 (n,) or empty for unit weights.
+    n_experts, n_classes : model size; n_threads : OpenMP threads for every kernel call.
+    """
+
+    def __init__(self, X, Z, y, sample_weight, n_experts, n_classes, n_threads):
+        self.X, self.Z, self.y, self.sample_weight = X, Z, y, sample_weight
+        self.n_samples, self.n_features = X.shape
+        self.n_gate_features = Z.shape[1]
+        self.n_experts, self.n_classes, self.n_threads = n_experts, n_classes, n_threads
+        k, K = n_experts, n_classes
+        pg, pe = self.n_gate_features + 1, self.n_features + 1
+        self.total_weight = float(sample_weight.sum()) if sample_weight.size else float(self.n_samples)
+        self._no_resp = np.empty((0, k))
+        self._q = np.empty(k + 1)
+        self._weight = np.empty(k)
+        self._grad_gate = np.empty((k - 1, pg))
+        self._hess_gate = np.empty(((k - 1) * k // 2, pg * (pg + 1) // 2))
+        self._grad_expert = np.empty((k, K - 1, pe))
+        self._hess_expert = np.empty((k, (K - 1) * K // 2, pe * (pe + 1) // 2))
+        self._gate_index = block_hessian_index(k - 1, pg)
+        self._expert_index = block_hessian_index(K - 1, pe)
+
+    def loglik(self, W, V):
+        """Weighted log-likelihood at (W, V)."""
+        return _kernels.e_step(
+            self.X, self.Z, self.y, self.sample_weight, W, V, self._no_resp, np.empty(0), self.n_threads
+        )
+
+    def newton_pass(self, W, V, resp=None) -> PassResult:
+        """The fused pass at (W, V); ``resp`` (n, k) replaces the responsibilities when given."""
+        loglik = _kernels.newton_pass(
+            self.X, self.Z, self.y, self.sample_weight, W, V,
+            self._no_resp if resp is None else resp,
+            self._q, self._weight, self._grad_gate, self._hess_gate, self._grad_expert, self._hess_expert,
+            self.n_threads,
+        )
+        k = self.n_experts
+        return PassResult(
+            loglik=loglik,
+            q=self._q.copy(),
+            expert_weight=self._weight.copy(),
+            grad_gate=self._grad_gate.ravel().copy(),
+            hess_gate=self._hess_gate.ravel()[self._gate_index],
+            grad_expert=self._grad_expert.reshape(k, -1).copy(),
+            hess_expert=self._hess_expert.reshape(k, -1)[:, self._expert_index],
+        )
+
+    def q_values(self, W_old, V_old, W_new, V_new, resp=None):
+        """``[Q_gate, Q_1 .. Q_k]`` at (W_new, V_new) with responsibilities from (W_old, V_old) or ``resp``."""
+        out = np.empty(self.n_experts + 1)
+        _kernels.q_values(
+            self.X, self.Z, self.y, self.sample_weight, W_old, V_old, W_new, V_new,
+            self._no_resp if resp is None else resp, out, self.n_threads,
+        )
+        return out

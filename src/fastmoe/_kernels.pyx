@@ -1,0 +1,530 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled kernels of fastmoe: arithmetic only.
+
+Design note
+-----------
+fastmoe is built in three layers:
+
+1. Kernels (this file): one pass over the samples per call, ``nogil``, parallel over fixed-size sample
+   chunks with OpenMP. No validation and no Python objects in the loops. Outputs are caller-allocated
+   arrays named ``*_out``; inputs are C-contiguous float64; ``n_threads`` is passed explicitly.
+2. The Python engine (``_engine.py``, ``_newton.py``, ``_em.py``) validates once, allocates once per
+   fit, assembles and solves the Newton systems and runs the EM loop.
+3. The public surface (``fastmoe.fit``, ``MoEParams``, ``sample`` ...).
+
+Parameters arrive packed: ``W`` (k, 1 + d_gate) with the gating intercept in column 0, ``V``
+(k, K, 1 + d) with the expert intercepts in ``V[:, :, 0]``. ``Z`` is the gating design ``M(X)``
+(``Z is X`` for standard gating).
+
+Determinism: every reduction (log-likelihood, gradients, Hessians) is first summed inside a chunk of
+``chunk_size(n)`` consecutive samples, whose size depends on ``n`` only, into that chunk's own row of
+a partial-sum table; the rows are then added in chunk order after the parallel region. Which thread
+handled a chunk never matters, so results are bitwise identical for any thread count.
+
+Numerics: everything is in log space; the one max-shifted log-sum-exp (``_log_softmax``) serves the
+gating, the experts and the responsibilities, and one ``exp`` per logit gives both the log
+probability and the probability. Hessians are accumulated as *negative* Hessians (positive
+semi-definite, ready for Cholesky) and only their upper triangles: both the (expert, expert) or
+(class, class) pair and the (feature, feature) pair are symmetric, so a block Hessian of
+``q`` outer-product pairs is stored as ``q (q + 1) / 2`` pairs times ``p (p + 1) / 2`` entries, both
+in ``numpy.triu_indices`` order. No array of size n * k * K is ever formed.
+"""
+
+from cython.parallel cimport prange, parallel, threadid
+from libc.math cimport exp, log, INFINITY
+from libc.stdint cimport int32_t, int64_t
+
+import numpy as np
+
+ctypedef fused label_t:
+    int32_t
+    int64_t
+
+# Chunks of at least CHUNK_MIN samples, and never more than MAX_CHUNKS of them, so that the partial-sum
+# table stays small (MAX_CHUNKS rows) even for wide models, while small data still spreads over threads.
+cdef Py_ssize_t CHUNK_MIN = 256
+cdef Py_ssize_t MAX_CHUNKS = 512
+# Rows of the partial-sum and scratch tables are padded to 64 bytes so threads never share a cache line.
+cdef Py_ssize_t PAD = 8
+
+
+cpdef Py_ssize_t chunk_size(Py_ssize_t n_samples) noexcept nogil:
+    """Samples per chunk for ``n_samples``: a function of ``n_samples`` alone (thread-count invariance)."""
+    cdef Py_ssize_t c = (n_samples + MAX_CHUNKS - 1) // MAX_CHUNKS
+    return c if c > CHUNK_MIN else CHUNK_MIN
+
+
+cdef inline Py_ssize_t _padded(Py_ssize_t m) noexcept nogil:
+    return (m + PAD - 1) // PAD * PAD
+
+
+cdef inline double _max_shift(const double* v, Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double vmax = v[0]
+    for j in range(1, m):
+        if v[j] > vmax:
+            vmax = v[j]
+    return vmax
+
+
+cdef inline double _log_softmax(double* v, double* prob, Py_ssize_t m) noexcept nogil:
+    """Turn ``v`` into log-softmax(v) in place, write softmax(v) to ``prob``; return log-sum-exp(v).
+
+    The max shift keeps every ``exp`` argument <= 0, and one ``exp`` per entry serves both outputs.
+    ``v`` and ``prob`` must not alias (see ``_softmax_inplace``).
+    """
+    cdef Py_ssize_t j
+    cdef double vmax = _max_shift(v, m), total = 0.0, lse
+    for j in range(m):
+        prob[j] = exp(v[j] - vmax)
+        total += prob[j]
+    lse = vmax + log(total)
+    for j in range(m):
+        v[j] = v[j] - lse
+        prob[j] = prob[j] / total
+    return lse
+
+
+cdef inline double _softmax_inplace(double* v, Py_ssize_t m) noexcept nogil:
+    """Turn ``v`` into softmax(v) in place; return log-sum-exp(v).
+
+    An all ``-inf`` row (every term underflowed) is guarded: it stays -inf and gets zero weights.
+    """
+    cdef Py_ssize_t j
+    cdef double vmax = _max_shift(v, m), total = 0.0
+    if vmax == -INFINITY:
+        for j in range(m):
+            v[j] = 0.0
+        return vmax
+    for j in range(m):
+        v[j] = exp(v[j] - vmax)
+        total += v[j]
+    for j in range(m):
+        v[j] = v[j] / total
+    return vmax + log(total)
+
+
+cdef inline void _gate_logits(const double* z, const double* W, Py_ssize_t k, Py_ssize_t dg,
+                              double* lg) noexcept nogil:
+    cdef Py_ssize_t i, p
+    cdef double acc
+    for i in range(k):
+        acc = W[i * (dg + 1)]
+        for p in range(dg):
+            acc = acc + W[i * (dg + 1) + 1 + p] * z[p]
+        lg[i] = acc
+
+
+cdef inline void _expert_logits(const double* x, const double* V, Py_ssize_t kK, Py_ssize_t d,
+                                double* le) noexcept nogil:
+    # V is (k, K, 1 + d): the k * K rows are independent affine maps of x.
+    cdef Py_ssize_t r, p
+    cdef double acc
+    for r in range(kK):
+        acc = V[r * (d + 1)]
+        for p in range(d):
+            acc = acc + V[r * (d + 1) + 1 + p] * x[p]
+        le[r] = acc
+
+
+cdef inline double _forward(const double* z, const double* x, Py_ssize_t label,
+                            const double* W, const double* V,
+                            Py_ssize_t k, Py_ssize_t K, Py_ssize_t dg, Py_ssize_t d,
+                            double* lg, double* pg, double* le, double* pe, double* tau) noexcept nogil:
+    """One sample at (W, V): log_gate/gate probabilities, log_expert/expert probabilities, responsibilities.
+
+    Returns ``log p(y | x)``. On exit ``lg`` (k) holds log pi, ``pg`` pi, ``le`` (k*K) log f, ``pe`` f and
+    ``tau`` (k) the responsibilities.
+    """
+    cdef Py_ssize_t i
+    _gate_logits(z, W, k, dg, lg)
+    _log_softmax(lg, pg, k)
+    _expert_logits(x, V, k * K, d, le)
+    for i in range(k):
+        _log_softmax(le + i * K, pe + i * K, K)
+        tau[i] = lg[i] + le[i * K + label]
+    # tau holds log pi_i + log f_i(y) here; normalising it gives the responsibilities.
+    return _softmax_inplace(tau, k)
+
+
+cdef inline void _fill_design(const double* v, Py_ssize_t m, double* full, double* outer) noexcept nogil:
+    """``full = [1, v]`` and ``outer`` = upper triangle (triu order) of ``full full^T``."""
+    cdef Py_ssize_t p, q, idx = 0
+    full[0] = 1.0
+    for p in range(m):
+        full[1 + p] = v[p]
+    for p in range(m + 1):
+        for q in range(p, m + 1):
+            outer[idx] = full[p] * full[q]
+            idx = idx + 1
+
+
+cdef inline void _reduce_rows(const double[:, ::1] partial, Py_ssize_t n_rows, Py_ssize_t width,
+                              double* total) noexcept nogil:
+    # Chunk order, fixed: the thread-count invariance rests on this loop.
+    cdef Py_ssize_t c, j
+    for j in range(width):
+        total[j] = 0.0
+    for c in range(n_rows):
+        for j in range(width):
+            total[j] = total[j] + partial[c, j]
+
+
+def e_step(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
+           const double[::1] sample_weight, const double[:, ::1] W, const double[:, :, ::1] V,
+           double[:, ::1] resp_out, double[::1] logp_out, int n_threads):
+    """Log-likelihood and, optionally, responsibilities and per-sample log-likelihoods.
+
+    Parameters
+    ----------
+    X : (n, d) expert inputs; Z : (n, d_gate) gating inputs; y : (n,) labels in 0..K-1.
+    sample_weight : (n,) or empty for unit weights.
+    W : (k, 1 + d_gate); V : (k, K, 1 + d).
+    resp_out : (n, k) or (0, k) to skip; logp_out : (n,) or empty to skip. Filled in place.
+    n_threads : OpenMP threads.
+
+    Returns
+    -------
+    loglik : float
+        ``sum_n w_n log p(y_n | x_n)``.
+    """
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
+    cdef Py_ssize_t k = W.shape[0], K = V.shape[1]
+    cdef Py_ssize_t chunk = chunk_size(n), n_chunks = (n + chunk - 1) // chunk
+    cdef bint weighted = sample_weight.shape[0] > 0
+    cdef bint want_resp = resp_out.shape[0] > 0, want_logp = logp_out.shape[0] > 0
+    cdef Py_ssize_t width = 2 * k + 2 * k * K + k
+    cdef double[:, ::1] scratch = np.empty((n_threads, _padded(width)))
+    cdef double[:, ::1] partial = np.zeros((n_chunks, PAD))
+    cdef const double* Xp = &X[0, 0]
+    cdef const double* Zp = &Z[0, 0]
+    cdef const double* Wp = &W[0, 0]
+    cdef const double* Vp = &V[0, 0, 0]
+    cdef double* lg
+    cdef double* pg
+    cdef double* le
+    cdef double* pe
+    cdef double* tau
+    cdef Py_ssize_t c, s, i, start, end
+    cdef double ll, acc, total
+
+    with nogil, parallel(num_threads=n_threads):
+        lg = &scratch[threadid(), 0]
+        pg = lg + k
+        le = pg + k
+        pe = le + k * K
+        tau = pe + k * K
+        for c in prange(n_chunks, schedule="static"):
+            start = c * chunk
+            end = start + chunk if start + chunk < n else n
+            acc = 0.0
+            for s in range(start, end):
+                ll = _forward(Zp + s * dg, Xp + s * d, <Py_ssize_t>y[s], Wp, Vp, k, K, dg, d,
+                              lg, pg, le, pe, tau)
+                if want_logp:
+                    logp_out[s] = ll
+                if want_resp:
+                    for i in range(k):
+                        resp_out[s, i] = tau[i]
+                acc = acc + (sample_weight[s] * ll if weighted else ll)
+            partial[c, 0] = acc
+    total = 0.0
+    for c in range(n_chunks):
+        total = total + partial[c, 0]
+    return total
+
+
+def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
+                const double[::1] sample_weight, const double[:, ::1] W, const double[:, :, ::1] V,
+                const double[:, ::1] resp_in,
+                double[::1] q_out, double[::1] expert_weight_out,
+                double[:, ::1] grad_gate_out, double[:, ::1] hess_gate_out,
+                double[:, :, ::1] grad_expert_out, double[:, :, ::1] hess_expert_out,
+                int n_threads):
+    """The fused pass: E-step plus every M-step gradient and negative Hessian, in one sweep.
+
+    At the current parameters, with responsibilities ``tau`` computed on the fly (or read from
+    ``resp_in`` when it is not empty, for M-steps from given responsibilities), accumulate:
+
+    - ``q_out`` (k + 1): ``Q_gate = sum w tau_i log pi_i`` then ``Q_i = sum w tau_i log f_i(y)``;
+    - ``expert_weight_out`` (k): ``sum w tau_i``, the soft size of each expert;
+    - ``grad_gate_out`` (k - 1, 1 + d_gate): ``sum w (tau_i - pi_i) [1, z]``;
+    - ``hess_gate_out`` (k(k-1)/2, m_gate): pair (i <= j, triu order over k - 1 experts) of
+      ``sum w pi_i (delta_ij - pi_j) triu([1, z][1, z]^T)``, the negative Hessian;
+    - ``grad_expert_out`` (k, K - 1, 1 + d): ``sum w tau_i (1[y = s] - f_is) [1, x]``;
+    - ``hess_expert_out`` (k, K(K-1)/2, m_expert): pair (s <= t) of
+      ``sum w tau_i f_is (delta_st - f_it) triu([1, x][1, x]^T)``.
+
+    Returns the log-likelihood ``sum_n w_n log p(y_n | x_n)`` at (W, V).
+    """
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
+    cdef Py_ssize_t k = W.shape[0], K = V.shape[1]
+    cdef Py_ssize_t pgd = dg + 1, ped = d + 1
+    cdef Py_ssize_t mg = pgd * (pgd + 1) // 2, me = ped * (ped + 1) // 2
+    cdef Py_ssize_t ngp = (k - 1) * k // 2, nep = (K - 1) * K // 2
+    cdef Py_ssize_t chunk = chunk_size(n), n_chunks = (n + chunk - 1) // chunk
+    cdef bint weighted = sample_weight.shape[0] > 0
+    cdef bint given_resp = resp_in.shape[0] > 0
+    # Layout of one partial-sum row.
+    cdef Py_ssize_t o_q = 1, o_w = o_q + k + 1, o_gg = o_w + k, o_gh = o_gg + (k - 1) * pgd
+    cdef Py_ssize_t o_eg = o_gh + ngp * mg, o_eh = o_eg + k * (K - 1) * ped
+    cdef Py_ssize_t width = o_eh + k * nep * me
+    cdef Py_ssize_t swidth = 2 * k + 2 * k * K + k + pgd + mg + ped + me
+    cdef double[:, ::1] scratch = np.empty((n_threads, _padded(swidth)))
+    cdef double[:, ::1] partial = np.zeros((n_chunks, _padded(width)))
+    cdef double[::1] total = np.empty(width)
+    cdef const double* Xp = &X[0, 0]
+    cdef const double* Zp = &Z[0, 0]
+    cdef const double* Wp = &W[0, 0]
+    cdef const double* Vp = &V[0, 0, 0]
+    cdef double* lg
+    cdef double* pg
+    cdef double* le
+    cdef double* pe
+    cdef double* tau
+    cdef double* zf
+    cdef double* zz
+    cdef double* uf
+    cdef double* uu
+    cdef double* row
+    cdef double* dst
+    cdef Py_ssize_t c, s, i, j, e, t, u, m, pair, start, end, label
+    cdef double w, ll, r, cij, te, fs
+
+    with nogil, parallel(num_threads=n_threads):
+        lg = &scratch[threadid(), 0]
+        pg = lg + k
+        le = pg + k
+        pe = le + k * K
+        tau = pe + k * K
+        zf = tau + k
+        zz = zf + pgd
+        uf = zz + mg
+        uu = uf + ped
+        for c in prange(n_chunks, schedule="static"):
+            row = &partial[c, 0]
+            start = c * chunk
+            end = start + chunk if start + chunk < n else n
+            for s in range(start, end):
+                w = sample_weight[s] if weighted else 1.0
+                label = <Py_ssize_t>y[s]
+                ll = _forward(Zp + s * dg, Xp + s * d, label, Wp, Vp, k, K, dg, d, lg, pg, le, pe, tau)
+                if given_resp:
+                    for i in range(k):
+                        tau[i] = resp_in[s, i]
+                row[0] = row[0] + w * ll
+                _fill_design(Zp + s * dg, dg, zf, zz)
+                _fill_design(Xp + s * d, d, uf, uu)
+
+                # Gating: soft-label multinomial regression of tau on [1, z].
+                r = 0.0
+                for i in range(k):
+                    r = r + tau[i] * lg[i]
+                row[o_q] = row[o_q] + w * r
+                pair = 0
+                for i in range(k - 1):
+                    r = w * (tau[i] - pg[i])
+                    dst = row + o_gg + i * pgd
+                    for m in range(pgd):
+                        dst[m] = dst[m] + r * zf[m]
+                    for j in range(i, k - 1):
+                        cij = w * pg[i] * ((1.0 if i == j else 0.0) - pg[j])
+                        dst = row + o_gh + pair * mg
+                        for m in range(mg):
+                            dst[m] = dst[m] + cij * zz[m]
+                        pair = pair + 1
+
+                # Experts: tau-weighted multinomial regression of y on [1, x].
+                for e in range(k):
+                    te = w * tau[e]
+                    row[o_w + e] = row[o_w + e] + te
+                    row[o_q + 1 + e] = row[o_q + 1 + e] + te * le[e * K + label]
+                    if te == 0.0:
+                        continue
+                    pair = 0
+                    for t in range(K - 1):
+                        fs = pe[e * K + t]
+                        r = te * ((1.0 if t == label else 0.0) - fs)
+                        dst = row + o_eg + (e * (K - 1) + t) * ped
+                        for m in range(ped):
+                            dst[m] = dst[m] + r * uf[m]
+                        for u in range(t, K - 1):
+                            cij = te * fs * ((1.0 if t == u else 0.0) - pe[e * K + u])
+                            dst = row + o_eh + (e * nep + pair) * me
+                            for m in range(me):
+                                dst[m] = dst[m] + cij * uu[m]
+                            pair = pair + 1
+
+    _reduce_rows(partial, n_chunks, width, &total[0])
+    for i in range(k + 1):
+        q_out[i] = total[o_q + i]
+    for e in range(k):
+        expert_weight_out[e] = total[o_w + e]
+    for i in range(k - 1):
+        for m in range(pgd):
+            grad_gate_out[i, m] = total[o_gg + i * pgd + m]
+    for pair in range(ngp):
+        for m in range(mg):
+            hess_gate_out[pair, m] = total[o_gh + pair * mg + m]
+    for e in range(k):
+        for t in range(K - 1):
+            for m in range(ped):
+                grad_expert_out[e, t, m] = total[o_eg + (e * (K - 1) + t) * ped + m]
+        for pair in range(nep):
+            for m in range(me):
+                hess_expert_out[e, pair, m] = total[o_eh + (e * nep + pair) * me + m]
+    return total[0]
+
+
+def q_values(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
+             const double[::1] sample_weight,
+             const double[:, ::1] W_old, const double[:, :, ::1] V_old,
+             const double[:, ::1] W_new, const double[:, :, ::1] V_new,
+             const double[:, ::1] resp_in, double[::1] q_out, int n_threads):
+    """The M-step objectives at trial parameters, with responsibilities from the old ones.
+
+    ``q_out[0] = sum w tau_i(old) log pi_i(new)`` and ``q_out[1 + i] = sum w tau_i(old) log f_i(y | new)``.
+    Responsibilities are recomputed on the fly from (W_old, V_old), or read from ``resp_in`` when
+    it is not empty: storing them would cost n * k doubles for a pass that is rarely needed.
+    """
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
+    cdef Py_ssize_t k = W_old.shape[0], K = V_old.shape[1]
+    cdef Py_ssize_t chunk = chunk_size(n), n_chunks = (n + chunk - 1) // chunk
+    cdef bint weighted = sample_weight.shape[0] > 0
+    cdef bint given_resp = resp_in.shape[0] > 0
+    cdef Py_ssize_t swidth = 2 * k + 2 * k * K + k
+    cdef double[:, ::1] scratch = np.empty((n_threads, _padded(swidth)))
+    cdef double[:, ::1] partial = np.zeros((n_chunks, _padded(k + 1)))
+    cdef const double* Xp = &X[0, 0]
+    cdef const double* Zp = &Z[0, 0]
+    cdef double* lg
+    cdef double* pg
+    cdef double* le
+    cdef double* pe
+    cdef double* tau
+    cdef double* row
+    cdef Py_ssize_t c, s, i, start, end, label
+    cdef double w, r
+
+    with nogil, parallel(num_threads=n_threads):
+        lg = &scratch[threadid(), 0]
+        pg = lg + k
+        le = pg + k
+        pe = le + k * K
+        tau = pe + k * K
+        for c in prange(n_chunks, schedule="static"):
+            row = &partial[c, 0]
+            start = c * chunk
+            end = start + chunk if start + chunk < n else n
+            for s in range(start, end):
+                w = sample_weight[s] if weighted else 1.0
+                label = <Py_ssize_t>y[s]
+                if given_resp:
+                    for i in range(k):
+                        tau[i] = resp_in[s, i]
+                else:
+                    _forward(Zp + s * dg, Xp + s * d, label, &W_old[0, 0], &V_old[0, 0, 0],
+                             k, K, dg, d, lg, pg, le, pe, tau)
+                _gate_logits(Zp + s * dg, &W_new[0, 0], k, dg, lg)
+                _log_softmax(lg, pg, k)
+                _expert_logits(Xp + s * d, &V_new[0, 0, 0], k * K, d, le)
+                r = 0.0
+                for i in range(k):
+                    _log_softmax(le + i * K, pe + i * K, K)
+                    r = r + tau[i] * lg[i]
+                    row[1 + i] = row[1 + i] + w * tau[i] * le[i * K + label]
+                row[0] = row[0] + w * r
+    _reduce_rows(partial, n_chunks, k + 1, &q_out[0])
+
+
+def predict(const double[:, ::1] X, const double[:, ::1] Z, const double[:, ::1] W,
+            const double[:, :, ::1] V, double[:, ::1] log_proba_out, double[:, ::1] gate_out,
+            int n_threads):
+    """Class log-probabilities ``log sum_i pi_i f_i(s)`` (n, K) and, if ``gate_out`` is not empty,
+    the gating probabilities (n, k). No reduction, so no chunk table is needed."""
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
+    cdef Py_ssize_t k = W.shape[0], K = V.shape[1]
+    cdef bint want_gate = gate_out.shape[0] > 0
+    cdef Py_ssize_t swidth = 2 * k + 2 * k * K + k
+    cdef double[:, ::1] scratch = np.empty((n_threads, _padded(swidth)))
+    cdef const double* Xp = &X[0, 0]
+    cdef const double* Zp = &Z[0, 0]
+    cdef const double* Wp = &W[0, 0]
+    cdef const double* Vp = &V[0, 0, 0]
+    cdef double* lg
+    cdef double* pg
+    cdef double* le
+    cdef double* pe
+    cdef double* tmp
+    cdef Py_ssize_t s, i, t
+
+    with nogil, parallel(num_threads=n_threads):
+        lg = &scratch[threadid(), 0]
+        pg = lg + k
+        le = pg + k
+        pe = le + k * K
+        tmp = pe + k * K
+        for s in prange(n, schedule="static"):
+            _gate_logits(Zp + s * dg, Wp, k, dg, lg)
+            _log_softmax(lg, pg, k)
+            _expert_logits(Xp + s * d, Vp, k * K, d, le)
+            for i in range(k):
+                _log_softmax(le + i * K, pe + i * K, K)
+            for t in range(K):
+                for i in range(k):
+                    tmp[i] = lg[i] + le[i * K + t]
+                log_proba_out[s, t] = _softmax_inplace(tmp, k)
+            if want_gate:
+                for i in range(k):
+                    gate_out[s, i] = pg[i]
+
+
+def sample_labels(const double[:, ::1] X, const double[:, ::1] Z, const double[:, ::1] W,
+                  const double[:, :, ::1] V, const double[:, ::1] uniforms,
+                  int64_t[::1] y_out, int64_t[::1] expert_out, int n_threads):
+    """Draw the latent expert and the label by inverse CDF from two given uniforms per sample.
+
+    ``uniforms[s, 0]`` picks ``z ~ Categorical(pi(x_s))``, ``uniforms[s, 1]`` picks
+    ``y ~ Categorical(f_z(. | x_s))``: the caller's Generator fixes the draw, the thread count does not.
+    """
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
+    cdef Py_ssize_t k = W.shape[0], K = V.shape[1]
+    cdef Py_ssize_t swidth = 2 * k + 2 * K
+    cdef double[:, ::1] scratch = np.empty((n_threads, _padded(swidth)))
+    cdef const double* Xp = &X[0, 0]
+    cdef const double* Zp = &Z[0, 0]
+    cdef const double* Wp = &W[0, 0]
+    cdef const double* Vp = &V[0, 0, 0]
+    cdef double* lg
+    cdef double* pg
+    cdef double* le
+    cdef double* pe
+    cdef Py_ssize_t s, i, t, z
+    cdef double cum
+
+    with nogil, parallel(num_threads=n_threads):
+        lg = &scratch[threadid(), 0]
+        pg = lg + k
+        le = pg + k
+        pe = le + K
+        for s in prange(n, schedule="static"):
+            _gate_logits(Zp + s * dg, Wp, k, dg, lg)
+            _log_softmax(lg, pg, k)
+            z = k - 1
+            cum = 0.0
+            for i in range(k - 1):
+                cum = cum + pg[i]
+                if uniforms[s, 0] < cum:
+                    z = i
+                    break
+            _expert_logits(Xp + s * d, Vp + z * K * (d + 1), K, d, le)
+            _log_softmax(le, pe, K)
+            t = K - 1
+            cum = 0.0
+            for i in range(K - 1):
+                cum = cum + pe[i]
+                if uniforms[s, 1] < cum:
+                    t = i
+                    break
+            expert_out[s] = z
+            y_out[s] = t

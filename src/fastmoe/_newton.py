@@ -1,0 +1,137 @@
+"""Newton steps for the M-step blocks: Cholesky with a ridge fallback, and step halving on Q.
+
+The M-step splits into k + 1 concave problems (MODEL.md section 2): the gating block ``W[:k-1]`` and
+one block ``V[i, :K-1]`` per expert. Each gets its own Newton direction ``d = (-H)^{-1} g``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Ridges tried, relative to the largest diagonal entry, when -H is not numerically positive definite
+# (an expert or class that no sample supports, perfectly collinear features, ...).
+_RIDGES = (0.0, 1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1.0)
+# Halvings of a block's step before the block is left where it was for this iteration.
+MAX_HALVINGS = 40
+
+
+def solve_pd(A, g):
+    """Solve ``A d = g`` for symmetric positive semi-definite ``A`` by Cholesky, stacked over blocks.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_blocks, p, p)
+    g : ndarray of shape (n_blocks, p)
+
+    Returns
+    -------
+    d : ndarray of shape (n_blocks, p)
+        Newton directions; a block whose matrix stays indefinite (or non-finite) under every ridge
+        gets a zero direction.
+    n_ridged : int
+        How many blocks needed a ridge.
+    """
+    try:
+        L = np.linalg.cholesky(A)
+        n_ridged = 0
+    except np.linalg.LinAlgError:
+        L = np.empty_like(A)
+        n_ridged = 0
+        for b in range(A.shape[0]):
+            L[b], used = _cholesky_with_ridge(A[b])
+            n_ridged += used > 0
+    # Two triangular solves; numpy's solve broadcasts over the stack (the blocks are small).
+    tmp = np.linalg.solve(L, g[..., None])
+    d = np.linalg.solve(np.swapaxes(L, -1, -2), tmp)[..., 0]
+    d[~np.isfinite(d).all(axis=1)] = 0.0
+    return d, n_ridged
+
+
+def _cholesky_with_ridge(A):
+    p = A.shape[0]
+    if not np.isfinite(A).all():
+        return np.eye(p) * np.inf, 1.0
+    scale = max(float(np.max(np.abs(np.diag(A)))), np.finfo(float).tiny)
+    for ridge in _RIDGES:
+        try:
+            return np.linalg.cholesky(A + (ridge * scale) * np.eye(p)), ridge
+        except np.linalg.LinAlgError:
+            continue
+    # Unreachable for a finite symmetric A (the last ridge dominates), kept for safety: infinite
+    # factor -> zero direction.
+    return np.eye(p) * np.inf, 1.0
+
+
+def newton_directions(result, W, V, l2, slope_mask_gate, slope_mask_expert, active):
+    """Newton directions of the (penalised) gating and expert Q functions at (W, V).
+
+    Parameters
+    ----------
+    result : PassResult of the fused pass at (W, V).
+    l2 : float
+        Ridge penalty ``l2 / 2 * ||slopes||^2`` (intercepts are not penalised).
+    slope_mask_gate, slope_mask_expert : 1.0 where a free parameter is a slope, 0.0 for intercepts.
+    active : bool array (k,)
+        Experts to update; an empty expert (no responsibility mass) keeps its parameters.
+
+    Returns
+    -------
+    dW, dV : arrays shaped like W and V (zero on the reference rows).
+    n_ridged : int
+    """
+    k, K = V.shape[0], V.shape[1]
+    dW = np.zeros_like(W)
+    dV = np.zeros_like(V)
+    n_ridged = 0
+    if k > 1:
+        theta = W[: k - 1].ravel()
+        g = result.grad_gate - l2 * slope_mask_gate * theta
+        A = result.hess_gate + np.diag(l2 * slope_mask_gate)
+        d, n = solve_pd(A[None], g[None])
+        dW[: k - 1] = d[0].reshape(k - 1, -1)
+        n_ridged += n
+    if active.any():
+        theta = V[active, : K - 1].reshape(int(active.sum()), -1)
+        g = result.grad_expert[active] - l2 * slope_mask_expert * theta
+        A = result.hess_expert[active] + l2 * np.diag(slope_mask_expert)
+        d, n = solve_pd(A, g)
+        dV[active, : K - 1] = d.reshape(int(active.sum()), K - 1, -1)
+        n_ridged += n
+    return dW, dV, n_ridged
+
+
+def halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty, resp=None):
+    """Step halving per block: shrink each block's step until its own Q function increases.
+
+    Each block's Q depends on that block alone, so one kernel pass evaluates every block's current
+    trial at once. A block whose Q has not increased after ``MAX_HALVINGS`` halvings stays at its old
+    value. By the EM inequality, a Q increase in every moved block increases the log-likelihood.
+
+    Parameters
+    ----------
+    q_old : (k + 1,) penalised Q values at (W, V).
+    penalty : callable ``(W, V) -> (k + 1,)`` penalties per block, subtracted from Q.
+
+    Returns
+    -------
+    W_new, V_new, n_rounds
+    """
+    k = V.shape[0]
+    scale = np.ones(k + 1)
+    pending = np.ones(k + 1, dtype=bool)
+    pending[0] = k > 1 and bool(dW.any())
+    pending[1:] = dV.reshape(k, -1).any(axis=1)
+    n_rounds = 0
+    while pending.any():
+        W_try = W + scale[0] * dW
+        V_try = V + scale[1:, None, None] * dV
+        q_try = problem.q_values(W, V, W_try, V_try, resp) - penalty(W_try, V_try)
+        n_rounds += 1
+        # A relative slack of a few ulps: at a fixed point the comparison is pure rounding.
+        improved = q_try >= q_old - 1e-14 * np.abs(q_old)
+        pending &= ~improved
+        if not pending.any() or n_rounds >= MAX_HALVINGS:
+            break
+        scale[pending] *= 0.5
+    scale[pending] = 0.0
+    return W + scale[0] * dW, V + scale[1:, None, None] * dV, n_rounds

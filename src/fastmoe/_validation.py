@@ -1,0 +1,145 @@
+"""Input checks: small functions that return clean arrays or raise an error naming the problem."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._openmp import openmp_max_threads
+from .params import MoEParams
+
+
+def _first_bad_row(arr):
+    bad = ~np.isfinite(arr)
+    if bad.ndim > 1:
+        bad = bad.any(axis=tuple(range(1, bad.ndim)))
+    return int(np.flatnonzero(bad)[0])
+
+
+def check_X(X, name="X", n_features=None) -> np.ndarray:
+    """Return ``X`` as a C-contiguous float64 (n_samples, n_features) array of finite values.
+
+    float32, integer, Fortran-ordered or strided input is converted (copied); NaN/inf, a wrong
+    number of dimensions or a feature-count mismatch raise ``ValueError``.
+    """
+    if hasattr(X, "tocsr"):
+        raise TypeError(f"{name} is a sparse matrix; fastmoe needs a dense array")
+    try:
+        X = np.asarray(X)
+    except Exception as exc:  # ragged lists and the like
+        raise ValueError(f"{name} cannot be converted to a numeric array: {exc}") from exc
+    if X.dtype.kind not in "fiub":
+        raise ValueError(f"{name} must be numeric, got dtype {X.dtype}")
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-d (n_samples, n_features), got {X.ndim}-d with shape {X.shape}")
+    if X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(f"{name} has shape {X.shape}; it needs at least one sample and one feature")
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    if not np.isfinite(X).all():
+        row = _first_bad_row(X)
+        kind = "NaN" if np.isnan(X[row]).any() else "inf"
+        raise ValueError(f"{name} contains {kind} at row {row}")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"{name} has {X.shape[1]} features but the model expects {n_features}")
+    return X
+
+
+def check_y(y, n_samples, n_classes=None):
+    """Return ``(y, n_classes)``: integer labels as a contiguous int32/int64 array.
+
+    Labels must be integers (integral floats are accepted) in ``0 .. n_classes - 1``; ``n_classes``
+    defaults to ``max(y) + 1`` and must be at least 2.
+    """
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-d (n_samples,), got shape {y.shape}")
+    if y.shape[0] != n_samples:
+        raise ValueError(f"y has {y.shape[0]} labels but X has {n_samples} samples")
+    if y.dtype.kind == "b":
+        y = y.astype(np.int64)
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            raise ValueError(f"y contains NaN or inf at position {_first_bad_row(y)}")
+        if (y != np.round(y)).any():
+            pos = int(np.flatnonzero(y != np.round(y))[0])
+            raise ValueError(f"y must hold integer class labels; y[{pos}] = {y[pos]!r}")
+        y = y.astype(np.int64)
+    elif y.dtype.kind not in "iu":
+        raise ValueError(
+            f"y must hold integer class labels 0..n_classes-1, got dtype {y.dtype}; "
+            "encode other labels first (MixtureOfExpertsClassifier does this)"
+        )
+    y_min, y_max = int(y.min()), int(y.max())
+    if y_min < 0:
+        raise ValueError(f"y has a negative label {y_min}; labels must be 0..n_classes-1")
+    if n_classes is None:
+        n_classes = max(y_max + 1, 2)
+    n_classes = check_positive_int(n_classes, "n_classes", minimum=2)
+    if y_max >= n_classes:
+        raise ValueError(f"y has label {y_max} but n_classes={n_classes} (labels must be 0..{n_classes - 1})")
+    dtype = np.int32 if y.dtype.itemsize <= 4 else np.int64
+    return np.ascontiguousarray(y, dtype=dtype), n_classes
+
+
+def check_sample_weight(sample_weight, n_samples):
+    """Return weights as a contiguous float64 array, or an empty array meaning 'all ones'."""
+    if sample_weight is None:
+        return np.empty(0)
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.ndim == 0:
+        w = np.full(n_samples, float(w))
+    if w.shape != (n_samples,):
+        raise ValueError(f"sample_weight has shape {w.shape}, expected ({n_samples},)")
+    if not np.isfinite(w).all():
+        raise ValueError(f"sample_weight contains NaN or inf at position {_first_bad_row(w)}")
+    if (w < 0).any():
+        raise ValueError(f"sample_weight must be non-negative; sample_weight[{int(np.argmin(w))}] = {w.min()}")
+    if not (w > 0).any():
+        raise ValueError("sample_weight is zero everywhere")
+    return np.ascontiguousarray(w)
+
+
+def check_positive_int(value, name, minimum=1):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def effective_n_threads(n_threads=None) -> int:
+    """Threads to use: ``None`` or -1 means all usable cores (``OMP_NUM_THREADS`` is honoured),
+    -2 all but one, and so on; 0 is an error. Serial builds always use 1."""
+    available = openmp_max_threads()
+    if n_threads is None:
+        return available
+    if isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, numbers.Integral):
+        raise TypeError(f"n_threads must be an integer or None, got {n_threads!r}")
+    if n_threads == 0:
+        raise ValueError("n_threads=0 is invalid; use None for all cores or a positive/negative count")
+    if n_threads < 0:
+        return max(1, available + 1 + int(n_threads))
+    return int(n_threads)
+
+
+def check_random_state(random_state) -> np.random.Generator:
+    """A ``numpy.random.Generator`` from None, an int, a SeedSequence or a Generator."""
+    if random_state is None or isinstance(random_state, (numbers.Integral, np.random.SeedSequence)):
+        return np.random.default_rng(random_state)
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    raise TypeError(f"random_state must be None, an int or a numpy.random.Generator, got {random_state!r}")
+
+
+def check_params(params, n_features=None, n_classes=None) -> MoEParams:
+    """Check that ``params`` is an ``MoEParams`` that fits data with this many features and classes."""
+    if not isinstance(params, MoEParams):
+        raise TypeError(f"expected an MoEParams, got {type(params).__name__}")
+    if n_features is not None and params.n_features != n_features:
+        raise ValueError(f"the parameters have {params.n_features} features but X has {n_features}")
+    if n_classes is not None and params.n_classes != n_classes:
+        raise ValueError(f"the parameters have {params.n_classes} classes but the data need {n_classes}")
+    return params

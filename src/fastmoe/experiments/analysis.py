@@ -1,0 +1,278 @@
+"""Rates from stored job records: per-n summaries, log-log slopes with bootstrap intervals, a text table.
+
+For every metric (the Voronoi losses and the per-parameter errors of each true atom) and every sample size
+``n`` the summary gives the mean, standard deviation, median and 10%/90% quantiles over replications. The
+rate is the least-squares slope of ``log(mean metric)`` on ``log(n)``; its confidence interval comes from a
+bootstrap over replications (resample the replications of every ``n`` with replacement, recompute the means
+and the slope).
+
+Bad fits are not averaged silently: by default the rows with status ``ok`` and ``not_converged`` (EM hit the
+iteration cap but the estimate is finite) enter the means, while ``diverged``, ``failed`` and ``crashed``
+rows are left out; the summary counts every status per ``n`` so the table says what was left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from .config import Experiment
+from .store import ResultStore
+
+__all__ = ["Report", "SlopeFit", "analyse", "fit_slope", "summarize", "rate_metrics", "DEFAULT_INCLUDE"]
+
+#: Statuses whose rows enter the means by default.
+DEFAULT_INCLUDE = ("ok", "not_converged")
+
+#: Per-parameter error fields fitted for a rate (see :data:`fastmoe.losses.PER_PARAMETER_FIELDS`).
+PARAMETER_FIELDS = ("mass_err", "beta1_max", "a_max", "b_max", "beta1_mean", "a_mean", "b_mean")
+
+
+def rate_metrics(experiment: Experiment, records: Sequence[dict], mean_fields: bool = True) -> List[str]:
+    """Metrics with a rate: the experiment's losses, then per true atom the per-parameter errors."""
+    present = set().union(*(r.keys() for r in records)) if records else set()
+    fields = PARAMETER_FIELDS if mean_fields else tuple(f for f in PARAMETER_FIELDS if not f.endswith("_mean"))
+    metrics = [m for m in experiment.losses]
+    for j in range(experiment.truth.n_experts):
+        metrics += [f"{f}_{j}" for f in fields if f"{f}_{j}" in present]
+    return metrics
+
+
+def _values_by_n(records, metric, include) -> Dict[int, np.ndarray]:
+    """Finite values of ``metric`` per ``n`` from the included rows."""
+    by_n: Dict[int, list] = {}
+    for r in records:
+        if r["status"] not in include:
+            continue
+        value = r.get(metric)
+        if value is None or not math.isfinite(value):
+            continue
+        by_n.setdefault(int(r["n"]), []).append(float(value))
+    return {n: np.asarray(v) for n, v in sorted(by_n.items())}
+
+
+def summarize(records: Sequence[dict], metric: str, include: Iterable[str] = DEFAULT_INCLUDE) -> List[dict]:
+    """Per-``n`` statistics of ``metric`` over the included rows.
+
+    Returns
+    -------
+    list of dict
+        One per sample size (ascending): ``n, count, mean, std, median, q10, q90`` and ``status_<s>``
+        counts over all rows of that ``n`` (included or not).
+    """
+    include = tuple(include)
+    statuses: Dict[int, Dict[str, int]] = {}
+    for r in records:
+        counts = statuses.setdefault(int(r["n"]), {})
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    values = _values_by_n(records, metric, include)
+    out = []
+    for n in sorted(statuses):
+        v = values.get(n, np.empty(0))
+        row = {"metric": metric, "n": n, "count": int(v.size)}
+        if v.size:
+            q10, median, q90 = np.quantile(v, [0.1, 0.5, 0.9])
+            row.update(mean=float(v.mean()), std=float(v.std(ddof=1)) if v.size > 1 else 0.0,
+                       median=float(median), q10=float(q10), q90=float(q90))
+        else:
+            row.update(mean=math.nan, std=math.nan, median=math.nan, q10=math.nan, q90=math.nan)
+        row.update({f"status_{s}": c for s, c in sorted(statuses[n].items())})
+        out.append(row)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SlopeFit:
+    """Least-squares fit ``log(mean metric) = intercept + slope * log(n)``."""
+
+    metric: str
+    slope: float
+    intercept: float
+    ci_low: float
+    ci_high: float
+    theory: float
+    n_sizes: int  #: sample sizes that entered the fit
+    n_rows: int  #: rows that entered the means
+    confidence: float
+
+    def line(self, n) -> np.ndarray:
+        """The fitted mean metric at sample sizes ``n``."""
+        return np.exp(self.intercept + self.slope * np.log(np.asarray(n, dtype=float)))
+
+
+def _ols_slopes(log_n: np.ndarray, log_y: np.ndarray):
+    """Slopes and intercepts of ``log_y[..., :]`` on ``log_n`` (vectorised over leading axes)."""
+    x = log_n - log_n.mean()
+    slope = (log_y - log_y.mean(axis=-1, keepdims=True)) @ x / (x @ x)
+    intercept = log_y.mean(axis=-1) - slope * log_n.mean()
+    return slope, intercept
+
+
+def fit_slope(records: Sequence[dict], metric: str, *, include: Iterable[str] = DEFAULT_INCLUDE,
+              theory: float = math.nan, n_boot: int = 2000, confidence: float = 0.95,
+              min_n: Optional[int] = None, seed: int = 0) -> SlopeFit:
+    """Slope of ``log(mean metric)`` on ``log(n)`` with a bootstrap interval over replications.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        Job records of one experiment.
+    metric : str
+        Record key, e.g. ``"D1"`` or ``"a_max_1"``.
+    include : iterable of str
+        Statuses whose rows enter the means.
+    theory : float
+        Theoretical slope, carried along for the report.
+    n_boot : int, default=2000
+        Bootstrap resamples (replications resampled with replacement within every ``n``).
+    confidence : float, default=0.95
+        Level of the percentile interval.
+    min_n : int, optional
+        Leave sample sizes below ``min_n`` out of the fit.
+    seed : int, default=0
+        Seed of the bootstrap.
+
+    Returns
+    -------
+    SlopeFit
+        NaN slope when fewer than two sample sizes have a positive mean.
+    """
+    values = {n: v for n, v in _values_by_n(records, metric, tuple(include)).items()
+              if v.size and (min_n is None or n >= min_n) and v.mean() > 0}
+    n_rows = int(sum(v.size for v in values.values()))
+    if len(values) < 2:
+        return SlopeFit(metric, math.nan, math.nan, math.nan, math.nan, theory, len(values), n_rows, confidence)
+    sizes = np.array(sorted(values), dtype=float)
+    log_n = np.log(sizes)
+    means = np.array([values[int(n)].mean() for n in sizes])
+    slope, intercept = _ols_slopes(log_n, np.log(means))
+    rng = np.random.default_rng(seed)
+    boot_means = np.empty((n_boot, sizes.size))
+    for col, n in enumerate(sizes):
+        v = values[int(n)]
+        boot_means[:, col] = v[rng.integers(v.size, size=(n_boot, v.size))].mean(axis=1)
+    with np.errstate(divide="ignore"):
+        boot_slopes, _ = _ols_slopes(log_n, np.log(boot_means))
+    boot_slopes = boot_slopes[np.isfinite(boot_slopes)]
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(boot_slopes, [alpha, 1.0 - alpha]) if boot_slopes.size else (math.nan, math.nan)
+    return SlopeFit(metric, float(slope), float(intercept), float(low), float(high), float(theory),
+                    int(sizes.size), n_rows, confidence)
+
+
+@dataclasses.dataclass
+class Report:
+    """Analysis of one experiment in a store (see :func:`analyse`)."""
+
+    experiment: Experiment
+    records: List[dict]
+    include: tuple
+    metrics: List[str]
+    slopes: Dict[str, SlopeFit]
+    summaries: Dict[str, List[dict]]
+    status_counts: Dict[str, int]
+
+    @property
+    def primary(self) -> SlopeFit:
+        """The slope of the experiment's primary loss."""
+        return self.slopes[self.experiment.primary_loss]
+
+    def status_by_n(self) -> Dict[int, Dict[str, int]]:
+        """``{n: {status: count}}`` over all rows."""
+        out: Dict[int, Dict[str, int]] = {}
+        for r in self.records:
+            counts = out.setdefault(int(r["n"]), {})
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        return dict(sorted(out.items()))
+
+    def format_table(self, all_metrics: bool = False) -> str:
+        """The terminal report: per-``n`` table of the losses and the slope table."""
+        exp = self.experiment
+        lines = [f"experiment {exp.name}: k*={exp.truth.n_experts}, k={exp.n_experts}, "
+                 f"gating={exp.truth.gating_name}, d={exp.truth.n_features}, K={exp.truth.n_classes}; "
+                 f"{len(self.records)}/{exp.n_jobs} jobs stored; means over statuses {list(self.include)}"]
+        losses = list(exp.losses)
+        head = f"{'n':>9} {'rows':>5} {'ok':>4} {'cap':>4} {'div':>4} {'fail':>4} {'iters':>7} {'time/s':>7}"
+        head += "".join(f" {'mean ' + m:>13} {'sd':>9}" for m in losses)
+        lines += ["", head]
+        by_n = self.status_by_n()
+        for i, (n, counts) in enumerate(by_n.items()):
+            rows = [r for r in self.records if int(r["n"]) == n and r["status"] in self.include]
+            iters = np.mean([r["n_iter"] for r in rows]) if rows else math.nan
+            fit_time = np.mean([r["fit_time"] for r in rows]) if rows else math.nan
+            line = (f"{n:>9} {sum(counts.values()):>5} {counts.get('ok', 0):>4} "
+                    f"{counts.get('not_converged', 0):>4} {counts.get('diverged', 0):>4} "
+                    f"{counts.get('failed', 0) + counts.get('crashed', 0):>4} {iters:>7.0f} {fit_time:>7.3f}")
+            for m in losses:
+                s = next(row for row in self.summaries[m] if row["n"] == n)
+                line += f" {s['mean']:>13.4g} {s['std']:>9.3g}"
+            lines.append(line)
+        lines += ["", "ok: converged; cap: EM hit max_iter (kept); div: diverged coefficients (left out); "
+                      "fail: fit raised or worker died (left out)", ""]
+        pct = int(round(100 * next(iter(self.slopes.values())).confidence)) if self.slopes else 95
+        lines.append(f"{'metric':<14} {'slope':>8} {f'{pct}% CI':>19} {'theory':>7} {'sizes':>6} {'rows':>6}")
+        for m in self.metrics:
+            if not all_metrics and m.startswith(("beta1_mean", "a_mean", "b_mean")):
+                continue
+            s = self.slopes[m]
+            theory = "" if math.isnan(s.theory) else f"{s.theory:+.3f}"
+            lines.append(f"{m:<14} {s.slope:>+8.3f} [{s.ci_low:>+7.3f}, {s.ci_high:>+7.3f}] {theory:>7} "
+                         f"{s.n_sizes:>6} {s.n_rows:>6}")
+        return "\n".join(lines)
+
+    def slope_rows(self) -> List[dict]:
+        """Slopes as plain rows (for CSV/JSON)."""
+        return [dataclasses.asdict(self.slopes[m]) for m in self.metrics]
+
+    def summary_rows(self) -> List[dict]:
+        """Per-``n`` statistics of every metric as plain rows."""
+        return [row for m in self.metrics for row in self.summaries[m]]
+
+
+def analyse(source, experiment: Optional[str] = None, *, include: Iterable[str] = DEFAULT_INCLUDE,
+            n_boot: int = 2000, confidence: float = 0.95, min_n: Optional[int] = None,
+            seed: int = 0) -> Report:
+    """Analyse the records of one experiment.
+
+    Parameters
+    ----------
+    source : str, Path or ResultStore
+        A run directory, a store file or an open store.
+    experiment : str, optional
+        Experiment name; may be left out when the store holds one experiment.
+    include, n_boot, confidence, min_n, seed
+        See :func:`fit_slope`.
+
+    Returns
+    -------
+    Report
+    """
+    include = tuple(include)
+    store = source if isinstance(source, ResultStore) else ResultStore(_store_path(source))
+    try:
+        exp = store.experiment(experiment)
+        records = store.records(exp.name)
+        counts = store.status_counts(exp.name)
+    finally:
+        if store is not source:
+            store.close()
+    metrics = rate_metrics(exp, records)
+    slopes = {m: fit_slope(records, m, include=include, theory=exp.theory_slope(m), n_boot=n_boot,
+                           confidence=confidence, min_n=min_n, seed=seed) for m in metrics}
+    summaries = {m: summarize(records, m, include) for m in metrics}
+    return Report(exp, records, include, metrics, slopes, summaries, counts)
+
+
+def _store_path(source) -> Path:
+    path = Path(source)
+    if path.is_dir():
+        from .store import STORE_FILENAME
+
+        path = path / STORE_FILENAME
+    if not path.exists():
+        raise FileNotFoundError(f"no result store at {path}")
+    return path

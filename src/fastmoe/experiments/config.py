@@ -1,0 +1,378 @@
+"""Rate experiments as data: the :class:`Experiment` definition, its file forms and the job seeds.
+
+An experiment (``MODEL.md`` section 5) fixes a true parameter ``G*``, a fitted number of experts, the law of
+``X``, a grid of sample sizes and a number of replications. A *job* is one ``(n, replication)`` cell of that
+grid. Its random streams derive from ``(base_seed, n, replication)`` alone
+(``numpy.random.SeedSequence([base_seed, n, replication])``), so any single job can be re-run on its own,
+on any machine, in any order, and gives the same numbers; growing the grid later leaves the old jobs as
+they were.
+
+A definition round-trips through a dict, TOML and JSON::
+
+    exp = Experiment.load("my-study.toml")
+    exp.save("copy.json")
+    assert Experiment.load("copy.json") == exp
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, Optional, Tuple
+
+import numpy as np
+
+from ..params import MoEParams
+from . import _toml
+
+__all__ = ["Experiment", "FitOptions", "XLaw", "job_seed", "job_streams", "parse_loss_name"]
+
+#: Names of the random streams of one job, in the order they are spawned from its seed sequence.
+STREAMS = ("x", "y", "init", "fit")
+
+_LOSS_NAME = re.compile(r"^(D1|D2|D2r(?P<r>\d+(\.\d+)?))$")
+
+
+def parse_loss_name(name: str) -> Tuple[str, Optional[float]]:
+    """Split a loss name into the function name and its exponent.
+
+    ``"D1"`` and ``"D2"`` name :func:`fastmoe.losses.D1` and :func:`fastmoe.losses.D2` (``r = 2``);
+    ``"D2r<r>"`` (e.g. ``"D2r4"``, ``"D2r1.5"``) names :func:`fastmoe.losses.D2r` with exponent ``r``.
+    """
+    match = _LOSS_NAME.match(name)
+    if not match:
+        raise ValueError(f"unknown loss {name!r}; expected 'D1', 'D2' or 'D2r<r>' such as 'D2r4'")
+    if match.group("r") is not None:
+        return "D2r", float(match.group("r"))
+    return name, None
+
+
+def job_seed(base_seed: int, n: int, replication: int) -> np.random.SeedSequence:
+    """The seed sequence of job ``(n, replication)``: entropy ``(base_seed, n, replication)``."""
+    return np.random.SeedSequence([int(base_seed), int(n), int(replication)])
+
+
+def job_streams(base_seed: int, n: int, replication: int) -> dict:
+    """Independent generators ``{"x", "y", "init", "fit"}`` of one job (see :data:`STREAMS`)."""
+    children = job_seed(base_seed, n, replication).spawn(len(STREAMS))
+    return {name: np.random.default_rng(child) for name, child in zip(STREAMS, children)}
+
+
+@dataclass(frozen=True)
+class XLaw:
+    """The law of the inputs ``X`` (``d`` independent coordinates).
+
+    Parameters
+    ----------
+    kind : {"uniform", "normal"}, default="uniform"
+        ``uniform``: each coordinate uniform on ``[low, high]`` (the paper's ``Uniform[-1, 1]^d``).
+        ``normal``: each coordinate ``N(0, scale^2)``.
+    low, high : float, default=-1.0, 1.0
+        Bounds of the uniform law.
+    scale : float, default=1.0
+        Standard deviation of the normal law.
+    """
+
+    kind: str = "uniform"
+    low: float = -1.0
+    high: float = 1.0
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in ("uniform", "normal"):
+            raise ValueError(f"x_law.kind must be 'uniform' or 'normal', got {self.kind!r}")
+        if self.kind == "uniform" and not self.low < self.high:
+            raise ValueError(f"x_law needs low < high, got low={self.low}, high={self.high}")
+        if self.kind == "normal" and not self.scale > 0:
+            raise ValueError(f"x_law.scale must be positive, got {self.scale}")
+
+    def sample(self, rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+        """Draw ``X`` of shape ``(n, d)``."""
+        if self.kind == "uniform":
+            return rng.uniform(self.low, self.high, size=(n, d))
+        return rng.normal(0.0, self.scale, size=(n, d))
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How each job fits the model.
+
+    Parameters
+    ----------
+    init : {"truth", "kmeans", "random"}, default="truth"
+        ``truth``: start near the true parameters as in ``MODEL.md`` section 5 (see
+        :func:`fastmoe.experiments.init.init_near_truth`); ``kmeans`` / ``random``: the data-driven starts
+        of :func:`fastmoe.fit`, with ``n_init`` restarts.
+    init_scale : float, default=0.1
+        Standard deviation of the Gaussian perturbation of every coordinate of a start near the truth.
+    split_cells : tuple of int or None, default=None
+        For over-fits started near the truth: the true atoms (indices in the true parameter) that receive
+        the ``k - k*`` extra fitted atoms. ``None`` draws them at random per job.
+    n_init : int, default=1
+        Restarts of a data-driven start (ignored for ``truth``).
+    max_iter : int, default=2000
+        EM iteration cap; a fit that reaches it is recorded as such.
+    tol : float, default=1e-8
+        Relative log-likelihood tolerance of EM.
+    l2 : float, default=0.0
+        Ridge penalty passed to :func:`fastmoe.fit`.
+    """
+
+    init: str = "truth"
+    init_scale: float = 0.1
+    split_cells: Optional[Tuple[int, ...]] = None
+    n_init: int = 1
+    max_iter: int = 2000
+    tol: float = 1e-8
+    l2: float = 0.0
+
+    def __post_init__(self):
+        if self.init not in ("truth", "kmeans", "random"):
+            raise ValueError(f"fit.init must be 'truth', 'kmeans' or 'random', got {self.init!r}")
+        if not self.init_scale >= 0:
+            raise ValueError(f"fit.init_scale must be >= 0, got {self.init_scale}")
+        if self.split_cells is not None:
+            object.__setattr__(self, "split_cells", tuple(int(j) for j in self.split_cells))
+        if self.n_init < 1 or self.max_iter < 1:
+            raise ValueError(f"fit.n_init and fit.max_iter must be >= 1, got {self.n_init}, {self.max_iter}")
+        if not self.tol > 0 or not self.l2 >= 0:
+            raise ValueError(f"fit.tol must be > 0 and fit.l2 >= 0, got {self.tol}, {self.l2}")
+
+
+def _check_sample_sizes(sizes) -> Tuple[int, ...]:
+    sizes = tuple(int(n) for n in sizes)
+    if not sizes:
+        raise ValueError("sample_sizes is empty")
+    if min(sizes) < 2:
+        raise ValueError(f"sample sizes must be >= 2, got {min(sizes)}")
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"sample_sizes has duplicates: {sizes}")
+    return tuple(sorted(sizes))
+
+
+@dataclass(frozen=True, eq=False)
+class Experiment:
+    """A rate experiment: true parameter, fitted model, grid of sample sizes and replications.
+
+    Parameters
+    ----------
+    name : str
+        Identifier; the result store keys rows by ``(name, n, replication)``.
+    truth : MoEParams
+        The true parameter ``G*``, with a named gating transform. The fit uses the same transform: the
+        Voronoi losses compare gating parameters of one transform only.
+    n_experts : int
+        Number of fitted experts ``k`` (``k = k*`` exact fit, ``k > k*`` over-fit).
+    sample_sizes : tuple of int
+        The grid of ``n`` (sorted on construction).
+    n_replications : int
+        Replications per sample size.
+    base_seed : int, default=0
+        Entropy shared by all jobs; see :func:`job_seed`.
+    x_law : XLaw, default=XLaw()
+        Law of ``X`` (``Uniform[-1, 1]^d``).
+    fit : FitOptions, default=FitOptions()
+        Initialisation and EM options.
+    losses : tuple of str, default=("D1",)
+        Voronoi losses recorded per job (see :func:`parse_loss_name`); per-parameter errors are always
+        recorded.
+    primary_loss : str or None, default=None
+        The loss whose slope the command line prints first; the first of ``losses`` when None.
+    theory : mapping of str to float, default={}
+        Theoretical slope of log(metric) on log(n), keyed by metric name or :mod:`fnmatch` pattern
+        (``"beta1_max_*"``); the first matching key wins. Drawn beside the fitted lines.
+    exact_translation : bool, default=False
+        Compute the losses with the numerical infimum over gating translations.
+    coef_limit : float, default=50.0
+        A fitted coefficient larger than this in absolute value marks the fit as diverged
+        (quasi-separation), in addition to :attr:`fastmoe.FitResult.diverged`.
+    description : str, default=""
+        Free text shown by ``fastmoe rates presets``.
+    """
+
+    name: str
+    truth: MoEParams
+    n_experts: int
+    sample_sizes: Tuple[int, ...]
+    n_replications: int
+    base_seed: int = 0
+    x_law: XLaw = field(default_factory=XLaw)
+    fit: FitOptions = field(default_factory=FitOptions)
+    losses: Tuple[str, ...] = ("D1",)
+    primary_loss: Optional[str] = None
+    theory: Mapping[str, float] = field(default_factory=dict)
+    exact_translation: bool = False
+    coef_limit: float = 50.0
+    description: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
+            raise ValueError(f"experiment name must be letters, digits, '_', '.', '-', got {self.name!r}")
+        if not isinstance(self.truth, MoEParams):
+            raise TypeError(f"truth must be a MoEParams, got {type(self.truth).__name__}")
+        if not isinstance(self.truth.gating, str):
+            raise ValueError("the true parameter needs a named gating transform so it can be stored")
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        set_("n_experts", int(self.n_experts))
+        if self.n_experts < 1:
+            raise ValueError(f"n_experts must be >= 1, got {self.n_experts}")
+        if self.fit.init == "truth" and self.n_experts < self.truth.n_experts:
+            raise ValueError(
+                f"a start near the truth needs n_experts >= the true number of experts "
+                f"({self.truth.n_experts}), got {self.n_experts}"
+            )
+        if self.fit.split_cells is not None:
+            extra = self.n_experts - self.truth.n_experts
+            if len(self.fit.split_cells) != extra:
+                raise ValueError(
+                    f"fit.split_cells names {len(self.fit.split_cells)} cells but the fit has {extra} extra "
+                    f"experts (n_experts={self.n_experts}, true experts={self.truth.n_experts})"
+                )
+            bad = [j for j in self.fit.split_cells if not 0 <= j < self.truth.n_experts]
+            if bad:
+                raise ValueError(f"fit.split_cells {bad} are not true atoms 0..{self.truth.n_experts - 1}")
+        set_("sample_sizes", _check_sample_sizes(self.sample_sizes))
+        set_("n_replications", int(self.n_replications))
+        if self.n_replications < 1:
+            raise ValueError(f"n_replications must be >= 1, got {self.n_replications}")
+        set_("base_seed", int(self.base_seed))
+        if self.base_seed < 0:
+            raise ValueError(f"base_seed must be >= 0 (SeedSequence entropy), got {self.base_seed}")
+        losses = (self.losses,) if isinstance(self.losses, str) else tuple(self.losses)
+        if not losses:
+            raise ValueError("losses is empty")
+        for name in losses:
+            parse_loss_name(name)
+        set_("losses", losses)
+        primary = self.primary_loss if self.primary_loss is not None else losses[0]
+        if primary not in losses:
+            raise ValueError(f"primary_loss {primary!r} is not among losses {losses}")
+        set_("primary_loss", primary)
+        set_("theory", {str(k): float(v) for k, v in dict(self.theory).items()})
+        if not self.coef_limit > 0:
+            raise ValueError(f"coef_limit must be positive, got {self.coef_limit}")
+
+    # -- grid ---------------------------------------------------------------------------------------
+    @property
+    def n_jobs(self) -> int:
+        """Number of jobs in the grid."""
+        return len(self.sample_sizes) * self.n_replications
+
+    def jobs(self) -> Iterator[Tuple[int, int]]:
+        """All ``(n, replication)`` pairs of the grid."""
+        for n in self.sample_sizes:
+            for rep in range(self.n_replications):
+                yield n, rep
+
+    def streams(self, n: int, replication: int) -> dict:
+        """The random generators of one job (:func:`job_streams`)."""
+        return job_streams(self.base_seed, n, replication)
+
+    def with_grid(self, sample_sizes=None, n_replications=None) -> "Experiment":
+        """A copy with another grid; the jobs the two grids share give identical results."""
+        changes = {}
+        if sample_sizes is not None:
+            changes["sample_sizes"] = sample_sizes
+        if n_replications is not None:
+            changes["n_replications"] = n_replications
+        return dataclasses.replace(self, **changes)
+
+    # -- (de)serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain-Python form (JSON/TOML ready)."""
+        fit = dataclasses.asdict(self.fit)
+        if fit["split_cells"] is not None:
+            fit["split_cells"] = list(fit["split_cells"])
+        return {
+            "name": self.name,
+            "description": self.description,
+            "n_experts": self.n_experts,
+            "sample_sizes": list(self.sample_sizes),
+            "n_replications": self.n_replications,
+            "base_seed": self.base_seed,
+            "losses": list(self.losses),
+            "primary_loss": self.primary_loss,
+            "exact_translation": self.exact_translation,
+            "coef_limit": self.coef_limit,
+            "theory": dict(self.theory),
+            "x_law": dataclasses.asdict(self.x_law),
+            "fit": fit,
+            "truth": self.truth.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "Experiment":
+        """Inverse of :meth:`to_dict`; unknown keys are an error (they are usually typos)."""
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown experiment keys {sorted(unknown)}; expected some of {sorted(known)}")
+        for key in ("name", "truth", "n_experts", "sample_sizes", "n_replications"):
+            if key not in data:
+                raise ValueError(f"experiment definition lacks {key!r}")
+        data["truth"] = (
+            data["truth"] if isinstance(data["truth"], MoEParams) else MoEParams.from_dict(data["truth"])
+        )
+        for key, sub in (("x_law", XLaw), ("fit", FitOptions)):
+            if key in data and not isinstance(data[key], sub):
+                sub_known = {f.name for f in dataclasses.fields(sub)}
+                bad = set(data[key]) - sub_known
+                if bad:
+                    raise ValueError(f"unknown {key} keys {sorted(bad)}; expected some of {sorted(sub_known)}")
+                data[key] = sub(**data[key])
+        return cls(**data)
+
+    def to_toml(self) -> str:
+        """The definition as TOML text."""
+        return _toml.dumps(self.to_dict())
+
+    def to_json(self) -> str:
+        """The definition as JSON text."""
+        return json.dumps(self.to_dict(), indent=1)
+
+    def save(self, path) -> None:
+        """Write to ``path``: TOML for a ``.toml`` suffix, JSON otherwise."""
+        path = Path(path)
+        path.write_text(self.to_toml() if path.suffix == ".toml" else self.to_json())
+
+    @classmethod
+    def load(cls, path) -> "Experiment":
+        """Read a TOML (``.toml``) or JSON definition."""
+        path = Path(path)
+        text = path.read_text()
+        data = _toml.loads(text) if path.suffix == ".toml" else json.loads(text)
+        return cls.from_dict(data)
+
+    def model_digest(self) -> str:
+        """Hash of everything that determines a job's numbers (all but the grid and the description).
+
+        Two definitions with the same digest give the same result for every job they share, so a store
+        may extend a grid but refuses to mix rows of different digests under one name.
+        """
+        data = self.to_dict()
+        for key in ("sample_sizes", "n_replications", "description"):
+            data.pop(key)
+        canonical = json.dumps(data, sort_keys=True, default=float)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def theory_slope(self, metric: str) -> float:
+        """Theoretical slope of ``metric`` from :attr:`theory` (NaN when no key matches)."""
+        from fnmatch import fnmatchcase
+
+        for pattern, slope in self.theory.items():
+            if fnmatchcase(metric, pattern):
+                return slope
+        return math.nan
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Experiment):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # mutable-looking contents (dict, arrays): not hashable

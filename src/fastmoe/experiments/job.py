@@ -1,0 +1,214 @@
+"""One job of a rate experiment, as it runs on a worker.
+
+:func:`run_job` draws the data of one ``(n, replication)`` cell from the seeds of
+:func:`~fastmoe.experiments.config.job_streams`, fits the model and returns a *record*: a flat dict of
+plain Python values that the coordinating process stores. Everything that can go wrong inside a fit is
+recorded in the record instead of raised, so that one bad job never stops a study:
+
+``status``
+    ``"ok"``; ``"not_converged"`` (EM hit ``max_iter``); ``"diverged"`` (the fit reports diverging
+    coefficients, or a fitted coefficient exceeds ``coef_limit``: quasi-separation, the MLE does not
+    exist); ``"failed"`` (the fit raised; ``error`` holds the exception). The runner adds ``"crashed"``
+    for a job that killed its worker process.
+``warnings``
+    Messages of the warnings raised during the job (``ConvergenceWarning`` included), not shown.
+
+:func:`run_batch` runs a list of jobs in one task (to amortise per-task scheduling overhead) and is what
+the runner ships to worker processes: it takes the definition as JSON text, so a task is small and
+self-contained.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import socket
+import time
+import traceback
+import warnings
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from .config import Experiment, parse_loss_name
+from .init import init_near_truth
+from .store import fastmoe_version
+
+__all__ = ["run_job", "run_batch", "crashed_record", "STATUSES"]
+
+#: Every status a record can have, best first.
+STATUSES = ("ok", "not_converged", "diverged", "failed", "crashed")
+
+
+def _base_record(experiment: Experiment, n: int, replication: int) -> dict:
+    return {
+        "experiment": experiment.name,
+        "n": int(n),
+        "replication": int(replication),
+        "seed": [experiment.base_seed, int(n), int(replication)],
+        "status": "failed",
+        "error": None,
+        "fastmoe_version": fastmoe_version(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+def crashed_record(experiment: Experiment, n: int, replication: int, why: str) -> dict:
+    """The record of a job whose process died (written by the coordinator, not the worker)."""
+    record = _base_record(experiment, n, replication)
+    record.update(status="crashed", error=why, host=None, pid=None)
+    return record
+
+
+def compute_losses(experiment: Experiment, fitted) -> dict:
+    """The experiment's Voronoi losses and the per-parameter errors of ``fitted`` against the truth."""
+    from .. import losses
+
+    truth, exact = experiment.truth, experiment.exact_translation
+    out = {}
+    for name in experiment.losses:
+        func, r = parse_loss_name(name)
+        if func == "D1":
+            value = losses.D1(fitted, truth, exact_translation=exact)
+        elif func == "D2":
+            value = losses.D2(fitted, truth, exact_translation=exact)
+        else:
+            value = losses.D2r(fitted, truth, r, exact_translation=exact)
+        out[name] = float(value)
+    out.update(losses.flat(losses.per_parameter_errors(fitted, truth, exact_translation=exact)))
+    return out
+
+
+def _max_abs_coef(params) -> float:
+    p = params.normalized()
+    return float(max(np.abs(p.beta0).max(), np.abs(p.beta1).max(), np.abs(p.a).max(), np.abs(p.b).max()))
+
+
+def run_job(experiment: Experiment, n: int, replication: int, n_threads: int = 1) -> dict:
+    """Run job ``(n, replication)`` of ``experiment`` and return its record.
+
+    Parameters
+    ----------
+    experiment : Experiment
+    n : int
+        Sample size.
+    replication : int
+        Replication index.
+    n_threads : int, default=1
+        OpenMP threads of the fit, passed explicitly (an environment variable set after the worker's
+        OpenMP runtime started would not reach it).
+
+    Returns
+    -------
+    dict
+        Plain Python values; see the module docstring for ``status``.
+    """
+    import fastmoe
+
+    start = time.perf_counter()
+    record = _base_record(experiment, n, replication)
+    record["n_threads"] = int(n_threads)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            record.update(_fit_and_score(fastmoe, experiment, n, replication, n_threads))
+        except Exception as exc:  # recorded, not raised: one bad job must not stop a study
+            record["status"] = "failed"
+            record["error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            record["traceback"] = traceback.format_exc(limit=8)
+    # Keep the distinct messages only: a crawling fit may warn on every iteration.
+    record["warnings"] = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+    record["job_time"] = time.perf_counter() - start
+    return record
+
+
+def _fit_and_score(fastmoe, experiment: Experiment, n: int, replication: int, n_threads: int) -> dict:
+    truth = experiment.truth
+    streams = experiment.streams(n, replication)
+    X = experiment.x_law.sample(streams["x"], n, truth.n_features)
+    X, y = fastmoe.sample(truth, X=X, random_state=streams["y"])
+    opts = experiment.fit
+    if opts.init == "truth":
+        init = init_near_truth(truth, experiment.n_experts, streams["init"], opts.init_scale, opts.split_cells)
+        n_init = 1
+    else:
+        init, n_init = opts.init, opts.n_init
+    result = fastmoe.fit(
+        X,
+        y,
+        experiment.n_experts,
+        n_classes=truth.n_classes,
+        gating=truth.gating,
+        init=init,
+        n_init=n_init,
+        max_iter=opts.max_iter,
+        tol=opts.tol,
+        l2=opts.l2,
+        n_threads=n_threads,
+        random_state=streams["fit"],
+    )
+    fitted = result.params
+    max_abs_coef = _max_abs_coef(fitted)
+    out = {
+        "fit_time": float(result.time),
+        "n_iter": int(result.n_iter),
+        "converged": bool(result.converged),
+        "diverged": bool(result.diverged),
+        "hit_max_iter": bool(result.n_iter >= opts.max_iter),
+        "n_empty_experts": len(result.empty_experts),
+        "message": str(result.message),
+        "loglik": float(result.loglik),
+        "loglik_true": float(fastmoe.loglik(truth, X, y)),
+        "max_abs_coef": max_abs_coef,
+    }
+    out.update(compute_losses(experiment, fitted))
+    out["params"] = fitted.to_dict()
+    if result.diverged or not math.isfinite(max_abs_coef) or max_abs_coef > experiment.coef_limit:
+        out["status"] = "diverged"
+    elif not result.converged:
+        out["status"] = "not_converged"
+    else:
+        out["status"] = "ok"
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _experiment_from_json(definition: str) -> Experiment:
+    # Workers receive the definition as text; parse it once per worker, not once per job.
+    import json
+
+    return Experiment.from_dict(json.loads(definition))
+
+
+def run_batch(definition: str, jobs: Sequence[Tuple[int, int]], n_threads: int = 1) -> List[dict]:
+    """Run several jobs in one task; the unit of work the runner ships to workers.
+
+    Parameters
+    ----------
+    definition : str
+        :meth:`Experiment.to_json` of the experiment.
+    jobs : sequence of (n, replication)
+    n_threads : int, default=1
+        OpenMP threads per fit.
+
+    Returns
+    -------
+    list of dict
+        One record per job, in the order of ``jobs``.
+    """
+    experiment = _experiment_from_json(definition)
+    with _blas_limited(n_threads):
+        return [run_job(experiment, n, rep, n_threads) for n, rep in jobs]
+
+
+def _blas_limited(n_threads: int):
+    """Cap BLAS threads at the job's share of cores (threadpoolctl when present; no-op otherwise)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n_threads, user_api="blas")

@@ -1,0 +1,103 @@
+"""Log-log plots of a rate report (PNG and PDF).
+
+Figures are drawn on matplotlib's Agg canvas directly (``matplotlib.figure.Figure`` with
+``FigureCanvasAgg``), so plotting never touches pyplot's global state or needs a display.
+
+Each panel shows, per metric, the mean over replications at every ``n`` with a bar from the 10% to the 90%
+quantile, the least-squares line of the report and, dashed, a line of the theoretical slope drawn through
+the fitted line's value at the geometric middle of the grid.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import List, Sequence
+
+import numpy as np
+
+from .analysis import Report
+
+__all__ = ["plot_report"]
+
+
+def _panel(ax, report: Report, metrics: Sequence[str], title: str) -> None:
+    colors = [f"C{i}" for i in range(10)]
+    for color, metric in zip(colors * 3, metrics):
+        rows = [r for r in report.summaries[metric] if r["count"] and r["mean"] > 0]
+        if not rows:
+            continue
+        n = np.array([r["n"] for r in rows], dtype=float)
+        mean = np.array([r["mean"] for r in rows])
+        low = np.clip(mean - np.array([r["q10"] for r in rows]), 0, None)
+        high = np.clip(np.array([r["q90"] for r in rows]) - mean, 0, None)
+        fit = report.slopes[metric]
+        label = metric if math.isnan(fit.slope) else f"{metric}: slope {fit.slope:+.2f}"
+        if not math.isnan(fit.theory):
+            label += f" (theory {fit.theory:+.2f})"
+        ax.errorbar(n, mean, yerr=[low, high], fmt="o", ms=4, color=color, capsize=2, label=label)
+        if not math.isnan(fit.slope):
+            grid = np.geomspace(n.min(), n.max(), 50)
+            ax.plot(grid, fit.line(grid), "-", color=color, lw=1.2)
+            if not math.isnan(fit.theory):
+                mid = math.sqrt(n.min() * n.max())
+                anchor = float(fit.line(mid))
+                ax.plot(grid, anchor * (grid / mid) ** fit.theory, "--", color=color, lw=1.0, alpha=0.7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("sample size n")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.has_data():
+        ax.legend(fontsize=7, loc="best")
+
+
+def plot_report(report: Report, out_dir, formats: Sequence[str] = ("png", "pdf")) -> List[Path]:
+    """Draw the losses and the per-parameter errors of ``report``.
+
+    Writes ``<name>-losses.<fmt>`` (the Voronoi losses) and ``<name>-parameters.<fmt>`` (one panel per true
+    atom: cell mass error and the worst errors of beta1, a and b in the cell) for every format.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exp = report.experiment
+    subtitle = (f"{exp.name}: k*={exp.truth.n_experts}, k={exp.n_experts}, gating={exp.truth.gating_name}; "
+                "solid: least squares, dashed: theory")
+    written: List[Path] = []
+
+    fig = Figure(figsize=(6.4, 4.8), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    _panel(fig.add_subplot(1, 1, 1), report, list(exp.losses), subtitle)
+    fig.axes[0].set_ylabel("mean Voronoi loss")
+    written += _save(fig, out_dir / f"{exp.name}-losses", formats)
+
+    k_true = exp.truth.n_experts
+    fig = Figure(figsize=(5.2 * k_true, 4.6), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    for j in range(k_true):
+        ax = fig.add_subplot(1, k_true, j + 1)
+        metrics = [m for m in (f"mass_err_{j}", f"beta1_max_{j}", f"a_max_{j}", f"b_max_{j}")
+                   if m in report.summaries]
+        _panel(ax, report, metrics, f"true atom {j}")
+        if j == 0:
+            ax.set_ylabel("mean error")
+    fig.suptitle(subtitle, fontsize=10)
+    written += _save(fig, out_dir / f"{exp.name}-parameters", formats)
+    return written
+
+
+def _save(fig, stem: Path, formats) -> List[Path]:
+    paths = []
+    for fmt in formats:
+        path = stem.with_suffix(f".{fmt}")
+        fig.savefig(path, dpi=130)
+        paths.append(path)
+    return paths

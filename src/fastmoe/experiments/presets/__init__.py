@@ -1,0 +1,48 @@
+"""Named experiment definitions shipped with fastmoe (the TOML files in this folder).
+
+The four settings of ``MODEL.md`` section 5 (Nguyen, Akbarian, Nguyen & Ho, ICML 2024), all with
+``d = 2`` inputs uniform on ``[-1, 1]^2``, ``K = 3`` classes and ``k* = 2`` true experts; each file says
+why its true parameter was chosen. ``fastmoe rates presets`` lists them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List
+
+from ..config import Experiment
+
+__all__ = ["PRESET_DIR", "preset_names", "get_preset", "load_experiment"]
+
+#: Folder holding the preset files.
+PRESET_DIR = Path(__file__).resolve().parent
+
+
+def preset_names() -> List[str]:
+    """Names of the shipped presets (file stems), sorted."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def get_preset(name: str) -> Experiment:
+    """The preset called ``name``."""
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise KeyError(f"no preset {name!r}; available: {', '.join(preset_names())}")
+    return Experiment.load(path)
+
+
+def all_presets() -> Dict[str, Experiment]:
+    """Every shipped preset by name."""
+    return {name: get_preset(name) for name in preset_names()}
+
+
+def load_experiment(spec) -> Experiment:
+    """An experiment from a preset name or a definition file (``.toml`` or ``.json``)."""
+    path = Path(spec)
+    if path.is_file():
+        return Experiment.load(path)
+    if str(spec) in preset_names():
+        return get_preset(str(spec))
+    raise ValueError(
+        f"{spec!r} is neither a definition file nor a preset; presets: {', '.join(preset_names())}"
+    )

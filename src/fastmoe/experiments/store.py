@@ -1,0 +1,323 @@
+"""The result store: one SQLite file, written only by the coordinating process.
+
+Layout (one file, ``results.sqlite`` in a run directory):
+
+``experiments``
+    one row per experiment name: its definition (JSON), the digest of the parts that determine the
+    numbers (:meth:`Experiment.model_digest`) and the fastmoe version that registered it;
+``runs``
+    one row per invocation of the runner (version, executor, workers, threads per job);
+``results``
+    one row per finished job, keyed by ``(experiment, n, replication)``, holding its status and the full
+    job record as JSON. Each row is committed on its own as soon as its job returns, so an interruption
+    (Ctrl-C, ``kill -9``, a dying worker) loses no finished job. A second result for a key already stored
+    (a job re-run after its worker died) is ignored, so resuming never duplicates a job.
+
+The database runs in WAL mode with ``synchronous=NORMAL``: a commit costs tens of microseconds and a crash
+of the writing process cannot corrupt committed rows (a power loss may drop the last few).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import socket
+import sqlite3
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+from .config import Experiment
+
+__all__ = ["ResultStore", "fastmoe_version", "flatten_record", "STORE_FILENAME"]
+
+#: File name of the store inside a run directory.
+STORE_FILENAME = "results.sqlite"
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS experiments (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    fastmoe_version TEXT NOT NULL,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    experiment TEXT NOT NULL,
+    started TEXT NOT NULL,
+    fastmoe_version TEXT NOT NULL,
+    executor TEXT NOT NULL,
+    n_workers INTEGER,
+    threads_per_job INTEGER,
+    host TEXT
+);
+CREATE TABLE IF NOT EXISTS results (
+    experiment TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    replication INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    run_id INTEGER,
+    record TEXT NOT NULL,
+    PRIMARY KEY (experiment, n, replication)
+);
+"""
+
+
+def fastmoe_version() -> str:
+    """The installed fastmoe version (``"unknown"`` when neither the package nor its metadata says)."""
+    try:
+        import fastmoe
+
+        version = getattr(fastmoe, "__version__", None)
+        if version:
+            return str(version)
+    except ImportError:  # pragma: no cover - we are inside fastmoe
+        pass
+    try:
+        from importlib.metadata import version as _version
+
+        return _version("fastmoe")
+    except Exception:
+        return "unknown"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _json_default(value):
+    # NumPy scalars and arrays that slip into a record.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot store a {type(value).__name__} in a job record")
+
+
+def _dumps(record: dict) -> str:
+    # allow_nan: NaN is a legitimate value (an empty Voronoi cell has no parameter error).
+    return json.dumps(record, default=_json_default, allow_nan=True, separators=(",", ":"))
+
+
+class ResultStore:
+    """An SQLite store of job records (see the module docstring).
+
+    Parameters
+    ----------
+    path : str or Path
+        The database file; created with its tables when missing. A directory means
+        ``path / "results.sqlite"``.
+
+    Examples
+    --------
+    >>> with ResultStore(tmp_path) as store:          # doctest: +SKIP
+    ...     store.register(experiment)
+    ...     run_id = store.start_run(experiment.name, executor="local")
+    ...     store.add(record, run_id)
+    """
+
+    def __init__(self, path):
+        path = Path(path)
+        if path.is_dir():
+            path = path / STORE_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per row.
+        self._conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+        self._conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+        )
+
+    # -- lifetime -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- experiments --------------------------------------------------------------------------------
+    def register(self, experiment: Experiment) -> None:
+        """Store (or update) the definition of ``experiment``.
+
+        A name already stored with another :meth:`~Experiment.model_digest` is refused: its rows were
+        computed by a different model or fit and must not be mixed. The grid (sample sizes,
+        replications) may change between runs; the stored definition is the latest one.
+        """
+        row = self._conn.execute(
+            "SELECT digest FROM experiments WHERE name = ?", (experiment.name,)
+        ).fetchone()
+        digest = experiment.model_digest()
+        now = _now()
+        if row is None:
+            self._conn.execute(
+                "INSERT INTO experiments (name, digest, definition, fastmoe_version, created, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (experiment.name, digest, experiment.to_json(), fastmoe_version(), now, now),
+            )
+        elif row[0] != digest:
+            raise ValueError(
+                f"{self.path} already holds experiment {experiment.name!r} with a different definition "
+                f"(digest {row[0]} vs {digest}: truth, fit options, losses or seed differ). Use another "
+                "output directory or give the experiment another name."
+            )
+        else:
+            self._conn.execute(
+                "UPDATE experiments SET definition = ?, updated = ? WHERE name = ?",
+                (experiment.to_json(), now, experiment.name),
+            )
+
+    def experiment_names(self) -> List[str]:
+        """Names of the stored experiments."""
+        return [r[0] for r in self._conn.execute("SELECT name FROM experiments ORDER BY created, name")]
+
+    def experiment(self, name: Optional[str] = None) -> Experiment:
+        """The stored definition of ``name`` (the only experiment when None)."""
+        if name is None:
+            names = self.experiment_names()
+            if len(names) != 1:
+                raise ValueError(f"{self.path} holds experiments {names}; name one")
+            name = names[0]
+        row = self._conn.execute("SELECT definition FROM experiments WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise KeyError(f"no experiment {name!r} in {self.path}")
+        return Experiment.from_dict(json.loads(row[0]))
+
+    def version_of(self, name: str) -> str:
+        """The fastmoe version that registered experiment ``name``."""
+        row = self._conn.execute("SELECT fastmoe_version FROM experiments WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise KeyError(f"no experiment {name!r} in {self.path}")
+        return row[0]
+
+    # -- runs and results ---------------------------------------------------------------------------
+    def start_run(self, experiment: str, executor: str, n_workers=None, threads_per_job=None) -> int:
+        """Record an invocation of the runner and return its id (stored with every row it adds)."""
+        cur = self._conn.execute(
+            "INSERT INTO runs (experiment, started, fastmoe_version, executor, n_workers, threads_per_job, host) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (experiment, _now(), fastmoe_version(), executor, n_workers, threads_per_job, socket.gethostname()),
+        )
+        return int(cur.lastrowid)
+
+    def runs(self, experiment: Optional[str] = None) -> List[dict]:
+        """The recorded invocations, oldest first."""
+        sql = "SELECT * FROM runs" + (" WHERE experiment = ?" if experiment else "") + " ORDER BY run_id"
+        cur = self._conn.execute(sql, (experiment,) if experiment else ())
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+    def add(self, record: dict, run_id: Optional[int] = None) -> bool:
+        """Commit one job record; return False (and change nothing) when its key is already stored."""
+        cur = self._conn.execute(
+            "INSERT OR IGNORE INTO results (experiment, n, replication, status, run_id, record) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (record["experiment"], int(record["n"]), int(record["replication"]), record["status"], run_id,
+             _dumps(record)),
+        )  # autocommit mode: this statement is its own committed transaction
+        return cur.rowcount == 1
+
+    def done_keys(self, experiment: str) -> set:
+        """``{(n, replication)}`` already stored for ``experiment`` (any status)."""
+        cur = self._conn.execute("SELECT n, replication FROM results WHERE experiment = ?", (experiment,))
+        return {(int(n), int(r)) for n, r in cur}
+
+    def count(self, experiment: Optional[str] = None, status: Optional[str] = None) -> int:
+        """Number of stored rows, optionally for one experiment and/or status."""
+        clauses, args = [], []
+        if experiment is not None:
+            clauses.append("experiment = ?")
+            args.append(experiment)
+        if status is not None:
+            clauses.append("status = ?")
+            args.append(status)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        return int(self._conn.execute("SELECT COUNT(*) FROM results" + where, args).fetchone()[0])
+
+    def status_counts(self, experiment: str) -> dict:
+        """``{status: count}`` for one experiment."""
+        cur = self._conn.execute(
+            "SELECT status, COUNT(*) FROM results WHERE experiment = ? GROUP BY status", (experiment,)
+        )
+        return {s: int(c) for s, c in cur}
+
+    def delete(self, experiment: str, statuses: Iterable[str]) -> int:
+        """Delete the rows of ``experiment`` with one of ``statuses`` (to re-run failed jobs)."""
+        statuses = list(statuses)
+        if not statuses:
+            return 0
+        marks = ",".join("?" * len(statuses))
+        cur = self._conn.execute(
+            f"DELETE FROM results WHERE experiment = ? AND status IN ({marks})", [experiment, *statuses]
+        )
+        return cur.rowcount
+
+    def records(self, experiment: Optional[str] = None) -> List[dict]:
+        """All job records (dicts with ``run_id`` added), ordered by experiment, n, replication."""
+        sql = "SELECT run_id, record FROM results"
+        args: tuple = ()
+        if experiment is not None:
+            sql += " WHERE experiment = ?"
+            args = (experiment,)
+        sql += " ORDER BY experiment, n, replication"
+        out = []
+        for run_id, text in self._conn.execute(sql, args):
+            record = json.loads(text)
+            record["run_id"] = run_id
+            out.append(record)
+        return out
+
+    # -- export -------------------------------------------------------------------------------------
+    def export_csv(self, path, experiment: Optional[str] = None) -> Path:
+        """Write the flattened records (:func:`flatten_record`) to a CSV file."""
+        rows = [flatten_record(r) for r in self.records(experiment)]
+        columns = _columns(rows)
+        path = Path(path)
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        return path
+
+    def export_parquet(self, path, experiment: Optional[str] = None) -> Optional[Path]:
+        """Write the flattened records to Parquet; return None when pyarrow is not installed."""
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            return None
+        rows = [flatten_record(r) for r in self.records(experiment)]
+        columns = _columns(rows)
+        table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
+        path = Path(path)
+        pq.write_table(table, path)
+        return path
+
+
+def flatten_record(record: dict) -> dict:
+    """A record as one flat row: nested values (fitted parameters, seeds) become JSON strings."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, (dict, list, tuple)):
+            out[key] = json.dumps(value, default=_json_default)
+        else:
+            out[key] = value
+    return out
+
+
+def _columns(rows: List[dict]) -> List[str]:
+    columns: dict = {}
+    for row in rows:
+        for key in row:
+            columns.setdefault(key, None)
+    return list(columns)

@@ -1,0 +1,265 @@
+"""``fastmoe.fit``: maximum-likelihood fitting by generalised EM, and its frozen result object."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import inference
+from ._em import initial_parameters, run_em
+from ._engine import Problem
+from ._validation import (
+    check_params,
+    check_positive_int,
+    check_random_state,
+    check_sample_weight,
+    check_X,
+    check_y,
+    effective_n_threads,
+)
+from .exceptions import ConvergenceWarning
+from .params import MoEParams, gate_input
+
+__all__ = ["fit", "FitResult", "INIT_METHODS"]
+
+INIT_METHODS = ("kmeans", "random")
+
+
+@dataclass(frozen=True, repr=False)
+class FitResult:
+    """The outcome of :func:`fit`.
+
+    Attributes
+    ----------
+    params : MoEParams
+        Fitted parameters in reference conventions.
+    loglik : float
+        Log-likelihood at ``params`` (weighted when sample weights were given).
+    objective : float
+        The maximised objective: ``loglik`` minus the L2 penalty (equal to ``loglik`` when ``l2 = 0``).
+    n_iter : int
+        EM iterations of the kept run.
+    converged : bool
+        Whether the relative change of the objective fell below ``tol``.
+    diverged : bool
+        Whether coefficients were running off to infinity (quasi-separation: the MLE need not exist).
+    empty_experts : tuple of int
+        Experts left without responsibility mass at the end.
+    history : ndarray
+        Objective after each iteration (entry 0 at the start); never decreasing.
+    time : float
+        Wall-clock seconds of the whole fit (all restarts).
+    n_samples : int
+    message : str
+        A sentence saying how the fit ended.
+    """
+
+    params: MoEParams
+    loglik: float
+    objective: float
+    n_iter: int
+    converged: bool
+    diverged: bool
+    empty_experts: tuple
+    history: np.ndarray
+    time: float
+    n_samples: int
+    message: str
+
+    @property
+    def n_free_params(self) -> int:
+        return self.params.n_free_params
+
+    @property
+    def bic(self) -> float:
+        """Bayesian information criterion ``-2 loglik + p log n``."""
+        return -2.0 * self.loglik + self.n_free_params * np.log(self.n_samples)
+
+    @property
+    def aic(self) -> float:
+        """Akaike information criterion ``-2 loglik + 2 p``."""
+        return -2.0 * self.loglik + 2.0 * self.n_free_params
+
+    def predict_proba(self, X, n_threads=None):
+        """Class probabilities ``P(Y = s | x)`` under the fitted model, shape (n_samples, n_classes)."""
+        return inference.predict_proba(self.params, X, n_threads)
+
+    def predict(self, X, n_threads=None):
+        """Most probable class for each row of ``X``."""
+        return np.argmax(inference.predict_log_proba(self.params, X, n_threads), axis=1)
+
+    def score(self, X, y, sample_weight=None, n_threads=None):
+        """Mean log-likelihood per sample (weighted mean with sample weights)."""
+        total = inference.loglik(self.params, X, y, sample_weight, n_threads)
+        denom = len(y) if sample_weight is None else float(np.sum(sample_weight))
+        return total / denom
+
+    def __repr__(self):
+        return (
+            f"FitResult(loglik={self.loglik:.6f}, n_iter={self.n_iter}, converged={self.converged}, "
+            f"diverged={self.diverged}, empty_experts={self.empty_experts}, time={self.time:.3f}s, "
+            f"n_samples={self.n_samples},\n  message={self.message!r},\n  params={self.params!r})"
+        )
+
+
+def _check_init(init, gating, n_experts, n_features, n_classes):
+    """Resolve ``init`` and ``gating``; return (init, gating, n_classes)."""
+    if isinstance(init, MoEParams):
+        check_params(init, n_features=n_features)
+        if init.n_experts != n_experts:
+            raise ValueError(f"init has {init.n_experts} experts but n_experts={n_experts}")
+        if n_classes is not None and init.n_classes != n_classes:
+            raise ValueError(f"init has {init.n_classes} classes but n_classes={n_classes}")
+        if gating is not None and init.gating_name != MoEParams(
+            init.beta0, init.beta1, init.a, init.b, gating
+        ).gating_name:
+            raise ValueError(f"init uses gating {init.gating_name!r} but gating={gating!r}")
+        return init, init.gating, init.n_classes
+    if init not in INIT_METHODS:
+        raise ValueError(f"init must be one of {INIT_METHODS} or an MoEParams, got {init!r}")
+    return init, "identity" if gating is None else gating, n_classes
+
+
+def _message(state, max_iter, tol):
+    parts = []
+    if state.converged:
+        parts.append(f"converged in {state.n_iter} iterations (relative change <= tol={tol:g})")
+    elif state.stopped:
+        parts.append(f"stopped by the callback after {state.n_iter} iterations")
+    elif state.n_iter >= max_iter:
+        parts.append(f"did not converge within max_iter={max_iter} iterations")
+    else:
+        parts.append(f"stopped after {state.n_iter} iterations")
+    if state.diverged:
+        parts.append("coefficients are diverging (quasi-separation): the MLE may not exist; consider l2 > 0")
+    if state.empty_experts:
+        parts.append(f"experts {list(state.empty_experts)} have no responsibility mass")
+    return "; ".join(parts)
+
+
+def fit(
+    X,
+    y,
+    n_experts,
+    *,
+    n_classes=None,
+    gating=None,
+    init="kmeans",
+    n_init=1,
+    max_iter=1000,
+    tol=1e-8,
+    l2=0.0,
+    sample_weight=None,
+    n_threads=None,
+    random_state=None,
+    verbose=0,
+    callback=None,
+) -> FitResult:
+    """Fit a softmax-gated multinomial-logistic mixture of experts by maximum likelihood.
+
+    Generalised EM (MODEL.md section 2): every iteration is one fused compiled pass (E-step,
+    log-likelihood, all gradients and Hessians) followed by one Newton step for the gating and for
+    each expert; steps that would lower the log-likelihood are halved per block until their Q
+    function increases, so the log-likelihood never decreases.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+    y : array-like of shape (n_samples,)
+        Integer labels in ``0 .. n_classes - 1``.
+    n_experts : int
+        Number of experts ``k`` (>= 1; ``k = 1`` is multinomial logistic regression).
+    n_classes : int, optional
+        Number of classes ``K``; defaults to ``max(y) + 1`` (or the classes of ``init``).
+    gating : {"identity", "tanh", "sigmoid"} or callable, optional
+        Gating transform ``M``; default ``"identity"`` (standard softmax gating), or that of ``init``.
+    init : {"kmeans", "random"} or MoEParams, default="kmeans"
+        ``"kmeans"`` partitions the gating inputs with k-means, ``"random"`` with a random linear
+        gating; either partition is turned into parameters by an M-step. An ``MoEParams`` starts
+        there (e.g. near the truth in a simulation).
+    n_init : int, default=1
+        Restarts of a data-driven ``init``; the fit with the highest objective is kept.
+    max_iter : int, default=1000
+    tol : float, default=1e-8
+        Stop when ``|objective change| <= tol * |objective|``.
+    l2 : float, default=0.0
+        Optional ridge penalty ``l2 / 2 * ||slopes||^2`` (intercepts are not penalised); off by default.
+    sample_weight : array-like of shape (n_samples,), optional
+    n_threads : int, optional
+        OpenMP threads; None uses all usable cores (honouring ``OMP_NUM_THREADS``), -1 too, -2 all but one.
+    random_state : None, int or numpy.random.Generator
+    verbose : int, default=0
+    callback : callable ``(iteration, loglik, params) -> bool``, optional
+        Called after every iteration; returning True stops the fit.
+
+    Returns
+    -------
+    FitResult
+
+    Warns
+    -----
+    ConvergenceWarning
+        When the fit stops before converging (iteration cap, diverging coefficients).
+    """
+    started = time.perf_counter()
+    X = check_X(X)
+    n_samples, n_features = X.shape
+    n_experts = check_positive_int(n_experts, "n_experts")
+    n_init = check_positive_int(n_init, "n_init")
+    max_iter = check_positive_int(max_iter, "max_iter", minimum=0)
+    if not (np.isscalar(tol) and np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    if not (np.isscalar(l2) and np.isfinite(l2) and l2 >= 0):
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable")
+    init, gating, n_classes = _check_init(init, gating, n_experts, n_features, n_classes)
+    y, n_classes = check_y(y, n_samples, n_classes)
+    sample_weight = check_sample_weight(sample_weight, n_samples)
+    Z = gate_input(gating, X)
+    template = MoEParams(
+        np.zeros(n_experts), np.zeros((n_experts, Z.shape[1])),
+        np.zeros((n_experts, n_classes, n_features)), np.zeros((n_experts, n_classes)), gating,
+    )
+    if n_samples < template.n_free_params:
+        raise ValueError(
+            f"X has {n_samples} samples but a model with {n_experts} experts, {n_classes} classes and "
+            f"{n_features} features has {template.n_free_params} free parameters; need at least that many samples"
+        )
+    rng = check_random_state(random_state)
+    problem = Problem(X, Z, y, sample_weight, n_experts, n_classes, effective_n_threads(n_threads))
+
+    def make_params(W, V):
+        return MoEParams.from_packed(W, V, gating)
+
+    best = None
+    for _ in range(1 if isinstance(init, MoEParams) else n_init):
+        if isinstance(init, MoEParams):
+            W, V = init.normalized().packed()
+        else:
+            W, V = initial_parameters(problem, init, rng)
+        state = run_em(
+            problem, W, V, max_iter=max_iter, tol=tol, l2=l2, callback=callback, verbose=verbose,
+            make_params=make_params,
+        )
+        if best is None or state.objective > best.objective:
+            best = state
+    message = _message(best, max_iter, tol)
+    if not best.converged and not best.stopped:
+        warnings.warn(f"fastmoe.fit: {message}", ConvergenceWarning, stacklevel=2)
+    return FitResult(
+        params=make_params(best.W, best.V),
+        loglik=float(best.loglik),
+        objective=float(best.objective),
+        n_iter=best.n_iter,
+        converged=best.converged,
+        diverged=best.diverged,
+        empty_experts=best.empty_experts,
+        history=np.asarray(best.history),
+        time=time.perf_counter() - started,
+        n_samples=n_samples,
+        message=message,
+    )
