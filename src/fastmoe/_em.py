@@ -24,6 +24,8 @@ from .exceptions import FitWarning
 # A free logit whose bound over the data's bounding box exceeds this (odds beyond e^150) means the
 # coefficients are running off to infinity: quasi-separation, where the MLE does not exist.
 DIVERGENCE_LOGIT = 150.0
+# A mean log-likelihood above -1e-8 per sample means every label is predicted with certainty.
+SATURATED_LOGLIK = 1e-8
 # An expert whose responsibility mass is below this fraction of the total weight has no data to fit.
 EMPTY_EXPERT_FRACTION = 1e-8
 # Log-likelihood drops smaller than this (relative) are rounding in the summation, not a real decrease.
@@ -33,6 +35,14 @@ INIT_SUBSAMPLE = 20_000
 INIT_LABEL_SMOOTHING = 0.1
 INIT_L2 = 1.0
 INIT_NEWTON_ITER = 25
+# Newton on the log-likelihood is tried once EM's relative change is below NEWTON_SWITCH (and after at
+# least NEWTON_MIN_EM_ITER EM iterations); after a failed try, EM runs NEWTON_RETRY iterations first.
+NEWTON_SWITCH = 1e-3
+# Shifted (Levenberg-Marquardt) Newton steps, for a Hessian that is not negative definite, only once
+# EM has settled this far: EM crawling along a ridge or near a saddle.
+NEWTON_SHIFT_SWITCH = 1e-6
+NEWTON_MIN_EM_ITER = 5
+NEWTON_RETRY = 10
 
 
 @dataclass
@@ -51,6 +61,7 @@ class EMState:
     history: list = field(default_factory=list)
     n_ridged: int = 0
     n_halvings: int = 0
+    n_newton: int = 0
 
 
 class _Penalty:
@@ -87,14 +98,89 @@ def logit_bound(W, V, x_scale, z_scale):
     return float(max(gate.max(), expert.max()))
 
 
-def run_em(problem: Problem, W, V, *, max_iter, tol, l2, callback=None, verbose=0, make_params=None):
+def _free_vector(W, V):
+    k, K = V.shape[0], V.shape[1]
+    return np.concatenate([W[: k - 1].ravel(), V[:, : K - 1].ravel()])
+
+
+def _from_free_vector(theta, W, V):
+    k, K = V.shape[0], V.shape[1]
+    W, V = W.copy(), V.copy()
+    n_gate = W[: k - 1].size
+    W[: k - 1] = theta[:n_gate].reshape(k - 1, -1)
+    V[:, : K - 1] = theta[n_gate:].reshape(k, K - 1, -1)
+    return W, V
+
+
+def newton_on_loglik(problem, W, V, objective, penalty, slope_mask, tol, max_steps, record, allow_shift):
+    """Newton steps on the (penalised) log-likelihood itself, with its exact Hessian.
+
+    EM converges linearly, often slowly; once it has settled near a maximum, where the log-likelihood
+    is locally concave, Newton converges quadratically. Each step takes one ``loglik_hessian_pass``;
+    a step must not lower the objective (halved up to 10 times, each trial one cheap E-step pass).
+    Where the Hessian is not negative definite and ``allow_shift`` is set (EM has settled), its spectrum
+    is shifted (Levenberg-Marquardt); without it the phase stops, so that an early try cannot carry the
+    fit away from the maximum EM is heading for. The phase
+    gives up, leaving the parameters where its last good step put them, when no halving helps: the
+    caller then goes back to EM.
+
+    Returns
+    -------
+    W, V, objective, n_steps, converged
+    """
+    l2 = penalty.l2
+    for n_steps in range(max_steps):
+        _, grad, hess = problem.full_hessian(W, V)
+        theta = _free_vector(W, V)
+        grad = grad - l2 * slope_mask * theta
+        A = -hess + np.diag(l2 * slope_mask)
+        if not np.isfinite(A).all():
+            return W, V, objective, n_steps, False
+        try:
+            L = np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            if not allow_shift:
+                return W, V, objective, n_steps, False
+            # Not locally concave (EM crawling along a ridge or past a saddle): shift the spectrum so
+            # that the direction is still one of ascent (Levenberg-Marquardt); the line search below
+            # keeps the step honest, and plain Newton resumes once the Hessian is negative definite.
+            lowest = np.linalg.eigvalsh(A)[0]
+            shift = -lowest + 1e-3 * max(np.abs(np.diag(A)).max(), np.finfo(float).tiny)
+            L = np.linalg.cholesky(A + shift * np.eye(A.shape[0]))
+        direction = np.linalg.solve(L.T, np.linalg.solve(L, grad))
+        if not np.isfinite(direction).all():
+            return W, V, objective, n_steps, False
+        t = 1.0
+        for _ in range(10):
+            W_try, V_try = _from_free_vector(theta + t * direction, W, V)
+            objective_try = problem.loglik(W_try, V_try) - penalty(W_try, V_try).sum()
+            if objective_try >= objective - ROUNDING_SLACK * abs(objective):
+                break
+            t *= 0.5
+        else:
+            return W, V, objective, n_steps, False
+        change = objective_try - objective
+        W, V, objective = W_try, V_try, objective_try
+        if record(W, V, objective, change):
+            return W, V, objective, n_steps + 1, False
+        if abs(change) <= tol * abs(objective):
+            return W, V, objective, n_steps + 1, True
+    return W, V, objective, max_steps, False
+
+
+def run_em(problem: Problem, W, V, *, max_iter, tol, l2, newton=True, callback=None, verbose=0,
+           make_params=None):
     """Generalised EM from (W, V) until the relative objective change is below ``tol``.
 
     Parameters
     ----------
     problem : Problem
     W, V : packed starting parameters in reference conventions (copied).
-    max_iter : int; tol : float; l2 : float
+    max_iter : int
+        Iterations in all, EM and Newton together.
+    tol : float; l2 : float
+    newton : bool
+        Switch to Newton steps on the log-likelihood once EM has settled (``newton_on_loglik``).
     callback : callable ``(iteration, loglik, params) -> bool`` or None; returning True stops the fit.
     verbose : int; 0 silent, 1 a line every 10 iterations, 2 every iteration.
     make_params : callable ``(W, V) -> MoEParams`` used for the callback.
@@ -107,6 +193,7 @@ def run_em(problem: Problem, W, V, *, max_iter, tol, l2, callback=None, verbose=
     k = problem.n_experts
     penalty = _Penalty(l2, k)
     mask_gate, mask_expert = _slope_masks(problem)
+    slope_mask = np.concatenate([np.tile(mask_gate, 1), np.tile(mask_expert, k)])
     x_scale = np.abs(problem.X).max(axis=0)
     z_scale = x_scale if problem.Z is problem.X else np.abs(problem.Z).max(axis=0)
     empty_cut = EMPTY_EXPERT_FRACTION * problem.total_weight
@@ -115,7 +202,23 @@ def run_em(problem: Problem, W, V, *, max_iter, tol, l2, callback=None, verbose=
     objective = result.loglik - penalty(W, V).sum()
     state = EMState(W, V, objective, result.loglik, 0, False, False, False, (), [objective])
     start = time.perf_counter()
-    for iteration in range(1, max_iter + 1):
+    next_newton = NEWTON_MIN_EM_ITER
+
+    def record(W, V, objective, change):
+        """Book-keeping after every iteration; True when the callback asks to stop."""
+        state.history.append(objective)
+        state.n_iter += 1
+        if verbose and (verbose > 1 or state.n_iter % 10 == 0):
+            print(
+                f"[fastmoe] iter {state.n_iter:5d}  objective {objective:.12g}  change {change:.3e}  "
+                f"{time.perf_counter() - start:.2f}s",
+                flush=True,
+            )
+        if callback is not None and callback(state.n_iter, objective + penalty(W, V).sum(), make_params(W, V)):
+            state.stopped = True
+        return state.stopped
+
+    while state.n_iter < max_iter:
         active = result.expert_weight > empty_cut
         dW, dV, n_ridged = newton_directions(result, W, V, l2, mask_gate, mask_expert, active)
         state.n_ridged += n_ridged
@@ -132,32 +235,42 @@ def run_em(problem: Problem, W, V, *, max_iter, tol, l2, callback=None, verbose=
             if not objective_new >= objective - slack:
                 warnings.warn(
                     f"the log-likelihood decreased from {objective!r} to {objective_new!r} at iteration "
-                    f"{iteration} despite step halving; stopping at the previous parameters (please report)",
+                    f"{state.n_iter + 1} despite step halving; stopping at the previous parameters (please report)",
                     FitWarning,
                     stacklevel=3,
                 )
-                state.n_iter = iteration - 1
                 break
         change = objective_new - objective
         W, V, result, objective = W_new, V_new, result_new, objective_new
-        state.history.append(objective)
-        state.n_iter = iteration
-        if verbose and (verbose > 1 or iteration % 10 == 0):
-            print(
-                f"[fastmoe] iter {iteration:5d}  loglik {result.loglik:.10g}  change {change:.3e}  "
-                f"{time.perf_counter() - start:.2f}s",
-                flush=True,
-            )
-        if callback is not None and callback(iteration, result.loglik, make_params(W, V)):
-            state.stopped = True
+        if record(W, V, objective, change):
             break
         if abs(change) <= tol * max(abs(objective), np.finfo(float).tiny):
             state.converged = True
             break
         if logit_bound(W, V, x_scale, z_scale) > DIVERGENCE_LOGIT:
             break
+        if newton and state.n_iter >= next_newton and abs(change) <= NEWTON_SWITCH * abs(objective):
+            W_n, V_n, objective_n, n_steps, converged = newton_on_loglik(
+                problem, W, V, objective, penalty, slope_mask, tol, max_iter - state.n_iter, record,
+                allow_shift=abs(change) <= NEWTON_SHIFT_SWITCH * abs(objective),
+            )
+            state.n_newton += n_steps
+            if n_steps:
+                W, V, objective = W_n, V_n, objective_n
+                result = problem.newton_pass(W, V)
+            if converged or state.stopped:
+                state.converged = converged
+                break
+            next_newton = state.n_iter + NEWTON_RETRY
     state.W, state.V = W, V
-    state.diverged = logit_bound(W, V, x_scale, z_scale) > DIVERGENCE_LOGIT
+    # Diverging coefficients show either in the logit bound or, when the data are separable, in a
+    # likelihood saturated at 1 (the supremum is reached only at infinity), or in a class that never
+    # occurs (its intercepts head to -inf).
+    state.diverged = (
+        logit_bound(W, V, x_scale, z_scale) > DIVERGENCE_LOGIT
+        or result.loglik > -SATURATED_LOGLIK * problem.total_weight
+        or bool((problem.class_weight == 0).any())
+    )
     state.objective, state.loglik = objective, result.loglik
     state.empty_experts = tuple(int(i) for i in np.flatnonzero(result.expert_weight <= empty_cut))
     return state

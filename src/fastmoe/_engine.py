@@ -73,6 +73,7 @@ class Problem:
         k, K = n_experts, n_classes
         pg, pe = self.n_gate_features + 1, self.n_features + 1
         self.total_weight = float(sample_weight.sum()) if sample_weight.size else float(self.n_samples)
+        self.class_weight = np.bincount(y, weights=sample_weight if sample_weight.size else None, minlength=K)
         self._no_resp = np.empty((0, k))
         self._q = np.empty(k + 1)
         self._weight = np.empty(k)
@@ -82,6 +83,7 @@ class Problem:
         self._hess_expert = np.empty((k, (K - 1) * K // 2, pe * (pe + 1) // 2))
         self._gate_index = block_hessian_index(k - 1, pg)
         self._expert_index = block_hessian_index(K - 1, pe)
+        self._expert_rows_index = block_hessian_index(k * (K - 1), pe)
 
     def loglik(self, W, V):
         """Weighted log-likelihood at (W, V)."""
@@ -116,3 +118,35 @@ class Problem:
             self._no_resp if resp is None else resp, out, self.n_threads,
         )
         return out
+
+    def full_hessian(self, W, V):
+        """Log-likelihood, its gradient and its Hessian over all free parameters at (W, V).
+
+        The free parameters are ordered ``W[:k-1].ravel()`` then ``V[i, :K-1].ravel()`` for each expert.
+        The Hessian is the true one (negative definite at a strict local maximum): the observed
+        information is its negative.
+
+        Returns
+        -------
+        loglik : float; grad : (P,); hess : (P, P)
+        """
+        k, K = self.n_experts, self.n_classes
+        pg, pe = self.n_gate_features + 1, self.n_features + 1
+        kr = k * (K - 1)
+        grad_gate = np.empty((k - 1, pg))
+        grad_expert = np.empty((k, K - 1, pe))
+        gg = np.empty(((k - 1) * k // 2, pg * (pg + 1) // 2))
+        ee = np.empty((kr * (kr + 1) // 2, pe * (pe + 1) // 2))
+        ge = np.empty((k - 1, kr, pg, pe))
+        loglik = _kernels.loglik_hessian_pass(
+            self.X, self.Z, self.y, self.sample_weight, W, V, grad_gate, grad_expert, gg, ee, ge, self.n_threads
+        )
+        n_gate = (k - 1) * pg
+        neg = np.empty((n_gate + kr * pe, n_gate + kr * pe))
+        neg[:n_gate, :n_gate] = gg.ravel()[self._gate_index]
+        neg[n_gate:, n_gate:] = ee.ravel()[self._expert_rows_index]
+        cross = ge.transpose(0, 2, 1, 3).reshape(n_gate, kr * pe)
+        neg[:n_gate, n_gate:] = cross
+        neg[n_gate:, :n_gate] = cross.T
+        grad = np.concatenate([grad_gate.ravel(), grad_expert.ravel()])
+        return loglik, grad, -neg

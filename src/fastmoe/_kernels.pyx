@@ -54,6 +54,11 @@ cpdef Py_ssize_t chunk_size(Py_ssize_t n_samples) noexcept nogil:
     return c if c > CHUNK_MIN else CHUNK_MIN
 
 
+cdef inline int _threads_for(int n_threads, Py_ssize_t n_chunks) noexcept nogil:
+    # Never wake more threads than there are chunks: an idle thread's wake-up costs more than it saves.
+    return n_threads if n_threads < n_chunks else <int>n_chunks
+
+
 cdef inline Py_ssize_t _padded(Py_ssize_t m) noexcept nogil:
     return (m + PAD - 1) // PAD * PAD
 
@@ -208,7 +213,7 @@ def e_step(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
     cdef Py_ssize_t c, s, i, start, end
     cdef double ll, acc, total
 
-    with nogil, parallel(num_threads=n_threads):
+    with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
         lg = &scratch[threadid(), 0]
         pg = lg + k
         le = pg + k
@@ -291,7 +296,7 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
     cdef Py_ssize_t c, s, i, j, e, t, u, m, pair, start, end, label
     cdef double w, ll, r, cij, te, fs
 
-    with nogil, parallel(num_threads=n_threads):
+    with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
         lg = &scratch[threadid(), 0]
         pg = lg + k
         le = pg + k
@@ -406,7 +411,7 @@ def q_values(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] 
     cdef Py_ssize_t c, s, i, start, end, label
     cdef double w, r
 
-    with nogil, parallel(num_threads=n_threads):
+    with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
         lg = &scratch[threadid(), 0]
         pg = lg + k
         le = pg + k
@@ -444,6 +449,7 @@ def predict(const double[:, ::1] X, const double[:, ::1] Z, const double[:, ::1]
     the gating probabilities (n, k). No reduction, so no chunk table is needed."""
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
     cdef Py_ssize_t k = W.shape[0], K = V.shape[1]
+    cdef Py_ssize_t n_chunks = (n + CHUNK_MIN - 1) // CHUNK_MIN  # only to size the team
     cdef bint want_gate = gate_out.shape[0] > 0
     cdef Py_ssize_t swidth = 2 * k + 2 * k * K + k
     cdef double[:, ::1] scratch = np.empty((n_threads, _padded(swidth)))
@@ -458,7 +464,7 @@ def predict(const double[:, ::1] X, const double[:, ::1] Z, const double[:, ::1]
     cdef double* tmp
     cdef Py_ssize_t s, i, t
 
-    with nogil, parallel(num_threads=n_threads):
+    with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
         lg = &scratch[threadid(), 0]
         pg = lg + k
         le = pg + k
@@ -489,6 +495,7 @@ def sample_labels(const double[:, ::1] X, const double[:, ::1] Z, const double[:
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
     cdef Py_ssize_t k = W.shape[0], K = V.shape[1]
+    cdef Py_ssize_t n_chunks = (n + CHUNK_MIN - 1) // CHUNK_MIN  # only to size the team
     cdef Py_ssize_t swidth = 2 * k + 2 * K
     cdef double[:, ::1] scratch = np.empty((n_threads, _padded(swidth)))
     cdef const double* Xp = &X[0, 0]
@@ -502,7 +509,7 @@ def sample_labels(const double[:, ::1] X, const double[:, ::1] Z, const double[:
     cdef Py_ssize_t s, i, t, z
     cdef double cum
 
-    with nogil, parallel(num_threads=n_threads):
+    with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
         lg = &scratch[threadid(), 0]
         pg = lg + k
         le = pg + k
@@ -528,3 +535,166 @@ def sample_labels(const double[:, ::1] X, const double[:, ::1] Z, const double[:
                     break
             expert_out[s] = z
             y_out[s] = t
+
+
+def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
+                        const double[::1] sample_weight, const double[:, ::1] W, const double[:, :, ::1] V,
+                        double[:, ::1] grad_gate_out, double[:, :, ::1] grad_expert_out,
+                        double[:, ::1] hess_gg_out, double[:, ::1] hess_ee_out,
+                        double[:, :, :, ::1] hess_ge_out, int n_threads):
+    """Gradient and negative Hessian of the marginal log-likelihood itself, in one pass.
+
+    Per sample, with ``phi_i = log pi_i + log f_i(y)`` and responsibilities ``tau``, the Hessian of
+    ``log p = log sum_i exp(phi_i)`` is ``sum_i tau_i Hess(phi_i) + Cov_tau(grad phi_i)``. The first term
+    is the Q-function Hessian of ``newton_pass``; the covariance couples the gating with the experts.
+    With ``r_es = 1[y = s] - f_es`` the negative Hessian has the blocks
+
+    - gating (j <= l): ``w [pi_j (delta_jl - pi_l) - tau_j (delta_jl - tau_l)] triu(z z^T)``, in
+      ``hess_gg_out`` (k(k-1)/2, m_gate);
+    - expert (a = (e, s)) <= (b = (e', t)) over the k(K-1) flattened expert rows:
+      ``w [delta_ee' tau_e f_es (delta_st - f_et) - tau_e (delta_ee' - tau_e') r_es r_e't] triu(u u^T)``,
+      in ``hess_ee_out`` (P_e (P_e + 1)/2, m_expert) with ``P_e = k(K-1)``;
+    - gating j x expert (e, s): ``-w tau_j (delta_je - tau_e) r_es z u^T``, full blocks in ``hess_ge_out``
+      (k - 1, k(K-1), 1 + d_gate, 1 + d).
+
+    Gradients are those of ``newton_pass`` (the Fisher identity). Returns the log-likelihood. The
+    partial-sum table has a row per chunk of the full Hessian's size, so the number of chunks is
+    capped by that size as well (still a function of the problem alone, not of the threads).
+    """
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
+    cdef Py_ssize_t k = W.shape[0], K = V.shape[1]
+    cdef Py_ssize_t pgd = dg + 1, ped = d + 1
+    cdef Py_ssize_t mg = pgd * (pgd + 1) // 2, me = ped * (ped + 1) // 2
+    cdef Py_ssize_t ngp = (k - 1) * k // 2, kr = k * (K - 1), nee = kr * (kr + 1) // 2
+    cdef Py_ssize_t o_gg = 1, o_eg = o_gg + (k - 1) * pgd, o_hgg = o_eg + kr * ped
+    cdef Py_ssize_t o_hee = o_hgg + ngp * mg, o_hge = o_hee + nee * me
+    cdef Py_ssize_t width = o_hge + (k - 1) * kr * pgd * ped
+    cdef Py_ssize_t max_chunks = (1 << 22) // width
+    cdef Py_ssize_t chunk, n_chunks
+    if max_chunks > MAX_CHUNKS:
+        max_chunks = MAX_CHUNKS
+    if max_chunks < 16:
+        max_chunks = 16
+    chunk = (n + max_chunks - 1) // max_chunks
+    if chunk < CHUNK_MIN:
+        chunk = CHUNK_MIN
+    n_chunks = (n + chunk - 1) // chunk
+    cdef bint weighted = sample_weight.shape[0] > 0
+    cdef Py_ssize_t swidth = 2 * k + 2 * k * K + k + pgd + mg + ped + me + pgd * ped + kr
+    cdef double[:, ::1] scratch = np.empty((n_threads, _padded(swidth)))
+    cdef double[:, ::1] partial = np.zeros((n_chunks, _padded(width)))
+    cdef double[::1] total = np.empty(width)
+    cdef const double* Xp = &X[0, 0]
+    cdef const double* Zp = &Z[0, 0]
+    cdef const double* Wp = &W[0, 0]
+    cdef const double* Vp = &V[0, 0, 0]
+    cdef double* lg
+    cdef double* pg
+    cdef double* le
+    cdef double* pe
+    cdef double* tau
+    cdef double* zf
+    cdef double* zz
+    cdef double* uf
+    cdef double* uu
+    cdef double* zu
+    cdef double* res
+    cdef double* row
+    cdef double* dst
+    cdef Py_ssize_t c, s, i, j, e, e2, t, t2, a, b, m, pair, start, end, label
+    cdef double w, ll, coef
+
+    with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
+        lg = &scratch[threadid(), 0]
+        pg = lg + k
+        le = pg + k
+        pe = le + k * K
+        tau = pe + k * K
+        zf = tau + k
+        zz = zf + pgd
+        uf = zz + mg
+        uu = uf + ped
+        zu = uu + me
+        res = zu + pgd * ped
+        for c in prange(n_chunks, schedule="static"):
+            row = &partial[c, 0]
+            start = c * chunk
+            end = start + chunk if start + chunk < n else n
+            for s in range(start, end):
+                w = sample_weight[s] if weighted else 1.0
+                label = <Py_ssize_t>y[s]
+                ll = _forward(Zp + s * dg, Xp + s * d, label, Wp, Vp, k, K, dg, d, lg, pg, le, pe, tau)
+                row[0] = row[0] + w * ll
+                _fill_design(Zp + s * dg, dg, zf, zz)
+                _fill_design(Xp + s * d, d, uf, uu)
+                for i in range(pgd):
+                    for m in range(ped):
+                        zu[i * ped + m] = zf[i] * uf[m]
+                for e in range(k):
+                    for t in range(K - 1):
+                        res[e * (K - 1) + t] = (1.0 if t == label else 0.0) - pe[e * K + t]
+                # Gradients (Fisher identity: those of the Q functions).
+                for j in range(k - 1):
+                    dst = row + o_gg + j * pgd
+                    for m in range(pgd):
+                        dst[m] = dst[m] + w * (tau[j] - pg[j]) * zf[m]
+                for a in range(kr):
+                    e = a // (K - 1)
+                    dst = row + o_eg + a * ped
+                    for m in range(ped):
+                        dst[m] = dst[m] + w * tau[e] * res[a] * uf[m]
+                # Gating x gating.
+                pair = 0
+                for j in range(k - 1):
+                    for i in range(j, k - 1):
+                        coef = w * (pg[j] * ((1.0 if i == j else 0.0) - pg[i])
+                                    - tau[j] * ((1.0 if i == j else 0.0) - tau[i]))
+                        dst = row + o_hgg + pair * mg
+                        for m in range(mg):
+                            dst[m] = dst[m] + coef * zz[m]
+                        pair = pair + 1
+                # Expert x expert, over flattened rows a = (e, t) <= b = (e2, t2).
+                pair = 0
+                for a in range(kr):
+                    e = a // (K - 1)
+                    t = a - e * (K - 1)
+                    for b in range(a, kr):
+                        e2 = b // (K - 1)
+                        t2 = b - e2 * (K - 1)
+                        coef = -tau[e] * ((1.0 if e == e2 else 0.0) - tau[e2]) * res[a] * res[b]
+                        if e == e2:
+                            coef = coef + tau[e] * pe[e * K + t] * ((1.0 if t == t2 else 0.0) - pe[e * K + t2])
+                        coef = w * coef
+                        dst = row + o_hee + pair * me
+                        for m in range(me):
+                            dst[m] = dst[m] + coef * uu[m]
+                        pair = pair + 1
+                # Gating x expert: full (1 + d_gate) x (1 + d) blocks.
+                for j in range(k - 1):
+                    for a in range(kr):
+                        e = a // (K - 1)
+                        coef = -w * tau[j] * ((1.0 if j == e else 0.0) - tau[e]) * res[a]
+                        dst = row + o_hge + (j * kr + a) * pgd * ped
+                        for m in range(pgd * ped):
+                            dst[m] = dst[m] + coef * zu[m]
+
+    _reduce_rows(partial, n_chunks, width, &total[0])
+    for j in range(k - 1):
+        for m in range(pgd):
+            grad_gate_out[j, m] = total[o_gg + j * pgd + m]
+    for e in range(k):
+        for t in range(K - 1):
+            for m in range(ped):
+                grad_expert_out[e, t, m] = total[o_eg + (e * (K - 1) + t) * ped + m]
+    for pair in range(ngp):
+        for m in range(mg):
+            hess_gg_out[pair, m] = total[o_hgg + pair * mg + m]
+    for pair in range(nee):
+        for m in range(me):
+            hess_ee_out[pair, m] = total[o_hee + pair * me + m]
+    for j in range(k - 1):
+        for a in range(kr):
+            for i in range(pgd):
+                for m in range(ped):
+                    hess_ge_out[j, a, i, m] = total[o_hge + (j * kr + a) * pgd * ped + i * ped + m]
+    return total[0]

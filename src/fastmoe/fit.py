@@ -134,7 +134,10 @@ def _message(state, max_iter, tol):
     else:
         parts.append(f"stopped after {state.n_iter} iterations")
     if state.diverged:
-        parts.append("coefficients are diverging (quasi-separation): the MLE may not exist; consider l2 > 0")
+        parts.append(
+            "coefficients are diverging (separable data, or a class that never occurs): "
+            "the MLE does not exist; consider l2 > 0"
+        )
     if state.empty_experts:
         parts.append(f"experts {list(state.empty_experts)} have no responsibility mass")
     return "; ".join(parts)
@@ -152,6 +155,7 @@ def fit(
     max_iter=1000,
     tol=1e-8,
     l2=0.0,
+    newton=True,
     sample_weight=None,
     n_threads=None,
     random_state=None,
@@ -187,6 +191,11 @@ def fit(
         Stop when ``|objective change| <= tol * |objective|``.
     l2 : float, default=0.0
         Optional ridge penalty ``l2 / 2 * ||slopes||^2`` (intercepts are not penalised); off by default.
+    newton : bool, default=True
+        Once EM has settled, switch to Newton steps on the log-likelihood itself (exact Hessian, one
+        fused pass per step), guarded so that the objective never decreases and falling back to EM
+        when the Hessian is not negative definite. Converges in a handful of steps where EM crawls;
+        ``False`` gives plain generalised EM.
     sample_weight : array-like of shape (n_samples,), optional
     n_threads : int, optional
         OpenMP threads; None uses all usable cores (honouring ``OMP_NUM_THREADS``), -1 too, -2 all but one.
@@ -202,7 +211,7 @@ def fit(
     Warns
     -----
     ConvergenceWarning
-        When the fit stops before converging (iteration cap, diverging coefficients).
+        When the fit stops before converging (iteration cap) or its coefficients diverge.
     """
     started = time.perf_counter()
     X = check_X(X)
@@ -242,13 +251,13 @@ def fit(
         else:
             W, V = initial_parameters(problem, init, rng)
         state = run_em(
-            problem, W, V, max_iter=max_iter, tol=tol, l2=l2, callback=callback, verbose=verbose,
+            problem, W, V, max_iter=max_iter, tol=tol, l2=l2, newton=newton, callback=callback, verbose=verbose,
             make_params=make_params,
         )
         if best is None or state.objective > best.objective:
             best = state
     message = _message(best, max_iter, tol)
-    if not best.converged and not best.stopped:
+    if (not best.converged and not best.stopped) or best.diverged:
         warnings.warn(f"fastmoe.fit: {message}", ConvergenceWarning, stacklevel=2)
     return FitResult(
         params=make_params(best.W, best.V),

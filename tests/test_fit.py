@@ -1,0 +1,270 @@
+"""EM fitting: monotonicity, reductions to known models, parameter recovery, external reference fits."""
+
+import json
+import pathlib
+import warnings
+
+import numpy as np
+import pytest
+import reference_numpy as ref
+from conftest import random_params
+
+import fastmoe
+from fastmoe import losses
+from fastmoe._engine import Problem
+
+REFERENCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "flexmix-sigmoid-n3000"
+
+
+def _monotone(history, rel=1e-12):
+    history = np.asarray(history)
+    return bool(np.all(np.diff(history) >= -rel * np.abs(history[1:])))
+
+
+@pytest.mark.parametrize("init", ["kmeans", "random"])
+@pytest.mark.parametrize("gating", ["identity", "sigmoid"])
+def test_loglik_never_decreases(rng, init, gating):
+    truth = random_params(rng, 3, 3, 2, gating, scale=2.0)
+    X, y = fastmoe.sample(truth, n=3000, random_state=rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
+        result = fastmoe.fit(X, y, 3, gating=gating, init=init, max_iter=150, random_state=rng)
+    assert result.n_iter > 10
+    assert _monotone(result.history)
+    # The stored loglik is the loglik of the returned parameters.
+    assert result.loglik == pytest.approx(fastmoe.loglik(result.params, X, y), rel=1e-12)
+
+
+def test_penalised_objective_never_decreases(rng, well_separated):
+    X, y = fastmoe.sample(well_separated, n=2000, random_state=rng)
+    result = fastmoe.fit(X, y, 3, l2=5.0, random_state=rng, max_iter=2000)
+    assert _monotone(result.history)
+    params = result.params
+    penalty = 2.5 * (np.sum(params.beta1**2) + np.sum(params.a**2))
+    assert result.objective == pytest.approx(result.loglik - penalty, rel=1e-12)
+
+
+def test_each_em_iteration_matches_the_numpy_reference(rng):
+    """One generalised-EM iteration of fastmoe equals the reference's Newton-step EM iteration."""
+    truth = random_params(rng, 3, 3, 2)
+    X, y = fastmoe.sample(truth, n=800, random_state=rng)
+    start = random_params(rng, 3, 3, 2, scale=0.3)
+    W, V = start.packed()
+    W_ref, V_ref, _ = ref.em_step(W, V, X, X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
+        result = fastmoe.fit(X, y, 3, init=start, max_iter=1, tol=0.0)
+    W_fit, V_fit = result.params.packed()
+    np.testing.assert_allclose(W_fit, W_ref, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(V_fit, V_ref, rtol=1e-8, atol=1e-10)
+
+
+def test_q_gradient_matches_finite_differences(rng):
+    """The fused pass's gradients and Hessians against 4th-order differences of the compiled Q values."""
+    params = random_params(rng, 3, 3, 2)
+    X = rng.uniform(-1, 1, size=(400, 2))
+    y = rng.integers(0, 3, size=400)
+    W, V = params.packed()
+    problem = Problem(X, X, y.astype(np.int64), np.empty(0), 3, 3, 1)
+    base = problem.newton_pass(W, V)
+    h = 1e-4
+
+    def q_at(W2, V2):
+        return problem.q_values(W, V, W2, V2)
+
+    def fd(shift):
+        return (-q_at(*shift(2 * h)) + 8 * q_at(*shift(h)) - 8 * q_at(*shift(-h)) + q_at(*shift(-2 * h))) / (12 * h)
+
+    for i in range(2):  # free gating rows
+        for p in range(3):
+            def shift(t, i=i, p=p):
+                W2 = W.copy()
+                W2[i, p] += t
+                return W2, V
+            assert fd(shift)[0] == pytest.approx(base.grad_gate[i * 3 + p], rel=1e-7, abs=1e-7)
+    for e in range(3):
+        for s in range(2):
+            for p in range(3):
+                def shift(t, e=e, s=s, p=p):
+                    V2 = V.copy()
+                    V2[e, s, p] += t
+                    return W, V2
+                assert fd(shift)[1 + e] == pytest.approx(base.grad_expert[e, s * 3 + p], rel=1e-7, abs=1e-7)
+    # Hessians: the finite-difference derivative of the analytic gradient, one expert at a time.
+    for e in range(3):
+        for s in range(2):
+            for p in range(3):
+                Vp, Vm = V.copy(), V.copy()
+                Vp[e, s, p] += h
+                Vm[e, s, p] -= h
+                gp = problem.newton_pass(W, Vp, base_resp := fastmoe.responsibilities(params, X, y)).grad_expert[e]
+                gm = problem.newton_pass(W, Vm, base_resp).grad_expert[e]
+                column = (gp - gm) / (2 * h)
+                np.testing.assert_allclose(-column, base.hess_expert[e][:, s * 3 + p], rtol=1e-5, atol=1e-6)
+    assert np.allclose(base.hess_gate, base.hess_gate.T)
+    assert np.linalg.eigvalsh(base.hess_gate).min() > -1e-9
+
+
+def test_single_expert_is_multinomial_logistic_regression(rng):
+    from sklearn.linear_model import LogisticRegression
+
+    X = rng.normal(size=(3000, 3))
+    logits = X @ rng.normal(size=(3, 4)) + rng.normal(size=4)
+    y = (logits + rng.gumbel(size=logits.shape)).argmax(axis=1)
+    result = fastmoe.fit(X, y, 1, tol=1e-14, max_iter=200)
+    assert result.converged
+    clf = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10_000).fit(X, y)
+    np.testing.assert_allclose(result.predict_proba(X), clf.predict_proba(X), atol=2e-6)
+    a = result.params.a[0]
+    coef = clf.coef_ - clf.coef_[-1]  # sklearn is symmetric; move to the last-class reference
+    np.testing.assert_allclose(a, coef, rtol=1e-3, atol=1e-4)
+
+
+def test_integer_weights_equal_repeated_rows(rng, well_separated):
+    X, y = fastmoe.sample(well_separated, n=1500, random_state=rng)
+    w = rng.integers(1, 4, size=1500)
+    weighted = fastmoe.fit(X, y, 2, init=well_separated, sample_weight=w.astype(float), tol=1e-12)
+    repeated = fastmoe.fit(np.repeat(X, w, axis=0), np.repeat(y, w), 2, init=well_separated, tol=1e-12)
+    assert weighted.loglik == pytest.approx(repeated.loglik, rel=1e-9)
+    assert weighted.params.allclose(repeated.params, rtol=1e-5, atol=1e-6)
+
+
+def test_recovers_the_truth_at_large_n(well_separated):
+    X, y = fastmoe.sample(well_separated, n=200_000, random_state=2024)
+    rng = np.random.default_rng(5)
+    start = fastmoe.MoEParams(
+        well_separated.beta0 + rng.normal(scale=0.5, size=2),
+        well_separated.beta1 + rng.normal(scale=0.5, size=(2, 2)),
+        well_separated.a + rng.normal(scale=0.5, size=(2, 3, 2)),
+        well_separated.b + rng.normal(scale=0.5, size=(2, 3)),
+    ).normalized()
+    result = fastmoe.fit(X, y, 2, init=start, tol=1e-10)
+    assert result.converged
+    assert result.loglik >= fastmoe.loglik(well_separated, X, y)
+    # Asymptotic normality: every free parameter within 5 standard errors of the truth (standard errors
+    # from the observed information at the MLE; P(|z| > 5) ~ 6e-7 per parameter).
+    problem = Problem(X, X, y, np.empty(0), 2, 3, 1)
+    _, grad, hess = problem.full_hessian(*result.params.packed())
+    se = np.sqrt(np.diag(np.linalg.inv(-hess)))
+    z = (ref.pack_free(*result.params.packed()) - ref.pack_free(*well_separated.packed())) / se
+    assert np.abs(z).max() < 5, z
+    assert np.abs(grad).max() < 1e-4 * np.abs(hess).max()
+    # In Voronoi terms the fit is far closer to the truth than its start was.
+    assert losses.D1(result.params, well_separated) < 0.25 * losses.D1(start, well_separated)
+    # The fit does not depend on expert labels: a data-driven start finds the same optimum.
+    other = fastmoe.fit(X, y, 2, random_state=3, n_init=2, tol=1e-10, max_iter=3000)
+    assert other.loglik == pytest.approx(result.loglik, rel=1e-9)
+    assert losses.D1(other.params, result.params) < 1e-3
+
+
+def test_reaches_flexmix_optimum_from_its_start():
+    meta = json.loads((REFERENCE / "flexmix_fit.json").read_text())
+    data = np.loadtxt(REFERENCE / "data.csv", delimiter=",", skiprows=1)
+    X, y = data[:, :2], data[:, 2].astype(int)
+    start = fastmoe.MoEParams.from_dict(meta["start"], gating=meta["gating"])
+    result = fastmoe.fit(X, y, meta["n_experts"], init=start, tol=1e-13, max_iter=20_000)
+    assert result.converged
+    assert result.loglik >= meta["flexmix_loglik"]
+    flexmix = fastmoe.MoEParams.from_dict(meta["flexmix_mle"], gating=meta["gating"])
+    # Our evaluation of the external optimum agrees with the one recorded beside it.
+    assert fastmoe.loglik(flexmix, X, y) == pytest.approx(meta["loglik_at_flexmix_mle"], rel=1e-10)
+    # The likelihood is very flat here (flexmix needed ~2650 EM iterations): parameters along the ridge
+    # differ visibly while the log-likelihood agrees to 1e-7, so compare the criterion, not the atoms.
+    assert result.loglik >= meta["best_known_loglik"] - 1e-9 * abs(meta["best_known_loglik"])
+
+
+@pytest.mark.parametrize("gating", ["identity", "tanh"])
+def test_newton_phase_reaches_the_em_optimum(rng, well_separated, gating):
+    truth = fastmoe.MoEParams(well_separated.beta0, well_separated.beta1, well_separated.a, well_separated.b, gating)
+    X, y = fastmoe.sample(truth, n=5000, random_state=rng)
+    fast = fastmoe.fit(X, y, 2, init=truth, tol=1e-10, max_iter=5000)
+    plain = fastmoe.fit(X, y, 2, init=truth, tol=1e-10, max_iter=5000, newton=False)
+    assert fast.converged and plain.converged
+    assert fast.n_iter < plain.n_iter
+    assert _monotone(fast.history)
+    # EM crawls: when its relative change drops below tol it may still be a little short of the
+    # maximum that Newton reaches; it is never above it.
+    assert fast.loglik >= plain.loglik - 1e-12 * abs(plain.loglik)
+    assert fast.loglik == pytest.approx(plain.loglik, rel=1e-6)
+    # Newton's optimum is a fixed point of EM: plain EM started there stays there.
+    again = fastmoe.fit(X, y, 2, init=fast.params, tol=1e-12, max_iter=50, newton=False)
+    assert again.converged
+    assert again.params.allclose(fast.params, rtol=1e-6, atol=1e-6)
+
+
+def test_separable_data_is_reported_not_crashed(rng):
+    X = rng.uniform(-1, 1, size=(400, 2))
+    y = (X[:, 0] > 0).astype(int)  # perfectly separable by one expert
+    with pytest.warns(fastmoe.ConvergenceWarning, match="diverging"):
+        result = fastmoe.fit(X, y, 2, random_state=rng, max_iter=500)
+    assert result.diverged and not result.converged
+    assert np.isfinite(result.loglik) and _monotone(result.history)
+    # With a ridge the MLE exists and the fit converges.
+    penalised = fastmoe.fit(X, y, 2, random_state=rng, l2=1.0, max_iter=2000)
+    assert penalised.converged and not penalised.diverged
+
+
+def test_single_class_data_gives_no_nan(rng):
+    X = rng.uniform(-1, 1, size=(300, 2))
+    y = np.zeros(300, dtype=int)
+    with pytest.warns(fastmoe.ConvergenceWarning):
+        result = fastmoe.fit(X, y, 2, n_classes=3, random_state=rng, max_iter=300)
+    assert np.isfinite(result.loglik)
+    for arr in (result.params.a, result.params.b, result.params.beta0, result.params.beta1):
+        assert np.isfinite(arr).all()
+
+
+def test_empty_expert_is_reported(rng, well_separated):
+    X, y = fastmoe.sample(well_separated, n=2000, random_state=rng)
+    start = fastmoe.MoEParams(
+        beta0=[-100.0, 0.5, 0.0],  # expert 0 gets no mass (e^-100) anywhere in the data
+        beta1=[[0.0, 0.0], [3.0, -2.0], [0.0, 0.0]],
+        a=np.concatenate([np.zeros((1, 3, 2)), well_separated.a]),
+        b=np.concatenate([np.zeros((1, 3)), well_separated.b]),
+    )
+    result = fastmoe.fit(X, y, 3, init=start, tol=1e-10, max_iter=3000)
+    assert 0 in result.empty_experts
+    assert "no responsibility mass" in result.message
+    assert np.isfinite(result.loglik) and _monotone(result.history)
+
+
+def test_n_init_keeps_the_best_and_callback_can_stop(rng, well_separated):
+    X, y = fastmoe.sample(well_separated, n=2000, random_state=rng)
+    single = [fastmoe.fit(X, y, 2, random_state=s, max_iter=2000, tol=1e-9).objective for s in (11, 12, 13)]
+    seen = []
+
+    def stop_after_five(iteration, loglik, params):
+        seen.append((iteration, loglik, params.n_experts))
+        return iteration >= 5
+
+    stopped = fastmoe.fit(X, y, 2, random_state=0, callback=stop_after_five)
+    assert stopped.n_iter == 5 and not stopped.converged and "callback" in stopped.message
+    assert [s[0] for s in seen] == [1, 2, 3, 4, 5]
+    best = fastmoe.fit(X, y, 2, random_state=np.random.default_rng(0), n_init=4, max_iter=2000, tol=1e-9)
+    assert best.objective >= max(single) - 1e-6 * abs(max(single)) or best.converged
+
+
+def test_result_methods(rng, well_separated, capsys):
+    X, y = fastmoe.sample(well_separated, n=3000, random_state=rng)
+    result = fastmoe.fit(X, y, 2, init=well_separated, verbose=2, max_iter=500, tol=1e-6)
+    assert "[fastmoe] iter" in capsys.readouterr().out
+    proba = result.predict_proba(X)
+    assert proba.shape == (3000, 3)
+    assert np.array_equal(result.predict(X), proba.argmax(axis=1))
+    assert result.score(X, y) == pytest.approx(result.loglik / 3000, rel=1e-12)
+    p = result.params.n_free_params
+    assert p == 1 * 3 + 2 * 2 * 3
+    assert result.bic == pytest.approx(-2 * result.loglik + p * np.log(3000))
+    assert result.aic == pytest.approx(-2 * result.loglik + 2 * p)
+    assert "FitResult(" in repr(result)
+
+
+def test_callable_gating(rng):
+    def cube_root(X):
+        return np.cbrt(X)
+
+    truth = random_params(rng, 2, 3, 2, cube_root)
+    X, y = fastmoe.sample(truth, n=2000, random_state=rng)
+    result = fastmoe.fit(X, y, 2, init=truth, tol=1e-9, max_iter=3000)
+    assert result.params.gating is cube_root
+    assert result.loglik >= fastmoe.loglik(truth, X, y)

@@ -1,0 +1,157 @@
+"""Every compiled kernel against the plain NumPy reference, plus thread invariance and extreme inputs."""
+
+import numpy as np
+import pytest
+import reference_numpy as ref
+from conftest import random_params
+
+import fastmoe
+from fastmoe import _kernels
+from fastmoe._engine import Problem
+
+SHAPES = [(1, 2, 1), (2, 3, 2), (3, 3, 2), (4, 5, 3)]  # (k, K, d)
+
+
+def _data(rng, params, n, gating="identity"):
+    X = rng.uniform(-2, 2, size=(n, params.n_features))
+    y = rng.integers(0, params.n_classes, size=n)
+    return X, params.gate_input(X), y
+
+
+def _problem(X, Z, y, k, K, w=None, n_threads=1):
+    return Problem(X, Z, y.astype(np.int64), np.empty(0) if w is None else w, k, K, n_threads)
+
+
+@pytest.mark.parametrize("k, K, d", SHAPES)
+@pytest.mark.parametrize("gating", ["identity", "tanh"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_newton_pass_matches_reference(rng, k, K, d, gating, weighted):
+    params = random_params(rng, k, K, d, gating)
+    X, Z, y = _data(rng, params, 301)
+    w = rng.uniform(0.1, 3.0, size=301) if weighted else None
+    W, V = params.packed()
+    result = _problem(X, Z, y, k, K, w).newton_pass(W, V)
+
+    tau = ref.responsibilities(W, V, X, Z, y)
+    np.testing.assert_allclose(result.loglik, ref.loglik(W, V, X, Z, y, w), rtol=1e-12)
+    g, H = ref.gate_grad_hess(W, Z, tau, w)
+    np.testing.assert_allclose(result.grad_gate, g, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(result.hess_gate, -H, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(result.q[0], ref.q_gate(W, Z, tau, w), rtol=1e-11)
+    ww = np.ones(301) if w is None else w
+    for i in range(k):
+        g, H = ref.expert_grad_hess(V[i], X, y, tau[:, i], w)
+        np.testing.assert_allclose(result.grad_expert[i], g, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(result.hess_expert[i], -H, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(result.q[1 + i], ref.q_expert(V[i], X, y, tau[:, i], w), rtol=1e-11)
+        np.testing.assert_allclose(result.expert_weight[i], np.sum(ww * tau[:, i]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("k, K, d", SHAPES)
+def test_e_step_and_predict_match_reference(rng, k, K, d):
+    params = random_params(rng, k, K, d, "sigmoid")
+    X, Z, y = _data(rng, params, 257)
+    W, V = params.packed()
+    assert fastmoe.loglik(params, X, y) == pytest.approx(ref.loglik(W, V, X, Z, y), rel=1e-12)
+    np.testing.assert_allclose(fastmoe.responsibilities(params, X, y), ref.responsibilities(W, V, X, Z, y),
+                               rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(fastmoe.predict_proba(params, X), ref.predict_proba(W, V, X, Z), rtol=1e-11)
+    np.testing.assert_allclose(fastmoe.gate_proba(params, X), np.exp(ref.log_gate(W, Z)), rtol=1e-11)
+    np.testing.assert_allclose(fastmoe.expert_proba(params, X), np.exp(ref.log_expert(V, X)), rtol=1e-11)
+    logp = fastmoe.loglik_samples(params, X, y)
+    assert logp.shape == (257,)
+    assert logp.sum() == pytest.approx(ref.loglik(W, V, X, Z, y), rel=1e-12)
+
+
+def test_resp_in_replaces_responsibilities(rng):
+    params = random_params(rng, 3, 3, 2)
+    X, Z, y = _data(rng, params, 400)
+    W, V = params.packed()
+    tau = rng.dirichlet(np.ones(3), size=400)
+    problem = _problem(X, Z, y, 3, 3)
+    result = problem.newton_pass(W, V, tau)
+    g, H = ref.gate_grad_hess(W, Z, tau)
+    np.testing.assert_allclose(result.grad_gate, g, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(result.hess_gate, -H, rtol=1e-10, atol=1e-10)
+    W2, V2 = random_params(rng, 3, 3, 2).packed()
+    q = problem.q_values(W, V, W2, V2, tau)
+    assert q[0] == pytest.approx(ref.q_gate(W2, Z, tau), rel=1e-11)
+    for i in range(3):
+        assert q[1 + i] == pytest.approx(ref.q_expert(V2[i], X, y, tau[:, i]), rel=1e-11)
+
+
+def test_q_values_use_old_responsibilities(rng):
+    params, other = random_params(rng, 3, 4, 2), random_params(rng, 3, 4, 2)
+    X, Z, y = _data(rng, params, 333)
+    W, V = params.packed()
+    W2, V2 = other.packed()
+    q = _problem(X, Z, y, 3, 4).q_values(W, V, W2, V2)
+    tau = ref.responsibilities(W, V, X, Z, y)
+    assert q[0] == pytest.approx(ref.q_gate(W2, Z, tau), rel=1e-11)
+    for i in range(3):
+        assert q[1 + i] == pytest.approx(ref.q_expert(V2[i], X, y, tau[:, i]), rel=1e-11)
+
+
+@pytest.mark.parametrize("n", [13, 10003])
+def test_results_identical_for_any_thread_count(rng, n):
+    params = random_params(rng, 3, 3, 2, "tanh")
+    X, Z, y = _data(rng, params, n)
+    W, V = params.packed()
+    w = rng.uniform(0.5, 2.0, size=n)
+    outputs = []
+    for n_threads in (1, 2, 7):
+        problem = _problem(X, Z, y, 3, 3, w, n_threads)
+        r = problem.newton_pass(W, V)
+        logp = fastmoe.loglik_samples(params, X, y, n_threads=n_threads)
+        proba = fastmoe.predict_proba(params, X, n_threads=n_threads)
+        q = problem.q_values(W, V, W * 0.9, V * 1.1)
+        outputs.append((r.loglik, r.q, r.grad_gate, r.hess_gate, r.grad_expert, r.hess_expert, logp, proba, q))
+    for other in outputs[1:]:
+        for a, b in zip(outputs[0], other):
+            assert np.array_equal(a, b)  # bitwise, not approximately
+
+
+def test_fit_identical_for_any_thread_count(rng, well_separated):
+    X, y = fastmoe.sample(well_separated, n=10003, random_state=rng)
+    fits = [fastmoe.fit(X, y, 2, init=well_separated, n_threads=t, tol=1e-10) for t in (1, 2, 7)]
+    for other in fits[1:]:
+        assert other.n_iter == fits[0].n_iter
+        assert np.array_equal(other.history, fits[0].history)
+        assert np.array_equal(other.params.a, fits[0].params.a)
+
+
+def test_chunk_size_depends_on_n_only():
+    assert _kernels.chunk_size(10) == _kernels.chunk_size(1000)
+    big = _kernels.chunk_size(10**8)
+    assert 10**8 / big <= 512 + 1
+
+
+def test_extreme_logits_stay_finite(rng):
+    params = random_params(rng, 3, 3, 2, scale=1e3)  # logits of order +-1e3
+    X, Z, y = _data(rng, params, 500)
+    W, V = params.packed()
+    r = _problem(X, Z, y, 3, 3).newton_pass(W, V)
+    for value in (r.loglik, r.q, r.grad_gate, r.hess_gate, r.grad_expert, r.hess_expert):
+        assert np.isfinite(value).all()
+    resp = fastmoe.responsibilities(params, X, y)
+    assert np.isfinite(resp).all() and (resp >= 0).all()
+    np.testing.assert_allclose(resp.sum(axis=1), 1.0, rtol=1e-12)
+    proba = fastmoe.predict_proba(params, X)
+    assert np.isfinite(proba).all()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    assert np.isfinite(fastmoe.loglik(params, X, y))
+    np.testing.assert_allclose(r.loglik, ref.loglik(W, V, X, Z, y), rtol=1e-10)
+
+
+def test_sample_labels_follow_the_model(rng, well_separated):
+    X = rng.uniform(-1, 1, size=(200_000, 2))
+    _, y, z = fastmoe.sample(well_separated, X=X, random_state=1, return_latent=True)
+    # Empirical frequencies in a region match the model's probabilities there.
+    gate = fastmoe.gate_proba(well_separated, X)
+    proba = fastmoe.predict_proba(well_separated, X)
+    np.testing.assert_allclose(np.bincount(z, minlength=2) / len(z), gate.mean(axis=0), atol=4e-3)
+    np.testing.assert_allclose(np.bincount(y, minlength=3) / len(y), proba.mean(axis=0), atol=4e-3)
+    # Same seed, same draw, whatever the thread count.
+    _, y1 = fastmoe.sample(well_separated, X=X, random_state=7, n_threads=1)
+    _, y2 = fastmoe.sample(well_separated, X=X, random_state=7, n_threads=2)
+    assert np.array_equal(y1, y2)

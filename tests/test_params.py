@@ -1,0 +1,90 @@
+"""The parameter object: conventions, (de)serialisation, and the model's invariances."""
+
+import numpy as np
+import pytest
+from conftest import random_params
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastmoe
+from fastmoe import MoEParams
+
+
+def test_round_trip_dict_and_file(tmp_path, rng):
+    params = random_params(rng, 3, 4, 2, "tanh")
+    again = MoEParams.from_dict(params.to_dict())
+    assert again.allclose(params, rtol=0, atol=0) and again.gating == "tanh"
+    params.save(tmp_path / "p.json")
+    assert MoEParams.load(tmp_path / "p.json").allclose(params, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="lacks"):
+        MoEParams.from_dict({"beta0": [0.0]})
+
+
+def test_callable_gating_cannot_be_serialised(rng):
+    params = random_params(rng, 2, 3, 2, np.cbrt)
+    assert params.gating_name == "cbrt"
+    with pytest.raises(ValueError, match="callable gating"):
+        params.to_dict()
+
+
+def test_arrays_are_read_only_copies(rng):
+    beta0 = np.zeros(2)
+    params = MoEParams(beta0, np.zeros((2, 2)), np.zeros((2, 3, 2)), np.zeros((2, 3)))
+    beta0[0] = 5.0
+    assert params.beta0[0] == 0.0
+    with pytest.raises(ValueError):
+        params.beta0[0] = 1.0
+
+
+def test_shapes_and_repr(rng):
+    params = random_params(rng, 3, 4, 5)
+    assert (params.n_experts, params.n_classes, params.n_features, params.n_gate_features) == (3, 4, 5, 5)
+    assert params.n_free_params == 2 * 6 + 3 * 3 * 6
+    W, V = params.packed()
+    assert W.shape == (3, 6) and V.shape == (3, 4, 6)
+    assert MoEParams.from_packed(W, V).allclose(params, rtol=0, atol=0)
+    text = repr(params)
+    assert "n_experts=3" in text and "gating='identity'" in text
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    gate_shift=st.floats(-5, 5),
+    class_shift=st.floats(-5, 5),
+    gating=st.sampled_from(["identity", "tanh", "sigmoid"]),
+)
+def test_shift_invariance(seed, gate_shift, class_shift, gating):
+    """A common shift of all experts' gating, or of one expert's classes, changes nothing."""
+    rng = np.random.default_rng(seed)
+    params = random_params(rng, 3, 3, 2, gating)
+    X = rng.uniform(-1, 1, size=(50, 2))
+    y = rng.integers(0, 3, size=50)
+    shifted = MoEParams(
+        params.beta0 + gate_shift,
+        params.beta1 + gate_shift,
+        params.a + class_shift * np.array([1.0, 0.0, 0.0])[:, None, None],
+        params.b + class_shift * np.array([1.0, 0.0, 0.0])[:, None],
+        gating,
+    )
+    assert fastmoe.loglik(shifted, X, y) == pytest.approx(fastmoe.loglik(params, X, y), rel=1e-10, abs=1e-10)
+    assert shifted.normalized().allclose(params, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), scale=st.floats(0.1, 10))
+def test_expert_permutation_and_weight_scaling(seed, scale):
+    rng = np.random.default_rng(seed)
+    params = random_params(rng, 4, 3, 2)
+    X = rng.uniform(-1, 1, size=(60, 2))
+    y = rng.integers(0, 3, size=60)
+    order = rng.permutation(4)
+    permuted = MoEParams(params.beta0[order], params.beta1[order], params.a[order], params.b[order])
+    base = fastmoe.loglik(params, X, y)
+    assert fastmoe.loglik(permuted, X, y) == pytest.approx(base, rel=1e-12)
+    np.testing.assert_allclose(fastmoe.responsibilities(permuted, X, y), fastmoe.responsibilities(params, X, y)[:, order],
+                               rtol=1e-10, atol=1e-14)
+    w = rng.uniform(0.1, 2, size=60)
+    assert fastmoe.loglik(params, X, y, sample_weight=scale * w) == pytest.approx(
+        scale * fastmoe.loglik(params, X, y, sample_weight=w), rel=1e-12
+    )

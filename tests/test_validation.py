@@ -1,0 +1,202 @@
+"""Bad input raises a clear exception naming the problem; odd-but-valid input is converted."""
+
+import numpy as np
+import pytest
+from conftest import random_params
+
+import fastmoe
+from fastmoe._validation import effective_n_threads
+
+
+@pytest.fixture
+def data(rng, well_separated):
+    X, y = fastmoe.sample(well_separated, n=300, random_state=rng)
+    return X, y
+
+
+@pytest.mark.parametrize(
+    "X_bad, message",
+    [
+        (np.zeros(300), "2-d"),
+        (np.zeros((300, 2, 1)), "2-d"),
+        (np.zeros((0, 2)), "at least one sample"),
+        (np.array([["a", "b"]] * 300), "numeric"),
+    ],
+)
+def test_bad_X_shapes_and_types(data, X_bad, message):
+    _, y = data
+    with pytest.raises(ValueError, match=message):
+        fastmoe.fit(X_bad, y[: len(X_bad)] if len(X_bad) else y[:0], 2)
+
+
+@pytest.mark.parametrize("bad, kind", [(np.nan, "NaN"), (np.inf, "inf"), (-np.inf, "inf")])
+def test_non_finite_X_names_the_row(data, bad, kind):
+    X, y = data
+    X = X.copy()
+    X[17, 1] = bad
+    with pytest.raises(ValueError, match=f"X contains {kind} at row 17"):
+        fastmoe.fit(X, y, 2)
+    with pytest.raises(ValueError, match="row 17"):
+        fastmoe.predict_proba(random_params(np.random.default_rng(0), 2, 3, 2), X)
+
+
+def test_sparse_X_is_refused(data):
+    sparse = pytest.importorskip("scipy.sparse")
+    X, y = data
+    with pytest.raises(TypeError, match="sparse"):
+        fastmoe.fit(sparse.csr_matrix(X), y, 2)
+
+
+@pytest.mark.parametrize(
+    "transform, message",
+    [
+        (lambda y: y[:-1], "y has 299 labels but X has 300"),
+        (lambda y: y - 1, "negative label"),
+        (lambda y: y + 0.5, "integer class labels"),
+        (lambda y: y.astype(str), "integer class labels"),
+        (lambda y: np.stack([y, y], axis=1), "1-d"),
+        (lambda y: np.where(np.arange(len(y)) == 3, np.nan, y), "NaN or inf at position 3"),
+    ],
+)
+def test_bad_labels(data, transform, message):
+    X, y = data
+    with pytest.raises(ValueError, match=message):
+        fastmoe.fit(X, transform(y), 2)
+
+
+def test_labels_outside_n_classes(data):
+    X, y = data
+    with pytest.raises(ValueError, match="has label 2 but n_classes=2"):
+        fastmoe.fit(X, y, 2, n_classes=2)
+    with pytest.raises(ValueError, match="n_classes must be >= 2"):
+        fastmoe.fit(X, np.zeros_like(y), 1, n_classes=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(n_experts=0), ValueError, "n_experts must be >= 1"),
+        (dict(n_experts=2.5), TypeError, "n_experts must be an integer"),
+        (dict(n_experts=2, n_init=0), ValueError, "n_init must be >= 1"),
+        (dict(n_experts=2, max_iter=-1), ValueError, "max_iter must be >= 0"),
+        (dict(n_experts=2, tol=-1.0), ValueError, "tol"),
+        (dict(n_experts=2, tol=np.nan), ValueError, "tol"),
+        (dict(n_experts=2, l2=-1.0), ValueError, "l2"),
+        (dict(n_experts=2, init="spectral"), ValueError, "init must be one of"),
+        (dict(n_experts=2, gating="relu"), ValueError, "unknown gating transform"),
+        (dict(n_experts=2, n_threads=0), ValueError, "n_threads=0"),
+        (dict(n_experts=2, n_threads=1.5), TypeError, "n_threads"),
+        (dict(n_experts=2, random_state="seed"), TypeError, "random_state"),
+        (dict(n_experts=2, callback=3), TypeError, "callback"),
+        (dict(n_experts=40), ValueError, "need at least that many samples"),
+    ],
+)
+def test_bad_fit_arguments(data, kwargs, error, message):
+    X, y = data
+    n_experts = kwargs.pop("n_experts")
+    with pytest.raises(error, match=message):
+        fastmoe.fit(X, y, n_experts, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "w, message",
+    [
+        (np.ones(10), r"shape \(10,\), expected \(300,\)"),
+        (-np.ones(300), "non-negative"),
+        (np.zeros(300), "zero everywhere"),
+        (np.full(300, np.nan), "NaN or inf"),
+    ],
+)
+def test_bad_sample_weight(data, w, message):
+    X, y = data
+    with pytest.raises(ValueError, match=message):
+        fastmoe.fit(X, y, 2, sample_weight=w)
+
+
+def test_mismatched_init_parameters(data, rng):
+    X, y = data
+    with pytest.raises(ValueError, match="init has 3 experts but n_experts=2"):
+        fastmoe.fit(X, y, 2, init=random_params(rng, 3, 3, 2))
+    with pytest.raises(ValueError, match="3 features but X has 2"):
+        fastmoe.fit(X, y, 2, init=random_params(rng, 2, 3, 3))
+    with pytest.raises(ValueError, match="init has 4 classes but n_classes=3"):
+        fastmoe.fit(X, y, 2, n_classes=3, init=random_params(rng, 2, 4, 2))
+    with pytest.raises(ValueError, match="init uses gating 'tanh' but gating='sigmoid'"):
+        fastmoe.fit(X, y, 2, init=random_params(rng, 2, 3, 2, "tanh"), gating="sigmoid")
+    with pytest.raises(ValueError, match="has label 2 but n_classes=2"):
+        fastmoe.fit(X, y, 2, init=random_params(rng, 2, 2, 2))
+
+
+def test_mismatched_parameters_in_inference(data, rng):
+    X, y = data
+    params = random_params(rng, 2, 3, 3)
+    with pytest.raises(ValueError, match="2 features but the model expects 3"):
+        fastmoe.loglik(params, X, y)
+    with pytest.raises(TypeError, match="expected an MoEParams"):
+        fastmoe.predict_proba({"beta0": [0]}, X)
+    with pytest.raises(ValueError, match="has label 3 but n_classes=3"):
+        fastmoe.loglik(random_params(rng, 2, 3, 2), X, np.full(300, 3))
+
+
+def test_float32_fortran_and_strided_input_is_converted(data, well_separated):
+    X, y = data
+    reference = fastmoe.loglik(well_separated, X, y)
+    for variant in (np.asfortranarray(X), np.repeat(X, 2, axis=0)[::2], X.tolist()):
+        assert fastmoe.loglik(well_separated, variant, y) == pytest.approx(reference, rel=1e-12)
+    X32 = X.astype(np.float32)
+    assert fastmoe.loglik(well_separated, X32, y.astype(np.int32)) == pytest.approx(
+        fastmoe.loglik(well_separated, X32.astype(np.float64), y), rel=1e-12
+    )
+    with pytest.warns(fastmoe.ConvergenceWarning, match="max_iter=3"):
+        result = fastmoe.fit(X32, y.astype(np.uint8), 2, init=well_separated, max_iter=3, tol=0.0)
+    assert np.isfinite(result.loglik) and result.n_iter == 3
+    # Labels given as integral floats or a column vector are fine too.
+    assert fastmoe.loglik(well_separated, X, y.astype(float)[:, None]) == pytest.approx(reference, rel=1e-12)
+
+
+def test_bad_parameter_objects():
+    with pytest.raises(ValueError, match="beta1 has 3 rows but beta0 has 2"):
+        fastmoe.MoEParams(np.zeros(2), np.zeros((3, 2)), np.zeros((2, 3, 2)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="a has 3 classes but b has 4"):
+        fastmoe.MoEParams(np.zeros(2), np.zeros((2, 2)), np.zeros((2, 3, 2)), np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="beta0 contains NaN or inf"):
+        fastmoe.MoEParams([np.nan, 0], np.zeros((2, 2)), np.zeros((2, 3, 2)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        fastmoe.MoEParams(np.zeros(2), np.zeros((2, 2)), np.zeros((2, 1, 2)), np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="beta1 needs 2 columns"):
+        fastmoe.MoEParams(np.zeros(2), np.zeros((2, 3)), np.zeros((2, 3, 2)), np.zeros((2, 3)), "tanh")
+    with pytest.raises(ValueError, match="must be a 3-d array"):
+        fastmoe.MoEParams(np.zeros(2), np.zeros((2, 2)), np.zeros((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(TypeError, match="gating must be"):
+        fastmoe.MoEParams(np.zeros(2), np.zeros((2, 2)), np.zeros((2, 3, 2)), np.zeros((2, 3)), 3)
+
+
+def test_gating_callable_with_wrong_output(rng):
+    params = fastmoe.MoEParams(np.zeros(2), np.zeros((2, 2)), np.zeros((2, 3, 2)), np.zeros((2, 3)),
+                               lambda X: X[:5])
+    with pytest.raises(ValueError, match="gating callable must map"):
+        fastmoe.predict_proba(params, rng.normal(size=(20, 2)))
+    nan_gate = fastmoe.MoEParams(np.zeros(2), np.zeros((2, 2)), np.zeros((2, 3, 2)), np.zeros((2, 3)),
+                                 lambda X: X * np.nan)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fastmoe.predict_proba(nan_gate, rng.normal(size=(20, 2)))
+
+
+def test_sample_arguments(well_separated):
+    with pytest.raises(ValueError, match="give either n"):
+        fastmoe.sample(well_separated)
+    with pytest.raises(ValueError, match="n=5 but X has 3 rows"):
+        fastmoe.sample(well_separated, n=5, X=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="low < high"):
+        fastmoe.sample(well_separated, n=5, low=1.0, high=0.0)
+
+
+def test_effective_n_threads(monkeypatch):
+    import fastmoe._validation as validation
+
+    monkeypatch.setattr(validation, "openmp_max_threads", lambda: 8)
+    assert effective_n_threads(None) == 8
+    assert effective_n_threads(-1) == 8
+    assert effective_n_threads(-2) == 7
+    assert effective_n_threads(-100) == 1
+    assert effective_n_threads(3) == 3
