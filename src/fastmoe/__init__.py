@@ -4,6 +4,7 @@
 identity (standard softmax gating) or a bounded transform (modified softmax gating).
 """
 
+from . import losses
 from ._openmp import openmp_enabled
 from .exceptions import ConvergenceWarning, FitWarning
 from .fit import FitResult, fit
@@ -32,6 +33,7 @@ __all__ = [
     "gate_proba",
     "loglik",
     "loglik_samples",
+    "losses",
     "openmp_enabled",
     "predict_log_proba",
     "predict_proba",
