@@ -91,6 +91,11 @@ def _slope_masks(problem):
     return gate.ravel(), expert.ravel()
 
 
+def _abs_max(X):
+    # max |x| per column without the n x d temporary that np.abs(X) would allocate
+    return np.maximum(X.max(axis=0), -X.min(axis=0))
+
+
 def logit_bound(W, V, x_scale, z_scale):
     """Largest possible |free logit| over the box ``|x_j| <= x_scale_j``: a cheap divergence gauge."""
     gate = np.abs(W[:, 0]) + np.abs(W[:, 1:]) @ z_scale
@@ -154,7 +159,7 @@ def newton_on_loglik(problem, W, V, objective, penalty, slope_mask, tol, max_ste
         for _ in range(10):
             W_try, V_try = _from_free_vector(theta + t * direction, W, V)
             objective_try = problem.loglik(W_try, V_try) - penalty(W_try, V_try).sum()
-            if objective_try >= objective - ROUNDING_SLACK * abs(objective):
+            if objective_try >= objective - ROUNDING_SLACK * abs(objective) - problem.rounding_floor:
                 break
             t *= 0.5
         else:
@@ -194,8 +199,8 @@ def run_em(problem: Problem, W, V, *, max_iter, tol, l2, newton=True, callback=N
     penalty = _Penalty(l2, k)
     mask_gate, mask_expert = _slope_masks(problem)
     slope_mask = np.concatenate([np.tile(mask_gate, 1), np.tile(mask_expert, k)])
-    x_scale = np.abs(problem.X).max(axis=0)
-    z_scale = x_scale if problem.Z is problem.X else np.abs(problem.Z).max(axis=0)
+    x_scale = _abs_max(problem.X)
+    z_scale = x_scale if problem.Z is problem.X else _abs_max(problem.Z)
     empty_cut = EMPTY_EXPERT_FRACTION * problem.total_weight
 
     result = problem.newton_pass(W, V)
@@ -225,9 +230,10 @@ def run_em(problem: Problem, W, V, *, max_iter, tol, l2, newton=True, callback=N
         W_new, V_new = W + dW, V + dV
         result_new = problem.newton_pass(W_new, V_new)
         objective_new = result_new.loglik - penalty(W_new, V_new).sum()
-        slack = ROUNDING_SLACK * abs(objective)
+        slack = ROUNDING_SLACK * abs(objective) + problem.rounding_floor
         if not objective_new >= objective - slack:  # also catches NaN
-            q_old = result.q - penalty(W, V)
+            # Q at the current parameters is needed only here, so the fused pass does not carry it.
+            q_old = problem.q_values(W, V, W, V) - penalty(W, V)
             W_new, V_new, n_rounds = halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty)
             state.n_halvings += n_rounds
             result_new = problem.newton_pass(W_new, V_new)
@@ -291,7 +297,7 @@ def m_step_from_responsibilities(problem: Problem, resp, l2=INIT_L2, max_iter=IN
     q_prev = -np.inf
     for _ in range(max_iter):
         result = problem.newton_pass(W, V, resp)
-        q = result.q - penalty(W, V)
+        q = problem.q_values(W, V, W, V, resp) - penalty(W, V)
         if abs(q.sum() - q_prev) <= 1e-10 * abs(q.sum()):
             break
         q_prev = q.sum()

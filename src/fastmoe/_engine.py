@@ -41,13 +41,11 @@ def block_hessian_index(n_blocks, block_size):
 class PassResult:
     """What one fused pass returns, with full negative Hessians.
 
-    ``q`` holds ``Q_gate`` then ``Q_1 .. Q_k`` at the parameters of the pass; ``expert_weight`` the
-    soft sizes ``sum_n w_n tau_ni``; gradients are flattened per block in the order of the free
+    ``expert_weight`` holds the soft sizes ``sum_n w_n tau_ni``; gradients are flattened per block in the order of the free
     parameters (``W[:k-1].ravel()`` and ``V[i, :K-1].ravel()``).
     """
 
     loglik: float
-    q: np.ndarray
     expert_weight: np.ndarray
     grad_gate: np.ndarray
     hess_gate: np.ndarray
@@ -73,9 +71,11 @@ class Problem:
         k, K = n_experts, n_classes
         pg, pe = self.n_gate_features + 1, self.n_features + 1
         self.total_weight = float(sample_weight.sum()) if sample_weight.size else float(self.n_samples)
+        # Each sample's log-likelihood carries a rounding error of a few ulps of 1 (log of a sum near 1
+        # at saturation), so sums of n of them are only known to about n * eps in absolute terms.
+        self.rounding_floor = 8.0 * np.finfo(float).eps * self.total_weight
         self.class_weight = np.bincount(y, weights=sample_weight if sample_weight.size else None, minlength=K)
         self._no_resp = np.empty((0, k))
-        self._q = np.empty(k + 1)
         self._weight = np.empty(k)
         self._grad_gate = np.empty((k - 1, pg))
         self._hess_gate = np.empty(((k - 1) * k // 2, pg * (pg + 1) // 2))
@@ -96,13 +96,12 @@ class Problem:
         loglik = _kernels.newton_pass(
             self.X, self.Z, self.y, self.sample_weight, W, V,
             self._no_resp if resp is None else resp,
-            self._q, self._weight, self._grad_gate, self._hess_gate, self._grad_expert, self._hess_expert,
+            self._weight, self._grad_gate, self._hess_gate, self._grad_expert, self._hess_expert,
             self.n_threads,
         )
         k = self.n_experts
         return PassResult(
             loglik=loglik,
-            q=self._q.copy(),
             expert_weight=self._weight.copy(),
             grad_gate=self._grad_gate.ravel().copy(),
             hess_gate=self._hess_gate.ravel()[self._gate_index],

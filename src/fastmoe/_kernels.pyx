@@ -132,23 +132,57 @@ cdef inline void _expert_logits(const double* x, const double* V, Py_ssize_t kK,
         le[r] = acc
 
 
+cdef inline double _softmax_probs(double* v, Py_ssize_t m) noexcept nogil:
+    """Overwrite logits ``v`` with softmax(v): one ``exp`` per entry, one division, no ``log``.
+
+    Returns the max shift. Callers that need log-probabilities use ``_log_softmax`` instead.
+    """
+    cdef Py_ssize_t j
+    cdef double vmax = _max_shift(v, m), total = 0.0, inv
+    for j in range(m):
+        v[j] = exp(v[j] - vmax)
+        total += v[j]
+    inv = 1.0 / total
+    for j in range(m):
+        v[j] = v[j] * inv
+    return vmax
+
+
 cdef inline double _forward(const double* z, const double* x, Py_ssize_t label,
                             const double* W, const double* V,
                             Py_ssize_t k, Py_ssize_t K, Py_ssize_t dg, Py_ssize_t d,
                             double* lg, double* pg, double* le, double* pe, double* tau) noexcept nogil:
-    """One sample at (W, V): log_gate/gate probabilities, log_expert/expert probabilities, responsibilities.
+    """One sample at (W, V): gating and expert probabilities, responsibilities, ``log p(y | x)``.
 
-    Returns ``log p(y | x)``. On exit ``lg`` (k) holds log pi, ``pg`` pi, ``le`` (k*K) log f, ``pe`` f and
-    ``tau`` (k) the responsibilities.
+    On exit ``pg`` (k) holds pi, ``pe`` (k*K) the expert probabilities f and ``tau`` (k) the
+    responsibilities; ``lg`` and ``le`` hold the logits. Probabilities are formed directly (one ``exp``
+    per logit, no ``log``): ``tau_i = pi_i f_i(y) / sum_j pi_j f_j(y)`` and a single ``log`` gives the
+    log-likelihood. Only when every ``pi_i f_i(y)`` underflows (logit gaps of several hundred) does the
+    sample take the log-space path, which cannot underflow.
     """
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, j
+    cdef double total = 0.0, inv
     _gate_logits(z, W, k, dg, lg)
-    _log_softmax(lg, pg, k)
+    for i in range(k):
+        pg[i] = lg[i]
+    _softmax_probs(pg, k)
     _expert_logits(x, V, k * K, d, le)
+    for j in range(k * K):
+        pe[j] = le[j]
+    for i in range(k):
+        _softmax_probs(pe + i * K, K)
+        tau[i] = pg[i] * pe[i * K + label]
+        total += tau[i]
+    if total > 1e-280:
+        inv = 1.0 / total
+        for i in range(k):
+            tau[i] = tau[i] * inv
+        return log(total)
+    # Log-space fallback: the logits are intact in lg/le and become log-probabilities here.
+    _log_softmax(lg, pg, k)
     for i in range(k):
         _log_softmax(le + i * K, pe + i * K, K)
         tau[i] = lg[i] + le[i * K + label]
-    # tau holds log pi_i + log f_i(y) here; normalising it gives the responsibilities.
     return _softmax_inplace(tau, k)
 
 
@@ -241,8 +275,7 @@ def e_step(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
 
 def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
                 const double[::1] sample_weight, const double[:, ::1] W, const double[:, :, ::1] V,
-                const double[:, ::1] resp_in,
-                double[::1] q_out, double[::1] expert_weight_out,
+                const double[:, ::1] resp_in, double[::1] expert_weight_out,
                 double[:, ::1] grad_gate_out, double[:, ::1] hess_gate_out,
                 double[:, :, ::1] grad_expert_out, double[:, :, ::1] hess_expert_out,
                 int n_threads):
@@ -251,7 +284,6 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
     At the current parameters, with responsibilities ``tau`` computed on the fly (or read from
     ``resp_in`` when it is not empty, for M-steps from given responsibilities), accumulate:
 
-    - ``q_out`` (k + 1): ``Q_gate = sum w tau_i log pi_i`` then ``Q_i = sum w tau_i log f_i(y)``;
     - ``expert_weight_out`` (k): ``sum w tau_i``, the soft size of each expert;
     - ``grad_gate_out`` (k - 1, 1 + d_gate): ``sum w (tau_i - pi_i) [1, z]``;
     - ``hess_gate_out`` (k(k-1)/2, m_gate): pair (i <= j, triu order over k - 1 experts) of
@@ -271,7 +303,7 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
     cdef bint weighted = sample_weight.shape[0] > 0
     cdef bint given_resp = resp_in.shape[0] > 0
     # Layout of one partial-sum row.
-    cdef Py_ssize_t o_q = 1, o_w = o_q + k + 1, o_gg = o_w + k, o_gh = o_gg + (k - 1) * pgd
+    cdef Py_ssize_t o_w = 1, o_gg = o_w + k, o_gh = o_gg + (k - 1) * pgd
     cdef Py_ssize_t o_eg = o_gh + ngp * mg, o_eh = o_eg + k * (K - 1) * ped
     cdef Py_ssize_t width = o_eh + k * nep * me
     cdef Py_ssize_t swidth = 2 * k + 2 * k * K + k + pgd + mg + ped + me
@@ -322,10 +354,6 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
                 _fill_design(Xp + s * d, d, uf, uu)
 
                 # Gating: soft-label multinomial regression of tau on [1, z].
-                r = 0.0
-                for i in range(k):
-                    r = r + tau[i] * lg[i]
-                row[o_q] = row[o_q] + w * r
                 pair = 0
                 for i in range(k - 1):
                     r = w * (tau[i] - pg[i])
@@ -343,7 +371,6 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
                 for e in range(k):
                     te = w * tau[e]
                     row[o_w + e] = row[o_w + e] + te
-                    row[o_q + 1 + e] = row[o_q + 1 + e] + te * le[e * K + label]
                     if te == 0.0:
                         continue
                     pair = 0
@@ -361,8 +388,6 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
                             pair = pair + 1
 
     _reduce_rows(partial, n_chunks, width, &total[0])
-    for i in range(k + 1):
-        q_out[i] = total[o_q + i]
     for e in range(k):
         expert_weight_out[e] = total[o_w + e]
     for i in range(k - 1):

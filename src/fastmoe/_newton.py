@@ -31,35 +31,42 @@ def solve_pd(A, g):
     n_ridged : int
         How many blocks needed a ridge.
     """
+    d = np.zeros_like(g)
+    n_ridged = 0
     try:
-        L = np.linalg.cholesky(A)
-        n_ridged = 0
+        L = np.linalg.cholesky(A)  # every block at once: the common case
+        ok = np.ones(A.shape[0], dtype=bool)
     except np.linalg.LinAlgError:
-        L = np.empty_like(A)
-        n_ridged = 0
+        L = np.zeros_like(A)
+        ok = np.zeros(A.shape[0], dtype=bool)
         for b in range(A.shape[0]):
-            L[b], used = _cholesky_with_ridge(A[b])
-            n_ridged += used > 0
-    # Two triangular solves; numpy's solve broadcasts over the stack (the blocks are small).
-    tmp = np.linalg.solve(L, g[..., None])
-    d = np.linalg.solve(np.swapaxes(L, -1, -2), tmp)[..., 0]
+            factor, ridge = _cholesky_with_ridge(A[b])
+            n_ridged += factor is None or ridge > 0
+            if factor is not None:
+                L[b], ok[b] = factor, True
+    if ok.any():
+        # Two triangular solves; numpy's solve broadcasts over the stack (the blocks are small).
+        Lo = L[ok]
+        d[ok] = np.linalg.solve(np.swapaxes(Lo, -1, -2), np.linalg.solve(Lo, g[ok][..., None]))[..., 0]
     d[~np.isfinite(d).all(axis=1)] = 0.0
     return d, n_ridged
 
 
 def _cholesky_with_ridge(A):
-    p = A.shape[0]
+    """``(factor, ridge)``: Cholesky of ``A + ridge I`` for the smallest listed ridge that works.
+
+    The factor is None when ``A`` is not finite or no ridge helps (then the block does not move).
+    """
     if not np.isfinite(A).all():
-        return np.eye(p) * np.inf, 1.0
+        return None, np.inf
+    p = A.shape[0]
     scale = max(float(np.max(np.abs(np.diag(A)))), np.finfo(float).tiny)
     for ridge in _RIDGES:
         try:
             return np.linalg.cholesky(A + (ridge * scale) * np.eye(p)), ridge
         except np.linalg.LinAlgError:
             continue
-    # Unreachable for a finite symmetric A (the last ridge dominates), kept for safety: infinite
-    # factor -> zero direction.
-    return np.eye(p) * np.inf, 1.0
+    return None, np.inf
 
 
 def newton_directions(result, W, V, l2, slope_mask_gate, slope_mask_expert, active):
@@ -128,7 +135,7 @@ def halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty, resp=None):
         q_try = problem.q_values(W, V, W_try, V_try, resp) - penalty(W_try, V_try)
         n_rounds += 1
         # A relative slack of a few ulps: at a fixed point the comparison is pure rounding.
-        improved = q_try >= q_old - 1e-14 * np.abs(q_old)
+        improved = q_try >= q_old - 1e-14 * np.abs(q_old) - problem.rounding_floor
         pending &= ~improved
         if not pending.any() or n_rounds >= MAX_HALVINGS:
             break
