@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from .config import Experiment
-from .store import ResultStore
+from .store import ResultStore, store_path
 
 __all__ = ["Report", "SlopeFit", "analyse", "fit_slope", "summarize", "rate_metrics", "DEFAULT_INCLUDE"]
 
@@ -268,11 +268,7 @@ def analyse(source, experiment: Optional[str] = None, *, include: Iterable[str] 
 
 
 def _store_path(source) -> Path:
-    path = Path(source)
-    if path.is_dir():
-        from .store import STORE_FILENAME
-
-        path = path / STORE_FILENAME
+    path = store_path(source)
     if not path.exists():
         raise FileNotFoundError(f"no result store at {path}")
     return path

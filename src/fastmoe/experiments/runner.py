@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import multiprocessing
 import os
 import sys
@@ -48,7 +47,7 @@ import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 from .config import Experiment
 from .job import crashed_record, run_batch
@@ -60,9 +59,13 @@ Job = Tuple[int, int]
 
 #: Cost model of one job in seconds, ``FIXED_SECONDS + SECONDS_PER_SAMPLE * n``, used only to group short
 #: jobs into tasks. Measured for the exact-fit preset (d=2, K=3, k=2) with one thread on the development
-#: machine; over-fits cost a few times more, which only makes their tasks longer.
-FIXED_SECONDS = 0.01
-SECONDS_PER_SAMPLE = 2e-6
+#: machine (0.034 s at n = 3000, 0.9 s at n = 1e5); over-fits (k = 3) cost up to ten times more, which
+#: only makes their tasks longer.
+FIXED_SECONDS = 0.005
+SECONDS_PER_SAMPLE = 1e-5
+
+#: Seconds to wait for the first worker of a Dask cluster before giving up.
+WORKER_TIMEOUT = 60.0
 
 
 def available_cores() -> int:
@@ -263,7 +266,17 @@ def _worker_init() -> None:
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_worker_init)
+    """A started pool; raises if a worker cannot even start (that is not any job's fault)."""
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_worker_init)
+    try:
+        pool.submit(os.getpid).result()
+    except BrokenProcessPool as exc:
+        pool.shutdown(wait=False)
+        raise RuntimeError(
+            "could not start local worker processes (a script that calls run_experiment needs an "
+            "'if __name__ == \"__main__\":' guard)"
+        ) from exc
+    return pool
 
 
 def _run_local(experiment, definition, batches, workers, threads, recorder) -> None:
@@ -332,8 +345,13 @@ def _run_dask(experiment, definition, batches, threads, scheduler, recorder) -> 
         return future
 
     try:
+        try:  # tasks would wait forever on a cluster without workers
+            client.wait_for_workers(1, timeout=WORKER_TIMEOUT)
+        except TimeoutError as exc:
+            raise RuntimeError(f"no Dask worker joined {client.scheduler.address} "
+                               f"within {WORKER_TIMEOUT:.0f} s") from exc
         n_workers = len(client.scheduler_info().get("workers", {}))
-        futures = as_completed([submit(batch) for batch in batches])
+        futures = as_completed([submit(batch) for batch in batches], loop=client.loop)
         for future in futures:
             batch = tasks.pop(future.key)
             try:

@@ -29,7 +29,7 @@ from typing import Iterable, List, Optional
 
 from .config import Experiment
 
-__all__ = ["ResultStore", "fastmoe_version", "flatten_record", "STORE_FILENAME"]
+__all__ = ["ResultStore", "fastmoe_version", "flatten_record", "store_path", "STORE_FILENAME"]
 
 #: File name of the store inside a run directory.
 STORE_FILENAME = "results.sqlite"
@@ -65,6 +65,12 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (experiment, n, replication)
 );
 """
+
+
+def store_path(path) -> Path:
+    """The database file of a run directory or store path (see :class:`ResultStore`)."""
+    path = Path(path)
+    return path if path.suffix in (".sqlite", ".sqlite3", ".db") else path / STORE_FILENAME
 
 
 def fastmoe_version() -> str:
@@ -107,8 +113,8 @@ class ResultStore:
     Parameters
     ----------
     path : str or Path
-        The database file; created with its tables when missing. A directory means
-        ``path / "results.sqlite"``.
+        A run directory (the store is ``path / "results.sqlite"``; the directory is created when missing)
+        or a file ending in ``.sqlite``, ``.sqlite3`` or ``.db``. Created with its tables when missing.
 
     Examples
     --------
@@ -119,9 +125,7 @@ class ResultStore:
     """
 
     def __init__(self, path):
-        path = Path(path)
-        if path.is_dir():
-            path = path / STORE_FILENAME
+        path = store_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per row.

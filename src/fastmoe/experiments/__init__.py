@@ -1,0 +1,43 @@
+"""Parameter-estimation rate experiments (``MODEL.md`` section 5).
+
+Layers, each in a small module:
+
+- :mod:`~fastmoe.experiments.config`: an experiment as data (:class:`Experiment`), TOML/JSON round trip,
+  per-job seeds derived from ``(base_seed, n, replication)``;
+- :mod:`~fastmoe.experiments.presets`: the paper's four settings as shipped TOML files;
+- :mod:`~fastmoe.experiments.init`: starts near the truth (split, duplicate, perturb);
+- :mod:`~fastmoe.experiments.job`: one job on a worker (sample, fit, losses, record);
+- :mod:`~fastmoe.experiments.runner`: the grid on local processes or a Dask cluster;
+- :mod:`~fastmoe.experiments.store`: the SQLite result store (resume, export);
+- :mod:`~fastmoe.experiments.analysis` and :mod:`~fastmoe.experiments.plots`: slopes, tables, figures;
+- :mod:`~fastmoe.experiments.cli`: ``fastmoe rates run | report | presets``.
+
+Plotting needs matplotlib, the progress bar tqdm, a cluster dask.distributed (the ``experiments`` extra).
+"""
+
+from .analysis import Report, SlopeFit, analyse, fit_slope
+from .config import Experiment, FitOptions, XLaw, job_seed
+from .init import init_near_truth
+from .job import run_job
+from .presets import get_preset, load_experiment, preset_names
+from .runner import RunSummary, run_experiment
+from .store import ResultStore
+
+__all__ = [
+    "Experiment",
+    "FitOptions",
+    "Report",
+    "ResultStore",
+    "RunSummary",
+    "SlopeFit",
+    "XLaw",
+    "analyse",
+    "fit_slope",
+    "get_preset",
+    "init_near_truth",
+    "job_seed",
+    "load_experiment",
+    "preset_names",
+    "run_experiment",
+    "run_job",
+]

@@ -1,0 +1,221 @@
+"""Experiment definitions, seeds, starts near the truth, batching, the store and the analysis (no fits)."""
+
+import json
+import math
+import sqlite3
+
+import numpy as np
+import pytest
+
+from fastmoe.experiments import Experiment, ResultStore, fit_slope, get_preset, preset_names
+from fastmoe.experiments.cli import build_parser, main
+from fastmoe.experiments.config import job_streams, parse_loss_name
+from fastmoe.experiments.init import init_near_truth, split_assignment
+from fastmoe.experiments.runner import plan_batches, resolve_parallelism
+
+PAPER_SETTINGS = {"exact-fit", "over-fit", "vanishing-standard", "vanishing-tanh", "vanishing-sigmoid"}
+
+
+def small_experiment(**changes):
+    base = get_preset("exact-fit").with_grid(sample_sizes=[300, 500], n_replications=3)
+    return Experiment.from_dict({**base.to_dict(), **changes})
+
+
+# -- definitions ----------------------------------------------------------------------------------------
+def test_presets_cover_the_paper_settings():
+    assert PAPER_SETTINGS <= set(preset_names())
+    for name in PAPER_SETTINGS:
+        exp = get_preset(name)
+        assert exp.name == name
+        assert (exp.truth.n_features, exp.truth.n_classes, exp.truth.n_experts) == (2, 3, 2)
+        assert exp.sample_sizes[0] >= 3000 and exp.sample_sizes[-1] == 100_000
+        assert exp.n_replications >= 20
+        assert not math.isnan(exp.theory_slope(exp.primary_loss))
+    assert get_preset("exact-fit").n_experts == 2
+    for name in PAPER_SETTINGS - {"exact-fit"}:
+        assert get_preset(name).n_experts == 3
+    for name in ("vanishing-standard", "vanishing-tanh", "vanishing-sigmoid"):
+        exp = get_preset(name)
+        assert np.all(exp.truth.a[1] == 0) and exp.fit.split_cells == (1,)
+    assert get_preset("vanishing-tanh").truth.gating == "tanh"
+    assert get_preset("vanishing-sigmoid").truth.gating == "sigmoid"
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_SETTINGS))
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_definition_round_trips_through_files(tmp_path, name, suffix):
+    exp = get_preset(name)
+    path = tmp_path / f"def{suffix}"
+    exp.save(path)
+    again = Experiment.load(path)
+    assert again == exp
+    assert again.to_dict() == exp.to_dict()
+    assert again.model_digest() == exp.model_digest()
+    assert Experiment.from_dict(json.loads(exp.to_json())) == exp
+
+
+def test_digest_ignores_the_grid_but_not_the_model():
+    exp = small_experiment()
+    assert exp.with_grid(sample_sizes=[300, 500, 1000], n_replications=9).model_digest() == exp.model_digest()
+    assert small_experiment(base_seed=exp.base_seed + 1).model_digest() != exp.model_digest()
+    assert small_experiment(fit={"l2": 0.5}).model_digest() != exp.model_digest()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"colour": "red"}, "unknown experiment keys"),
+        ({"fit": {"init": "oracle"}}, "fit.init"),
+        ({"fit": {"tolerance": 1e-6}}, "unknown fit keys"),
+        ({"sample_sizes": [300, 300]}, "duplicates"),
+        ({"losses": ["D3"]}, "unknown loss"),
+        ({"n_experts": 1}, "n_experts >="),
+        ({"n_experts": 3, "fit": {"split_cells": [0, 1]}}, "split_cells"),
+        ({"primary_loss": "D2"}, "primary_loss"),
+        ({"name": "a b"}, "experiment name"),
+    ],
+)
+def test_invalid_definitions_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        small_experiment(**change)
+
+
+def test_loss_names():
+    assert parse_loss_name("D1") == ("D1", None)
+    assert parse_loss_name("D2") == ("D2", None)
+    assert parse_loss_name("D2r4") == ("D2r", 4.0)
+    assert parse_loss_name("D2r1.5") == ("D2r", 1.5)
+
+
+def test_job_streams_depend_on_base_seed_n_and_replication_only():
+    draw = lambda *key: {k: g.integers(1 << 62) for k, g in job_streams(*key).items()}  # noqa: E731
+    first = draw(7, 1000, 3)
+    assert first == draw(7, 1000, 3)
+    assert len(set(first.values())) == 4  # the four streams differ
+    for other in [(8, 1000, 3), (7, 1001, 3), (7, 1000, 4)]:
+        assert draw(*other)["x"] != first["x"]
+
+
+# -- starts near the truth ------------------------------------------------------------------------------
+def test_exact_fit_start_is_a_perturbed_relabelled_truth():
+    truth = get_preset("exact-fit").truth
+    start = init_near_truth(truth, 2, np.random.default_rng(0), scale=0.0)
+    # Unperturbed: the same model up to the order of the experts.
+    X = np.random.default_rng(1).uniform(-1, 1, size=(50, 2))
+    import fastmoe
+
+    np.testing.assert_allclose(fastmoe.predict_proba(start, X), fastmoe.predict_proba(truth, X), atol=1e-12)
+    noisy = init_near_truth(truth, 2, np.random.default_rng(0), scale=0.1)
+    diff = np.sort(np.abs(noisy.normalized().b - start.normalized().b).ravel())
+    assert 0 < diff.max() < 1.0
+
+
+def test_over_fit_start_splits_mass_log_evenly():
+    truth = get_preset("over-fit").truth.normalized()
+    rng = np.random.default_rng(3)
+    start = init_near_truth(truth, 4, rng, scale=0.0, split_cells=[1, 1])
+    # Atoms equal to true atom 1 appear three times, each with a third of its mass.
+    same_as_1 = [i for i in range(4) if np.allclose(start.a[i] - start.a[i, -1], truth.a[1])]
+    assert len(same_as_1) == 3
+    masses = np.exp(start.beta0 - start.beta0[[i for i in range(4) if i not in same_as_1][0]])
+    ratio = masses[same_as_1] / np.exp(truth.beta0[1] - truth.beta0[0])
+    np.testing.assert_allclose(ratio, 1 / 3)
+    cells = split_assignment(2, 5, np.random.default_rng(0))
+    assert sorted(cells[:2]) == [0, 1] and len(cells) == 5
+    with pytest.raises(ValueError, match="below the true number"):
+        split_assignment(3, 2, rng)
+
+
+# -- planning -------------------------------------------------------------------------------------------
+def test_batches_hold_every_job_once_longest_first():
+    exp = get_preset("exact-fit")
+    jobs = list(exp.jobs())
+    batches = plan_batches(jobs, batch_seconds=0.75)
+    flat = [job for batch in batches for job in batch]
+    assert sorted(flat) == sorted(jobs)
+    assert batches[0][0][0] == max(exp.sample_sizes)
+    assert len(batches) < len(jobs)  # small jobs were grouped
+    assert all(len(b) == 1 for b in plan_batches(jobs, batch_seconds=0.0))
+
+
+def test_parallelism_never_oversubscribes():
+    assert resolve_parallelism(cores=8) == (8, 1)
+    assert resolve_parallelism(threads_per_job=2, cores=8) == (4, 2)
+    assert resolve_parallelism(n_jobs=3, cores=8) == (3, 2)
+    assert resolve_parallelism(n_jobs=16, cores=8) == (16, 1)
+    with pytest.raises(ValueError):
+        resolve_parallelism(n_jobs=0)
+
+
+# -- store ----------------------------------------------------------------------------------------------
+def fake_record(exp, n, rep, status="ok", value=1.0):
+    return {"experiment": exp.name, "n": n, "replication": rep, "status": status, "D1": value,
+            "loglik": -1.0, "n_iter": 3, "fit_time": 0.01, "params": {"beta0": [0.0]}, "seed": [0, n, rep]}
+
+
+def test_store_keeps_one_row_per_job_and_exports(tmp_path):
+    exp = small_experiment()
+    with ResultStore(tmp_path / "run") as store:
+        store.register(exp)
+        run = store.start_run(exp.name, "local", 2, 1)
+        assert store.add(fake_record(exp, 300, 0), run)
+        assert not store.add(fake_record(exp, 300, 0, value=2.0), run)  # a re-run job: ignored
+        assert store.add(fake_record(exp, 500, 1, status="diverged", value=float("nan")), run)
+        assert store.done_keys(exp.name) == {(300, 0), (500, 1)}
+        assert store.count(exp.name) == 2 and store.status_counts(exp.name) == {"ok": 1, "diverged": 1}
+        assert store.records(exp.name)[0]["D1"] == 1.0
+        assert store.experiment() == exp
+        assert store.version_of(exp.name)
+        csv_path = store.export_csv(tmp_path / "r.csv")
+        parquet_path = store.export_parquet(tmp_path / "r.parquet")
+        # A grid change is fine, a model change under the same name is not.
+        store.register(exp.with_grid(n_replications=10))
+        with pytest.raises(ValueError, match="different definition"):
+            store.register(small_experiment(base_seed=99))
+    assert csv_path.read_text().count("\n") == 3
+    pq = pytest.importorskip("pyarrow.parquet")
+    assert pq.read_table(parquet_path).num_rows == 2
+    conn = sqlite3.connect(tmp_path / "run" / "results.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 2
+
+
+# -- analysis -------------------------------------------------------------------------------------------
+def test_slope_recovers_a_known_rate_and_leaves_bad_fits_out():
+    exp = small_experiment()
+    rng = np.random.default_rng(0)
+    records = [
+        fake_record(exp, n, rep, value=float(3.0 * n**-0.5 * rng.lognormal(0, 0.3)))
+        for n in (1000, 3000, 10000, 30000, 100000) for rep in range(20)
+    ]
+    records += [fake_record(exp, n, 99, status="diverged", value=1e6) for n in (1000, 100000)]
+    fit = fit_slope(records, "D1", theory=-0.5, n_boot=500)
+    assert fit.ci_low < -0.5 < fit.ci_high
+    assert abs(fit.slope + 0.5) < 0.05
+    assert fit.n_rows == 100 and fit.n_sizes == 5
+    with_bad = fit_slope(records, "D1", include=("ok", "diverged"), n_boot=10)
+    assert with_bad.n_rows == 102
+    assert math.isnan(fit_slope(records[:20], "D1", n_boot=10).slope)  # a single n has no slope
+
+
+# -- command line ---------------------------------------------------------------------------------------
+def test_cli_parses_the_documented_commands():
+    parser = build_parser()
+    args = parser.parse_args(["rates", "run", "exact-fit", "--out", "d", "--scheduler", "tcp://127.0.0.1:1",
+                              "--jobs", "2", "--threads-per-job", "1", "--sample-sizes", "3000,1e4"])
+    assert (args.spec, str(args.out), args.scheduler, args.jobs, args.threads_per_job) == (
+        "exact-fit", "d", "tcp://127.0.0.1:1", 2, 1)
+    assert args.sample_sizes == [3000, 10000]
+    assert parser.parse_args(["rates", "report", "d"]).dir.name == "d"
+
+
+def test_cli_lists_and_shows_presets(capsys, tmp_path):
+    assert main(["rates", "presets"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in PAPER_SETTINGS)
+    assert main(["rates", "presets", "--show", "over-fit"]) == 0
+    path = tmp_path / "over-fit.toml"
+    path.write_text(capsys.readouterr().out)
+    assert Experiment.load(path) == get_preset("over-fit")
+    assert main(["rates", "run", "no-such-preset", "--out", str(tmp_path / "x")]) == 2
+    assert main(["rates", "report", str(tmp_path / "empty")]) == 2

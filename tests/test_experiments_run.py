@@ -1,0 +1,181 @@
+"""Rate experiments end to end: local processes, resume after SIGKILL, a real Dask cluster, the D1 rate."""
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import fastmoe
+from fastmoe.experiments import analyse, get_preset, run_experiment, run_job
+from fastmoe.experiments.plots import plot_report
+
+# Fits are deterministic for a fixed thread count, so records must agree to the last bit; compare the
+# numbers a study is made of.
+COMPARED = ("status", "n_iter", "converged", "loglik", "loglik_true", "D1", "a_max_0", "beta1_max_1")
+
+
+def small_grid():
+    return get_preset("exact-fit").with_grid(sample_sizes=[3000, 4000], n_replications=3)
+
+
+def subprocess_env():
+    """Environment for child processes that must import this fastmoe (installed or not)."""
+    env = dict(os.environ)
+    src = str(Path(fastmoe.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def rows(directory, name):
+    from fastmoe.experiments import ResultStore
+
+    with ResultStore(directory) as store:
+        return {(r["n"], r["replication"]): r for r in store.records(name)}
+
+
+def assert_same_rows(got, want):
+    assert got.keys() == want.keys()
+    for key in want:
+        for field in COMPARED:
+            assert got[key][field] == want[key][field], (key, field)
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    exp = small_grid()
+    out = tmp_path_factory.mktemp("local")
+    summary = run_experiment(exp, out, n_jobs=2, threads_per_job=1, progress=False)
+    return exp, out, summary
+
+
+def test_small_grid_end_to_end(local_run, tmp_path):
+    exp, out, summary = local_run
+    assert (summary.completed, summary.already_done, summary.duplicates) == (exp.n_jobs, 0, 0)
+    assert summary.status_counts == {"ok": exp.n_jobs}
+    stored = rows(out, exp.name)
+    assert len(stored) == exp.n_jobs
+    record = stored[(3000, 0)]
+    assert record["fastmoe_version"] == fastmoe.__version__
+    assert record["loglik"] >= record["loglik_true"] - 50  # the MLE is near the truth
+    assert record["n_threads"] == 1 and record["D1"] > 0 and record["cell_size_0"] == 1
+    # One job re-run alone, in this process, gives the same numbers: its seed is (base_seed, n, rep).
+    alone = run_job(exp, 3000, 0, n_threads=1)
+    assert all(alone[f] == record[f] for f in COMPARED)
+    # A second run finds everything done and adds nothing.
+    again = run_experiment(exp, out, progress=False)
+    assert (again.completed, again.already_done) == (0, exp.n_jobs)
+    report = analyse(out, n_boot=50)
+    assert set(report.slopes) >= {"D1", "a_max_0", "mass_err_1"}
+    assert "D1" in report.format_table()
+    files = plot_report(report, tmp_path / "plots")
+    assert {p.suffix for p in files} == {".png", ".pdf"} and all(p.stat().st_size > 0 for p in files)
+
+
+def test_resume_after_sigkill_never_duplicates(tmp_path):
+    out = tmp_path / "run"
+    sizes, reps = [3000, 3500, 4000, 4500], 10
+    total = len(sizes) * reps
+    cmd = [sys.executable, "-c", "import sys; from fastmoe.experiments.cli import main; sys.exit(main())",
+           "rates", "run", "exact-fit", "--out", str(out), "--sample-sizes", ",".join(map(str, sizes)),
+           "--replications", str(reps), "--jobs", "2", "--threads-per-job", "1", "--no-progress"]
+    env = subprocess_env()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    db = out / "results.sqlite"
+    try:
+        deadline = time.monotonic() + 120
+        stored = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.exists():
+                with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
+                    with contextlib.suppress(sqlite3.OperationalError):  # tables not created yet
+                        stored = conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+            if stored >= 6:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker processes of that run
+        proc.stderr.close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        before = conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    assert 6 <= before < total
+    done = subprocess.run(cmd + ["--no-report"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{total - before} jobs run ({before} already stored" in done.stdout
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM results").fetchone()[0] == total
+        per_run = dict(conn.execute("SELECT run_id, COUNT(*) FROM results GROUP BY run_id").fetchall())
+        keys = conn.execute("SELECT COUNT(DISTINCT n || '-' || replication) FROM results").fetchone()[0]
+    assert sorted(per_run.values()) == sorted([before, total - before])
+    assert keys == total
+
+
+@contextlib.contextmanager
+def dask_cluster(tmp_path):
+    """A scheduler and one single-threaded worker as separate processes on 127.0.0.1, always torn down."""
+    scheduler_file = tmp_path / "scheduler.json"
+    env = subprocess_env()
+    procs = []
+    logs = []
+
+    def start(args, name):
+        log = open(tmp_path / f"{name}.log", "w")
+        logs.append(log)
+        procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+
+    try:
+        start(["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
+               "127.0.0.1:0", "--scheduler-file", str(scheduler_file)], "scheduler")
+        start(["dask", "worker", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
+               "--scheduler-file", str(scheduler_file), "--nthreads", "1", "--nworkers", "1"], "worker")
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
+            assert time.monotonic() < deadline, (tmp_path / "scheduler.log").read_text()
+            time.sleep(0.05)
+        address = json.loads(scheduler_file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        yield address
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in reversed(procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        for log in logs:
+            log.close()
+
+
+def test_dask_cluster_gives_the_local_rows(local_run, tmp_path):
+    exp, local_out, _ = local_run
+    with dask_cluster(tmp_path) as address:
+        summary = run_experiment(exp, tmp_path / "dask", scheduler=address, progress=False)
+    assert summary.executor == "dask" and summary.n_workers == 1
+    assert summary.completed == exp.n_jobs
+    assert_same_rows(rows(tmp_path / "dask", exp.name), rows(local_out, exp.name))
+
+
+def test_exact_fit_preset_has_the_root_n_rate(tmp_path):
+    exp = get_preset("exact-fit").with_grid(sample_sizes=[3000, 6000, 12000, 24000], n_replications=12)
+    summary = run_experiment(exp, tmp_path, progress=False)
+    assert summary.status_counts.get("ok", 0) >= exp.n_jobs - 2
+    fit = analyse(tmp_path, n_boot=500).slopes["D1"]
+    assert -0.65 <= fit.slope <= -0.35, fit
+    assert fit.theory == -0.5 and not math.isnan(fit.ci_low)
