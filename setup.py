@@ -4,6 +4,11 @@ OpenMP is probed by compiling *and running* a tiny ``#pragma omp parallel`` prog
 compiler Python was built with. When it works the kernels are built with ``-fopenmp``; otherwise
 they are built serial with a loud warning (``FASTMOE_REQUIRE_OPENMP=1`` turns it into an error).
 ``FASTMOE_DEBUG_BUILD=1`` switches bounds checking back on for debugging.
+
+The kernels are compiled for the building machine (``-march=native``) when the compiler accepts it:
+fastmoe is built from source where it runs, and the vector units are what make the exponentials
+cheap (see ``fastmoe_exp`` in ``_kernels.pyx``). ``FASTMOE_PORTABLE=1`` builds for the generic
+target instead (for wheels that travel to other machines).
 """
 
 import os
@@ -29,6 +34,26 @@ int main(void) {
     return n > 0 ? 0 : 1;
 }
 """
+
+
+def _compiles(flags, source="int main(void) { return 0; }\n"):
+    """Whether the C compiler Python was built with accepts ``flags`` on a trivial program."""
+    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as fh:
+            fh.write(source)
+        try:
+            subprocess.run(cc + flags + [src, "-o", os.path.join(tmp, "probe")], check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError):
+            return False
+    return True
+
+
+def _arch_flags():
+    if sys.platform == "win32" or os.environ.get("FASTMOE_PORTABLE") == "1":
+        return []
+    return ["-march=native"] if _compiles(["-march=native"]) else []
 
 
 def _openmp_flags():
@@ -60,7 +85,7 @@ def _extensions():
     omp_compile, omp_link = _openmp_flags()
     debug = os.environ.get("FASTMOE_DEBUG_BUILD") == "1"
     # -O3 for the loops over experts/classes; no -ffast-math: it would break the inf/NaN guards.
-    compile_args = ["-O3"] + omp_compile if sys.platform != "win32" else omp_compile
+    compile_args = ["-O3"] + _arch_flags() + omp_compile if sys.platform != "win32" else omp_compile
     common = dict(
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
