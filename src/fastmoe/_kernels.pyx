@@ -707,8 +707,11 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
         chunk = CHUNK_MIN
     n_chunks = (n + chunk - 1) // chunk
     cdef bint weighted = sample_weight.shape[0] > 0
-    cdef Py_ssize_t swidth = 2 * k + 2 * k * K + k + pgd + mg + ped + me + pgd * ped + kr
-    cdef double[:, ::1] scratch = np.empty((n_threads, _padded(swidth)))
+    # Per-thread scratch: one sample's forward quantities, then a block of BLOCK samples laid out
+    # feature-major, as in newton_pass, so that every Hessian block is one dgemm per block.
+    cdef Py_ssize_t fwidth = _padded(2 * k + 2 * k * K + k + kr)
+    cdef Py_ssize_t nrows = ped + me + pgd + mg + pgd * ped + (k - 1) + kr + ngp + nee + (k - 1) * kr
+    cdef double[:, ::1] scratch = np.empty((n_threads, fwidth + nrows * BLOCK))
     cdef double[:, ::1] partial = np.zeros((n_chunks, _padded(width)))
     cdef double[::1] total = np.empty(width)
     cdef const double* Xp = &X[0, 0]
@@ -720,16 +723,20 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
     cdef double* le
     cdef double* pe
     cdef double* tau
-    cdef double* zf
-    cdef double* zz
-    cdef double* uf
-    cdef double* uu
-    cdef double* zu
     cdef double* res
+    cdef double* UF
+    cdef double* UU
+    cdef double* ZF
+    cdef double* ZZ
+    cdef double* ZU
+    cdef double* RG
+    cdef double* RE
+    cdef double* CG
+    cdef double* CEE
+    cdef double* CGE
     cdef double* row
-    cdef double* dst
-    cdef Py_ssize_t c, s, i, j, e, e2, t, t2, a, b, m, pair, start, end, label
-    cdef double w, ll, coef
+    cdef Py_ssize_t c, s, l, i, j, e, e2, t, t2, a, b, m, pair, start, end, label, bs, be, nb
+    cdef double w, coef
 
     with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
         lg = &scratch[threadid(), 0]
@@ -737,73 +744,74 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
         le = pg + k
         pe = le + k * K
         tau = pe + k * K
-        zf = tau + k
-        zz = zf + pgd
-        uf = zz + mg
-        uu = uf + ped
-        zu = uu + me
-        res = zu + pgd * ped
+        res = tau + k
+        UF = lg + fwidth
+        UU = UF + ped * BLOCK
+        ZF = UU + me * BLOCK
+        ZZ = ZF + pgd * BLOCK
+        ZU = ZZ + mg * BLOCK
+        RG = ZU + pgd * ped * BLOCK
+        RE = RG + (k - 1) * BLOCK
+        CG = RE + kr * BLOCK
+        CEE = CG + ngp * BLOCK
+        CGE = CEE + nee * BLOCK
         for c in prange(n_chunks, schedule="static"):
             row = &partial[c, 0]
             start = c * chunk
             end = start + chunk if start + chunk < n else n
-            for s in range(start, end):
-                w = sample_weight[s] if weighted else 1.0
-                label = <Py_ssize_t>y[s]
-                ll = _forward(Zp + s * dg, Xp + s * d, label, Wp, Vp, k, K, dg, d, lg, pg, le, pe, tau)
-                row[0] = row[0] + w * ll
-                _fill_design(Zp + s * dg, dg, zf, zz)
-                _fill_design(Xp + s * d, d, uf, uu)
-                for i in range(pgd):
-                    for m in range(ped):
-                        zu[i * ped + m] = zf[i] * uf[m]
-                for e in range(k):
-                    for t in range(K - 1):
-                        res[e * (K - 1) + t] = (1.0 if t == label else 0.0) - pe[e * K + t]
-                # Gradients (Fisher identity: those of the Q functions).
-                for j in range(k - 1):
-                    dst = row + o_gg + j * pgd
-                    for m in range(pgd):
-                        dst[m] = dst[m] + w * (tau[j] - pg[j]) * zf[m]
-                for a in range(kr):
-                    e = a // (K - 1)
-                    dst = row + o_eg + a * ped
-                    for m in range(ped):
-                        dst[m] = dst[m] + w * tau[e] * res[a] * uf[m]
-                # Gating x gating.
-                pair = 0
-                for j in range(k - 1):
-                    for i in range(j, k - 1):
-                        coef = w * (pg[j] * ((1.0 if i == j else 0.0) - pg[i])
-                                    - tau[j] * ((1.0 if i == j else 0.0) - tau[i]))
-                        dst = row + o_hgg + pair * mg
-                        for m in range(mg):
-                            dst[m] = dst[m] + coef * zz[m]
-                        pair = pair + 1
-                # Expert x expert, over flattened rows a = (e, t) <= b = (e2, t2).
-                pair = 0
-                for a in range(kr):
-                    e = a // (K - 1)
-                    t = a - e * (K - 1)
-                    for b in range(a, kr):
-                        e2 = b // (K - 1)
-                        t2 = b - e2 * (K - 1)
-                        coef = -tau[e] * ((1.0 if e == e2 else 0.0) - tau[e2]) * res[a] * res[b]
-                        if e == e2:
-                            coef = coef + tau[e] * pe[e * K + t] * ((1.0 if t == t2 else 0.0) - pe[e * K + t2])
-                        coef = w * coef
-                        dst = row + o_hee + pair * me
-                        for m in range(me):
-                            dst[m] = dst[m] + coef * uu[m]
-                        pair = pair + 1
-                # Gating x expert: full (1 + d_gate) x (1 + d) blocks.
-                for j in range(k - 1):
+            bs = start
+            while bs < end:
+                be = bs + BLOCK if bs + BLOCK < end else end
+                nb = be - bs
+                for s in range(bs, be):
+                    l = s - bs
+                    w = sample_weight[s] if weighted else 1.0
+                    label = <Py_ssize_t>y[s]
+                    row[0] = row[0] + w * _forward(Zp + s * dg, Xp + s * d, label, Wp, Vp, k, K, dg, d,
+                                                   lg, pg, le, pe, tau)
+                    _block_design(Xp + s * d, d, UF, UU, l)
+                    _block_design(Zp + s * dg, dg, ZF, ZZ, l)
+                    for i in range(pgd):
+                        for m in range(ped):
+                            ZU[(i * ped + m) * BLOCK + l] = ZF[i * BLOCK + l] * UF[m * BLOCK + l]
                     for a in range(kr):
                         e = a // (K - 1)
-                        coef = -w * tau[j] * ((1.0 if j == e else 0.0) - tau[e]) * res[a]
-                        dst = row + o_hge + (j * kr + a) * pgd * ped
-                        for m in range(pgd * ped):
-                            dst[m] = dst[m] + coef * zu[m]
+                        t = a - e * (K - 1)
+                        res[a] = (1.0 if t == label else 0.0) - pe[e * K + t]
+                        # Gradients (Fisher identity: those of the Q functions).
+                        RE[a * BLOCK + l] = w * tau[e] * res[a]
+                    # Gating x gating.
+                    pair = 0
+                    for j in range(k - 1):
+                        RG[j * BLOCK + l] = w * (tau[j] - pg[j])
+                        for i in range(j, k - 1):
+                            CG[pair * BLOCK + l] = w * (pg[j] * ((1.0 if i == j else 0.0) - pg[i])
+                                                        - tau[j] * ((1.0 if i == j else 0.0) - tau[i]))
+                            pair = pair + 1
+                    # Expert x expert, over flattened rows a = (e, t) <= b = (e2, t2).
+                    pair = 0
+                    for a in range(kr):
+                        e = a // (K - 1)
+                        t = a - e * (K - 1)
+                        for b in range(a, kr):
+                            e2 = b // (K - 1)
+                            t2 = b - e2 * (K - 1)
+                            coef = -tau[e] * ((1.0 if e == e2 else 0.0) - tau[e2]) * res[a] * res[b]
+                            if e == e2:
+                                coef = coef + tau[e] * pe[e * K + t] * ((1.0 if t == t2 else 0.0) - pe[e * K + t2])
+                            CEE[pair * BLOCK + l] = w * coef
+                            pair = pair + 1
+                    # Gating x expert: full (1 + d_gate) x (1 + d) blocks.
+                    for j in range(k - 1):
+                        for a in range(kr):
+                            e = a // (K - 1)
+                            CGE[(j * kr + a) * BLOCK + l] = -w * tau[j] * ((1.0 if j == e else 0.0) - tau[e]) * res[a]
+                _block_sums(RG, k - 1, ZF, pgd, nb, row + o_gg)
+                _block_sums(RE, kr, UF, ped, nb, row + o_eg)
+                _block_sums(CG, ngp, ZZ, mg, nb, row + o_hgg)
+                _block_sums(CEE, nee, UU, me, nb, row + o_hee)
+                _block_sums(CGE, (k - 1) * kr, ZU, pgd * ped, nb, row + o_hge)
+                bs = be
 
     _reduce_rows(partial, n_chunks, width, &total[0])
     for j in range(k - 1):
