@@ -19,6 +19,29 @@ from .inference import (
 )
 from .params import GATING_TRANSFORMS, MoEParams
 from .sampling import sample
+from .uncertainty import (
+    ParameterTable,
+    UncertaintyWarning,
+    free_parameter_names,
+    free_parameters,
+    observed_information,
+    parameter_table,
+)
+
+# scikit-learn is optional: the estimator and model selection load on first use.
+_LAZY = {
+    "MixtureOfExpertsClassifier": "estimator",
+    "select_n_experts": "model_selection",
+    "SelectionResult": "model_selection",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'fastmoe' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
@@ -27,17 +50,26 @@ __all__ = [
     "FitResult",
     "FitWarning",
     "GATING_TRANSFORMS",
+    "MixtureOfExpertsClassifier",
     "MoEParams",
+    "ParameterTable",
+    "SelectionResult",
+    "UncertaintyWarning",
     "expert_proba",
     "fit",
+    "free_parameter_names",
+    "free_parameters",
     "gate_proba",
     "loglik",
     "loglik_samples",
     "losses",
+    "observed_information",
     "openmp_enabled",
+    "parameter_table",
     "predict_log_proba",
     "predict_proba",
     "responsibilities",
     "sample",
+    "select_n_experts",
     "__version__",
 ]

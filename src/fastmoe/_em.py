@@ -112,8 +112,8 @@ def _from_free_vector(theta, W, V):
     k, K = V.shape[0], V.shape[1]
     W, V = W.copy(), V.copy()
     n_gate = W[: k - 1].size
-    W[: k - 1] = theta[:n_gate].reshape(k - 1, -1)
-    V[:, : K - 1] = theta[n_gate:].reshape(k, K - 1, -1)
+    W[: k - 1] = theta[:n_gate].reshape(W[: k - 1].shape)
+    V[:, : K - 1] = theta[n_gate:].reshape(V[:, : K - 1].shape)
     return W, V
 
 

@@ -233,7 +233,7 @@ def fit(
         np.zeros(n_experts), np.zeros((n_experts, Z.shape[1])),
         np.zeros((n_experts, n_classes, n_features)), np.zeros((n_experts, n_classes)), gating,
     )
-    if n_samples < template.n_free_params:
+    if n_samples < template.n_free_params and l2 == 0:  # a ridge makes the penalised fit well defined
         raise ValueError(
             f"X has {n_samples} samples but a model with {n_experts} experts, {n_classes} classes and "
             f"{n_features} features has {template.n_free_params} free parameters; need at least that many samples"

@@ -1,0 +1,427 @@
+"""``MixtureOfExpertsClassifier``: the mixture of experts as a scikit-learn classifier.
+
+A thin layer over :func:`fastmoe.fit`. It adds what scikit-learn's estimator contract asks of a
+classifier: arbitrary labels through ``classes_`` (strings, non-contiguous integers), input checks with
+scikit-learn's messages, ``n_features_in_``/``feature_names_in_``, fitted attributes with trailing
+underscores, ``warm_start``, cloning and pickling. The arithmetic is the core's: the estimator never
+computes a likelihood itself.
+
+scikit-learn is an optional dependency of fastmoe; importing this module requires it.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+
+from . import inference
+from .fit import INIT_METHODS, fit
+from .params import MoEParams
+
+try:  # scikit-learn >= 1.6
+    from sklearn.utils.validation import validate_data as _validate_data
+except ImportError:  # pragma: no cover - older scikit-learn
+
+    def _validate_data(estimator, *args, **kwargs):
+        return estimator._validate_data(*args, **kwargs)
+
+
+__all__ = ["MixtureOfExpertsClassifier"]
+
+
+def _as_generator(random_state):
+    """Map scikit-learn's ``random_state`` conventions onto the core's ``numpy.random.Generator``.
+
+    ``None``, an int, a ``SeedSequence`` or a ``Generator`` pass through; a legacy ``RandomState``
+    (what scikit-learn utilities hand around) seeds a fresh ``Generator`` from one draw, so that a
+    ``RandomState`` still gives reproducible fits.
+    """
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
+    return random_state
+
+
+class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
+    """Softmax-gated multinomial-logistic mixture of experts, fitted by maximum likelihood.
+
+    ``P(Y = s | x) = sum_i pi_i(x) f_i(s | x)`` with a softmax gating ``pi_i(x) = softmax_i(beta0_i +
+    beta1_i . M(x))`` and multinomial-logistic experts ``f_i(s | x) = softmax_s(b_si + a_si . x)``
+    (Nguyen, Akbarian, Nguyen & Ho, ICML 2024). Fitted by generalised EM with Newton M-steps in a
+    compiled OpenMP kernel; see :func:`fastmoe.fit`.
+
+    Parameters
+    ----------
+    n_experts : int, default=2
+        Number of experts ``k``. ``n_experts=1`` is multinomial logistic regression.
+    gating : {"identity", "tanh", "sigmoid"} or callable, default="identity"
+        Gating transform ``M`` applied to the gating input only: ``"identity"`` is standard softmax
+        gating, a bounded transform the modified softmax gating of the paper.
+    l2 : float, default=0.0
+        Ridge penalty ``l2 / 2 * ||slopes||^2`` on all slopes (intercepts are not penalised). ``0`` is
+        maximum likelihood; a positive value keeps coefficients finite on separable data, where the
+        MLE does not exist. It plays the role of ``1 / C`` in ``LogisticRegression``.
+    init : {"kmeans", "random"} or MoEParams, default="kmeans"
+        Data-driven start (k-means or a random linear partition of the gating inputs, turned into
+        parameters by an M-step), or explicit starting parameters.
+    n_init : int, default=1
+        Restarts of a data-driven ``init``; the best objective is kept.
+    max_iter : int, default=1000
+        EM iteration cap.
+    tol : float, default=1e-8
+        Stop when the relative change of the objective falls below ``tol``.
+    warm_start : bool, default=False
+        Start the next :meth:`fit` from the current ``params_`` (when the number of experts, classes
+        and features still match) instead of from ``init``.
+    n_threads : int, default=None
+        OpenMP threads; ``None`` uses all usable cores (honouring ``OMP_NUM_THREADS``), negative
+        values count back from that.
+    random_state : None, int, numpy.random.Generator or numpy.random.RandomState, default=None
+        Seed of the data-driven initialisation.
+    verbose : int, default=0
+        EM progress printing (see :func:`fastmoe.fit`).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels; column ``s`` of :meth:`predict_proba` belongs to ``classes_[s]``.
+    params_ : MoEParams
+        Fitted parameters in reference conventions; class ``s`` of the parameters is ``classes_[s]``.
+    fit_result_ : FitResult
+        The core's full result (history, timings, message).
+    log_likelihood_ : float
+        Log-likelihood of the training data at ``params_`` (weighted with ``sample_weight``).
+    objective_ : float
+        Maximised objective (log-likelihood minus the ridge penalty).
+    n_iter_ : int
+        EM iterations.
+    converged_ : bool
+        Whether EM met its tolerance.
+    diverged_ : bool
+        Whether coefficients were running off to infinity (the MLE may not exist; try ``l2 > 0``).
+    empty_experts_ : tuple of int
+        Experts left without responsibility mass.
+    n_free_params_ : int
+        Free parameters ``(k - 1)(d_gate + 1) + k (K - 1)(d + 1)``.
+    bic_, aic_ : float
+        Information criteria of the training fit (see :meth:`bic`).
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Only when ``X`` had string column names.
+
+    See Also
+    --------
+    fastmoe.fit : the functional interface with integer labels.
+    fastmoe.model_selection.select_n_experts : choose ``n_experts`` by BIC or AIC.
+    fastmoe.uncertainty.parameter_table : standard errors and Wald intervals.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> X, y = load_iris(return_X_y=True)
+    >>> model = make_pipeline(StandardScaler(), MixtureOfExpertsClassifier(2, l2=1.0, random_state=0))
+    >>> model.fit(X, y).score(X, y) > 0.9
+    True
+    """
+
+    def __init__(
+        self,
+        n_experts=2,
+        *,
+        gating="identity",
+        l2=0.0,
+        init="kmeans",
+        n_init=1,
+        max_iter=1000,
+        tol=1e-8,
+        warm_start=False,
+        n_threads=None,
+        random_state=None,
+        verbose=0,
+    ):
+        self.n_experts = n_experts
+        self.gating = gating
+        self.l2 = l2
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.warm_start = warm_start
+        self.n_threads = n_threads
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.input_tags.sparse = False
+        tags.classifier_tags.multi_class = True
+        tags.non_deterministic = False  # deterministic given random_state
+        return tags
+
+    # -- fitting ----------------------------------------------------------------------------------------
+    def _warm_params(self, n_classes, n_features):
+        """``params_`` when a warm start can use them, else None."""
+        params = getattr(self, "params_", None)
+        if (
+            not self.warm_start
+            or params is None
+            or params.n_experts != self.n_experts
+            or params.n_classes != n_classes
+            or params.n_features != n_features
+        ):
+            return None
+        return params
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit the mixture by maximum likelihood (generalised EM).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Dense numeric input (sparse matrices are rejected: the kernels are dense).
+        y : array-like of shape (n_samples,)
+            Class labels of any type; at least two distinct classes.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights; the log-likelihood becomes ``sum_n w_n log p(y_n | x_n)``.
+
+        Returns
+        -------
+        self : MixtureOfExpertsClassifier
+
+        Warns
+        -----
+        fastmoe.ConvergenceWarning
+            When EM stops before converging; ``converged_`` and ``diverged_`` record why.
+        """
+        if isinstance(self.n_experts, (bool, np.bool_)) or not isinstance(self.n_experts, numbers.Integral):
+            raise TypeError(f"n_experts must be an integer, got {self.n_experts!r}")
+        if not (isinstance(self.init, MoEParams) or self.init in INIT_METHODS):
+            raise ValueError(f"init must be one of {INIT_METHODS} or an MoEParams, got {self.init!r}")
+        X, y = _validate_data(self, X, y, dtype=np.float64, order="C")
+        check_classification_targets(y)
+        classes, y_encoded = np.unique(y, return_inverse=True)
+        if classes.shape[0] < 2:
+            raise ValueError(
+                f"the data contain only one class ({classes[0]!r}); a classifier needs samples of at least 2 classes"
+            )
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        n_classes = classes.shape[0]
+        warm = self._warm_params(n_classes, X.shape[1])
+        result = fit(
+            X,
+            y_encoded,
+            self.n_experts,
+            n_classes=n_classes,
+            gating=self.gating,
+            init=self.init if warm is None else warm,
+            n_init=self.n_init,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            l2=self.l2,
+            sample_weight=sample_weight,
+            n_threads=self.n_threads,
+            random_state=_as_generator(self.random_state),
+            verbose=self.verbose,
+        )
+        self.classes_ = classes
+        self.fit_result_ = result
+        self.params_ = result.params
+        self.log_likelihood_ = result.loglik
+        self.objective_ = result.objective
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.diverged_ = result.diverged
+        self.empty_experts_ = result.empty_experts
+        self.n_free_params_ = result.n_free_params
+        self.bic_ = result.bic
+        self.aic_ = result.aic
+        return self
+
+    # -- prediction -------------------------------------------------------------------------------------
+    def _check_X(self, X):
+        check_is_fitted(self)
+        return _validate_data(self, X, dtype=np.float64, order="C", reset=False)
+
+    def predict_log_proba(self, X):
+        """Log class probabilities ``log P(Y = s | x)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Columns follow ``classes_``.
+        """
+        X = self._check_X(X)
+        return inference.predict_log_proba(self.params_, X, self.n_threads)
+
+    def predict_proba(self, X):
+        """Class probabilities ``P(Y = s | x)``; columns follow ``classes_`` and rows sum to one.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        return np.exp(self.predict_log_proba(X))
+
+    def predict(self, X):
+        """Most probable class label for each row of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Labels from ``classes_``.
+        """
+        log_proba = self.predict_log_proba(X)
+        return self.classes_[np.argmax(log_proba, axis=1)]
+
+    def gate_proba(self, X):
+        """Gating probabilities ``pi_i(x)``: which expert speaks for each row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_experts)
+        """
+        X = self._check_X(X)
+        return inference.gate_proba(self.params_, X, self.n_threads)
+
+    # -- likelihood and information criteria ------------------------------------------------------------
+    def _encode(self, y, n_samples):
+        """Labels as integer codes into ``classes_``; unseen labels are an error."""
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1 or y.shape[0] != n_samples:
+            raise ValueError(f"y must have shape ({n_samples},), got {y.shape}")
+        try:
+            codes = np.minimum(np.searchsorted(self.classes_, y), self.classes_.shape[0] - 1)
+            unseen = self.classes_[codes] != y
+        except TypeError:  # labels not comparable with classes_ (e.g. numbers against strings)
+            raise ValueError(
+                f"y has labels of type {y.dtype} that do not match classes_ {self.classes_.tolist()}"
+            ) from None
+        if unseen.any():
+            raise ValueError(
+                f"y contains labels not seen during fit: {np.unique(y[unseen]).tolist()}; "
+                f"classes_ = {self.classes_.tolist()}"
+            )
+        return codes
+
+    def _check_X_y(self, X, y):
+        X = self._check_X(X)
+        return X, self._encode(y, X.shape[0])
+
+    def loglik_samples(self, X, y):
+        """Per-sample log-likelihoods ``log p(y_n | x_n)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+            Labels from ``classes_``.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        X, y = self._check_X_y(X, y)
+        return inference.loglik_samples(self.params_, X, y, self.n_threads)
+
+    def loglik(self, X, y, sample_weight=None):
+        """Total log-likelihood ``sum_n w_n log p(y_n | x_n)`` (the negative of the summed log-loss).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        float
+        """
+        X, y = self._check_X_y(X, y)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        return inference.loglik(self.params_, X, y, sample_weight, self.n_threads)
+
+    def bic(self, X, y):
+        """Bayesian information criterion ``-2 loglik + p log n`` of ``(X, y)``; lower is better.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+
+        Returns
+        -------
+        float
+        """
+        n_samples = _num_rows(X)
+        return -2.0 * self.loglik(X, y) + self.n_free_params_ * np.log(n_samples)
+
+    def aic(self, X, y):
+        """Akaike information criterion ``-2 loglik + 2 p`` of ``(X, y)``; lower is better.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+
+        Returns
+        -------
+        float
+        """
+        return -2.0 * self.loglik(X, y) + 2.0 * self.n_free_params_
+
+    # -- uncertainty --------------------------------------------------------------------------------------
+    def parameter_table(self, X, y, *, sample_weight=None, level=0.95):
+        """Estimates, standard errors and Wald intervals of the free parameters.
+
+        Uses the observed information of the log-likelihood of ``(X, y)`` (normally the training data)
+        at ``params_``; see :func:`fastmoe.uncertainty.parameter_table`. Classes are indexed as in
+        ``classes_``. Meaningful only for an unpenalised (``l2=0``), converged fit; otherwise an
+        ``UncertaintyWarning`` says so.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), default=None
+        level : float, default=0.95
+            Coverage of the Wald intervals.
+
+        Returns
+        -------
+        ParameterTable
+        """
+        from .uncertainty import parameter_table
+
+        X = self._check_X(X)
+        return parameter_table(self, X, y, sample_weight=sample_weight, level=level, n_threads=self.n_threads)
+
+
+def _num_rows(X):
+    shape = getattr(X, "shape", None)
+    return shape[0] if shape is not None else len(X)

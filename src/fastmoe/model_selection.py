@@ -1,0 +1,171 @@
+"""Choosing the number of experts by an information criterion.
+
+:func:`select_n_experts` fits one :class:`~fastmoe.estimator.MixtureOfExpertsClassifier` per candidate
+``n_experts`` on the same data and keeps the one with the lowest BIC (or AIC):
+
+    BIC = -2 loglik + p log n,        AIC = -2 loglik + 2 p,
+
+with ``p = (k-1)(d_gate+1) + k(K-1)(d+1)`` free parameters and ``n`` samples. BIC is consistent for
+the number of components of well-separated finite mixtures; AIC tends to over-fit the number of experts
+but can predict better. Both assume each fit reached the maximum likelihood for its ``k``: use
+``n_init > 1`` when local maxima are a concern, and note that a fit whose coefficients diverge
+(quasi-separation) has no MLE, so its criterion is only a limit.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.base import clone
+
+from ._validation import check_positive_int
+from .estimator import MixtureOfExpertsClassifier
+
+__all__ = ["SelectionResult", "select_n_experts", "CRITERIA"]
+
+CRITERIA = ("bic", "aic")
+
+_COLUMNS = ("n_experts", "n_free_params", "loglik", "bic", "aic", "n_iter", "converged", "diverged", "time")
+
+
+@dataclass(frozen=True, repr=False)
+class SelectionResult:
+    """The outcome of :func:`select_n_experts`.
+
+    Attributes
+    ----------
+    criterion : {"bic", "aic"}
+    best_n_experts : int
+        The candidate with the lowest criterion among the admissible fits.
+    best_estimator : MixtureOfExpertsClassifier
+        Its fitted estimator.
+    estimators : dict of int to MixtureOfExpertsClassifier
+        Every candidate's fitted estimator.
+    table : dict of str to ndarray
+        One entry per column (``n_experts, n_free_params, loglik, bic, aic, n_iter, converged,
+        diverged, time``), one row per candidate in the order given.
+    admissible : ndarray of bool
+        Rows that could be chosen: converged and not diverging fits (all rows if there are none).
+    """
+
+    criterion: str
+    best_n_experts: int
+    best_estimator: MixtureOfExpertsClassifier
+    estimators: dict
+    table: dict
+    admissible: np.ndarray
+
+    def rows(self) -> list:
+        """The table as a list of dicts, one per candidate."""
+        n_rows = len(self.table["n_experts"])
+        return [{c: self.table[c][r].item() for c in _COLUMNS} for r in range(n_rows)]
+
+    def to_frame(self):
+        """The table as a ``pandas.DataFrame`` indexed by ``n_experts`` (needs pandas)."""
+        import pandas as pd
+
+        return pd.DataFrame({c: self.table[c] for c in _COLUMNS[1:]}, index=pd.Index(self.table["n_experts"],
+                                                                                    name="n_experts"))
+
+    def __str__(self):
+        header = list(_COLUMNS) + ["chosen"]
+        lines = []
+        for row, ok in zip(self.rows(), self.admissible):
+            cells = [
+                f"{v:.6g}" if isinstance(v, float) and c != "time" else f"{v:.2f}" if c == "time" else str(v)
+                for c, v in row.items()
+            ]
+            mark = "*" if row["n_experts"] == self.best_n_experts else ("" if ok else "(excluded)")
+            lines.append(cells + [mark])
+        widths = [max(len(h), *(len(line[c]) for line in lines)) for c, h in enumerate(header)]
+        fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+        return "\n".join([fmt(header)] + [fmt(line) for line in lines])
+
+    def __repr__(self):
+        return f"SelectionResult(criterion={self.criterion!r}, best_n_experts={self.best_n_experts})\n{self}"
+
+
+def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", sample_weight=None, estimator=None,
+                     **params) -> SelectionResult:
+    """Fit a mixture for each candidate number of experts and choose one by BIC or AIC.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+    y : array-like of shape (n_samples,)
+        Class labels of any type.
+    n_experts : iterable of int, default=(1, 2, 3, 4)
+        Candidate numbers of experts (distinct, >= 1).
+    criterion : {"bic", "aic"}, default="bic"
+    sample_weight : array-like of shape (n_samples,), optional
+        Passed to every fit; the criteria then use the weighted log-likelihood and ``n = n_samples``.
+    estimator : MixtureOfExpertsClassifier, optional
+        Template whose settings every candidate uses (it is cloned, never fitted itself).
+    **params
+        Settings for a fresh template instead (``gating``, ``n_init``, ``random_state`` ...); not
+        allowed together with ``estimator``.
+
+    Returns
+    -------
+    SelectionResult
+
+    Warns
+    -----
+    fastmoe.ConvergenceWarning
+        From each candidate whose fit stops early; such candidates are excluded from the choice when
+        any candidate converged.
+
+    Notes
+    -----
+    Candidates are compared on the unpenalised log-likelihood; with ``l2 > 0`` the criteria are only
+    heuristics (the penalty shrinks the effective number of parameters).
+
+    Examples
+    --------
+    >>> import fastmoe
+    >>> truth = fastmoe.MoEParams(beta0=[0., 0.], beta1=[[4., 0.], [0., 0.]],
+    ...                           a=[[[0., 3.], [0., 0.]], [[0., -3.], [0., 0.]]], b=[[0., 0.], [0., 0.]])
+    >>> X, y = fastmoe.sample(truth, 4000, random_state=0, low=-2, high=2)
+    >>> select_n_experts(X, y, (1, 2), n_init=3, random_state=0).best_n_experts
+    2
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    candidates = [check_positive_int(k, "n_experts") for k in n_experts]
+    if not candidates:
+        raise ValueError("n_experts is empty; give at least one candidate")
+    if len(set(candidates)) != len(candidates):
+        raise ValueError(f"n_experts has repeated candidates: {candidates}")
+    if estimator is None:
+        estimator = MixtureOfExpertsClassifier(**params)
+    elif params:
+        raise TypeError(f"give either estimator or estimator settings, not both (got {sorted(params)})")
+    elif not isinstance(estimator, MixtureOfExpertsClassifier):
+        raise TypeError(f"estimator must be a MixtureOfExpertsClassifier, got {type(estimator).__name__}")
+
+    fitted, rows = {}, []
+    for k in candidates:
+        model = clone(estimator).set_params(n_experts=k)
+        started = time.perf_counter()
+        model.fit(X, y, sample_weight=sample_weight)
+        elapsed = time.perf_counter() - started
+        fitted[k] = model
+        result = model.fit_result_
+        rows.append((k, result.n_free_params, result.loglik, result.bic, result.aic, result.n_iter,
+                     result.converged, result.diverged, elapsed))
+    table = {c: np.array(values) for c, values in zip(_COLUMNS, zip(*rows))}
+    admissible = table["converged"] & ~table["diverged"]
+    if not admissible.any():
+        admissible = np.ones_like(admissible)
+    scores = np.where(admissible, table[criterion], np.inf)
+    best = int(table["n_experts"][int(np.argmin(scores))])
+    return SelectionResult(
+        criterion=criterion,
+        best_n_experts=best,
+        best_estimator=fitted[best],
+        estimators=fitted,
+        table=table,
+        admissible=admissible,
+    )

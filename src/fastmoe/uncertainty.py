@@ -1,0 +1,434 @@
+"""Observed information, standard errors and Wald intervals for the free parameters.
+
+At a maximum-likelihood estimate ``theta_hat`` of the free parameters (reference conventions, order of
+``MODEL.md``: gating ``W[:k-1]`` row by row as ``[beta0_i, beta1_i]``, then for each expert ``i`` its
+classes ``s < K-1`` as ``[b_si, a_si]``), the observed information is
+
+    J(theta_hat) = - sum_n w_n Hess_theta log p(y_n | x_n)
+
+and ``J^{-1}`` estimates the covariance of ``theta_hat``. This is the Hessian of the *marginal*
+log-likelihood, not of EM's Q function: with ``l_ni = log pi_i(x_n) + log f_i(y_n | x_n)`` and the
+posterior ``tau_ni = softmax_i(l_ni)``,
+
+    Hess log p_n = sum_i tau_ni Hess l_ni + sum_i tau_ni (grad l_ni - g_n)(grad l_ni - g_n)^T,
+    g_n = sum_i tau_ni grad l_ni.
+
+The first term is block diagonal (the Q-function Hessians at the posterior); the second, the posterior
+covariance of ``grad l_ni``, couples the gating and all experts and is the "missing information" of EM
+(Louis, 1982). ``grad l_ni`` has gating part ``(delta_ij - pi_nj) z_n`` (``j < k-1``) and, in expert
+``i``'s block only, ``(1[y_n = s] - f_i(s | x_n)) u_n`` (``s < K-1``), with ``z_n = [1, M(x_n)]``,
+``u_n = [1, x_n]``.
+
+Caveats, reported rather than hidden: the intervals are asymptotic and assume a converged,
+unpenalised fit at an interior maximum of a correctly sized model. In an over-specified mixture the
+information is (near) singular and the parameters of split cells converge slower than ``n^(-1/2)``
+(MODEL.md section 4), so Wald intervals do not apply to them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import namedtuple
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import log_softmax, softmax
+from scipy.stats import norm
+
+from ._engine import Problem
+from ._validation import check_params, check_sample_weight, check_X, check_y, effective_n_threads
+from .fit import FitResult
+from .params import MoEParams
+
+__all__ = [
+    "ParameterTable",
+    "UncertaintyWarning",
+    "free_parameter_names",
+    "free_parameters",
+    "observed_information",
+    "parameter_table",
+]
+
+# Memory bound of the NumPy fallback: per-sample, per-expert gradients are formed for this many
+# bytes' worth of samples at a time (n_chunk * n_experts * n_free_params doubles).
+_CHUNK_BYTES = 32 * 2**20
+# An eigenvalue of the information below this fraction of the largest counts as zero.
+_SINGULAR_RTOL = 1e-10
+
+
+class UncertaintyWarning(UserWarning):
+    """Standard errors were computed but their premises are doubtful (no convergence, penalty, singularity)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Free parameters
+# ----------------------------------------------------------------------------------------------------------
+def free_parameter_names(params) -> list:
+    """Names of the free parameters, in the order of :func:`free_parameters`.
+
+    Gating ``beta0[i]``, ``beta1[i,j]`` for experts ``i < k-1``; then for each expert ``i`` and class
+    ``s < K-1``: ``b[i,s]``, ``a[i,s,j]``. The last expert's gating and every expert's last class are
+    fixed at zero (reference conventions) and have no entry.
+
+    Parameters
+    ----------
+    params : MoEParams
+
+    Returns
+    -------
+    list of str
+    """
+    params = check_params(params)
+    k, K = params.n_experts, params.n_classes
+    names = []
+    for i in range(k - 1):
+        names.append(f"beta0[{i}]")
+        names.extend(f"beta1[{i},{j}]" for j in range(params.n_gate_features))
+    for i in range(k):
+        for s in range(K - 1):
+            names.append(f"b[{i},{s}]")
+            names.extend(f"a[{i},{s},{j}]" for j in range(params.n_features))
+    return names
+
+
+def free_parameters(params) -> np.ndarray:
+    """The free-parameter vector of ``params`` in reference conventions.
+
+    Parameters
+    ----------
+    params : MoEParams
+
+    Returns
+    -------
+    ndarray of shape (n_free_params,)
+        ``W[:k-1].ravel()`` then ``V[i, :K-1].ravel()`` for each expert ``i``, where
+        ``(W, V) = params.normalized().packed()``.
+    """
+    W, V = check_params(params).normalized().packed()
+    return np.concatenate([W[:-1].ravel(), V[:, :-1].ravel()])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Observed information
+# ----------------------------------------------------------------------------------------------------------
+def _design(A):
+    return np.hstack([np.ones((A.shape[0], 1)), A])
+
+
+def _softmax_hessian(D, P, c):
+    """``sum_n c_n (diag(P_n) - P_n P_n^T) kron (D_n D_n^T)``: minus the Hessian of a softmax log-likelihood.
+
+    ``P`` (n, m) holds the probabilities of the m free categories, ``D`` (n, p) the design rows; the
+    result is (m p, m p), category-major. It does not depend on the observed category.
+    """
+    n, p = D.shape
+    m = P.shape[1]
+    PD = (P[:, :, None] * D[:, None, :]).reshape(n, m * p)
+    out = -((c[:, None] * PD).T @ PD)
+    for j in range(m):
+        out[j * p:(j + 1) * p, j * p:(j + 1) * p] += (c * P[:, j])[None, :] * D.T @ D
+    return out
+
+
+def _observed_information_numpy(W, V, X, Z, y, w):
+    """Observed information of the free parameters from packed, normalised ``(W, V)``; see module docstring.
+
+    Vectorised over chunks of samples; the per-sample, per-expert gradients ``grad l_ni`` of one chunk
+    are formed densely ((n_chunk, k, P) doubles, at most ``_CHUNK_BYTES``).
+    """
+    k, pg = W.shape
+    K, pe = V.shape[1:]
+    n_gate, n_exp = (k - 1) * pg, (K - 1) * pe
+    n_free = n_gate + k * n_exp
+    n = X.shape[0]
+    w = np.ones(n) if w.size == 0 else w
+    info = np.zeros((n_free, n_free))
+    eye = np.eye(k)[:, :k - 1]  # delta_ij for the free gating rows j
+    chunk = max(1, _CHUNK_BYTES // (8 * k * n_free))
+    for start in range(0, n, chunk):
+        rows = slice(start, min(start + chunk, n))
+        Zd, Ud, yc, wc = _design(Z[rows]), _design(X[rows]), y[rows], w[rows]
+        m = yc.shape[0]
+        log_gate = log_softmax(Zd @ W.T, axis=1)  # (m, k)
+        log_expert = log_softmax(np.einsum("nq,isq->nis", Ud, V), axis=2)  # (m, k, K)
+        joint = log_gate + log_expert[np.arange(m), :, yc]  # l_ni
+        tau = softmax(joint, axis=1)
+        gate = np.exp(log_gate)
+        expert = np.exp(log_expert)
+
+        # grad l_ni, dense: gating part then one block per expert (zero outside expert i's block).
+        G = np.zeros((m, k, n_free))
+        G[:, :, :n_gate] = ((eye[None] - gate[:, None, :k - 1])[..., None] * Zd[:, None, None, :]).reshape(
+            m, k, n_gate
+        )
+        resid = -expert[:, :, :K - 1]  # 1[y = s] - f_i(s | x), s < K-1
+        observed = yc < K - 1
+        resid[np.flatnonzero(observed), :, yc[observed]] += 1.0
+        for i in range(k):
+            off = n_gate + i * n_exp
+            G[:, i, off:off + n_exp] = (resid[:, i, :, None] * Ud[:, None, :]).reshape(m, n_exp)
+
+        # Missing information: posterior covariance of grad l_ni (centred, for stability).
+        Gc = G - np.einsum("ni,nip->np", tau, G)[:, None, :]
+        c = (wc[:, None] * tau).reshape(m * k)
+        Gc = Gc.reshape(m * k, n_free)
+        info -= (c[:, None] * Gc).T @ Gc
+
+        # Complete-data information at the posterior: gating block (independent of tau, as
+        # sum_i tau_ni = 1) and one block per expert weighted by tau_.i.
+        info[:n_gate, :n_gate] += _softmax_hessian(Zd, gate[:, :k - 1], wc)
+        for i in range(k):
+            off = n_gate + i * n_exp
+            info[off:off + n_exp, off:off + n_exp] += _softmax_hessian(Ud, expert[:, i, :K - 1], wc * tau[:, i])
+    return 0.5 * (info + info.T)
+
+
+def _prepare(params, X, y, sample_weight):
+    params = check_params(params)
+    X = check_X(X, n_features=params.n_features)
+    y, _ = check_y(y, X.shape[0], params.n_classes)
+    w = check_sample_weight(sample_weight, X.shape[0])
+    Z = params.gate_input(X)
+    W, V = params.normalized().packed()
+    return params, X, Z, y, w, W, V
+
+
+def _observed_information(params, X, y, sample_weight=None, n_threads=None):
+    """Observed information ``-Hess loglik`` of the free parameters at ``params`` (the one entry point).
+
+    Uses the compiled ``Problem.full_hessian`` pass when the build has it, otherwise the chunked NumPy
+    computation :func:`_observed_information_numpy` (``n_threads`` then only matters to BLAS).
+    """
+    params, X, Z, y, w, W, V = _prepare(params, X, y, sample_weight)
+    if hasattr(Problem, "full_hessian"):
+        problem = Problem(X, Z, y, w, params.n_experts, params.n_classes, effective_n_threads(n_threads))
+        _, _, hess = problem.full_hessian(W, V)
+        return -np.asarray(hess)
+    return _observed_information_numpy(W, V, X, Z, y, w)
+
+
+def observed_information(params, X, y, sample_weight=None, n_threads=None) -> np.ndarray:
+    """Observed information matrix of the free parameters: minus the Hessian of the log-likelihood.
+
+    Parameters
+    ----------
+    params : MoEParams
+        Normally the MLE; any parameters are accepted (they are brought to reference conventions).
+    X : array-like of shape (n_samples, n_features)
+    y : array-like of shape (n_samples,)
+        Integer labels ``0 .. n_classes - 1``.
+    sample_weight : array-like of shape (n_samples,), optional
+        Weights ``w_n`` of the log-likelihood ``sum_n w_n log p(y_n | x_n)``.
+    n_threads : int, optional
+
+    Returns
+    -------
+    ndarray of shape (n_free_params, n_free_params)
+        Symmetric; positive definite at a strict local maximum. Rows and columns follow
+        :func:`free_parameter_names`.
+    """
+    return _observed_information(params, X, y, sample_weight, n_threads)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Standard errors and Wald intervals
+# ----------------------------------------------------------------------------------------------------------
+ParameterRow = namedtuple("ParameterRow", "name estimate std_error z p_value lower upper")
+
+
+@dataclass(frozen=True, repr=False)
+class ParameterTable:
+    """Estimates, standard errors and Wald intervals of the free parameters, keyed by name.
+
+    ``table["beta1[0,1]"]`` is a row (a named tuple ``name, estimate, std_error, z, p_value, lower,
+    upper``); iterating gives the rows in parameter order; :meth:`to_dict` and :meth:`to_frame` export.
+    A parameter on a direction where the information is not positive definite gets ``nan``.
+
+    Attributes
+    ----------
+    names : tuple of str
+    estimate, std_error, z, p_value, lower, upper : ndarray of shape (n_free_params,)
+        ``z = estimate / std_error``, two-sided ``p_value`` for ``H0: parameter = 0``, Wald interval
+        ``estimate -+ q std_error`` with ``q`` the standard normal ``(1 + level) / 2`` quantile.
+    level : float
+    information, covariance : ndarray of shape (n_free_params, n_free_params)
+        Observed information and its inverse (a pseudo-inverse on the positive eigenspace when the
+        information is singular).
+    """
+
+    names: tuple
+    estimate: np.ndarray
+    std_error: np.ndarray
+    z: np.ndarray
+    p_value: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    level: float
+    information: np.ndarray
+    covariance: np.ndarray
+
+    _COLUMNS = ("estimate", "std_error", "z", "p_value", "lower", "upper")
+
+    def __len__(self):
+        return len(self.names)
+
+    def __contains__(self, name):
+        return name in self.names
+
+    def _row(self, j):
+        return ParameterRow(self.names[j], *(float(getattr(self, c)[j]) for c in self._COLUMNS))
+
+    def __getitem__(self, name) -> ParameterRow:
+        try:
+            j = self.names.index(name)
+        except ValueError:
+            raise KeyError(f"no free parameter {name!r}; names look like {self.names[:3]}") from None
+        return self._row(j)
+
+    def __iter__(self):
+        return (self._row(j) for j in range(len(self.names)))
+
+    def to_dict(self) -> dict:
+        """``{name: {"estimate": ..., "std_error": ..., ...}}`` with plain floats."""
+        return {row.name: {c: getattr(row, c) for c in self._COLUMNS} for row in self}
+
+    def to_frame(self):
+        """The table as a ``pandas.DataFrame`` indexed by parameter name (needs pandas)."""
+        import pandas as pd
+
+        return pd.DataFrame({c: getattr(self, c) for c in self._COLUMNS}, index=pd.Index(self.names, name="name"))
+
+    def __str__(self):
+        lo, hi = f"{(1 - self.level) / 2:.1%}", f"{(1 + self.level) / 2:.1%}"
+        header = ("name", "estimate", "std_error", "z", "p_value", lo, hi)
+        lines = [[r.name] + [f"{v:.4g}" for v in r[1:]] for r in self]
+        widths = [max(len(h), *(len(line[c]) for line in lines)) if lines else len(h) for c, h in enumerate(header)]
+        fmt = lambda cells: "  ".join(  # noqa: E731
+            cell.ljust(width) if c == 0 else cell.rjust(width) for c, (cell, width) in enumerate(zip(cells, widths))
+        )
+        return "\n".join([fmt(header)] + [fmt(line) for line in lines])
+
+    def __repr__(self):
+        return f"ParameterTable(level={self.level}, n_params={len(self)})\n{self}"
+
+
+def _covariance(information):
+    """Inverse of the information, or a pseudo-inverse on its positive eigenspace when it is singular.
+
+    Returns ``(covariance, identified)``: ``identified[j]`` is False when parameter ``j`` loads on an
+    eigenvector whose eigenvalue is not clearly positive (its standard error is then undefined).
+    """
+    try:
+        chol = np.linalg.cholesky(information)
+    except np.linalg.LinAlgError:
+        chol = None
+    if chol is not None:
+        inv_chol = np.linalg.inv(chol)
+        cov = inv_chol.T @ inv_chol
+        evals = np.linalg.eigvalsh(information)
+        if evals[0] > _SINGULAR_RTOL * evals[-1]:
+            return cov, np.ones(information.shape[0], dtype=bool)
+    evals, evecs = np.linalg.eigh(information)
+    good = evals > _SINGULAR_RTOL * max(evals[-1], 0.0)
+    cov = (evecs[:, good] / evals[good]) @ evecs[:, good].T
+    bad = np.abs(evecs[:, ~good]).max(axis=1, initial=0.0) > 1e-8
+    return cov, ~bad
+
+
+def _resolve_model(model, y):
+    """``(params, y_codes, problems)`` from an MoEParams, a FitResult or a fitted estimator.
+
+    ``problems`` lists the reasons the fit may not be an interior, unpenalised MLE.
+    """
+    if isinstance(model, MoEParams):
+        return model, y, []
+    if isinstance(model, FitResult):
+        problems = []
+        if not model.converged:
+            problems.append("the fit did not converge")
+        if model.diverged:
+            problems.append("its coefficients were diverging (the MLE may not exist)")
+        if model.objective != model.loglik:
+            problems.append("it maximised a penalised likelihood (l2 > 0), not the likelihood")
+        return model.params, y, problems
+    if hasattr(model, "fit_result_") and hasattr(model, "classes_"):  # a fitted MixtureOfExpertsClassifier
+        params, _, problems = _resolve_model(model.fit_result_, None)
+        y = np.asarray(y)
+        return params, model._encode(y, y.shape[0] if y.ndim else -1), problems
+    raise TypeError(
+        f"model must be an MoEParams, a FitResult or a fitted MixtureOfExpertsClassifier, got {type(model).__name__}"
+    )
+
+
+def parameter_table(model, X, y, *, sample_weight=None, level=0.95, n_threads=None) -> ParameterTable:
+    """Standard errors and Wald confidence intervals of the free parameters.
+
+    Parameters
+    ----------
+    model : MoEParams, FitResult or fitted MixtureOfExpertsClassifier
+        The estimate (normally the MLE on ``(X, y)``). For an estimator, ``y`` holds its labels and
+        class indices in the names follow ``classes_``.
+    X : array-like of shape (n_samples, n_features)
+        The data the estimate was fitted on.
+    y : array-like of shape (n_samples,)
+    sample_weight : array-like of shape (n_samples,), optional
+        The fit's weights. Read as frequency weights (the information is ``sum_n w_n J_n``).
+    level : float, default=0.95
+        Coverage of the intervals, in (0, 1).
+    n_threads : int, optional
+
+    Returns
+    -------
+    ParameterTable
+
+    Warns
+    -----
+    UncertaintyWarning
+        When a FitResult or estimator did not converge, diverged or was penalised, or when the
+        information is not positive definite (the affected standard errors are ``nan``).
+
+    Notes
+    -----
+    ``std_error = sqrt(diag(J^{-1}))`` with ``J`` the observed information (:func:`observed_information`),
+    the classical asymptotic covariance of the MLE. Gating parameters are relative to the last expert,
+    expert parameters relative to each expert's last class (reference conventions).
+    """
+    if not (np.isscalar(level) and 0.0 < level < 1.0):
+        raise ValueError(f"level must be a number in (0, 1), got {level!r}")
+    params, y, problems = _resolve_model(model, y)
+    if problems:
+        warnings.warn(
+            "standard errors assume a converged, unpenalised maximum-likelihood fit, but "
+            + "; ".join(problems),
+            UncertaintyWarning,
+            stacklevel=2,
+        )
+    information = _observed_information(params, X, y, sample_weight, n_threads)
+    covariance, identified = _covariance(information)
+    if not identified.all():
+        warnings.warn(
+            f"the observed information is not positive definite ({int((~identified).sum())} parameters load on "
+            "non-positive directions: not a strict maximum, or an over-specified/non-identified model); "
+            "their standard errors are nan",
+            UncertaintyWarning,
+            stacklevel=2,
+        )
+    estimate = free_parameters(params)
+    std_error = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    std_error[~identified] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = estimate / std_error
+    p_value = 2.0 * norm.sf(np.abs(z))
+    q = norm.ppf(0.5 + level / 2.0)
+    return ParameterTable(
+        names=tuple(free_parameter_names(params)),
+        estimate=estimate,
+        std_error=std_error,
+        z=z,
+        p_value=p_value,
+        lower=estimate - q * std_error,
+        upper=estimate + q * std_error,
+        level=float(level),
+        information=information,
+        covariance=covariance,
+    )

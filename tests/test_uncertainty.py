@@ -1,0 +1,236 @@
+"""Observed information, standard errors and Wald intervals (fastmoe.uncertainty)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import reference_numpy as ref
+from conftest import random_params
+from scipy.stats import norm
+
+import fastmoe
+from fastmoe import uncertainty
+from fastmoe._engine import Problem
+from fastmoe.estimator import MixtureOfExpertsClassifier
+from fastmoe.uncertainty import (
+    UncertaintyWarning,
+    free_parameter_names,
+    free_parameters,
+    observed_information,
+    parameter_table,
+)
+
+# A truth whose parameters are all well determined at n = 3000 (binary labels with d = 1 are not:
+# a mixture of two Bernoulli logits in one variable is close to unidentified, with standard errors of
+# the size of the parameters at that n).
+BINARY_TRUTH = fastmoe.MoEParams(
+    beta0=[0.0, 0.0],
+    beta1=[[4.0, 0.0], [0.0, 0.0]],
+    a=[[[0.0, 3.0], [0.0, 0.0]], [[0.0, -3.0], [0.0, 0.0]]],
+    b=[[0.0, 0.0], [0.0, 0.0]],
+)
+
+
+def _numpy_information(params, X, y, w=None):
+    _, X, Z, y, w, W, V = uncertainty._prepare(params, X, y, w)
+    return uncertainty._observed_information_numpy(W, V, X, Z, y, w)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Names and order
+# ----------------------------------------------------------------------------------------------------------
+def test_names_and_vector_follow_the_reference_order(rng):
+    params = random_params(rng, 3, 4, 2, "tanh")
+    names = free_parameter_names(params)
+    assert len(names) == params.n_free_params == len(set(names))
+    assert names[:4] == ["beta0[0]", "beta1[0,0]", "beta1[0,1]", "beta0[1]"]
+    assert names[6:10] == ["b[0,0]", "a[0,0,0]", "a[0,0,1]", "b[0,1]"]
+    assert names[-3:] == ["b[2,2]", "a[2,2,0]", "a[2,2,1]"]
+    W, V = params.packed()
+    theta = free_parameters(params)
+    np.testing.assert_array_equal(theta, ref.pack_free(W, V))
+    lookup = dict(zip(names, theta))
+    assert lookup["beta1[1,0]"] == params.beta1[1, 0]
+    assert lookup["a[2,1,0]"] == params.a[2, 1, 0]
+    assert lookup["b[1,2]"] == params.b[1, 2]
+    # Parameters outside the reference conventions are normalised first.
+    shifted = fastmoe.MoEParams(params.beta0 + 1.0, params.beta1 - 2.0, params.a + 0.5, params.b - 3.0, "tanh")
+    np.testing.assert_allclose(free_parameters(shifted), theta, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The information matrix
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("gating", ["identity", "sigmoid"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_information_matches_the_numpy_reference(rng, gating, weighted):
+    params = random_params(rng, 3, 3, 2, gating, scale=1.5)
+    X, y = fastmoe.sample(params, n=700, random_state=rng)
+    w = rng.uniform(0.2, 3.0, size=700) if weighted else None
+    W, V = params.packed()
+    _, hess = ref.full_loglik_grad_hess(W, V, X, params.gate_input(X), y, w)
+    scale = np.abs(hess).max()
+    information = observed_information(params, X, y, sample_weight=w, n_threads=1)
+    np.testing.assert_allclose(information, -hess, rtol=0, atol=1e-11 * scale)
+    # The NumPy fallback on its own (the default path uses the compiled pass when the build has it).
+    np.testing.assert_allclose(_numpy_information(params, X, y, w), -hess, rtol=0, atol=1e-11 * scale)
+
+
+def test_information_is_independent_of_chunking_and_threads(rng, monkeypatch):
+    params = random_params(rng, 2, 3, 3)
+    X, y = fastmoe.sample(params, n=1001, random_state=rng)
+    whole = _numpy_information(params, X, y)
+    # n_experts * n_free_params * 8 bytes per sample: 2 * 16 * 8 = 256 -> chunks of 7 samples.
+    monkeypatch.setattr(uncertainty, "_CHUNK_BYTES", 7 * 256)
+    np.testing.assert_allclose(_numpy_information(params, X, y), whole, rtol=1e-12, atol=1e-12 * np.abs(whole).max())
+    np.testing.assert_array_equal(
+        observed_information(params, X, y, n_threads=1), observed_information(params, X, y, n_threads=2)
+    )
+
+
+def test_information_matches_finite_differences_of_the_loglik(rng):
+    """Second differences of fastmoe.loglik itself, one pair of free parameters at a time."""
+    params = random_params(rng, 2, 3, 1, "tanh")
+    X, y = fastmoe.sample(params, n=400, random_state=rng)
+    w = rng.uniform(0.5, 2.0, size=400)
+    W, V = params.packed()
+    theta = free_parameters(params)
+
+    def loglik(t):
+        W_t, V_t = ref.unpack_free(t, W, V)
+        return fastmoe.loglik(fastmoe.MoEParams.from_packed(W_t, V_t, "tanh"), X, y, w, n_threads=1)
+
+    h = 1e-3
+    steps = h * np.eye(theta.size)
+    fd = np.empty((theta.size, theta.size))
+    for i in range(theta.size):
+        for j in range(i, theta.size):
+            ei, ej = steps[i], steps[j]
+            fd[i, j] = fd[j, i] = -(
+                loglik(theta + ei + ej) - loglik(theta + ei - ej) - loglik(theta - ei + ej) + loglik(theta - ei - ej)
+            ) / (4 * h * h)
+    information = observed_information(params, X, y, sample_weight=w, n_threads=1)
+    # O(h^2) truncation plus O(eps |loglik| / h^2) rounding: about 1e-5 of the largest entry.
+    np.testing.assert_allclose(information, fd, rtol=0, atol=1e-5 * np.abs(information).max())
+
+
+def test_information_is_symmetric_and_positive_definite_at_the_mle():
+    X, y = fastmoe.sample(BINARY_TRUTH, n=3000, random_state=7, low=-2.0, high=2.0)
+    result = fastmoe.fit(X, y, 2, init=BINARY_TRUTH, n_threads=1)
+    information = observed_information(result.params, X, y, n_threads=1)
+    np.testing.assert_array_equal(information, information.T)
+    assert np.linalg.eigvalsh(information)[0] > 0
+
+
+def test_kernel_and_numpy_paths_agree(rng):
+    if not hasattr(Problem, "full_hessian"):
+        pytest.skip("this build has no compiled full_hessian pass")
+    params = random_params(rng, 3, 4, 3, "sigmoid")
+    X, y = fastmoe.sample(params, n=2000, random_state=rng)
+    kernel = observed_information(params, X, y, n_threads=2)
+    numpy = _numpy_information(params, X, y)
+    np.testing.assert_allclose(kernel, numpy, rtol=0, atol=1e-11 * np.abs(numpy).max())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The table
+# ----------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fitted():
+    X, y = fastmoe.sample(BINARY_TRUTH, n=3000, random_state=11, low=-2.0, high=2.0)
+    return X, y, fastmoe.fit(X, y, 2, init=BINARY_TRUTH, n_threads=1)
+
+
+def test_table_columns_are_consistent(fitted):
+    X, y, result = fitted
+    table = parameter_table(result, X, y, level=0.9, n_threads=1)
+    information = observed_information(result.params, X, y, n_threads=1)
+    np.testing.assert_allclose(table.information, information)
+    np.testing.assert_allclose(table.covariance @ information, np.eye(len(table)), atol=1e-9)
+    np.testing.assert_allclose(table.std_error, np.sqrt(np.diag(np.linalg.inv(information))), rtol=1e-10)
+    np.testing.assert_allclose(table.estimate, free_parameters(result.params))
+    q = norm.ppf(0.95)
+    np.testing.assert_allclose(table.lower, table.estimate - q * table.std_error)
+    np.testing.assert_allclose(table.upper, table.estimate + q * table.std_error)
+    np.testing.assert_allclose(table.z, table.estimate / table.std_error)
+    np.testing.assert_allclose(table.p_value, 2 * norm.sf(np.abs(table.z)))
+    row = table["a[0,0,1]"]
+    assert row.name == "a[0,0,1]" and row.estimate == result.params.a[0, 0, 1]
+    assert row.lower < row.estimate < row.upper and row.p_value < 1e-6
+    assert "beta1[0,1]" in table and "beta0[1]" not in table
+    with pytest.raises(KeyError, match="no free parameter 'beta0\\[1\\]'"):
+        table["beta0[1]"]
+    assert [r.name for r in table] == list(table.names) == free_parameter_names(result.params)
+    assert table.to_dict()["b[1,0]"]["std_error"] == table["b[1,0]"].std_error
+    text = str(table)
+    assert "5.0%" in text and "95.0%" in text and "beta1[0,1]" in text
+    with pytest.raises(ValueError, match="level"):
+        parameter_table(result, X, y, level=95)
+
+
+def test_table_from_params_result_and_estimator_agree(fitted):
+    X, y, result = fitted
+    labels = np.array(["no", "yes"])[y]
+    model = MixtureOfExpertsClassifier(2, init=BINARY_TRUTH, n_threads=1).fit(X, labels)
+    from_model = model.parameter_table(X, labels)
+    from_result = parameter_table(result, X, y)
+    from_params = parameter_table(result.params, X, y)
+    for table in (from_model, from_params):
+        assert table.names == from_result.names
+        np.testing.assert_allclose(table.estimate, from_result.estimate, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(table.std_error, from_result.std_error, rtol=1e-5)
+    with pytest.raises(TypeError, match="MoEParams, a FitResult or a fitted"):
+        parameter_table("not a model", X, y)
+
+
+def test_doubtful_fits_are_flagged(fitted):
+    X, y, _ = fitted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
+        early = fastmoe.fit(X, y, 2, max_iter=1, random_state=0, n_threads=1)
+    with pytest.warns(UncertaintyWarning, match="did not converge"):
+        parameter_table(early, X, y)
+    penalised = fastmoe.fit(X, y, 2, init=BINARY_TRUTH, l2=5.0, n_threads=1)
+    with pytest.warns(UncertaintyWarning, match="penalised"):
+        parameter_table(penalised, X, y)
+
+
+def test_singular_information_gives_nan_standard_errors():
+    # Two identical experts: the gating does not enter the likelihood, its information is zero.
+    params = fastmoe.MoEParams(
+        beta0=[0.3, 0.0], beta1=[[1.0], [0.0]], a=[[[2.0], [0.0]], [[2.0], [0.0]]], b=[[0.5, 0.0], [0.5, 0.0]]
+    )
+    X, y = fastmoe.sample(params, n=500, random_state=0)
+    with pytest.warns(UncertaintyWarning, match="not positive definite"):
+        table = parameter_table(params, X, y)
+    assert np.isnan(table["beta0[0]"].std_error) and np.isnan(table["beta1[0,0]"].std_error)
+    assert np.isnan(table["beta0[0]"].lower)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Calibration against the spread over simulated replications
+# ----------------------------------------------------------------------------------------------------------
+def test_standard_errors_match_the_spread_of_estimates():
+    """Mean standard error vs empirical SD of the MLE over 80 replications (n = 3000, d = 2, K = k = 2).
+
+    With 80 replications the empirical SD itself is uncertain by about 8%, so agreement within 30%
+    leaves 3.5 of its standard deviations; the 95% intervals must cover the truth about 95% of the
+    time (pooled over the 9 parameters, 720 intervals: 0.9 to 0.99 is a wide band).
+    Starting EM at the truth removes label switching from the comparison.
+    """
+    truth = free_parameters(BINARY_TRUTH)
+    estimates, std_errors, covered = [], [], []
+    for replication in range(80):
+        X, y = fastmoe.sample(BINARY_TRUTH, n=3000, random_state=1000 + replication, low=-2.0, high=2.0)
+        result = fastmoe.fit(X, y, 2, init=BINARY_TRUTH, n_threads=1)
+        table = parameter_table(result, X, y, n_threads=1)
+        estimates.append(table.estimate)
+        std_errors.append(table.std_error)
+        covered.append((table.lower <= truth) & (truth <= table.upper))
+    ratio = np.mean(std_errors, axis=0) / np.std(estimates, axis=0, ddof=1)
+    print(dict(zip(free_parameter_names(BINARY_TRUTH), np.round(ratio, 3))))
+    np.testing.assert_allclose(ratio, 1.0, atol=0.3)
+    assert 0.9 <= np.mean(covered) <= 0.99
+    # The MLE is (nearly) unbiased at this n: mean error within 3 Monte Carlo standard errors of 0.
+    bias = np.mean(estimates, axis=0) - truth
+    assert np.all(np.abs(bias) < 3 * np.std(estimates, axis=0, ddof=1) / np.sqrt(80) + 0.02)
