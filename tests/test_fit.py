@@ -222,7 +222,11 @@ def test_empty_expert_is_reported(rng, well_separated):
         a=np.concatenate([np.zeros((1, 3, 2)), well_separated.a]),
         b=np.concatenate([np.zeros((1, 3)), well_separated.b]),
     )
-    result = fastmoe.fit(X, y, 3, init=start, tol=1e-10, max_iter=3000)
+    # The empty expert's gating intercept keeps falling (its MLE weight is 0, on the boundary), which
+    # may also be reported as diverging: either way the fit ends cleanly and says so.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
+        result = fastmoe.fit(X, y, 3, init=start, tol=1e-10, max_iter=3000)
     assert 0 in result.empty_experts
     assert "no responsibility mass" in result.message
     assert np.isfinite(result.loglik) and _monotone(result.history)

@@ -7,6 +7,7 @@ one block ``V[i, :K-1]`` per expert. Each gets its own Newton direction ``d = (-
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg.lapack import dpotrf, dpotrs
 
 # Ridges tried, relative to the largest diagonal entry, when -H is not numerically positive definite
 # (an expert or class that no sample supports, perfectly collinear features, ...).
@@ -33,39 +34,31 @@ def solve_pd(A, g):
     """
     d = np.zeros_like(g)
     n_ridged = 0
-    try:
-        L = np.linalg.cholesky(A)  # every block at once: the common case
-        ok = np.ones(A.shape[0], dtype=bool)
-    except np.linalg.LinAlgError:
-        L = np.zeros_like(A)
-        ok = np.zeros(A.shape[0], dtype=bool)
-        for b in range(A.shape[0]):
+    for b in range(A.shape[0]):
+        # LAPACK directly: the blocks are small, and numpy.linalg's per-call overhead (tens of
+        # microseconds) would rival the kernel pass on small data sets.
+        factor, info = dpotrf(A[b], lower=True, clean=False)
+        if info != 0:
             factor, ridge = _cholesky_with_ridge(A[b])
-            n_ridged += factor is None or ridge > 0
-            if factor is not None:
-                L[b], ok[b] = factor, True
-    if ok.any():
-        # Two triangular solves; numpy's solve broadcasts over the stack (the blocks are small).
-        Lo = L[ok]
-        d[ok] = np.linalg.solve(np.swapaxes(Lo, -1, -2), np.linalg.solve(Lo, g[ok][..., None]))[..., 0]
+            n_ridged += 1
+            if factor is None:
+                continue
+        d[b], info = dpotrs(factor, g[b], lower=True)
     d[~np.isfinite(d).all(axis=1)] = 0.0
     return d, n_ridged
 
 
 def _cholesky_with_ridge(A):
-    """``(factor, ridge)``: Cholesky of ``A + ridge I`` for the smallest listed ridge that works.
-
-    The factor is None when ``A`` is not finite or no ridge helps (then the block does not move).
-    """
+    """``(factor, ridge)``: lower Cholesky factor of ``A + ridge * scale * I`` for the smallest listed
+    ridge that works (``scale`` = largest diagonal entry), or ``(None, inf)`` when ``A`` is not finite
+    or no ridge helps (then the block does not move)."""
     if not np.isfinite(A).all():
         return None, np.inf
-    p = A.shape[0]
     scale = max(float(np.max(np.abs(np.diag(A)))), np.finfo(float).tiny)
     for ridge in _RIDGES:
-        try:
-            return np.linalg.cholesky(A + (ridge * scale) * np.eye(p)), ridge
-        except np.linalg.LinAlgError:
-            continue
+        factor, info = dpotrf(A + (ridge * scale) * np.eye(A.shape[0]), lower=True, clean=False)
+        if info == 0:
+            return factor, ridge
     return None, np.inf
 
 
