@@ -16,9 +16,12 @@ from fastmoe._engine import Problem
 REFERENCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "flexmix-sigmoid-n3000"
 
 
-def _monotone(history, rel=1e-12):
+def _monotone(history, n_samples=None, rel=1e-12):
+    """Never decreasing, up to rounding: relative 1e-12, and the engine's absolute floor of
+    64 eps per sample (sums of n log-probabilities are not known more precisely than that)."""
     history = np.asarray(history)
-    return bool(np.all(np.diff(history) >= -rel * np.abs(history[1:])))
+    floor = 0.0 if n_samples is None else 64 * np.finfo(float).eps * n_samples
+    return bool(np.all(np.diff(history) >= -rel * np.abs(history[1:]) - floor))
 
 
 @pytest.mark.parametrize("init", ["kmeans", "random"])
@@ -198,7 +201,7 @@ def test_separable_data_is_reported_not_crashed(rng):
     with pytest.warns(fastmoe.ConvergenceWarning, match="diverging"):
         result = fastmoe.fit(X, y, 2, random_state=rng, max_iter=500)
     assert result.diverged and not result.converged
-    assert np.isfinite(result.loglik) and _monotone(result.history)
+    assert np.isfinite(result.loglik) and _monotone(result.history, 400)
     # With a ridge the MLE exists and the fit converges.
     penalised = fastmoe.fit(X, y, 2, random_state=rng, l2=1.0, max_iter=2000)
     assert penalised.converged and not penalised.diverged

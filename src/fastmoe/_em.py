@@ -306,28 +306,34 @@ def m_step_from_responsibilities(problem: Problem, resp, l2=INIT_L2, max_iter=IN
     return W, V
 
 
-def _kmeans_labels(Z, k, rng, n_lloyd=20):
-    """Hard labels from k-means (k-means++ seeding, a few Lloyd iterations) on the gating inputs."""
+def _kmeans_labels(Z, k, rng, weights=None, n_lloyd=20):
+    """Hard labels from weighted k-means (k-means++ seeding, a few Lloyd iterations) on the gating inputs.
+
+    With integer weights this is k-means on the repeated rows, so a weighted fit starts where the
+    fit of the expanded data would.
+    """
     n = Z.shape[0]
+    w = np.ones(n) if weights is None or weights.size == 0 else weights
     centers = np.empty((k, Z.shape[1]))
-    centers[0] = Z[rng.integers(n)]
+    centers[0] = Z[rng.choice(n, p=w / w.sum())]
     dist = np.sum((Z - centers[0]) ** 2, axis=1)
     for c in range(1, k):
-        total = dist.sum()
-        idx = rng.choice(n, p=dist / total) if total > 0 else rng.integers(n)
+        mass = w * dist
+        total = mass.sum()
+        idx = rng.choice(n, p=mass / total) if total > 0 else rng.integers(n)
         centers[c] = Z[idx]
         dist = np.minimum(dist, np.sum((Z - centers[c]) ** 2, axis=1))
     labels = np.zeros(n, dtype=np.intp)
-    for _ in range(n_lloyd):
+    for it in range(n_lloyd):
         d2 = ((Z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
         new = d2.argmin(axis=1)
-        if _ > 0 and np.array_equal(new, labels):
+        if it > 0 and np.array_equal(new, labels):
             break
         labels = new
         for c in range(k):
-            members = Z[labels == c]
-            if members.shape[0]:
-                centers[c] = members.mean(axis=0)
+            members = labels == c
+            if w[members].sum() > 0:
+                centers[c] = np.average(Z[members], axis=0, weights=w[members])
     return labels
 
 
@@ -352,7 +358,7 @@ def initial_parameters(problem: Problem, method, rng):
     y = np.ascontiguousarray(problem.y[rows])
     w = np.ascontiguousarray(problem.sample_weight[rows]) if problem.sample_weight.size else problem.sample_weight
     sub = Problem(X, Z, y, w, k, problem.n_classes, problem.n_threads)
-    labels = _kmeans_labels(Z, k, rng) if method == "kmeans" else _random_labels(Z, k, rng)
+    labels = _kmeans_labels(Z, k, rng, w) if method == "kmeans" else _random_labels(Z, k, rng)
     resp = np.full((X.shape[0], k), INIT_LABEL_SMOOTHING / k)
     resp[np.arange(X.shape[0]), labels] += 1.0 - INIT_LABEL_SMOOTHING
     return m_step_from_responsibilities(sub, resp)

@@ -86,9 +86,10 @@ class Problem:
         k, K = n_experts, n_classes
         pg, pe = self.n_gate_features + 1, self.n_features + 1
         self.total_weight = float(sample_weight.sum()) if sample_weight.size else float(self.n_samples)
-        # Each sample's log-likelihood carries a rounding error of a few ulps of 1 (log of a sum near 1
-        # at saturation), so sums of n of them are only known to about n * eps in absolute terms.
-        self.rounding_floor = 8.0 * np.finfo(float).eps * self.total_weight
+        # Each sample's log-likelihood carries an absolute rounding error of some ulps of 1 (the log of
+        # a sum of products of probabilities near 1 at saturation), so a sum of n of them is only known
+        # to a few tens of n * eps: differences below that are noise, not decreases.
+        self.rounding_floor = 64.0 * np.finfo(float).eps * self.total_weight
         self.class_weight = np.bincount(y, weights=sample_weight if sample_weight.size else None, minlength=K)
         self._no_resp = np.empty((0, k))
         self._weight = np.empty(k)
