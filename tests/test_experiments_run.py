@@ -1,6 +1,7 @@
 """Rate experiments end to end: local processes, resume after SIGKILL, a real Dask cluster, the D1 rate."""
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import pytest
 
 import fastmoe
 from fastmoe.experiments import analyse, get_preset, run_experiment, run_job
-from fastmoe.experiments.plots import plot_report
+from fastmoe.experiments.plots import plot_comparison, plot_report
 
 # Fits are deterministic for a fixed thread count, so records must agree to the last bit; compare the
 # numbers a study is made of.
@@ -76,8 +77,25 @@ def test_small_grid_end_to_end(local_run, tmp_path):
     report = analyse(out, n_boot=50)
     assert set(report.slopes) >= {"D1", "a_max_0", "mass_err_1"}
     assert "D1" in report.format_table()
-    files = plot_report(report, tmp_path / "plots")
+    files = plot_report(report, tmp_path / "plots", dpi=50)
     assert {p.suffix for p in files} == {".png", ".pdf"} and all(p.stat().st_size > 0 for p in files)
+    compared = plot_comparison([report, report], ["D1", "a_mean_0"], tmp_path / "compare.png")
+    assert compared.stat().st_size > 0
+
+
+def test_job_that_kills_its_worker_is_recorded_as_crashed(tmp_path):
+    # (3000, 1) calls os._exit in its worker: the pool breaks, the in-flight jobs are re-run alone, the
+    # culprit alone is recorded as crashed and every other job finishes normally.
+    exp = dataclasses.replace(small_grid(), name="crash-test", crash_jobs=[(3000, 1)])
+    assert exp.to_dict()["crash_jobs"] == [[3000, 1]] and "crash_jobs" not in small_grid().to_dict()
+    summary = run_experiment(exp, tmp_path, n_jobs=2, threads_per_job=1, progress=False)
+    assert summary.crashed == 1 and summary.completed == exp.n_jobs
+    assert summary.status_counts == {"ok": exp.n_jobs - 1, "crashed": 1}
+    stored = rows(tmp_path, exp.name)
+    assert stored[(3000, 1)]["status"] == "crashed" and "killed its worker" in stored[(3000, 1)]["error"]
+    assert all(r["status"] == "ok" for key, r in stored.items() if key != (3000, 1))
+    # In the coordinating process the hook raises instead of killing it; the job is recorded as failed.
+    assert run_job(exp, 3000, 1)["status"] == "failed"
 
 
 def test_resume_after_sigkill_never_duplicates(tmp_path):
@@ -105,6 +123,16 @@ def test_resume_after_sigkill_never_duplicates(tmp_path):
         assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        # The worker processes (and the fork server) notice that the coordinator is gone and exit alone.
+        orphans_gone = False
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not orphans_gone:
+            try:
+                os.killpg(proc.pid, 0)
+                time.sleep(0.1)
+            except ProcessLookupError:
+                orphans_gone = True
+        assert orphans_gone, "worker processes outlived the killed coordinator"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the worker processes of that run

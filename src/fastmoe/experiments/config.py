@@ -193,6 +193,10 @@ class Experiment:
         (quasi-separation), in addition to :attr:`fastmoe.FitResult.diverged`.
     description : str, default=""
         Free text shown by ``fastmoe rates presets``.
+    crash_jobs : tuple of (n, replication), default=()
+        For tests of the runner only: these jobs kill their worker process (``os._exit``) instead of
+        fitting; in the coordinating process (``scheduler="synchronous"``) they raise instead. Stored in
+        the definition only when non-empty, so it leaves the digest of ordinary experiments unchanged.
     """
 
     name: str
@@ -209,6 +213,7 @@ class Experiment:
     exact_translation: bool = False
     coef_limit: float = 50.0
     description: str = ""
+    crash_jobs: Tuple[Tuple[int, int], ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
@@ -256,6 +261,7 @@ class Experiment:
         set_("theory", {str(k): float(v) for k, v in dict(self.theory).items()})
         if not self.coef_limit > 0:
             raise ValueError(f"coef_limit must be positive, got {self.coef_limit}")
+        set_("crash_jobs", tuple((int(n), int(rep)) for n, rep in self.crash_jobs))
 
     # -- grid ---------------------------------------------------------------------------------------
     @property
@@ -303,6 +309,7 @@ class Experiment:
             "x_law": dataclasses.asdict(self.x_law),
             "fit": fit,
             "truth": self.truth.to_dict(),
+            **({"crash_jobs": [list(job) for job in self.crash_jobs]} if self.crash_jobs else {}),
         }
 
     @classmethod

@@ -18,7 +18,7 @@ import numpy as np
 
 from .analysis import Report
 
-__all__ = ["plot_report"]
+__all__ = ["plot_report", "plot_comparison"]
 
 
 def _panel(ax, report: Report, metrics: Sequence[str], title: str) -> None:
@@ -52,11 +52,14 @@ def _panel(ax, report: Report, metrics: Sequence[str], title: str) -> None:
         ax.legend(fontsize=7, loc="best")
 
 
-def plot_report(report: Report, out_dir, formats: Sequence[str] = ("png", "pdf")) -> List[Path]:
+def plot_report(report: Report, out_dir, formats: Sequence[str] = ("png", "pdf"), dpi: int = 130) -> List[Path]:
     """Draw the losses and the per-parameter errors of ``report``.
 
     Writes ``<name>-losses.<fmt>`` (the Voronoi losses) and ``<name>-parameters.<fmt>`` (one panel per true
-    atom: cell mass error and the worst errors of beta1, a and b in the cell) for every format.
+    atom: cell mass error and, top row, the worst errors of beta1, a and b in the cell, bottom row, their
+    mass-weighted means) for every format.
+
+    ``dpi`` sets the resolution of raster formats (PNG); lower it for small files to commit.
 
     Returns
     -------
@@ -77,27 +80,73 @@ def plot_report(report: Report, out_dir, formats: Sequence[str] = ("png", "pdf")
     FigureCanvasAgg(fig)
     _panel(fig.add_subplot(1, 1, 1), report, list(exp.losses), subtitle)
     fig.axes[0].set_ylabel("mean Voronoi loss")
-    written += _save(fig, out_dir / f"{exp.name}-losses", formats)
+    written += _save(fig, out_dir / f"{exp.name}-losses", formats, dpi)
 
     k_true = exp.truth.n_experts
-    fig = Figure(figsize=(5.2 * k_true, 4.6), constrained_layout=True)
+    fig = Figure(figsize=(5.2 * k_true, 8.4), constrained_layout=True)
     FigureCanvasAgg(fig)
-    for j in range(k_true):
-        ax = fig.add_subplot(1, k_true, j + 1)
-        metrics = [m for m in (f"mass_err_{j}", f"beta1_max_{j}", f"a_max_{j}", f"b_max_{j}")
-                   if m in report.summaries]
-        _panel(ax, report, metrics, f"true atom {j}")
-        if j == 0:
-            ax.set_ylabel("mean error")
+    # Top row: the worst error over the atoms of each cell; bottom row: the mass-weighted mean error
+    # (in a split cell a low-mass atom may wander while the cell as a whole converges).
+    for row, (kind, label) in enumerate((("max", "worst"), ("mean", "mass-weighted mean"))):
+        for j in range(k_true):
+            ax = fig.add_subplot(2, k_true, row * k_true + j + 1)
+            metrics = [m for m in (f"mass_err_{j}", f"beta1_{kind}_{j}", f"a_{kind}_{j}", f"b_{kind}_{j}")
+                       if m in report.summaries]
+            _panel(ax, report, metrics, f"true atom {j}: {label} error in the cell")
+            if j == 0:
+                ax.set_ylabel(f"mean of the {label} error")
     fig.suptitle(subtitle, fontsize=10)
-    written += _save(fig, out_dir / f"{exp.name}-parameters", formats)
+    written += _save(fig, out_dir / f"{exp.name}-parameters", formats, dpi)
     return written
 
 
-def _save(fig, stem: Path, formats) -> List[Path]:
+def _save(fig, stem: Path, formats, dpi: int = 130) -> List[Path]:
     paths = []
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
-        fig.savefig(path, dpi=130)
+        fig.savefig(path, dpi=dpi)
         paths.append(path)
     return paths
+
+
+def plot_comparison(reports: Sequence[Report], metrics: Sequence[str], path, dpi: int = 100) -> Path:
+    """One panel per metric, one series per report: e.g. the split-cell errors of standard against
+    modified gating. Means over replications with 10%-90% bars and each report's least-squares line.
+
+    Returns
+    -------
+    Path
+        ``path`` (its suffix picks the format).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(4.2 * len(metrics), 3.8), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        for color, report in zip([f"C{j}" for j in range(10)], reports):
+            rows = [r for r in report.summaries.get(metric, []) if r["count"] and r["mean"] > 0]
+            if not rows:
+                continue
+            n = np.array([r["n"] for r in rows], dtype=float)
+            mean = np.array([r["mean"] for r in rows])
+            low = np.clip(mean - np.array([r["q10"] for r in rows]), 0, None)
+            high = np.clip(np.array([r["q90"] for r in rows]) - mean, 0, None)
+            fit = report.slopes[metric]
+            label = f"{report.experiment.name}: {fit.slope:+.2f} [{fit.ci_low:+.2f}, {fit.ci_high:+.2f}]"
+            ax.errorbar(n, mean, yerr=[low, high], fmt="o", ms=3, color=color, capsize=2, label=label)
+            if not math.isnan(fit.slope):
+                grid = np.geomspace(n.min(), n.max(), 50)
+                ax.plot(grid, fit.line(grid), "-", color=color, lw=1.2)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("sample size n")
+        ax.set_title(metric, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=7, loc="best")
+    fig.savefig(path, dpi=dpi)
+    return path

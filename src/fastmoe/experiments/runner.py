@@ -252,22 +252,34 @@ def _mp_context():
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def _watch_parent(parent_pid: int) -> None:
-    # A worker must not outlive the coordinator (kill -9 leaves no one to shut the pool down). Under
-    # forkserver the worker's parent is the fork server, which exits when the coordinator dies.
+def _watch_parent(parent_pid: int, coordinator_pid: int) -> None:
+    # A worker must not outlive the coordinator (kill -9 or Ctrl-C leaves no one to shut the pool down).
+    # Under forkserver the worker's parent is the fork server, which may outlive the coordinator (seen
+    # after SIGTERM: orphaned workers went on fitting), so the coordinator itself is watched too.
     while True:
         time.sleep(0.5)
-        if os.getppid() != parent_pid:
+        if os.getppid() != parent_pid or not _pid_alive(coordinator_pid):
             os._exit(1)
 
 
-def _worker_init() -> None:
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else (cannot happen for our coordinator)
+        return True
+    return True
+
+
+def _worker_init(coordinator_pid: int) -> None:
+    threading.Thread(target=_watch_parent, args=(os.getppid(), coordinator_pid), daemon=True).start()
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:
     """A started pool; raises if a worker cannot even start (that is not any job's fault)."""
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_worker_init)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_worker_init,
+                               initargs=(os.getpid(),))
     try:
         pool.submit(os.getpid).result()
     except BrokenProcessPool as exc:
