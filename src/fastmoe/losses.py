@@ -143,7 +143,10 @@ def align_translation(fitted, true, exact=False, r_beta=1.0, r_a=1.0, r_b=1.0):
         If False, the closed form of ``MODEL.md`` section 4: ``t0`` makes the total masses agree and ``t1``
         makes the mass-weighted means of ``beta1`` agree. If True, start there and minimise
         :func:`voronoi_loss` with the given exponents over ``(t0, t1)`` numerically (Nelder-Mead); the
-        result is never worse than the closed form.
+        result is never worse than the closed form. Beware a property of the loss itself: as
+        ``t0 -> -inf`` every fitted mass vanishes and the loss tends to ``sum_j exp(beta0*_j)``, so
+        whenever the closed-form loss exceeds the total true mass the infimum is that degenerate value
+        (all cells effectively emptied). Rate studies therefore use the closed form.
     r_beta, r_a, r_b : float, default=1.0
         Exponents of the loss that ``exact=True`` minimises (ignored otherwise).
 
