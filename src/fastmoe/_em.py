@@ -277,7 +277,8 @@ def run_em(problem: Problem, W, V, *, max_iter, tol, l2, newton=True, callback=N
         or result.loglik > -SATURATED_LOGLIK * problem.total_weight
         or bool((problem.class_weight == 0).any())
     )
-    state.objective, state.loglik = objective, result.loglik
+    # Both from the final fused pass, so that objective == loglik exactly when there is no penalty.
+    state.objective, state.loglik = result.loglik - penalty(W, V).sum(), result.loglik
     state.empty_experts = tuple(int(i) for i in np.flatnonzero(result.expert_weight <= empty_cut))
     return state
 

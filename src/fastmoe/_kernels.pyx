@@ -364,6 +364,99 @@ def e_step(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
     return total
 
 
+cdef inline void _softmax_lanes(double* A, Py_ssize_t m, Py_ssize_t nb, double* work) noexcept nogil:
+    """Softmax down the ``m`` rows of ``A`` (row stride BLOCK) for each of ``nb`` sample lanes, in place.
+
+    Samples sit in the vector lanes, so every loop runs over ``nb`` contiguous doubles: the
+    exponentials go at the long-array rate of ``fastmoe_exp`` instead of rows of k or K entries.
+    """
+    cdef Py_ssize_t j, l
+    cdef double* a
+    for l in range(nb):
+        work[l] = A[l]
+    for j in range(1, m):
+        a = A + j * BLOCK
+        for l in range(nb):
+            work[l] = a[l] if a[l] > work[l] else work[l]
+    for j in range(m):
+        a = A + j * BLOCK
+        for l in range(nb):
+            a[l] = fastmoe_exp(a[l] - work[l])
+    for l in range(nb):
+        work[l] = A[l]
+    for j in range(1, m):
+        a = A + j * BLOCK
+        for l in range(nb):
+            work[l] = work[l] + a[l]
+    for l in range(nb):
+        work[l] = 1.0 / work[l]
+    for j in range(m):
+        a = A + j * BLOCK
+        for l in range(nb):
+            a[l] = a[l] * work[l]
+
+
+cdef inline void _affine_lanes(const double* coef, Py_ssize_t n_out, Py_ssize_t p, const double* design,
+                               Py_ssize_t nb, double* out) noexcept nogil:
+    """``out[r, l] = coef[r, :] . design[:, l]`` (design row 0 is the constant 1), lanes = samples."""
+    cdef Py_ssize_t r, q, l
+    cdef double cq
+    cdef double* o
+    cdef const double* src
+    for r in range(n_out):
+        o = out + r * BLOCK
+        cq = coef[r * p]
+        for l in range(nb):
+            o[l] = cq
+        for q in range(1, p):
+            cq = coef[r * p + q]
+            src = design + q * BLOCK
+            for l in range(nb):
+                o[l] = o[l] + cq * src[l]
+
+
+cdef inline void _forward_block(const double* ZF, const double* UF, const double* LB, Py_ssize_t nb,
+                                const double* W, const double* V, Py_ssize_t k, Py_ssize_t K,
+                                Py_ssize_t dg, Py_ssize_t d, const double* Zp, const double* Xp,
+                                Py_ssize_t first, double* G, double* E, double* T, double* LL,
+                                double* work, double* lg, double* pg, double* le, double* pe,
+                                double* tau) noexcept nogil:
+    """``_forward`` for the ``nb`` samples of a block at once, samples in the vector lanes.
+
+    Reads the block's designs (``ZF``, ``UF``, row 0 = 1) and labels ``LB``; writes gating
+    probabilities ``G`` (k rows), expert probabilities ``E`` (k*K rows), responsibilities ``T``
+    (k rows) and ``log p(y | x)`` to ``LL``. A sample whose every ``pi_i f_i(y)`` underflows is
+    redone by the scalar log-space ``_forward``, and its lane overwritten.
+    """
+    cdef Py_ssize_t i, j, l, label
+    cdef double total, inv, ll
+    _affine_lanes(W, k, dg + 1, ZF, nb, G)
+    _softmax_lanes(G, k, nb, work)
+    _affine_lanes(V, k * K, d + 1, UF, nb, E)
+    for i in range(k):
+        _softmax_lanes(E + i * K * BLOCK, K, nb, work)
+    for l in range(nb):
+        label = <Py_ssize_t>LB[l]
+        total = 0.0
+        for i in range(k):
+            T[i * BLOCK + l] = G[i * BLOCK + l] * E[(i * K + label) * BLOCK + l]
+            total = total + T[i * BLOCK + l]
+        if total > 1e-280:
+            inv = 1.0 / total
+            for i in range(k):
+                T[i * BLOCK + l] = T[i * BLOCK + l] * inv
+            LL[l] = log(total)
+        else:
+            ll = _forward(Zp + (first + l) * dg, Xp + (first + l) * d, label, W, V, k, K, dg, d,
+                          lg, pg, le, pe, tau)
+            for i in range(k):
+                G[i * BLOCK + l] = pg[i]
+                T[i * BLOCK + l] = tau[i]
+            for j in range(k * K):
+                E[j * BLOCK + l] = pe[j]
+            LL[l] = ll
+
+
 def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
                 const double[::1] sample_weight, const double[:, ::1] W, const double[:, :, ::1] V,
                 const double[:, ::1] resp_in, double[::1] expert_weight_out,
@@ -397,10 +490,12 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
     cdef Py_ssize_t o_w = 1, o_gg = o_w + k, o_gh = o_gg + (k - 1) * pgd
     cdef Py_ssize_t o_eg = o_gh + ngp * mg, o_eh = o_eg + k * (K - 1) * ped
     cdef Py_ssize_t width = o_eh + k * nep * me
-    # Per-thread scratch: one sample's forward quantities, then a block of BLOCK samples laid out
-    # feature-major ([entry][sample]) so that the Hessian sums below are contiguous dot products.
+    # Per-thread scratch: one sample's forward quantities (for the underflow fallback), then a block of
+    # BLOCK samples laid out feature-major ([entry][sample]): the forward pass and the coefficients
+    # run with samples in the vector lanes, and the Hessian sums are matrix products.
     cdef Py_ssize_t fwidth = _padded(2 * k + 2 * k * K + k)
-    cdef Py_ssize_t nrows = pgd + mg + ped + me + (k - 1) + ngp + k * (K - 1) + k * nep
+    cdef Py_ssize_t nrows = (pgd + mg + ped + me + (k - 1) + ngp + k * (K - 1) + k * nep
+                             + k + k * K + k + 5)
     cdef double[:, ::1] scratch = np.empty((n_threads, fwidth + nrows * BLOCK))
     cdef double[:, ::1] partial = np.zeros((n_chunks, _padded(width)))
     cdef double[::1] total = np.empty(width)
@@ -423,9 +518,22 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
     cdef double* CG
     cdef double* RE
     cdef double* CE
+    cdef double* G
+    cdef double* E
+    cdef double* T
+    cdef double* LL
+    cdef double* LB
+    cdef double* WT
+    cdef double* TE
+    cdef double* work
     cdef double* row
-    cdef Py_ssize_t c, s, l, i, j, e, t, u, m, pair, start, end, label, bs, be, nb
-    cdef double w, te, fs
+    cdef double* gi
+    cdef double* gj
+    cdef double* ef
+    cdef double* eu
+    cdef double* dst
+    cdef Py_ssize_t c, s, l, i, j, e, t, u, pair, start, end, bs, be, nb
+    cdef double acc, delta
 
     with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
         lg = &scratch[threadid(), 0]
@@ -441,6 +549,14 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
         CG = RG + (k - 1) * BLOCK
         RE = CG + ngp * BLOCK
         CE = RE + k * (K - 1) * BLOCK
+        G = CE + k * nep * BLOCK
+        E = G + k * BLOCK
+        T = E + k * K * BLOCK
+        LL = T + k * BLOCK
+        LB = LL + BLOCK
+        WT = LB + BLOCK
+        TE = WT + BLOCK
+        work = TE + BLOCK
         if same_design:
             ZF = UF
             ZZ = UU
@@ -454,34 +570,55 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
                 nb = be - bs
                 for s in range(bs, be):
                     l = s - bs
-                    w = sample_weight[s] if weighted else 1.0
-                    label = <Py_ssize_t>y[s]
-                    row[0] = row[0] + w * _forward(Zp + s * dg, Xp + s * d, label, Wp, Vp, k, K, dg, d,
-                                                   lg, pg, le, pe, tau)
-                    if given_resp:
-                        for i in range(k):
-                            tau[i] = resp_in[s, i]
+                    WT[l] = sample_weight[s] if weighted else 1.0
+                    LB[l] = <double>y[s]
                     _block_design(Xp + s * d, d, UF, UU, l)
                     if not same_design:
                         _block_design(Zp + s * dg, dg, ZF, ZZ, l)
-                    # Gating: soft-label multinomial regression of tau on [1, z].
+                _forward_block(ZF, UF, LB, nb, Wp, Vp, k, K, dg, d, Zp, Xp, bs, G, E, T, LL, work,
+                               lg, pg, le, pe, tau)
+                acc = 0.0
+                for l in range(nb):
+                    acc = acc + WT[l] * LL[l]
+                row[0] = row[0] + acc
+                if given_resp:
+                    for i in range(k):
+                        for l in range(nb):
+                            T[i * BLOCK + l] = resp_in[bs + l, i]
+                # Gating: soft-label multinomial regression of tau on [1, z].
+                pair = 0
+                for i in range(k - 1):
+                    gi = G + i * BLOCK
+                    dst = RG + i * BLOCK
+                    for l in range(nb):
+                        dst[l] = WT[l] * (T[i * BLOCK + l] - gi[l])
+                    for j in range(i, k - 1):
+                        gj = G + j * BLOCK
+                        delta = 1.0 if i == j else 0.0
+                        dst = CG + pair * BLOCK
+                        for l in range(nb):
+                            dst[l] = WT[l] * gi[l] * (delta - gj[l])
+                        pair = pair + 1
+                # Experts: tau-weighted multinomial regression of y on [1, x].
+                for e in range(k):
+                    acc = 0.0
+                    for l in range(nb):
+                        TE[l] = WT[l] * T[e * BLOCK + l]
+                        acc = acc + TE[l]
+                    row[o_w + e] = row[o_w + e] + acc
                     pair = 0
-                    for i in range(k - 1):
-                        RG[i * BLOCK + l] = w * (tau[i] - pg[i])
-                        for j in range(i, k - 1):
-                            CG[pair * BLOCK + l] = w * pg[i] * ((1.0 if i == j else 0.0) - pg[j])
+                    for t in range(K - 1):
+                        ef = E + (e * K + t) * BLOCK
+                        dst = RE + (e * (K - 1) + t) * BLOCK
+                        for l in range(nb):
+                            dst[l] = TE[l] * ((1.0 if LB[l] == t else 0.0) - ef[l])
+                        for u in range(t, K - 1):
+                            eu = E + (e * K + u) * BLOCK
+                            delta = 1.0 if t == u else 0.0
+                            dst = CE + (e * nep + pair) * BLOCK
+                            for l in range(nb):
+                                dst[l] = TE[l] * ef[l] * (delta - eu[l])
                             pair = pair + 1
-                    # Experts: tau-weighted multinomial regression of y on [1, x].
-                    for e in range(k):
-                        te = w * tau[e]
-                        row[o_w + e] = row[o_w + e] + te
-                        pair = 0
-                        for t in range(K - 1):
-                            fs = pe[e * K + t]
-                            RE[(e * (K - 1) + t) * BLOCK + l] = te * ((1.0 if t == label else 0.0) - fs)
-                            for u in range(t, K - 1):
-                                CE[(e * nep + pair) * BLOCK + l] = te * fs * ((1.0 if t == u else 0.0) - pe[e * K + u])
-                                pair = pair + 1
                 # The block's sums, sum_l coefficient[l] * design[l]: small matrix products.
                 _block_sums(RG, k - 1, ZF, pgd, nb, row + o_gg)
                 _block_sums(CG, ngp, ZZ, mg, nb, row + o_gh)

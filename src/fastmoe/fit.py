@@ -55,6 +55,8 @@ class FitResult:
     n_samples : int
     message : str
         A sentence saying how the fit ended.
+    l2 : float
+        The ridge penalty the fit maximised with (0 for the plain likelihood).
     """
 
     params: MoEParams
@@ -68,6 +70,7 @@ class FitResult:
     time: float
     n_samples: int
     message: str
+    l2: float = 0.0
 
     @property
     def n_free_params(self) -> int:
@@ -271,4 +274,5 @@ def fit(
         time=time.perf_counter() - started,
         n_samples=n_samples,
         message=message,
+        l2=float(l2),
     )

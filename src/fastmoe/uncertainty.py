@@ -348,7 +348,7 @@ def _resolve_model(model, y):
             problems.append("the fit did not converge")
         if model.diverged:
             problems.append("its coefficients were diverging (the MLE may not exist)")
-        if model.objective != model.loglik:
+        if model.l2 > 0:
             problems.append("it maximised a penalised likelihood (l2 > 0), not the likelihood")
         return model.params, y, problems
     if hasattr(model, "fit_result_") and hasattr(model, "classes_"):  # a fitted MixtureOfExpertsClassifier
