@@ -300,70 +300,6 @@ cdef inline void _reduce_rows(const double[:, ::1] partial, Py_ssize_t n_rows, P
             total[j] = total[j] + partial[c, j]
 
 
-def e_step(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
-           const double[::1] sample_weight, const double[:, ::1] W, const double[:, :, ::1] V,
-           double[:, ::1] resp_out, double[::1] logp_out, int n_threads):
-    """Log-likelihood and, optionally, responsibilities and per-sample log-likelihoods.
-
-    Parameters
-    ----------
-    X : (n, d) expert inputs; Z : (n, d_gate) gating inputs; y : (n,) labels in 0..K-1.
-    sample_weight : (n,) or empty for unit weights.
-    W : (k, 1 + d_gate); V : (k, K, 1 + d).
-    resp_out : (n, k) or (0, k) to skip; logp_out : (n,) or empty to skip. Filled in place.
-    n_threads : OpenMP threads.
-
-    Returns
-    -------
-    loglik : float
-        ``sum_n w_n log p(y_n | x_n)``.
-    """
-    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
-    cdef Py_ssize_t k = W.shape[0], K = V.shape[1]
-    cdef Py_ssize_t chunk = chunk_size(n), n_chunks = (n + chunk - 1) // chunk
-    cdef bint weighted = sample_weight.shape[0] > 0
-    cdef bint want_resp = resp_out.shape[0] > 0, want_logp = logp_out.shape[0] > 0
-    cdef Py_ssize_t width = 2 * k + 2 * k * K + k
-    cdef double[:, ::1] scratch = np.empty((n_threads, _padded(width)))
-    cdef double[:, ::1] partial = np.zeros((n_chunks, PAD))
-    cdef const double* Xp = &X[0, 0]
-    cdef const double* Zp = &Z[0, 0]
-    cdef const double* Wp = &W[0, 0]
-    cdef const double* Vp = &V[0, 0, 0]
-    cdef double* lg
-    cdef double* pg
-    cdef double* le
-    cdef double* pe
-    cdef double* tau
-    cdef Py_ssize_t c, s, i, start, end
-    cdef double ll, acc, total
-
-    with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
-        lg = &scratch[threadid(), 0]
-        pg = lg + k
-        le = pg + k
-        pe = le + k * K
-        tau = pe + k * K
-        for c in prange(n_chunks, schedule="static"):
-            start = c * chunk
-            end = start + chunk if start + chunk < n else n
-            acc = 0.0
-            for s in range(start, end):
-                ll = _forward(Zp + s * dg, Xp + s * d, <Py_ssize_t>y[s], Wp, Vp, k, K, dg, d,
-                              lg, pg, le, pe, tau)
-                if want_logp:
-                    logp_out[s] = ll
-                if want_resp:
-                    for i in range(k):
-                        resp_out[s, i] = tau[i]
-                acc = acc + (sample_weight[s] * ll if weighted else ll)
-            partial[c, 0] = acc
-    total = 0.0
-    for c in range(n_chunks):
-        total = total + partial[c, 0]
-    return total
-
-
 cdef inline void _softmax_lanes(double* A, Py_ssize_t m, Py_ssize_t nb, double* work) noexcept nogil:
     """Softmax down the ``m`` rows of ``A`` (row stride BLOCK) for each of ``nb`` sample lanes, in place.
 
@@ -455,6 +391,108 @@ cdef inline void _forward_block(const double* ZF, const double* UF, const double
             for j in range(k * K):
                 E[j * BLOCK + l] = pe[j]
             LL[l] = ll
+
+
+def e_step(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
+           const double[::1] sample_weight, const double[:, ::1] W, const double[:, :, ::1] V,
+           double[:, ::1] resp_out, double[::1] logp_out, int n_threads):
+    """Log-likelihood and, optionally, responsibilities and per-sample log-likelihoods.
+
+    Parameters
+    ----------
+    X : (n, d) expert inputs; Z : (n, d_gate) gating inputs; y : (n,) labels in 0..K-1.
+    sample_weight : (n,) or empty for unit weights.
+    W : (k, 1 + d_gate); V : (k, K, 1 + d).
+    resp_out : (n, k) or (0, k) to skip; logp_out : (n,) or empty to skip. Filled in place.
+    n_threads : OpenMP threads.
+
+    Returns
+    -------
+    loglik : float
+        ``sum_n w_n log p(y_n | x_n)``.
+    """
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
+    cdef Py_ssize_t k = W.shape[0], K = V.shape[1]
+    cdef Py_ssize_t chunk = chunk_size(n), n_chunks = (n + chunk - 1) // chunk
+    cdef bint weighted = sample_weight.shape[0] > 0
+    cdef bint want_resp = resp_out.shape[0] > 0, want_logp = logp_out.shape[0] > 0
+    # One sample's scratch (underflow fallback), then a feature-major block of BLOCK samples: the
+    # forward pass runs with samples in the vector lanes, as in newton_pass.
+    cdef Py_ssize_t fwidth = _padded(2 * k + 2 * k * K + k)
+    cdef Py_ssize_t nrows = (d + 1) + (dg + 1) + k + k * K + k + 3
+    cdef double[:, ::1] scratch = np.empty((n_threads, fwidth + nrows * BLOCK))
+    cdef double[:, ::1] partial = np.zeros((n_chunks, PAD))
+    cdef const double* Xp = &X[0, 0]
+    cdef const double* Zp = &Z[0, 0]
+    cdef const double* Wp = &W[0, 0]
+    cdef const double* Vp = &V[0, 0, 0]
+    cdef bint same_design = Zp == Xp
+    cdef double* lg
+    cdef double* pg
+    cdef double* le
+    cdef double* pe
+    cdef double* tau
+    cdef double* UF
+    cdef double* ZF
+    cdef double* G
+    cdef double* E
+    cdef double* T
+    cdef double* LL
+    cdef double* LB
+    cdef double* work
+    cdef Py_ssize_t c, s, l, i, p, start, end, bs, be, nb
+    cdef double acc, total
+
+    with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
+        lg = &scratch[threadid(), 0]
+        pg = lg + k
+        le = pg + k
+        pe = le + k * K
+        tau = pe + k * K
+        UF = lg + fwidth
+        ZF = UF + (d + 1) * BLOCK
+        G = ZF + (dg + 1) * BLOCK
+        E = G + k * BLOCK
+        T = E + k * K * BLOCK
+        LL = T + k * BLOCK
+        LB = LL + BLOCK
+        work = LB + BLOCK
+        if same_design:
+            ZF = UF
+        for c in prange(n_chunks, schedule="static"):
+            start = c * chunk
+            end = start + chunk if start + chunk < n else n
+            acc = 0.0
+            bs = start
+            while bs < end:
+                be = bs + BLOCK if bs + BLOCK < end else end
+                nb = be - bs
+                for s in range(bs, be):
+                    l = s - bs
+                    LB[l] = <double>y[s]
+                    UF[l] = 1.0
+                    for p in range(d):
+                        UF[(1 + p) * BLOCK + l] = Xp[s * d + p]
+                    if not same_design:
+                        ZF[l] = 1.0
+                        for p in range(dg):
+                            ZF[(1 + p) * BLOCK + l] = Zp[s * dg + p]
+                _forward_block(ZF, UF, LB, nb, Wp, Vp, k, K, dg, d, Zp, Xp, bs, G, E, T, LL, work,
+                               lg, pg, le, pe, tau)
+                for l in range(nb):
+                    s = bs + l
+                    if want_logp:
+                        logp_out[s] = LL[l]
+                    if want_resp:
+                        for i in range(k):
+                            resp_out[s, i] = T[i * BLOCK + l]
+                    acc = acc + (sample_weight[s] * LL[l] if weighted else LL[l])
+                bs = be
+            partial[c, 0] = acc
+    total = 0.0
+    for c in range(n_chunks):
+        total = total + partial[c, 0]
+    return total
 
 
 def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
