@@ -166,9 +166,9 @@ def dask_cluster(tmp_path):
                                       start_new_session=True))
 
     try:
-        start(["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
+        start([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
                "127.0.0.1:0", "--scheduler-file", str(scheduler_file)], "scheduler")
-        start(["dask", "worker", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
+        start([sys.executable, "-m", "dask", "worker", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
                "--scheduler-file", str(scheduler_file), "--nthreads", "1", "--nworkers", "1"], "worker")
         deadline = time.monotonic() + 60
         while not scheduler_file.exists() or not scheduler_file.read_text().strip():
