@@ -219,6 +219,30 @@ def describe(benchmark, group, case, impl):
                                 case=case, blas_threads=1)
 
 
+def prepare(benchmark, data, full, group, case, impl):
+    """Common set-up of a pass benchmark: skip the largest NumPy cases unless ``--bench-full``, build
+    (or reuse) the case's data and start, and label the benchmark. Returns ``(shape, n, X, y, W, V)``."""
+    import pytest
+
+    if needs_full(group, case, impl) and not full:
+        pytest.skip("largest NumPy case: run with --bench-full")
+    shape, n, X, y = data(case)
+    W, V = start(shape)
+    describe(benchmark, group, case, impl)
+    return shape, n, X, y, W, V
+
+
+def numpy_reference(cache, group, case, compute, *args):
+    """The NumPy result of a case, computed once outside the timed region (BLAS pinned to 1 thread)."""
+    from threadpoolctl import threadpool_limits
+
+    key = (group, case, "numpy")
+    if key not in cache:
+        with threadpool_limits(limits=1, user_api="blas"):
+            cache[key] = compute(*args)
+    return cache[key]
+
+
 def needs_full(group, case, impl):
     shape, n = split_case(case)
     if impl.startswith("numpy") and group in ("estep", "newton_pass", "em_iteration"):

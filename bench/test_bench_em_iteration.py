@@ -8,29 +8,17 @@ checked equal.
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 import _benchlib as bl
 
 GROUP = "em_iteration"
 
 
-def reference(cache, case, X, y, W, V):
-    key = (GROUP, case, "numpy")
-    if key not in cache:
-        with threadpool_limits(limits=1, user_api="blas"):
-            cache[key] = bl.np_em_iteration(X, y, W, V)
-    return cache[key]
-
 
 @pytest.mark.parametrize("impl", bl.impls())
 @pytest.mark.parametrize("case", bl.CASES)
 def test_em_iteration(benchmark, timed, data, results_cache, full, case, impl):
-    if bl.needs_full(GROUP, case, impl) and not full:
-        pytest.skip("largest NumPy case: run with --bench-full")
-    shape, n, X, y = data(case)
-    W, V = bl.start(shape)
-    bl.describe(benchmark, GROUP, case, impl)
+    shape, n, X, y, W, V = bl.prepare(benchmark, data, full, GROUP, case, impl)
     if impl.startswith("numpy"):
         results_cache[(GROUP, case, "numpy")] = timed(lambda: bl.np_em_iteration(X, y, W, V))
         return
@@ -38,6 +26,6 @@ def test_em_iteration(benchmark, timed, data, results_cache, full, case, impl):
     step = bl.FastmoeEMIteration(bl.problem(X, y, shape, t), W, V)
     W_new, V_new, accepted = timed(step)
     assert accepted, "the benchmarked EM step was not accepted: the timed path is not the common case"
-    W_ref, V_ref, _ = reference(results_cache, case, X, y, W, V)
+    W_ref, V_ref, _ = bl.numpy_reference(results_cache, GROUP, case, bl.np_em_iteration, X, y, W, V)
     np.testing.assert_allclose(W_new, W_ref, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(V_new, V_ref, rtol=1e-8, atol=1e-10)

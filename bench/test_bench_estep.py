@@ -2,29 +2,17 @@
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 import _benchlib as bl
 
 GROUP = "estep"
 
 
-def reference(cache, case, X, y, W, V):
-    key = (GROUP, case, "numpy")
-    if key not in cache:
-        with threadpool_limits(limits=1, user_api="blas"):
-            cache[key] = bl.np_estep(X, y, W, V)
-    return cache[key]
-
 
 @pytest.mark.parametrize("impl", bl.impls())
 @pytest.mark.parametrize("case", bl.CASES)
 def test_estep(benchmark, timed, data, results_cache, full, case, impl):
-    if bl.needs_full(GROUP, case, impl) and not full:
-        pytest.skip("largest NumPy case: run with --bench-full")
-    shape, n, X, y = data(case)
-    W, V = bl.start(shape)
-    bl.describe(benchmark, GROUP, case, impl)
+    shape, n, X, y, W, V = bl.prepare(benchmark, data, full, GROUP, case, impl)
     if impl.startswith("numpy"):
         result = timed(lambda: bl.np_estep(X, y, W, V))
         results_cache[(GROUP, case, "numpy")] = result
@@ -32,7 +20,7 @@ def test_estep(benchmark, timed, data, results_cache, full, case, impl):
     t = bl.n_threads_of(impl)
     resp = np.empty((n, W.shape[0]))
     loglik, resp = timed(lambda: bl.fm_estep(X, y, W, V, resp, t))
-    ll_ref, resp_ref = reference(results_cache, case, X, y, W, V)
+    ll_ref, resp_ref = bl.numpy_reference(results_cache, GROUP, case, bl.np_estep, X, y, W, V)
     np.testing.assert_allclose(loglik, ll_ref, rtol=1e-10)
     np.testing.assert_allclose(resp, resp_ref, rtol=0, atol=1e-10)
     if t == 1:
