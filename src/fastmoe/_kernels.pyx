@@ -244,16 +244,12 @@ cdef inline double _forward(const double* z, const double* x, Py_ssize_t label,
     return _softmax_inplace(tau, k)
 
 
-cdef inline void _fill_design(const double* v, Py_ssize_t m, double* full, double* outer) noexcept nogil:
-    """``full = [1, v]`` and ``outer`` = upper triangle (triu order) of ``full full^T``."""
-    cdef Py_ssize_t p, q, idx = 0
-    full[0] = 1.0
+cdef inline void _block_full(const double* v, Py_ssize_t m, double* full, Py_ssize_t l) noexcept nogil:
+    """Column ``l`` of a block's design: ``full[:, l] = [1, v]`` (row stride BLOCK)."""
+    cdef Py_ssize_t p
+    full[l] = 1.0
     for p in range(m):
-        full[1 + p] = v[p]
-    for p in range(m + 1):
-        for q in range(p, m + 1):
-            outer[idx] = full[p] * full[q]
-            idx = idx + 1
+        full[(1 + p) * BLOCK + l] = v[p]
 
 
 cdef inline void _block_design(const double* v, Py_ssize_t m, double* full, double* outer,
@@ -261,9 +257,7 @@ cdef inline void _block_design(const double* v, Py_ssize_t m, double* full, doub
     """Column ``l`` of a block: ``full[:, l] = [1, v]`` and ``outer[:, l]`` = triu of ``[1, v][1, v]^T``."""
     cdef Py_ssize_t p, q, idx = 0
     cdef double vp
-    full[l] = 1.0
-    for p in range(m):
-        full[(1 + p) * BLOCK + l] = v[p]
+    _block_full(v, m, full, l)
     for p in range(m + 1):
         vp = 1.0 if p == 0 else v[p - 1]
         for q in range(p, m + 1):
@@ -442,7 +436,7 @@ def e_step(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
     cdef double* LL
     cdef double* LB
     cdef double* work
-    cdef Py_ssize_t c, s, l, i, p, start, end, bs, be, nb
+    cdef Py_ssize_t c, s, l, i, start, end, bs, be, nb
     cdef double acc, total
 
     with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
@@ -472,13 +466,9 @@ def e_step(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
                 for s in range(bs, be):
                     l = s - bs
                     LB[l] = <double>y[s]
-                    UF[l] = 1.0
-                    for p in range(d):
-                        UF[(1 + p) * BLOCK + l] = Xp[s * d + p]
+                    _block_full(Xp + s * d, d, UF, l)
                     if not same_design:
-                        ZF[l] = 1.0
-                        for p in range(dg):
-                            ZF[(1 + p) * BLOCK + l] = Zp[s * dg + p]
+                        _block_full(Zp + s * dg, dg, ZF, l)
                 _forward_block(ZF, UF, LB, nb, Wp, Vp, k, K, dg, d, Zp, Xp, bs, G, E, T, LL, work,
                                lg, pg, le, pe, tau)
                 for l in range(nb):

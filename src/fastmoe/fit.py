@@ -21,7 +21,7 @@ from ._validation import (
     effective_n_threads,
 )
 from .exceptions import ConvergenceWarning
-from .params import MoEParams, gate_input
+from .params import MoEParams, gate_input, gating_name, n_free_params
 
 __all__ = ["fit", "FitResult", "INIT_METHODS"]
 
@@ -116,9 +116,7 @@ def _check_init(init, gating, n_experts, n_features, n_classes):
             raise ValueError(f"init has {init.n_experts} experts but n_experts={n_experts}")
         if n_classes is not None and init.n_classes != n_classes:
             raise ValueError(f"init has {init.n_classes} classes but n_classes={n_classes}")
-        if gating is not None and init.gating_name != MoEParams(
-            init.beta0, init.beta1, init.a, init.b, gating
-        ).gating_name:
+        if gating is not None and init.gating_name != gating_name(gating):
             raise ValueError(f"init uses gating {init.gating_name!r} but gating={gating!r}")
         return init, init.gating, init.n_classes
     if init not in INIT_METHODS:
@@ -232,14 +230,11 @@ def fit(
     y, n_classes = check_y(y, n_samples, n_classes)
     sample_weight = check_sample_weight(sample_weight, n_samples)
     Z = gate_input(gating, X)
-    template = MoEParams(
-        np.zeros(n_experts), np.zeros((n_experts, Z.shape[1])),
-        np.zeros((n_experts, n_classes, n_features)), np.zeros((n_experts, n_classes)), gating,
-    )
-    if n_samples < template.n_free_params and l2 == 0:  # a ridge makes the penalised fit well defined
+    n_free = n_free_params(n_experts, n_classes, n_features, Z.shape[1])
+    if n_samples < n_free and l2 == 0:  # a ridge makes the penalised fit well defined
         raise ValueError(
             f"X has {n_samples} samples but a model with {n_experts} experts, {n_classes} classes and "
-            f"{n_features} features has {template.n_free_params} free parameters; need at least that many samples"
+            f"{n_features} features has {n_free} free parameters; need at least that many samples"
         )
     rng = check_random_state(random_state)
     problem = Problem(X, Z, y, sample_weight, n_experts, n_classes, effective_n_threads(n_threads))

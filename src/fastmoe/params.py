@@ -42,6 +42,17 @@ def _check_gating(gating):
     raise TypeError(f"gating must be a transform name or a callable, got {type(gating).__name__}")
 
 
+def gating_name(gating) -> str:
+    """A transform's name: the built-in name, or the callable's ``__name__`` (checked first)."""
+    gating = _check_gating(gating)
+    return gating if isinstance(gating, str) else getattr(gating, "__name__", "callable")
+
+
+def n_free_params(n_experts, n_classes, n_features, n_gate_features) -> int:
+    """``(k - 1)(d_gate + 1) + k (K - 1)(d + 1)``: the count after the reference conventions."""
+    return (n_experts - 1) * (n_gate_features + 1) + n_experts * (n_classes - 1) * (n_features + 1)
+
+
 def gate_input(gating, X):
     """Return the gating design ``M(X)`` as a C-contiguous float64 array.
 
@@ -153,12 +164,11 @@ class MoEParams:
     @property
     def n_free_params(self) -> int:
         """``(k - 1)(d_gate + 1) + k (K - 1)(d + 1)``: the count after the reference conventions."""
-        k, K, d = self.n_experts, self.n_classes, self.n_features
-        return (k - 1) * (self.n_gate_features + 1) + k * (K - 1) * (d + 1)
+        return n_free_params(self.n_experts, self.n_classes, self.n_features, self.n_gate_features)
 
     @property
     def gating_name(self) -> str:
-        return self.gating if isinstance(self.gating, str) else getattr(self.gating, "__name__", "callable")
+        return gating_name(self.gating)
 
     # -- conventions ----------------------------------------------------------------------------------
     def normalized(self) -> "MoEParams":
