@@ -21,16 +21,25 @@ from .analysis import Report
 __all__ = ["plot_report", "plot_comparison"]
 
 
+def _series(report: Report, metric: str):
+    """``(n, mean, lower bar, upper bar)`` of a metric's positive means (10-90% bars), or None."""
+    rows = [r for r in report.summaries.get(metric, []) if r["count"] and r["mean"] > 0]
+    if not rows:
+        return None
+    n = np.array([r["n"] for r in rows], dtype=float)
+    mean = np.array([r["mean"] for r in rows])
+    low = np.clip(mean - np.array([r["q10"] for r in rows]), 0, None)
+    high = np.clip(np.array([r["q90"] for r in rows]) - mean, 0, None)
+    return n, mean, low, high
+
+
 def _panel(ax, report: Report, metrics: Sequence[str], title: str) -> None:
     colors = [f"C{i}" for i in range(10)]
     for color, metric in zip(colors * 3, metrics):
-        rows = [r for r in report.summaries[metric] if r["count"] and r["mean"] > 0]
-        if not rows:
+        series = _series(report, metric)
+        if series is None:
             continue
-        n = np.array([r["n"] for r in rows], dtype=float)
-        mean = np.array([r["mean"] for r in rows])
-        low = np.clip(mean - np.array([r["q10"] for r in rows]), 0, None)
-        high = np.clip(np.array([r["q90"] for r in rows]) - mean, 0, None)
+        n, mean, low, high = series
         fit = report.slopes[metric]
         label = metric if math.isnan(fit.slope) else f"{metric}: slope {fit.slope:+.2f}"
         if not math.isnan(fit.theory):
@@ -128,13 +137,10 @@ def plot_comparison(reports: Sequence[Report], metrics: Sequence[str], path, dpi
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), i + 1)
         for color, report in zip([f"C{j}" for j in range(10)], reports):
-            rows = [r for r in report.summaries.get(metric, []) if r["count"] and r["mean"] > 0]
-            if not rows:
+            series = _series(report, metric)
+            if series is None:
                 continue
-            n = np.array([r["n"] for r in rows], dtype=float)
-            mean = np.array([r["mean"] for r in rows])
-            low = np.clip(mean - np.array([r["q10"] for r in rows]), 0, None)
-            high = np.clip(np.array([r["q90"] for r in rows]) - mean, 0, None)
+            n, mean, low, high = series
             fit = report.slopes[metric]
             label = f"{report.experiment.name}: {fit.slope:+.2f} [{fit.ci_low:+.2f}, {fit.ci_high:+.2f}]"
             ax.errorbar(n, mean, yerr=[low, high], fmt="o", ms=3, color=color, capsize=2, label=label)
