@@ -184,6 +184,7 @@ def test_newton_phase_reaches_the_em_optimum(rng, well_separated, gating):
     plain = fastmoe.fit(X, y, 2, init=truth, tol=1e-10, max_iter=5000, newton=False)
     assert fast.converged and plain.converged
     assert fast.n_iter < plain.n_iter
+    assert 0 < fast.n_newton < fast.n_iter and plain.n_newton == 0
     assert _monotone(fast.history)
     # EM crawls: when its relative change drops below tol it may still be a little short of the
     # maximum that Newton reaches; it is never above it.

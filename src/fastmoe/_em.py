@@ -59,8 +59,6 @@ class EMState:
     stopped: bool
     empty_experts: tuple
     history: list = field(default_factory=list)
-    n_ridged: int = 0
-    n_halvings: int = 0
     n_newton: int = 0
 
 
@@ -225,8 +223,7 @@ def run_em(problem: Problem, W, V, *, max_iter, tol, l2, newton=True, callback=N
 
     while state.n_iter < max_iter:
         active = result.expert_weight > empty_cut
-        dW, dV, n_ridged = newton_directions(result, W, V, l2, mask_gate, mask_expert, active)
-        state.n_ridged += n_ridged
+        dW, dV = newton_directions(result, W, V, l2, mask_gate, mask_expert, active)
         W_new, V_new = W + dW, V + dV
         result_new = problem.newton_pass(W_new, V_new)
         objective_new = result_new.loglik - penalty(W_new, V_new).sum()
@@ -234,8 +231,7 @@ def run_em(problem: Problem, W, V, *, max_iter, tol, l2, newton=True, callback=N
         if not objective_new >= objective - slack:  # also catches NaN
             # Q at the current parameters is needed only here, so the fused pass does not carry it.
             q_old = problem.q_values(W, V, W, V) - penalty(W, V)
-            W_new, V_new, n_rounds = halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty)
-            state.n_halvings += n_rounds
+            W_new, V_new = halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty)
             result_new = problem.newton_pass(W_new, V_new)
             objective_new = result_new.loglik - penalty(W_new, V_new).sum()
             if not objective_new >= objective - slack:
@@ -302,8 +298,8 @@ def m_step_from_responsibilities(problem: Problem, resp, l2=INIT_L2, max_iter=IN
         if abs(q.sum() - q_prev) <= 1e-10 * abs(q.sum()):
             break
         q_prev = q.sum()
-        dW, dV, _ = newton_directions(result, W, V, l2, mask_gate, mask_expert, active)
-        W, V, _ = halve_until_q_increases(problem, W, V, dW, dV, q, penalty, resp)
+        dW, dV = newton_directions(result, W, V, l2, mask_gate, mask_expert, active)
+        W, V = halve_until_q_increases(problem, W, V, dW, dV, q, penalty, resp)
     return W, V
 
 

@@ -29,37 +29,33 @@ def solve_pd(A, g):
     d : ndarray of shape (n_blocks, p)
         Newton directions; a block whose matrix stays indefinite (or non-finite) under every ridge
         gets a zero direction.
-    n_ridged : int
-        How many blocks needed a ridge.
     """
     d = np.zeros_like(g)
-    n_ridged = 0
     for b in range(A.shape[0]):
         # LAPACK directly: the blocks are small, and numpy.linalg's per-call overhead (tens of
         # microseconds) would rival the kernel pass on small data sets.
         factor, info = dpotrf(A[b], lower=True, clean=False)
         if info != 0:
-            factor, ridge = _cholesky_with_ridge(A[b])
-            n_ridged += 1
+            factor = _cholesky_with_ridge(A[b])
             if factor is None:
                 continue
         d[b], info = dpotrs(factor, g[b], lower=True)
     d[~np.isfinite(d).all(axis=1)] = 0.0
-    return d, n_ridged
+    return d
 
 
 def _cholesky_with_ridge(A):
-    """``(factor, ridge)``: lower Cholesky factor of ``A + ridge * scale * I`` for the smallest listed
-    ridge that works (``scale`` = largest diagonal entry), or ``(None, inf)`` when ``A`` is not finite
-    or no ridge helps (then the block does not move)."""
+    """Lower Cholesky factor of ``A + ridge * scale * I`` for the smallest listed ridge that works
+    (``scale`` = largest diagonal entry), or None when ``A`` is not finite or no ridge helps (then the
+    block does not move)."""
     if not np.isfinite(A).all():
-        return None, np.inf
+        return None
     scale = max(float(np.max(np.abs(np.diag(A)))), np.finfo(float).tiny)
     for ridge in _RIDGES:
         factor, info = dpotrf(A + (ridge * scale) * np.eye(A.shape[0]), lower=True, clean=False)
         if info == 0:
-            return factor, ridge
-    return None, np.inf
+            return factor
+    return None
 
 
 def newton_directions(result, W, V, l2, slope_mask_gate, slope_mask_expert, active):
@@ -77,27 +73,21 @@ def newton_directions(result, W, V, l2, slope_mask_gate, slope_mask_expert, acti
     Returns
     -------
     dW, dV : arrays shaped like W and V (zero on the reference rows).
-    n_ridged : int
     """
     k, K = V.shape[0], V.shape[1]
     dW = np.zeros_like(W)
     dV = np.zeros_like(V)
-    n_ridged = 0
     if k > 1:
         theta = W[: k - 1].ravel()
         g = result.grad_gate - l2 * slope_mask_gate * theta
         A = result.hess_gate + np.diag(l2 * slope_mask_gate)
-        d, n = solve_pd(A[None], g[None])
-        dW[: k - 1] = d[0].reshape(k - 1, -1)
-        n_ridged += n
+        dW[: k - 1] = solve_pd(A[None], g[None])[0].reshape(k - 1, -1)
     if active.any():
         theta = V[active, : K - 1].reshape(int(active.sum()), -1)
         g = result.grad_expert[active] - l2 * slope_mask_expert * theta
         A = result.hess_expert[active] + l2 * np.diag(slope_mask_expert)
-        d, n = solve_pd(A, g)
-        dV[active, : K - 1] = d.reshape(int(active.sum()), K - 1, -1)
-        n_ridged += n
-    return dW, dV, n_ridged
+        dV[active, : K - 1] = solve_pd(A, g).reshape(int(active.sum()), K - 1, -1)
+    return dW, dV
 
 
 def halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty, resp=None):
@@ -114,7 +104,7 @@ def halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty, resp=None):
 
     Returns
     -------
-    W_new, V_new, n_rounds
+    W_new, V_new
     """
     k = V.shape[0]
     scale = np.ones(k + 1)
@@ -134,4 +124,4 @@ def halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty, resp=None):
             break
         scale[pending] *= 0.5
     scale[pending] = 0.0
-    return W + scale[0] * dW, V + scale[1:, None, None] * dV, n_rounds
+    return W + scale[0] * dW, V + scale[1:, None, None] * dV

@@ -57,6 +57,8 @@ class FitResult:
         A sentence saying how the fit ended.
     l2 : float
         The ridge penalty the fit maximised with (0 for the plain likelihood).
+    n_newton : int
+        How many of the ``n_iter`` iterations were Newton steps on the log-likelihood itself.
     """
 
     params: MoEParams
@@ -71,6 +73,7 @@ class FitResult:
     n_samples: int
     message: str
     l2: float = 0.0
+    n_newton: int = 0
 
     @property
     def n_free_params(self) -> int:
@@ -270,4 +273,5 @@ def fit(
         n_samples=n_samples,
         message=message,
         l2=float(l2),
+        n_newton=best.n_newton,
     )
