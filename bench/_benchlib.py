@@ -156,7 +156,7 @@ class FastmoeEMIteration:
         from fastmoe._newton import newton_directions
 
         active = self.result.expert_weight > self.empty_cut
-        dW, dV, _ = newton_directions(self.result, self.W, self.V, 0.0, *self.masks, active)
+        dW, dV = newton_directions(self.result, self.W, self.V, 0.0, *self.masks, active)
         W_new, V_new = self.W + dW, self.V + dV
         result_new = self.prob.newton_pass(W_new, V_new)
         slack = ROUNDING_SLACK * abs(self.result.loglik) + self.prob.rounding_floor
