@@ -7,7 +7,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from fastmoe.experiments import Experiment, ResultStore, fit_slope, get_preset, preset_names
+from fastmoe.experiments import (Experiment, ResultStore, compare_slopes, fit_slope, get_preset,
+                                 preset_names)
 from fastmoe.experiments.cli import build_parser, main
 from fastmoe.experiments.config import job_streams, parse_loss_name
 from fastmoe.experiments.init import init_near_truth, split_assignment
@@ -198,6 +199,40 @@ def test_slope_recovers_a_known_rate_and_leaves_bad_fits_out():
     assert math.isnan(fit_slope(records[:20], "D1", n_boot=10).slope)  # a single n has no slope
 
 
+def power_law_records(exp, exponent, sizes, reps, seed, noise=0.3):
+    rng = np.random.default_rng(seed)
+    return [fake_record(exp, n, rep, value=float(3.0 * n**exponent * rng.lognormal(0, noise)))
+            for n in sizes for rep in range(reps)]
+
+
+def test_slope_difference_detects_a_rate_change_and_only_that():
+    exp = small_experiment()
+    sizes = (1000, 3000, 10000, 30000, 100000)
+    fast = power_law_records(exp, -0.5, sizes, 20, seed=1)
+    slow = power_law_records(exp, -0.25, sizes, 20, seed=2)
+    also_fast = power_law_records(exp, -0.5, sizes, 20, seed=3)
+    diff = compare_slopes(slow, fast, "D1", n_boot=1000)
+    assert diff.significant and diff.ci_low < -0.25 < diff.ci_high
+    assert diff.difference == pytest.approx(diff.slope_b - diff.slope_a)
+    assert diff.slope_a == pytest.approx(fit_slope(slow, "D1", n_boot=10).slope)
+    same = compare_slopes(fast, also_fast, "D1", n_boot=1000)
+    assert not same.significant and same.ci_low < 0 < same.ci_high
+
+
+def test_slope_difference_uses_the_common_sizes_only():
+    exp = small_experiment()
+    # The first law bends at n = 1e4: over its whole grid its slope differs from the slope on the shared part.
+    bent = [fake_record(exp, n, rep, value=float(n**-0.5 if n >= 10000 else 1e-2 * n**0.0))
+            for n in (100, 1000, 10000, 100000) for rep in range(3)]
+    straight = power_law_records(exp, -0.5, (10000, 100000, 1000000), 3, seed=4, noise=0.0)
+    diff = compare_slopes(bent, straight, "D1", n_boot=10)
+    assert diff.sizes == (10000, 100000)
+    assert diff.slope_a == pytest.approx(-0.5) and diff.difference == pytest.approx(0.0, abs=1e-12)
+    assert fit_slope(bent, "D1", n_boot=10).slope > -0.4  # the whole grid would have told another story
+    lone = compare_slopes(bent, power_law_records(exp, -0.5, (100000, 300000), 3, seed=5), "D1", n_boot=10)
+    assert lone.sizes == (100000,) and math.isnan(lone.difference) and not lone.significant
+
+
 # -- command line ---------------------------------------------------------------------------------------
 def test_cli_parses_the_documented_commands():
     parser = build_parser()
@@ -219,3 +254,29 @@ def test_cli_lists_and_shows_presets(capsys, tmp_path):
     assert Experiment.load(path) == get_preset("over-fit")
     assert main(["rates", "run", "no-such-preset", "--out", str(tmp_path / "x")]) == 2
     assert main(["rates", "report", str(tmp_path / "empty")]) == 2
+
+
+def test_cli_compares_two_runs(capsys, tmp_path):
+    exp = small_experiment()
+    sizes = (1000, 3000, 10000, 30000, 100000)
+    for name, exponent, seed in (("slow", -0.25, 1), ("fast", -0.5, 2)):
+        run = exp.with_grid(sample_sizes=sizes, n_replications=20)
+        run = Experiment.from_dict({**run.to_dict(), "name": name})
+        with ResultStore(tmp_path / name) as store:
+            store.register(run)
+            run_id = store.start_run(name, "local", 1, 1)
+            for record in power_law_records(run, exponent, sizes, 20, seed):
+                store.add(record, run_id)
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "contrast.png"
+    assert main(["rates", "compare", str(tmp_path / "slow"), str(tmp_path / "fast"), "--metrics", "D1",
+                 "--bootstrap", "500", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    line = next(row for row in out.splitlines() if row.startswith("D1"))
+    sizes_used, slow_slope, fast_slope, difference = (float(v) for v in line.split()[1:5])
+    assert sizes_used == 5 and line.rstrip().endswith("*")
+    assert abs(slow_slope + 0.25) < 0.1 and abs(fast_slope + 0.5) < 0.1
+    assert difference == pytest.approx(fast_slope - slow_slope, abs=2e-3)
+    assert plot.stat().st_size > 0
+    assert main(["rates", "compare", str(tmp_path / "slow")]) == 2
+    assert main(["rates", "compare", str(tmp_path / "slow"), str(tmp_path / "fast"), "--metrics", "nope"]) == 2

@@ -9,13 +9,14 @@ Layers, each in a small module:
 - :mod:`~fastmoe.experiments.job`: one job on a worker (sample, fit, losses, record);
 - :mod:`~fastmoe.experiments.runner`: the grid on local processes or a Dask cluster;
 - :mod:`~fastmoe.experiments.store`: the SQLite result store (resume, export);
-- :mod:`~fastmoe.experiments.analysis` and :mod:`~fastmoe.experiments.plots`: slopes, tables, figures;
-- :mod:`~fastmoe.experiments.cli`: ``fastmoe rates run | report | presets``.
+- :mod:`~fastmoe.experiments.analysis` and :mod:`~fastmoe.experiments.plots`: slopes, slope differences between
+  experiments, tables, figures;
+- :mod:`~fastmoe.experiments.cli`: ``fastmoe rates run | report | compare | presets``.
 
 Plotting needs matplotlib, the progress bar tqdm, a cluster dask.distributed (the ``experiments`` extra).
 """
 
-from .analysis import Report, SlopeFit, analyse, fit_slope
+from .analysis import Report, SlopeDifference, SlopeFit, analyse, compare_slopes, fit_slope
 from .config import Experiment, FitOptions, XLaw, job_seed
 from .init import init_near_truth
 from .job import run_job
@@ -29,9 +30,11 @@ __all__ = [
     "Report",
     "ResultStore",
     "RunSummary",
+    "SlopeDifference",
     "SlopeFit",
     "XLaw",
     "analyse",
+    "compare_slopes",
     "fit_slope",
     "get_preset",
     "init_near_truth",

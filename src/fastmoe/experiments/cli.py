@@ -1,4 +1,4 @@
-"""The ``fastmoe`` command line: ``fastmoe rates run | report | presets``.
+"""The ``fastmoe`` command line: ``fastmoe rates run | report | compare | presets``.
 
 ::
 
@@ -7,6 +7,7 @@
     fastmoe rates run my-study.toml --out runs/my-study --jobs 2 --threads-per-job 1
     fastmoe rates run over-fit --scheduler tcp://10.0.0.5:8786
     fastmoe rates report runs/my-study          # table + plots + CSV/Parquet export
+    fastmoe rates compare runs/standard runs/tanh --plot contrast.png   # slope differences
 
 A run directory holds ``results.sqlite`` (the store), ``experiment.toml`` (the definition that ran),
 ``results.csv`` / ``results.parquet``, ``summary.csv`` and ``slopes.csv`` (the report's numbers) and
@@ -66,6 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--all", action="store_true", help="also list the mass-weighted mean errors")
     report.add_argument("--no-plots", action="store_true", help="skip the plots")
 
+    compare = sub.add_parser(
+        "compare", help="compare the rates of two or more experiments (slope differences with intervals)",
+        description="Fit every metric's slope on the sample sizes the runs share and print, for every run after "
+                    "the first, its slope minus the first run's with a bootstrap interval.")
+    compare.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="run directories (the first is the "
+                         "baseline)")
+    compare.add_argument("--metrics", type=lambda t: [m for m in t.split(",") if m], default=None,
+                         help="comma-separated metrics (default: every metric all runs carry)")
+    compare.add_argument("--ok-only", action="store_true", help="average converged fits only")
+    compare.add_argument("--min-n", type=int, default=None, help="fit slopes on n >= this only")
+    compare.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
+    compare.add_argument("--plot", type=Path, default=None,
+                         help="also draw the metrics (default: the first run's primary loss) on common axes")
+
     presets = sub.add_parser("presets", help="list the shipped experiment presets")
     presets.add_argument("--show", default=None, metavar="NAME", help="print one preset's TOML definition")
     return parser
@@ -78,6 +93,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _presets(args)
     if args.action == "run":
         return _run(args)
+    if args.action == "compare":
+        return _compare(args)
     return _report(args.dir, experiment=args.experiment, ok_only=args.ok_only, min_n=args.min_n,
                    n_boot=args.bootstrap, all_metrics=args.all, plots=not args.no_plots)
 
@@ -156,6 +173,51 @@ def _report(directory, experiment=None, ok_only=False, min_n=None, n_boot=2000, 
 
         exported += plot_report(report, out_dir / "plots")
     print("\nwrote " + ", ".join(str(p) for p in exported if p is not None))
+    return 0
+
+
+def _compare(args) -> int:
+    from .analysis import DEFAULT_INCLUDE, analyse, compare_slopes
+
+    if len(args.dirs) < 2:
+        print("fastmoe rates compare: give at least two run directories", file=sys.stderr)
+        return 2
+    include = ("ok",) if args.ok_only else DEFAULT_INCLUDE
+    try:
+        reports = [analyse(d, include=include, n_boot=args.bootstrap, min_n=args.min_n) for d in args.dirs]
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"fastmoe rates compare: {exc}", file=sys.stderr)
+        return 2
+    base, others = reports[0], reports[1:]
+    if args.metrics is not None:
+        metrics = args.metrics
+        missing = [m for m in metrics if not all(m in r.metrics for r in reports)]
+        if missing:
+            print(f"fastmoe rates compare: not in every run: {', '.join(missing)}", file=sys.stderr)
+            return 2
+    else:
+        metrics = [m for m in base.metrics if all(m in r.metrics for r in others)]
+    names = [f"{r.experiment.name} ({r.experiment.truth.gating_name})" for r in reports]
+    print("runs: " + "; ".join(f"[{i}] {name}" for i, name in enumerate(names)))
+    print("slopes of log(mean metric) on log(n) over the sample sizes both runs of a pair share; "
+          "difference = slope[i] - slope[0] with 95% bootstrap interval, * where it excludes 0\n")
+    head = f"{'metric':<14} {'sizes':>5} {'slope[0]':>9}"
+    for i in range(1, len(reports)):
+        head += f" {f'slope[{i}]':>9} {f'[{i}] - [0]':>10} {'95% CI':>18}  "
+    print(head)
+    for metric in metrics:
+        diffs = [compare_slopes(base.records, other.records, metric, include=include, n_boot=args.bootstrap,
+                                min_n=args.min_n) for other in others]
+        line = f"{metric:<14} {len(diffs[0].sizes):>5} {diffs[0].slope_a:>+9.3f}"
+        for d in diffs:
+            flag = "*" if d.significant else " "
+            line += f" {d.slope_b:>+9.3f} {d.difference:>+10.3f} [{d.ci_low:>+7.3f}, {d.ci_high:>+7.3f}] {flag}"
+        print(line)
+    if args.plot is not None:
+        from .plots import plot_comparison
+
+        drawn = args.metrics if args.metrics is not None else [base.experiment.primary_loss]
+        print(f"\nwrote {plot_comparison(reports, drawn, args.plot)}")
     return 0
 
 
