@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import reference_numpy as ref
 from conftest import random_params
+from scipy.special import softmax
 from scipy.stats import norm
 
 import fastmoe
@@ -14,6 +15,7 @@ from fastmoe._engine import Problem
 from fastmoe.estimator import MixtureOfExpertsClassifier
 from fastmoe.uncertainty import (
     UncertaintyWarning,
+    expected_information,
     free_parameter_names,
     free_parameters,
     observed_information,
@@ -205,6 +207,69 @@ def test_singular_information_gives_nan_standard_errors():
         table = parameter_table(params, X, y)
     assert np.isnan(table["beta0[0]"].std_error) and np.isnan(table["beta1[0,0]"].std_error)
     assert np.isnan(table["beta0[0]"].lower)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Expected (Fisher) information
+# ----------------------------------------------------------------------------------------------------------
+def test_expected_information_of_one_expert_is_the_logistic_regression_fisher_matrix(rng):
+    # k = 1: multinomial logistic regression, I = sum_n w_n J_n^T (diag p_n - p_n p_n^T) J_n with
+    # J_n = d(logits)/d(free parameters), written out here from the parameter names.
+    params = random_params(rng, k=1, K=4, d=3)
+    X = rng.normal(size=(50, 3))
+    w = rng.uniform(0.5, 2.0, size=50)
+    names = free_parameter_names(params)
+    ref_params = params.normalized()
+    P = softmax(X @ ref_params.a[0].T + ref_params.b[0], axis=1)[:, :-1]
+    expected = np.zeros((len(names), len(names)))
+    for x, p, weight in zip(X, P, w):
+        J = np.zeros((p.size, len(names)))
+        for col, name in enumerate(names):
+            idx = [int(v) for v in name[name.index("[") + 1:-1].split(",")]
+            J[idx[1], col] = 1.0 if name.startswith("b[") else x[idx[2]]
+        expected += weight * J.T @ (np.diag(p) - np.outer(p, p)) @ J
+    np.testing.assert_allclose(expected_information(params, X, sample_weight=w), expected, rtol=1e-9,
+                               atol=1e-12)
+
+
+def _split_vanishing_cell(gating, half):
+    """Quadrature of Uniform[-half, half] and a 3-expert parameter that reproduces a 2-expert truth whose
+    expert 1 vanishes (a* = 0), its cell split into two atoms with different intercepts."""
+    nodes, weights = np.polynomial.legendre.leggauss(300)
+    X = (half * nodes)[:, None]
+    beta1 = 2.5 if gating == "tanh" else 2.5 / half
+    a0 = np.array([[1.5], [-1.0], [0.0]]) / half
+    b_true = np.array([[1.77, -0.89, 0.0], [-0.89, 1.77, 0.0]])
+    target = np.exp(b_true[1]) / np.exp(b_true[1]).sum()
+    p_split = target + 0.05 * np.array([1.0, -2.0, 1.0])
+    p_other = 2 * target - p_split  # equal masses: the two constant experts average to the true one
+    b_split = [np.log(p / p[-1]) for p in (p_split, p_other)]
+    truth = fastmoe.MoEParams(beta0=[-0.37, 0.0], beta1=[[beta1], [0.0]], a=[a0, np.zeros((3, 1))], b=b_true,
+                              gating=gating)
+    split = fastmoe.MoEParams(beta0=[-0.37, np.log(0.5), np.log(0.5)], beta1=[[beta1], [0.0], [0.0]],
+                              a=[a0, np.zeros((3, 1)), np.zeros((3, 1))], b=[b_true[0], *b_split], gating=gating)
+    return truth, split, X, weights / 2
+
+
+@pytest.mark.parametrize("gating", ["identity", "tanh"])
+def test_expected_information_shows_the_pde_interaction_of_standard_gating(gating):
+    """MODEL.md section 4: with standard gating, d2F/(d beta1 d b) = dF/da lets a change of the split
+    atoms' beta1 be undone by their a when their intercepts differ, so beta1 lies in the null space of
+    the information; tanh gating (on a range where tanh is far from linear) removes it."""
+    truth, split, X, w = _split_vanishing_cell(gating, half=3.0)
+    np.testing.assert_allclose(fastmoe.predict_proba(split, X), fastmoe.predict_proba(truth, X), atol=1e-12)
+    eigval, eigvec = np.linalg.eigh(expected_information(split, X, sample_weight=w))
+    null = eigvec[:, eigval < 1e-10 * eigval[-1]]
+    names = free_parameter_names(split)
+    gate_slope = [i for i, name in enumerate(names) if name.startswith("beta1")]
+    # Both gatings keep the non-identifiable directions of a split vanishing cell (its intercepts and the
+    # a's that compensate each other across the two atoms); standard gating has one more, moving beta1.
+    assert null.shape[1] == (6 if gating == "identity" else 5)
+    beta1_in_null = np.linalg.norm(null[gate_slope], axis=1).max()
+    if gating == "identity":
+        assert beta1_in_null > 0.3
+    else:
+        assert beta1_in_null < 1e-4
 
 
 # ----------------------------------------------------------------------------------------------------------

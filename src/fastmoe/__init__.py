@@ -22,6 +22,7 @@ from .sampling import sample
 from .uncertainty import (
     ParameterTable,
     UncertaintyWarning,
+    expected_information,
     free_parameter_names,
     free_parameters,
     observed_information,
@@ -55,6 +56,7 @@ __all__ = [
     "ParameterTable",
     "SelectionResult",
     "UncertaintyWarning",
+    "expected_information",
     "expert_proba",
     "fit",
     "free_parameter_names",

@@ -38,12 +38,14 @@ from scipy.stats import norm
 from ._engine import Problem
 from ._validation import check_params, check_sample_weight, check_X, check_y, effective_n_threads
 from .fit import FitResult
+from .inference import predict_proba
 from .params import MoEParams
 
 __all__ = [
     "ParameterTable",
     "UncertaintyWarning",
     "free_parameter_names",
+    "expected_information",
     "free_parameters",
     "observed_information",
     "parameter_table",
@@ -228,6 +230,47 @@ def observed_information(params, X, y, sample_weight=None, n_threads=None) -> np
         :func:`free_parameter_names`.
     """
     return _observed_information(params, X, y, sample_weight, n_threads)
+
+
+def expected_information(params, X, sample_weight=None, n_threads=None) -> np.ndarray:
+    """Expected (Fisher) information of the free parameters at ``params`` for the inputs ``X``.
+
+    The labels are integrated out under the model itself:
+
+        I(theta) = sum_n w_n sum_s p_theta(s | x_n) (-Hess_theta log p_theta(s | x_n)),
+
+    the covariance of the score given the inputs. With ``X`` a quadrature of the input law (nodes and
+    weights) or a large sample from it, this is the population information. Its null space holds the
+    directions along which the conditional law does not change to first order: at a parameter that
+    reproduces the truth with a split cell, the directions the MLE converges slowly along (``MODEL.md``
+    section 4; ``docs/results.md`` uses it to show the gating-expert interaction of standard gating).
+
+    Parameters
+    ----------
+    params : MoEParams
+    X : array-like of shape (n_samples, n_features)
+    sample_weight : array-like of shape (n_samples,), optional
+        Weights of the inputs (quadrature weights, or None for a plain sum over a sample).
+    n_threads : int, optional
+
+    Returns
+    -------
+    ndarray of shape (n_free_params, n_free_params)
+        Symmetric positive semi-definite; rows and columns follow :func:`free_parameter_names`.
+
+    Notes
+    -----
+    Formed as the observed information of ``n_samples * n_classes`` rows, every input repeated once per
+    class with weight ``w_n p_theta(s | x_n)``; memory grows with ``n_samples * n_classes``.
+    """
+    params = check_params(params)
+    X = check_X(X, n_features=params.n_features)
+    w = check_sample_weight(sample_weight, X.shape[0])
+    n, K = X.shape[0], params.n_classes
+    proba = predict_proba(params, X, n_threads=n_threads)
+    weights = (proba if w.size == 0 else w[:, None] * proba).ravel()
+    labels = np.tile(np.arange(K), n)
+    return _observed_information(params, np.repeat(X, K, axis=0), labels, weights, n_threads)
 
 
 # ----------------------------------------------------------------------------------------------------------
