@@ -197,6 +197,8 @@ def test_slope_recovers_a_known_rate_and_leaves_bad_fits_out():
     with_bad = fit_slope(records, "D1", include=("ok", "diverged"), n_boot=10)
     assert with_bad.n_rows == 102
     assert math.isnan(fit_slope(records[:20], "D1", n_boot=10).slope)  # a single n has no slope
+    window = fit_slope(records, "D1", n_boot=10, min_n=3000, max_n=30000)
+    assert window.n_sizes == 3 and window.n_rows == 60
 
 
 def power_law_records(exp, exponent, sizes, reps, seed, noise=0.3):
@@ -229,6 +231,7 @@ def test_slope_difference_uses_the_common_sizes_only():
     assert diff.sizes == (10000, 100000)
     assert diff.slope_a == pytest.approx(-0.5) and diff.difference == pytest.approx(0.0, abs=1e-12)
     assert fit_slope(bent, "D1", n_boot=10).slope > -0.4  # the whole grid would have told another story
+    assert compare_slopes(bent, straight, "D1", n_boot=10, max_n=10000).sizes == (10000,)
     lone = compare_slopes(bent, power_law_records(exp, -0.5, (100000, 300000), 3, seed=5), "D1", n_boot=10)
     assert lone.sizes == (100000,) and math.isnan(lone.difference) and not lone.significant
 

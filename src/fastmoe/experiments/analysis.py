@@ -115,7 +115,7 @@ def _ols_slopes(log_n: np.ndarray, log_y: np.ndarray):
 
 def fit_slope(records: Sequence[dict], metric: str, *, include: Iterable[str] = DEFAULT_INCLUDE,
               theory: float = math.nan, n_boot: int = 2000, confidence: float = 0.95,
-              min_n: Optional[int] = None, seed: int = 0) -> SlopeFit:
+              min_n: Optional[int] = None, max_n: Optional[int] = None, seed: int = 0) -> SlopeFit:
     """Slope of ``log(mean metric)`` on ``log(n)`` with a bootstrap interval over replications.
 
     Parameters
@@ -132,8 +132,8 @@ def fit_slope(records: Sequence[dict], metric: str, *, include: Iterable[str] = 
         Bootstrap resamples (replications resampled with replacement within every ``n``).
     confidence : float, default=0.95
         Level of the percentile interval.
-    min_n : int, optional
-        Leave sample sizes below ``min_n`` out of the fit.
+    min_n, max_n : int, optional
+        Leave sample sizes below ``min_n`` or above ``max_n`` out of the fit.
     seed : int, default=0
         Seed of the bootstrap.
 
@@ -142,7 +142,7 @@ def fit_slope(records: Sequence[dict], metric: str, *, include: Iterable[str] = 
     SlopeFit
         NaN slope when fewer than two sample sizes have a positive mean.
     """
-    values = _slope_values(records, metric, include, min_n)
+    values = _slope_values(records, metric, include, min_n, max_n)
     n_rows = int(sum(v.size for v in values.values()))
     if len(values) < 2:
         return SlopeFit(metric, math.nan, math.nan, math.nan, math.nan, theory, len(values), n_rows, confidence)
@@ -154,10 +154,10 @@ def fit_slope(records: Sequence[dict], metric: str, *, include: Iterable[str] = 
                     len(values), n_rows, confidence)
 
 
-def _slope_values(records, metric, include, min_n=None) -> Dict[int, np.ndarray]:
-    """The per-``n`` values a slope is fitted on: the sizes (from ``min_n`` on) with a positive mean."""
+def _slope_values(records, metric, include, min_n=None, max_n=None) -> Dict[int, np.ndarray]:
+    """The per-``n`` values a slope is fitted on: the sizes in ``[min_n, max_n]`` with a positive mean."""
     return {n: v for n, v in _values_by_n(records, metric, tuple(include)).items()
-            if v.size and v.mean() > 0 and (min_n is None or n >= min_n)}
+            if v.size and v.mean() > 0 and (min_n is None or n >= min_n) and (max_n is None or n <= max_n)}
 
 
 def _bootstrap_slopes(values: Dict[int, np.ndarray], n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -203,7 +203,7 @@ class SlopeDifference:
 
 def compare_slopes(records_a: Sequence[dict], records_b: Sequence[dict], metric: str, *,
                    include: Iterable[str] = DEFAULT_INCLUDE, n_boot: int = 2000, confidence: float = 0.95,
-                   min_n: Optional[int] = None, seed: int = 0) -> SlopeDifference:
+                   min_n: Optional[int] = None, max_n: Optional[int] = None, seed: int = 0) -> SlopeDifference:
     """Difference of the rates of ``metric`` between two experiments, with a bootstrap interval.
 
     The question it answers is, e.g., "does the split-cell error fall faster with modified gating than with
@@ -218,7 +218,7 @@ def compare_slopes(records_a: Sequence[dict], records_b: Sequence[dict], metric:
         Job records of the two experiments.
     metric : str
         A record key both experiments carry.
-    include, n_boot, confidence, min_n, seed
+    include, n_boot, confidence, min_n, max_n, seed
         See :func:`fit_slope`.
 
     Returns
@@ -227,8 +227,8 @@ def compare_slopes(records_a: Sequence[dict], records_b: Sequence[dict], metric:
         NaN slopes when fewer than two common sample sizes have a positive mean in both.
     """
     include = tuple(include)
-    first = _slope_values(records_a, metric, include, min_n)
-    second = _slope_values(records_b, metric, include, min_n)
+    first = _slope_values(records_a, metric, include, min_n, max_n)
+    second = _slope_values(records_b, metric, include, min_n, max_n)
     common = sorted(set(first) & set(second))
     if len(common) < 2:
         return SlopeDifference(metric, math.nan, math.nan, math.nan, math.nan, math.nan, tuple(common),
@@ -316,7 +316,7 @@ class Report:
 
 def analyse(source, experiment: Optional[str] = None, *, include: Iterable[str] = DEFAULT_INCLUDE,
             n_boot: int = 2000, confidence: float = 0.95, min_n: Optional[int] = None,
-            seed: int = 0) -> Report:
+            max_n: Optional[int] = None, seed: int = 0) -> Report:
     """Analyse the records of one experiment.
 
     Parameters
@@ -325,7 +325,7 @@ def analyse(source, experiment: Optional[str] = None, *, include: Iterable[str] 
         A run directory, a store file or an open store.
     experiment : str, optional
         Experiment name; may be left out when the store holds one experiment.
-    include, n_boot, confidence, min_n, seed
+    include, n_boot, confidence, min_n, max_n, seed
         See :func:`fit_slope`.
 
     Returns
@@ -343,7 +343,7 @@ def analyse(source, experiment: Optional[str] = None, *, include: Iterable[str] 
             store.close()
     metrics = rate_metrics(exp, records)
     slopes = {m: fit_slope(records, m, include=include, theory=exp.theory_slope(m), n_boot=n_boot,
-                           confidence=confidence, min_n=min_n, seed=seed) for m in metrics}
+                           confidence=confidence, min_n=min_n, max_n=max_n, seed=seed) for m in metrics}
     summaries = {m: summarize(records, m, include) for m in metrics}
     return Report(exp, records, include, metrics, slopes, summaries, counts)
 

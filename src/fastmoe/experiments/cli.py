@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--ok-only", action="store_true",
                         help="average converged fits only (default also keeps fits that hit max_iter)")
     report.add_argument("--min-n", type=int, default=None, help="fit slopes on n >= this only")
+    report.add_argument("--max-n", type=int, default=None, help="fit slopes on n <= this only")
     report.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
     report.add_argument("--all", action="store_true", help="also list the mass-weighted mean errors")
     report.add_argument("--no-plots", action="store_true", help="skip the plots")
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="comma-separated metrics (default: every metric all runs carry)")
     compare.add_argument("--ok-only", action="store_true", help="average converged fits only")
     compare.add_argument("--min-n", type=int, default=None, help="fit slopes on n >= this only")
+    compare.add_argument("--max-n", type=int, default=None, help="fit slopes on n <= this only")
     compare.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
     compare.add_argument("--plot", type=Path, default=None,
                          help="also draw the metrics (default: the first run's primary loss) on common axes")
@@ -96,7 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.action == "compare":
         return _compare(args)
     return _report(args.dir, experiment=args.experiment, ok_only=args.ok_only, min_n=args.min_n,
-                   n_boot=args.bootstrap, all_metrics=args.all, plots=not args.no_plots)
+                   max_n=args.max_n, n_boot=args.bootstrap, all_metrics=args.all, plots=not args.no_plots)
 
 
 def _presets(args) -> int:
@@ -147,7 +149,7 @@ def _run(args) -> int:
     return _report(out, experiment=exp.name)
 
 
-def _report(directory, experiment=None, ok_only=False, min_n=None, n_boot=2000, all_metrics=False,
+def _report(directory, experiment=None, ok_only=False, min_n=None, max_n=None, n_boot=2000, all_metrics=False,
             plots=True) -> int:
     from .analysis import DEFAULT_INCLUDE, analyse
     from .store import ResultStore, store_path
@@ -155,7 +157,7 @@ def _report(directory, experiment=None, ok_only=False, min_n=None, n_boot=2000, 
     directory = Path(directory)
     try:
         report = analyse(directory, experiment, include=("ok",) if ok_only else DEFAULT_INCLUDE,
-                         n_boot=n_boot, min_n=min_n)
+                         n_boot=n_boot, min_n=min_n, max_n=max_n)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         print(f"fastmoe rates report: {exc}", file=sys.stderr)
         return 2
@@ -184,7 +186,8 @@ def _compare(args) -> int:
         return 2
     include = ("ok",) if args.ok_only else DEFAULT_INCLUDE
     try:
-        reports = [analyse(d, include=include, n_boot=args.bootstrap, min_n=args.min_n) for d in args.dirs]
+        reports = [analyse(d, include=include, n_boot=args.bootstrap, min_n=args.min_n, max_n=args.max_n)
+                   for d in args.dirs]
     except (FileNotFoundError, KeyError, ValueError) as exc:
         print(f"fastmoe rates compare: {exc}", file=sys.stderr)
         return 2
@@ -207,7 +210,7 @@ def _compare(args) -> int:
     print(head)
     for metric in metrics:
         diffs = [compare_slopes(base.records, other.records, metric, include=include, n_boot=args.bootstrap,
-                                min_n=args.min_n) for other in others]
+                                min_n=args.min_n, max_n=args.max_n) for other in others]
         line = f"{metric:<14} {len(diffs[0].sizes):>5} {diffs[0].slope_a:>+9.3f}"
         for d in diffs:
             flag = "*" if d.significant else " "
