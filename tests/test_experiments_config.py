@@ -74,6 +74,8 @@ def test_digest_ignores_the_grid_but_not_the_model():
         ({"n_experts": 3, "fit": {"split_cells": [0, 1]}}, "split_cells"),
         ({"primary_loss": "D2"}, "primary_loss"),
         ({"name": "a b"}, "experiment name"),
+        ({"fit": {"split_spread": 0.2}}, "vanishing true experts"),  # exact-fit's truth has none
+        ({"fit": {"split_spread": 1.0}}, "split_spread must be in"),
     ],
 )
 def test_invalid_definitions_are_refused(change, message):
@@ -125,6 +127,34 @@ def test_over_fit_start_splits_mass_log_evenly():
     assert sorted(cells[:2]) == [0, 1] and len(cells) == 5
     with pytest.raises(ValueError, match="below the true number"):
         split_assignment(3, 2, rng)
+
+
+def test_spread_start_reproduces_the_truth_with_distinct_atoms():
+    exp = get_preset("vanishing-tanh")
+    truth = exp.truth
+    X = np.random.default_rng(1).uniform(-3, 3, size=(200, 2))
+    import fastmoe
+
+    for m, split in ((3, [1]), (4, [1, 1])):
+        start = init_near_truth(truth, m, np.random.default_rng(0), scale=0.0, split_cells=split, split_spread=0.3)
+        np.testing.assert_allclose(fastmoe.predict_proba(start, X), fastmoe.predict_proba(truth, X), atol=1e-12)
+        vanishing = [i for i in range(m) if np.all(start.normalized().a[i] == 0)]
+        probs = fastmoe.expert_proba(start, X[:1])[0, vanishing]  # (atoms, classes), constant in x
+        assert len(vanishing) == m - 1 and np.ptp(probs, axis=0).max() > 0.1  # the atoms differ
+    # The default (no spread) starts the atoms at the centre, all equal to the true expert.
+    centre = init_near_truth(truth, 3, np.random.default_rng(0), scale=0.0, split_cells=[1])
+    equal = [i for i in range(3) if np.allclose(centre.normalized().b[i], truth.normalized().b[1])]
+    assert len(equal) == 2
+    # A spread too wide for the true class probabilities is refused, naming the option: with near-uniform
+    # p*, moving mass away from the most likely class empties it at c = p*_max / (1 - p*_max) ~ 0.55.
+    flat = truth.to_dict()
+    flat["b"][1] = [0.1, 0.0, 0.0]
+    data = {**exp.to_dict(), "truth": flat}
+    Experiment.from_dict({**data, "fit": {**data["fit"], "split_spread": 0.5}})
+    with pytest.raises(ValueError, match="split_spread=0.6"):
+        Experiment.from_dict({**data, "fit": {**data["fit"], "split_spread": 0.6}})
+    # The default is left out of the definition, so stores made before the option existed still match.
+    assert "split_spread" not in exp.to_dict()["fit"]
 
 
 # -- planning -------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..params import MoEParams
 from . import _toml
+from .init import spread_intercepts
 
 __all__ = ["Experiment", "FitOptions", "XLaw", "job_seed", "job_streams", "parse_loss_name"]
 
@@ -113,6 +114,14 @@ class FitOptions:
     split_cells : tuple of int or None, default=None
         For over-fits started near the truth: the true atoms (indices in the true parameter) that receive
         the ``k - k*`` extra fitted atoms. ``None`` draws them at random per job.
+    split_spread : float, default=0.0
+        For a start near the truth: where on its non-identifiable set a split cell of a *vanishing* true
+        expert (``a*_j = 0``) starts. ``0`` gives its atoms the true intercepts (the centre, where the
+        atoms coincide); ``c > 0`` gives atom ``t`` of ``m`` the class probabilities
+        ``p* + c_t (e - p*)`` with ``c_t`` evenly spaced in ``[-c, c]`` and ``e`` the indicator of the most
+        likely class, which average to ``p*``: the start still reproduces the truth exactly but its atoms
+        differ (see :func:`fastmoe.experiments.init.init_near_truth`). Split cells of other experts are
+        unaffected.
     n_init : int, default=1
         Restarts of a data-driven start (ignored for ``truth``).
     max_iter : int, default=2000
@@ -126,6 +135,7 @@ class FitOptions:
     init: str = "truth"
     init_scale: float = 0.1
     split_cells: Optional[Tuple[int, ...]] = None
+    split_spread: float = 0.0
     n_init: int = 1
     max_iter: int = 2000
     tol: float = 1e-8
@@ -138,6 +148,9 @@ class FitOptions:
             raise ValueError(f"fit.init_scale must be >= 0, got {self.init_scale}")
         if self.split_cells is not None:
             object.__setattr__(self, "split_cells", tuple(int(j) for j in self.split_cells))
+        object.__setattr__(self, "split_spread", float(self.split_spread))
+        if not 0.0 <= self.split_spread < 1.0:
+            raise ValueError(f"fit.split_spread must be in [0, 1), got {self.split_spread}")
         if self.n_init < 1 or self.max_iter < 1:
             raise ValueError(f"fit.n_init and fit.max_iter must be >= 1, got {self.n_init}, {self.max_iter}")
         if not self.tol > 0 or not self.l2 >= 0:
@@ -241,6 +254,14 @@ class Experiment:
             bad = [j for j in self.fit.split_cells if not 0 <= j < self.truth.n_experts]
             if bad:
                 raise ValueError(f"fit.split_cells {bad} are not true atoms 0..{self.truth.n_experts - 1}")
+        if self.fit.split_spread > 0:
+            true = self.truth.normalized()
+            vanishing = np.flatnonzero(np.all(true.a == 0, axis=(1, 2)))
+            if not vanishing.size:
+                raise ValueError("fit.split_spread only moves split cells of vanishing true experts "
+                                 "(a*_j = 0), and the truth has none")
+            for j in vanishing:
+                spread_intercepts(true.b[j], 2, self.fit.split_spread)  # raises if too wide for p*_j
         set_("sample_sizes", _check_sample_sizes(self.sample_sizes))
         set_("n_replications", int(self.n_replications))
         if self.n_replications < 1:
@@ -294,6 +315,8 @@ class Experiment:
         fit = dataclasses.asdict(self.fit)
         if fit["split_cells"] is not None:
             fit["split_cells"] = list(fit["split_cells"])
+        if fit["split_spread"] == 0.0:
+            del fit["split_spread"]  # the default: leaves the digests of earlier definitions unchanged
         return {
             "name": self.name,
             "description": self.description,

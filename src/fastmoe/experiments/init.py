@@ -8,6 +8,13 @@ fitted ones:
   random (or named by the experiment), so a cell may be split several ways;
 - a cell split ``m`` ways gives each of its atoms the true parameters and the gating intercept
   ``beta0*_j - log m``: the masses ``exp(beta0)`` of the cell add up to the true mass ("log-even" split);
+- optionally (``split_spread = c > 0``), a split cell of a *vanishing* true expert (``a*_j = 0``, class
+  probabilities ``p*`` independent of ``x``) is moved along its non-identifiable set: atom ``t`` gets the
+  class probabilities ``p_t = p* + c_t (e - p*)``, ``c_t`` evenly spaced in ``[-c, c]``, ``e`` the indicator
+  of the most likely class. With equal masses the ``p_t`` average to ``p*``, so the start still reproduces
+  the truth exactly, but its atoms differ: there, unlike at the centre ``c = 0``, standard gating has a
+  first-order flat direction in the atoms' ``beta1`` that a nonlinear gating transform does not have
+  (``examples/vanishing_information.py``);
 - every coordinate is then perturbed by independent ``N(0, scale^2)`` noise, which also breaks the tie
   between duplicated atoms (EM cannot separate two identical atoms);
 - the fitted atoms are put in random order and moved to the reference conventions.
@@ -21,7 +28,7 @@ import numpy as np
 
 from ..params import MoEParams
 
-__all__ = ["init_near_truth", "split_assignment"]
+__all__ = ["init_near_truth", "split_assignment", "spread_intercepts"]
 
 
 def split_assignment(n_true: int, n_experts: int, rng: np.random.Generator, split_cells=None) -> np.ndarray:
@@ -57,7 +64,27 @@ def split_assignment(n_true: int, n_experts: int, rng: np.random.Generator, spli
     return np.concatenate([np.arange(n_true), chosen]).astype(np.intp)
 
 
-def init_near_truth(truth, n_experts, rng, scale=0.1, split_cells=None):
+def spread_intercepts(b_true, m, spread):
+    """Intercepts (reference class last) of ``m`` constant experts whose class probabilities
+    ``p* + c_t (e - p*)``, ``c_t`` evenly spaced in ``[-spread, spread]``, average to ``p* = softmax(b_true)``.
+
+    Raises
+    ------
+    ValueError
+        When ``spread`` is too large for ``p*`` (a class probability would not be positive).
+    """
+    p = np.exp(b_true - b_true.max())
+    p /= p.sum()
+    e = np.zeros_like(p)
+    e[np.argmax(p)] = 1.0
+    probs = p + np.linspace(-spread, spread, m)[:, None] * (e - p)
+    if not (probs > 0).all():
+        raise ValueError(f"split_spread={spread} gives a class probability <= 0 for class probabilities "
+                         f"{np.round(p, 4).tolist()}; use a smaller spread")
+    return np.log(probs) - np.log(probs[:, -1:])
+
+
+def init_near_truth(truth, n_experts, rng, scale=0.1, split_cells=None, split_spread=0.0):
     """A start near ``truth`` with ``n_experts`` atoms (see the module docstring).
 
     Parameters
@@ -72,6 +99,8 @@ def init_near_truth(truth, n_experts, rng, scale=0.1, split_cells=None):
         Standard deviation of the perturbation of every coordinate.
     split_cells : sequence of int, optional
         True cells that receive the extra atoms; drawn at random when None.
+    split_spread : float, default=0.0
+        Spread of the class probabilities of a split vanishing cell's atoms (see the module docstring).
 
     Returns
     -------
@@ -83,6 +112,12 @@ def init_near_truth(truth, n_experts, rng, scale=0.1, split_cells=None):
     multiplicity = np.bincount(cells, minlength=true.n_experts)[cells]
     beta0 = true.beta0[cells] - np.log(multiplicity)
     beta1, a, b = true.beta1[cells], true.a[cells], true.b[cells]
+    if split_spread > 0:
+        for j in np.flatnonzero(np.bincount(cells, minlength=true.n_experts) > 1):
+            if not np.all(true.a[j] == 0):
+                continue
+            members = np.flatnonzero(cells == j)
+            b[members] = spread_intercepts(true.b[j], members.size, split_spread)
     if scale > 0:
         beta0 = beta0 + scale * rng.standard_normal(beta0.shape)
         beta1 = beta1 + scale * rng.standard_normal(beta1.shape)

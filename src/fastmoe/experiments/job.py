@@ -151,7 +151,8 @@ def _fit_and_score(fastmoe, experiment: Experiment, n: int, replication: int, n_
     X, y = fastmoe.sample(truth, X=X, random_state=streams["y"])
     opts = experiment.fit
     if opts.init == "truth":
-        init = init_near_truth(truth, experiment.n_experts, streams["init"], opts.init_scale, opts.split_cells)
+        init = init_near_truth(truth, experiment.n_experts, streams["init"], opts.init_scale, opts.split_cells,
+                               opts.split_spread)
         n_init = 1
     else:
         init, n_init = opts.init, opts.n_init
