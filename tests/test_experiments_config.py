@@ -42,6 +42,15 @@ def test_presets_cover_the_paper_settings():
     assert get_preset("vanishing-sigmoid").truth.gating == "sigmoid"
 
 
+def test_spread_presets_differ_from_their_base_only_in_the_start():
+    for gating in ("standard", "tanh", "sigmoid"):
+        base, variant = get_preset(f"vanishing-{gating}").to_dict(), get_preset(f"vanishing-{gating}-spread").to_dict()
+        assert variant["fit"].pop("split_spread") == 0.4
+        for d in (base, variant):
+            del d["name"], d["description"]
+        assert variant == base
+
+
 @pytest.mark.parametrize("name", sorted(PAPER_SETTINGS))
 @pytest.mark.parametrize("suffix", [".toml", ".json"])
 def test_definition_round_trips_through_files(tmp_path, name, suffix):
