@@ -202,19 +202,21 @@ def _compare(args) -> int:
         metrics = [m for m in base.metrics if all(m in r.metrics for r in others)]
     names = [f"{r.experiment.name} ({r.experiment.truth.gating_name})" for r in reports]
     print("runs: " + "; ".join(f"[{i}] {name}" for i, name in enumerate(names)))
-    print("slopes of log(mean metric) on log(n) over the sample sizes both runs of a pair share; "
-          "difference = slope[i] - slope[0] with 95% bootstrap interval, * where it excludes 0\n")
-    head = f"{'metric':<14} {'sizes':>5} {'slope[0]':>9}"
+    print("slopes of log(mean metric) on log(n) over the sample sizes (count in 'sizes') that run [i] shares "
+          "with run [0] (slope[0]: those it shares with [1]); difference = slope[i] - slope[0] with its 95% "
+          "bootstrap interval, * where it excludes 0\n")
+    head = f"{'metric':<14} {'slope[0]':>9}"
     for i in range(1, len(reports)):
-        head += f" {f'slope[{i}]':>9} {f'[{i}] - [0]':>10} {'95% CI':>18}  "
+        head += f" {f'slope[{i}]':>9} {f'[{i}] - [0]':>10} {'95% CI':>18}   {'sizes':>5}"
     print(head)
     for metric in metrics:
         diffs = [compare_slopes(base.records, other.records, metric, include=include, n_boot=args.bootstrap,
                                 min_n=args.min_n, max_n=args.max_n) for other in others]
-        line = f"{metric:<14} {len(diffs[0].sizes):>5} {diffs[0].slope_a:>+9.3f}"
+        line = f"{metric:<14} {diffs[0].slope_a:>+9.3f}"
         for d in diffs:
             flag = "*" if d.significant else " "
-            line += f" {d.slope_b:>+9.3f} {d.difference:>+10.3f} [{d.ci_low:>+7.3f}, {d.ci_high:>+7.3f}] {flag}"
+            line += (f" {d.slope_b:>+9.3f} {d.difference:>+10.3f} [{d.ci_low:>+7.3f}, {d.ci_high:>+7.3f}] {flag}"
+                     f" {len(d.sizes):>5}")
         print(line)
     if args.plot is not None:
         from .plots import plot_comparison
