@@ -19,6 +19,10 @@ covariance of ``grad l_ni``, couples the gating and all experts and is the "miss
 ``i``'s block only, ``(1[y_n = s] - f_i(s | x_n)) u_n`` (``s < K-1``), with ``z_n = [1, M(x_n)]``,
 ``u_n = [1, x_n]``.
 
+:func:`expected_information` integrates the labels out under the model (the Fisher information): on a
+quadrature of the input law it is the population information, whose null space shows which parameters the
+data cannot pin down at first order (used in ``docs/results.md`` for the split cell of a vanishing expert).
+
 Caveats, reported rather than hidden: the intervals are asymptotic and assume a converged,
 unpenalised fit at an interior maximum of a correctly sized model. In an over-specified mixture the
 information is (near) singular and the parameters of split cells converge slower than ``n^(-1/2)``
