@@ -45,13 +45,25 @@ def _panel(ax, report: Report, metrics: Sequence[str], title: str) -> None:
         if not math.isnan(fit.theory):
             label += f" (theory {fit.theory:+.2f})"
         ax.errorbar(n, mean, yerr=[low, high], fmt="o", ms=4, color=color, capsize=2, label=label)
-        if not math.isnan(fit.slope):
-            grid = np.geomspace(n.min(), n.max(), 50)
-            ax.plot(grid, fit.line(grid), "-", color=color, lw=1.2)
+        grid = _fitted_line(ax, n, fit, color)
+        if grid is not None:
             if not math.isnan(fit.theory):
                 mid = math.sqrt(n.min() * n.max())
                 anchor = float(fit.line(mid))
                 ax.plot(grid, anchor * (grid / mid) ** fit.theory, "--", color=color, lw=1.0, alpha=0.7)
+    _log_log_axes(ax, title)
+
+
+def _fitted_line(ax, n, fit, color):
+    """Draw the least-squares line over the range of ``n``; return its grid (None without a slope)."""
+    if math.isnan(fit.slope):
+        return None
+    grid = np.geomspace(n.min(), n.max(), 50)
+    ax.plot(grid, fit.line(grid), "-", color=color, lw=1.2)
+    return grid
+
+
+def _log_log_axes(ax, title: str) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("sample size n")
@@ -144,15 +156,7 @@ def plot_comparison(reports: Sequence[Report], metrics: Sequence[str], path, dpi
             fit = report.slopes[metric]
             label = f"{report.experiment.name}: {fit.slope:+.2f} [{fit.ci_low:+.2f}, {fit.ci_high:+.2f}]"
             ax.errorbar(n, mean, yerr=[low, high], fmt="o", ms=3, color=color, capsize=2, label=label)
-            if not math.isnan(fit.slope):
-                grid = np.geomspace(n.min(), n.max(), 50)
-                ax.plot(grid, fit.line(grid), "-", color=color, lw=1.2)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("sample size n")
-        ax.set_title(metric, fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-        if ax.has_data():
-            ax.legend(fontsize=7, loc="best")
+            _fitted_line(ax, n, fit, color)
+        _log_log_axes(ax, metric)
     fig.savefig(path, dpi=dpi)
     return path
