@@ -29,7 +29,7 @@ import numpy as np
 
 from ..params import MoEParams
 from . import _toml
-from .init import spread_intercepts
+from .init import spread_intercepts, vanishing_experts
 
 __all__ = ["Experiment", "FitOptions", "XLaw", "job_seed", "job_streams", "parse_loss_name"]
 
@@ -256,7 +256,7 @@ class Experiment:
                 raise ValueError(f"fit.split_cells {bad} are not true atoms 0..{self.truth.n_experts - 1}")
         if self.fit.split_spread > 0:
             true = self.truth.normalized()
-            vanishing = np.flatnonzero(np.all(true.a == 0, axis=(1, 2)))
+            vanishing = vanishing_experts(true)
             if not vanishing.size:
                 raise ValueError("fit.split_spread only moves split cells of vanishing true experts "
                                  "(a*_j = 0), and the truth has none")

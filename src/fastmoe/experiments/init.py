@@ -28,7 +28,7 @@ import numpy as np
 
 from ..params import MoEParams
 
-__all__ = ["init_near_truth", "split_assignment", "spread_intercepts"]
+__all__ = ["init_near_truth", "split_assignment", "spread_intercepts", "vanishing_experts"]
 
 
 def split_assignment(n_true: int, n_experts: int, rng: np.random.Generator, split_cells=None) -> np.ndarray:
@@ -62,6 +62,12 @@ def split_assignment(n_true: int, n_experts: int, rng: np.random.Generator, spli
                 f"split_cells must hold {extra} indices in 0..{n_true - 1}, got {list(np.atleast_1d(chosen))}"
             )
     return np.concatenate([np.arange(n_true), chosen]).astype(np.intp)
+
+
+def vanishing_experts(params) -> np.ndarray:
+    """Indices of the experts whose class probabilities do not depend on x (``a_j = 0`` in reference
+    conventions)."""
+    return np.flatnonzero(np.all(params.normalized().a == 0, axis=(1, 2)))
 
 
 def spread_intercepts(b_true, m, spread):
@@ -113,9 +119,8 @@ def init_near_truth(truth, n_experts, rng, scale=0.1, split_cells=None, split_sp
     beta0 = true.beta0[cells] - np.log(multiplicity)
     beta1, a, b = true.beta1[cells], true.a[cells], true.b[cells]
     if split_spread > 0:
-        for j in np.flatnonzero(np.bincount(cells, minlength=true.n_experts) > 1):
-            if not np.all(true.a[j] == 0):
-                continue
+        split = np.bincount(cells, minlength=true.n_experts) > 1
+        for j in np.intersect1d(np.flatnonzero(split), vanishing_experts(true)):
             members = np.flatnonzero(cells == j)
             b[members] = spread_intercepts(true.b[j], members.size, split_spread)
     if scale > 0:
