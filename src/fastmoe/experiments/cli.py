@@ -186,7 +186,9 @@ def _compare(args) -> int:
         return 2
     include = ("ok",) if args.ok_only else DEFAULT_INCLUDE
     try:
-        reports = [analyse(d, include=include, n_boot=args.bootstrap, min_n=args.min_n, max_n=args.max_n)
+        # The runs' own slope intervals only label the plot; the differences are bootstrapped below.
+        n_boot = args.bootstrap if args.plot is not None else 0
+        reports = [analyse(d, include=include, n_boot=n_boot, min_n=args.min_n, max_n=args.max_n)
                    for d in args.dirs]
     except (FileNotFoundError, KeyError, ValueError) as exc:
         print(f"fastmoe rates compare: {exc}", file=sys.stderr)
