@@ -7,7 +7,8 @@ population level, for the truths of the ``vanishing-*`` presets:
 
 1. take the preset's truth and a 3-expert parameter that reproduces it exactly, with the vanishing cell
    split into two atoms whose intercepts differ (two constant experts with masses 1/2 that average to
-   the true one: the known non-identifiable direction of ``b``);
+   the true one: the known non-identifiable direction of ``b``), placed where the
+   ``vanishing-*-spread`` presets start them;
 2. form the expected (Fisher) information of the free parameters there
    (:func:`fastmoe.expected_information`) on a tensor Gauss-Legendre quadrature of ``Uniform[-h, h]^2``;
 3. report its null-space dimension and the *efficient information* of the split atoms' relative gating
@@ -24,6 +25,7 @@ import numpy as np
 
 import fastmoe
 from fastmoe.experiments import get_preset
+from fastmoe.experiments.init import spread_intercepts
 from fastmoe.uncertainty import free_parameter_names
 
 PRESET_HALF_WIDTH = 3.0  # the presets' X ~ Uniform[-3, 3]^2
@@ -38,17 +40,14 @@ def truth_on(name, half):
     return fastmoe.MoEParams(beta0=truth.beta0, beta1=beta1, a=truth.a * scale, b=truth.b, gating=truth.gating)
 
 
-def split_vanishing_cell(truth, spread=0.05):
+def split_vanishing_cell(truth, spread):
     """Three atoms reproducing ``truth`` (expert 1 vanishes): expert 1 split into two constant experts of
-    mass 1/2 whose class probabilities are ``p* +- spread * [1, -2, 1]``."""
-    p_true = np.exp(truth.b[1]) / np.exp(truth.b[1]).sum()
-    shift = spread * np.array([1.0, -2.0, 1.0])
-    b_split = [np.log(p) - np.log(p[-1]) for p in (p_true + shift, p_true - shift)]
+    mass 1/2 placed as the ``vanishing-*-spread`` presets start them (``fit.split_spread``)."""
     return fastmoe.MoEParams(
         beta0=[truth.beta0[0], truth.beta0[1] - np.log(2), truth.beta0[1] - np.log(2)],
         beta1=[truth.beta1[0], truth.beta1[1], truth.beta1[1]],
         a=[truth.a[0], truth.a[1], truth.a[1]],
-        b=[truth.b[0], *b_split],
+        b=[truth.b[0], *spread_intercepts(truth.b[1], 2, spread)],
         gating=truth.gating,
     )
 
@@ -73,7 +72,7 @@ def main():
     for name in ("vanishing-standard", "vanishing-tanh", "vanishing-sigmoid"):
         for half in (1.0, 3.0):
             truth = truth_on(name, half)
-            split = split_vanishing_cell(truth)
+            split = split_vanishing_cell(truth, get_preset(f"{name}-spread").fit.split_spread)
             X, w = quadrature(half)
             gap = np.abs(fastmoe.predict_proba(split, X) - fastmoe.predict_proba(truth, X)).max()
             assert gap < 1e-12, gap  # the split reproduces the truth exactly
