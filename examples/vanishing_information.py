@@ -19,8 +19,9 @@ With standard gating the efficient information is exactly 0 (``beta1`` can be tr
 sigmoid gating make it positive, but on the paper's ``[-1, 1]^2`` they are so close to linear that it is
 tiny, which is why the ``vanishing-*`` presets draw ``X`` from ``[-3, 3]^2``.
 
-A second table follows the curve that trade defines (:func:`pde_direction`): the split atoms' gating
-slopes move apart by ``+-t`` and their expert slopes by the ``t alpha`` that cancels the first-order
+A second table follows the curve that trade defines
+(:func:`fastmoe.experiments.vanishing.pde_direction`): the split atoms' gating slopes move apart by ``t``
+and their expert slopes by the ``t alpha`` that cancels the first-order
 change of the law when ``M(x) = x``. It reports the order in ``t`` at which the law changes (2 for
 standard gating, 1 for tanh and sigmoid) and, at points ``t > 0`` of the curve (where the information is
 invertible), the asymptotic standard deviations of the first split atom's ``beta1``, ``a`` and ``b`` and
@@ -36,7 +37,7 @@ import numpy as np
 
 import fastmoe
 from fastmoe.experiments import get_preset
-from fastmoe.experiments.init import spread_intercepts
+from fastmoe.experiments.vanishing import pde_direction, spread_intercepts
 from fastmoe.uncertainty import free_parameter_names
 
 PRESET_HALF_WIDTH = 3.0  # the presets' X ~ Uniform[-3, 3]^2
@@ -79,31 +80,9 @@ def efficient_information(info, rows):
                                                              hermitian=True) @ cross.T
 
 
-def pde_direction(split, u):
-    """The direction along which standard gating's PDE interaction cancels the first-order change of the
-    law: the split atoms' gating slopes move apart (``beta1 += u``, ``-= u`` for atoms 1 and 2) and
-    both atoms' expert slopes move by the ``alpha`` that undoes it.
-
-    With equal masses, d/dt of the cell's numerator ``1/2 sum_i exp(+-t u.x) softmax(t alpha x + b_i)`` is
-    ``1/2 [(p_1 - p_2)(u.x) + (J_1 + J_2) alpha x]`` (``J_i`` the softmax Jacobian at ``b_i``); the gate's
-    own ``cosh(t u.x)`` has no first-order term. So ``(J_1 + J_2) alpha = -(p_1 - p_2) u^T`` makes the law
-    change at second order only, for standard gating. A gating that sees ``M(x) != x`` cannot be undone
-    by ``alpha x``: there the law changes at first order.
-    """
-    p1, p2 = (np.exp(b) / np.exp(b).sum() for b in split.b[1:])
-    jacobian = sum(np.diag(p) - np.outer(p, p) for p in (p1, p2))
-    alpha = np.zeros_like(split.a[1])
-    # Both sides sum to zero over classes; the reference class (last row of a) stays at zero.
-    alpha[:-1] = np.linalg.solve(jacobian[:-1, :-1], -np.outer(p1 - p2, u)[:-1])
-    beta1, a = np.zeros_like(split.beta1), np.zeros_like(split.a)
-    beta1[1], beta1[2], a[1], a[2] = u, -u, alpha, alpha
-    return beta1, a
-
-
 def along(split, direction, t):
-    """``split`` moved by ``t`` along ``direction`` (from :func:`pde_direction`)."""
-    beta1, a = direction
-    return fastmoe.MoEParams(beta0=split.beta0, beta1=split.beta1 + t * beta1, a=split.a + t * a, b=split.b,
+    """``split`` moved by ``t`` along ``direction`` (a :func:`~fastmoe.experiments.vanishing.pde_direction`)."""
+    return fastmoe.MoEParams(*(getattr(split, f) + t * getattr(direction, f) for f in ("beta0", "beta1", "a", "b")),
                              gating=split.gating)
 
 
@@ -144,7 +123,7 @@ def information_at_the_split():
             print(f"{name:<20} {f'[-{half:g}, {half:g}]':>9} {null_dim:>8} {max(beta1_info, 0.0):>21.1e}")
 
 
-def information_along_the_pde_path(half=PRESET_HALF_WIDTH, steps=(0.025, 0.05, 0.1)):
+def information_along_the_pde_path(half=PRESET_HALF_WIDTH, steps=(0.05, 0.1, 0.2)):
     """Table 2: order of the law's change along :func:`pde_direction` and how the standard errors of the
     split atoms grow as the path nears the split point (exponent m of sd ~ t^-m)."""
     print(f"\nAlong the PDE path (X on [-{half:g}, {half:g}]^2): sqrt(n) sd at t = {steps[-1]:g}, exponent m "
@@ -153,7 +132,7 @@ def information_along_the_pde_path(half=PRESET_HALF_WIDTH, steps=(0.025, 0.05, 0
     for name in PRESETS:
         split = split_vanishing_cell(truth_on(name, half), get_preset(f"{name}-spread").fit.split_spread)
         X, w = quadrature(half)
-        direction = pde_direction(split, np.array([1.0, 0.0]))
+        direction = pde_direction(split, 1, 2, [1.0, 0.0])
         t = 0.01
         order = np.log2(law_distance(along(split, direction, 2 * t), split, X, w)
                         / law_distance(along(split, direction, t), split, X, w))

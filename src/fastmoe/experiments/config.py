@@ -29,9 +29,9 @@ import numpy as np
 
 from ..params import MoEParams
 from . import _toml
-from .init import spread_intercepts, vanishing_experts
+from .vanishing import spread_intercepts, vanishing_experts
 
-__all__ = ["Experiment", "FitOptions", "XLaw", "job_seed", "job_streams", "parse_loss_name"]
+__all__ = ["Experiment", "FitOptions", "TruthPath", "XLaw", "job_seed", "job_streams", "parse_loss_name"]
 
 #: Names of the random streams of one job, in the order they are spawned from its seed sequence.
 STREAMS = ("x", "y", "init", "fit")
@@ -157,6 +157,66 @@ class FitOptions:
             raise ValueError(f"fit.tol must be > 0 and fit.l2 >= 0, got {self.tol}, {self.l2}")
 
 
+@dataclass(frozen=True, eq=False)
+class TruthPath:
+    """Truths that move with the sample size: local alternatives.
+
+    The jobs of sample size ``n`` draw their data from, start near and measure their losses against
+
+        truth(n) = truth + scale * n^(-exponent) * direction
+
+    (every array of the parameter moved, in the coordinates the truth is written in). A rate study at a
+    fixed truth measures the MLE's pointwise rate; the theory's lower bounds are *minimax*: uniform over a
+    neighbourhood of a degenerate truth, attained by truths that approach it as ``n`` grows. A path such
+    as :func:`fastmoe.experiments.vanishing.pde_direction` makes that experiment expressible.
+
+    Parameters
+    ----------
+    direction : MoEParams
+        The displacement, shaped like the truth (its gating transform is ignored).
+    scale : float, default=1.0
+        Size of the displacement at ``n = 1``.
+    exponent : float, default=0.0
+        The displacement shrinks like ``n^(-exponent)``; ``0`` keeps it fixed.
+    """
+
+    direction: MoEParams
+    scale: float = 1.0
+    exponent: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.direction, MoEParams):
+            raise TypeError(f"truth_path.direction must be a MoEParams, got {type(self.direction).__name__}")
+        object.__setattr__(self, "scale", float(self.scale))
+        object.__setattr__(self, "exponent", float(self.exponent))
+        if not math.isfinite(self.scale):
+            raise ValueError(f"truth_path.scale must be finite, got {self.scale}")
+        if not (math.isfinite(self.exponent) and self.exponent >= 0):
+            raise ValueError(f"truth_path.exponent must be finite and >= 0, got {self.exponent}")
+
+    def step(self, n: int) -> float:
+        """How far along ``direction`` the truth of sample size ``n`` lies: ``scale * n^(-exponent)``."""
+        return self.scale * float(n) ** -self.exponent
+
+    def to_dict(self) -> dict:
+        direction = self.direction.to_dict()
+        del direction["gating"]  # the truth's transform applies
+        return {"scale": self.scale, "exponent": self.exponent, "direction": direction}
+
+    @classmethod
+    def from_dict(cls, data: Mapping, gating: str) -> "TruthPath":
+        data = dict(data)
+        unknown = set(data) - {"scale", "exponent", "direction"}
+        if unknown:
+            raise ValueError(f"unknown truth_path keys {sorted(unknown)}; expected direction, scale, exponent")
+        if "direction" not in data:
+            raise ValueError("truth_path lacks 'direction'")
+        direction = data.pop("direction")
+        if not isinstance(direction, MoEParams):
+            direction = MoEParams.from_dict(direction, gating=gating)
+        return cls(direction=direction, **data)
+
+
 def _check_sample_sizes(sizes) -> Tuple[int, ...]:
     sizes = tuple(int(n) for n in sizes)
     if not sizes:
@@ -206,6 +266,9 @@ class Experiment:
         (quasi-separation), in addition to :attr:`fastmoe.FitResult.diverged`.
     description : str, default=""
         Free text shown by ``fastmoe rates presets``.
+    truth_path : TruthPath or None, default=None
+        Truths that move with ``n`` (:meth:`truth_at`); ``truth`` is then the start of the path. Stored in
+        the definition only when set.
     crash_jobs : tuple of (n, replication), default=()
         For tests of the runner only: these jobs kill their worker process (``os._exit``) instead of
         fitting; in the coordinating process (``scheduler="synchronous"``) they raise instead. Stored in
@@ -226,6 +289,7 @@ class Experiment:
     exact_translation: bool = False
     coef_limit: float = 50.0
     description: str = ""
+    truth_path: Optional[TruthPath] = None
     crash_jobs: Tuple[Tuple[int, int], ...] = ()
 
     def __post_init__(self):
@@ -254,6 +318,8 @@ class Experiment:
             bad = [j for j in self.fit.split_cells if not 0 <= j < self.truth.n_experts]
             if bad:
                 raise ValueError(f"fit.split_cells {bad} are not true atoms 0..{self.truth.n_experts - 1}")
+        if self.truth_path is not None:
+            self._check_truth_path()
         if self.fit.split_spread > 0:
             true = self.truth.normalized()
             vanishing = vanishing_experts(true)
@@ -283,6 +349,26 @@ class Experiment:
         if not self.coef_limit > 0:
             raise ValueError(f"coef_limit must be positive, got {self.coef_limit}")
         set_("crash_jobs", tuple((int(n), int(rep)) for n, rep in self.crash_jobs))
+
+    def _check_truth_path(self) -> None:
+        if not isinstance(self.truth_path, TruthPath):
+            raise TypeError(f"truth_path must be a TruthPath, got {type(self.truth_path).__name__}")
+        direction, truth = self.truth_path.direction, self.truth
+        for name in ("beta0", "beta1", "a", "b"):
+            if getattr(direction, name).shape != getattr(truth, name).shape:
+                raise ValueError(f"truth_path.direction.{name} has shape {getattr(direction, name).shape}, "
+                                 f"the truth's {name} {getattr(truth, name).shape}")
+        if self.fit.split_spread > 0:
+            raise ValueError("fit.split_spread places split cells of a fixed vanishing truth; it does not "
+                             "combine with truth_path")
+
+    def truth_at(self, n: int) -> MoEParams:
+        """The true parameter of the jobs with sample size ``n`` (``truth`` unless a path is set)."""
+        if self.truth_path is None:
+            return self.truth
+        t, d, truth = self.truth_path.step(n), self.truth_path.direction, self.truth
+        return MoEParams(beta0=truth.beta0 + t * d.beta0, beta1=truth.beta1 + t * d.beta1, a=truth.a + t * d.a,
+                         b=truth.b + t * d.b, gating=truth.gating)
 
     # -- grid ---------------------------------------------------------------------------------------
     @property
@@ -332,6 +418,7 @@ class Experiment:
             "x_law": dataclasses.asdict(self.x_law),
             "fit": fit,
             "truth": self.truth.to_dict(),
+            **({"truth_path": self.truth_path.to_dict()} if self.truth_path is not None else {}),
             **({"crash_jobs": [list(job) for job in self.crash_jobs]} if self.crash_jobs else {}),
         }
 
@@ -349,6 +436,8 @@ class Experiment:
         data["truth"] = (
             data["truth"] if isinstance(data["truth"], MoEParams) else MoEParams.from_dict(data["truth"])
         )
+        if data.get("truth_path") is not None and not isinstance(data["truth_path"], TruthPath):
+            data["truth_path"] = TruthPath.from_dict(data["truth_path"], gating=data["truth"].gating)
         for key, sub in (("x_law", XLaw), ("fit", FitOptions)):
             if key in data and not isinstance(data[key], sub):
                 sub_known = {f.name for f in dataclasses.fields(sub)}

@@ -27,8 +27,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..params import MoEParams
+from .vanishing import spread_intercepts, vanishing_experts
 
-__all__ = ["init_near_truth", "split_assignment", "spread_intercepts", "vanishing_experts"]
+__all__ = ["init_near_truth", "split_assignment"]
 
 
 def split_assignment(n_true: int, n_experts: int, rng: np.random.Generator, split_cells=None) -> np.ndarray:
@@ -62,32 +63,6 @@ def split_assignment(n_true: int, n_experts: int, rng: np.random.Generator, spli
                 f"split_cells must hold {extra} indices in 0..{n_true - 1}, got {list(np.atleast_1d(chosen))}"
             )
     return np.concatenate([np.arange(n_true), chosen]).astype(np.intp)
-
-
-def vanishing_experts(params) -> np.ndarray:
-    """Indices of the experts whose class probabilities do not depend on x (``a_j = 0`` in reference
-    conventions)."""
-    return np.flatnonzero(np.all(params.normalized().a == 0, axis=(1, 2)))
-
-
-def spread_intercepts(b_true, m, spread):
-    """Intercepts (reference class last) of ``m`` constant experts whose class probabilities
-    ``p* + c_t (e - p*)``, ``c_t`` evenly spaced in ``[-spread, spread]``, average to ``p* = softmax(b_true)``.
-
-    Raises
-    ------
-    ValueError
-        When ``spread`` is too large for ``p*`` (a class probability would not be positive).
-    """
-    p = np.exp(b_true - b_true.max())
-    p /= p.sum()
-    e = np.zeros_like(p)
-    e[np.argmax(p)] = 1.0
-    probs = p + np.linspace(-spread, spread, m)[:, None] * (e - p)
-    if not (probs > 0).all():
-        raise ValueError(f"split_spread={spread} gives a class probability <= 0 for class probabilities "
-                         f"{np.round(p, 4).tolist()}; use a smaller spread")
-    return np.log(probs) - np.log(probs[:, -1:])
 
 
 def init_near_truth(truth, n_experts, rng, scale=0.1, split_cells=None, split_spread=0.0):

@@ -62,11 +62,13 @@ def crashed_record(experiment: Experiment, n: int, replication: int, why: str) -
     return record
 
 
-def compute_losses(experiment: Experiment, fitted) -> dict:
-    """The experiment's Voronoi losses and the per-parameter errors of ``fitted`` against the truth."""
+def compute_losses(experiment: Experiment, fitted, truth=None) -> dict:
+    """The experiment's Voronoi losses and the per-parameter errors of ``fitted`` against ``truth``
+    (default: the experiment's fixed truth; a job passes :meth:`Experiment.truth_at` of its ``n``)."""
     from .. import losses
 
-    truth, exact = experiment.truth, experiment.exact_translation
+    truth = experiment.truth if truth is None else truth
+    exact = experiment.exact_translation
     out = {}
     for name in experiment.losses:
         func, r = parse_loss_name(name)
@@ -145,7 +147,7 @@ def _crash(n: int, replication: int) -> None:
 def _fit_and_score(fastmoe, experiment: Experiment, n: int, replication: int, n_threads: int) -> dict:
     if (int(n), int(replication)) in experiment.crash_jobs:
         _crash(n, replication)
-    truth = experiment.truth
+    truth = experiment.truth_at(n)
     streams = experiment.streams(n, replication)
     X = experiment.x_law.sample(streams["x"], n, truth.n_features)
     X, y = fastmoe.sample(truth, X=X, random_state=streams["y"])
@@ -184,7 +186,9 @@ def _fit_and_score(fastmoe, experiment: Experiment, n: int, replication: int, n_
         "loglik_true": float(fastmoe.loglik(truth, X, y)),
         "max_abs_coef": max_abs_coef,
     }
-    out.update(compute_losses(experiment, fitted))
+    if experiment.truth_path is not None:
+        out["path_step"] = experiment.truth_path.step(n)
+    out.update(compute_losses(experiment, fitted, truth))
     out["params"] = fitted.to_dict()
     if result.diverged or not math.isfinite(max_abs_coef) or max_abs_coef > experiment.coef_limit:
         out["status"] = "diverged"
