@@ -76,6 +76,7 @@ def test_truth_path_round_trips_and_moves_the_truth_with_n(tmp_path, suffix):
     assert again == exp and again.model_digest() == exp.model_digest()
     assert dataclasses.replace(exp, truth_path=None).model_digest() != exp.model_digest()
     assert path_experiment(exponent=0.5).model_digest() != exp.model_digest()
+    assert "truth moves by t = 2 n^-0.25" in exp.outline()
     d = exp.truth_path.direction
     for n in (400, 1600):
         step = 2.0 * n ** -0.25
@@ -125,3 +126,17 @@ def test_a_path_job_samples_and_scores_against_the_truth_of_its_n():
     fitted = fastmoe.MoEParams.from_dict(record["params"])
     assert record["D2"] == pytest.approx(losses.D2(fitted, exp.truth_at(n)), rel=1e-12)
     assert record["D2"] != pytest.approx(losses.D2(fitted, exp.truth), rel=1e-3)
+
+
+@pytest.mark.parametrize("gating, u", [("standard", 1.0 / 3.0), ("tanh", 1.0)])
+def test_local_presets_start_at_the_degenerate_truth_and_follow_the_pde_direction(gating, u):
+    local, fixed = get_preset(f"vanishing-{gating}-local"), get_preset(f"vanishing-{gating}")
+    X, _ = quadrature(nodes=12)
+    np.testing.assert_allclose(fastmoe.predict_proba(local.truth, X), fastmoe.predict_proba(fixed.truth, X),
+                               atol=1e-12)
+    direction = pde_direction(local.truth, 1, 2, [u, 0.0])
+    for field in ("beta0", "beta1", "a", "b"):
+        np.testing.assert_allclose(getattr(local.truth_path.direction, field), getattr(direction, field),
+                                   atol=1e-12)
+    assert local.truth_path.step(20000) == pytest.approx(1.0)
+    assert local.truth_path.exponent == 0.25 and local.n_experts == local.truth.n_experts == 3

@@ -273,8 +273,7 @@ class Report:
     def format_table(self, all_metrics: bool = False) -> str:
         """The terminal report: per-``n`` table of the losses and the slope table."""
         exp = self.experiment
-        lines = [f"experiment {exp.name}: k*={exp.truth.n_experts}, k={exp.n_experts}, "
-                 f"gating={exp.truth.gating_name}, d={exp.truth.n_features}, K={exp.truth.n_classes}; "
+        lines = [f"experiment {exp.name}: {exp.outline()}; "
                  f"{len(self.records)}/{exp.n_jobs} jobs stored; means over statuses {list(self.include)}"]
         losses = list(exp.losses)
         head = f"{'n':>9} {'rows':>5} {'ok':>4} {'cap':>4} {'div':>4} {'fail':>4} {'iters':>7} {'time/s':>7}"

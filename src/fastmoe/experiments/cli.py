@@ -110,7 +110,7 @@ def _presets(args) -> int:
     for name in preset_names():
         exp = get_preset(name)
         sizes = exp.sample_sizes
-        print(f"{name}\n    k*={exp.truth.n_experts} k={exp.n_experts} gating={exp.truth.gating_name} "
+        print(f"{name}\n    {exp.outline()}; "
               f"n={sizes[0]}..{sizes[-1]} ({len(sizes)} sizes) x {exp.n_replications} replications "
               f"= {exp.n_jobs} jobs\n    {exp.description}")
     return 0

@@ -362,6 +362,15 @@ class Experiment:
             raise ValueError("fit.split_spread places split cells of a fixed vanishing truth; it does not "
                              "combine with truth_path")
 
+    def outline(self) -> str:
+        """One line on the model: true and fitted numbers of experts, gating, sizes, and the truth's path."""
+        truth = self.truth
+        line = (f"k*={truth.n_experts}, k={self.n_experts}, gating={truth.gating_name}, d={truth.n_features}, "
+                f"K={truth.n_classes}")
+        if self.truth_path is not None:
+            line += f", truth moves by t = {self.truth_path.scale:.4g} n^-{self.truth_path.exponent:g} along a path"
+        return line
+
     def truth_at(self, n: int) -> MoEParams:
         """The true parameter of the jobs with sample size ``n`` (``truth`` unless a path is set)."""
         if self.truth_path is None:

@@ -93,8 +93,7 @@ def plot_report(report: Report, out_dir, formats: Sequence[str] = ("png", "pdf")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     exp = report.experiment
-    subtitle = (f"{exp.name}: k*={exp.truth.n_experts}, k={exp.n_experts}, gating={exp.truth.gating_name}; "
-                "solid: least squares, dashed: theory")
+    subtitle = f"{exp.name}: {exp.outline()}; solid: least squares, dashed: theory"
     written: List[Path] = []
 
     fig = Figure(figsize=(6.4, 4.8), constrained_layout=True)
