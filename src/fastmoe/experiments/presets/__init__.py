@@ -3,8 +3,10 @@
 The four settings of ``MODEL.md`` section 5 (Nguyen, Akbarian, Nguyen & Ho, ICML 2024), all with
 ``d = 2`` inputs, ``K = 3`` classes and ``k* = 2`` true experts: ``exact-fit`` and ``over-fit`` on the paper's
 ``Uniform[-1, 1]^2``, the ``vanishing-*`` presets on ``Uniform[-3, 3]^2`` (on ``[-1, 1]`` tanh and sigmoid are
-nearly linear, so modified and standard gating can hardly differ there); each file says why its true
-parameter was chosen. ``fastmoe rates presets`` lists them.
+nearly linear, so modified and standard gating can hardly differ there); ``vanishing-*-spread`` start the
+split vanishing cell off the centre of its non-identifiable set, ``vanishing-*-local`` move the truth
+towards that degenerate point as ``n`` grows (``truth_path``). Each file says why its true parameter was
+chosen. ``fastmoe rates presets`` lists them.
 """
 
 from __future__ import annotations
