@@ -17,6 +17,8 @@ Voronoi cells, never by index. Every function here goes through the same three s
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp
@@ -100,6 +102,11 @@ def _shifted(params, t):
     )
 
 
+#: An exact alignment whose fitted masses add up to less than exp(-this) of the true ones has reached the
+#: degenerate infimum of the loss (every fitted mass sent to 0): warned about, not silently returned.
+_DEGENERATE_MASS_LOG_RATIO = np.log(1e6)
+
+
 def _exact_alignment(start, true, exponents):
     """Minimise the loss over ``(t0, t1)`` from the closed-form alignment ``start``.
 
@@ -128,7 +135,16 @@ def _exact_alignment(start, true, exponents):
         )
         if res.fun < best_value:
             best_t, best_value = res.x, float(res.fun)
-    return _shifted(start, best_t)
+    aligned = _shifted(start, best_t)
+    if logsumexp(aligned.beta0) < logsumexp(true.beta0) - _DEGENERATE_MASS_LOG_RATIO:
+        warnings.warn(
+            f"exact translation alignment degenerated: the infimum over (t0, t1) sends every fitted mass to 0 "
+            f"(loss {best_value:.4g}, the total true mass {np.exp(logsumexp(true.beta0)):.4g}), which happens "
+            "whenever the closed-form loss exceeds the total true mass; use exact_translation=False",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return aligned
 
 
 def align_translation(fitted, true, exact=False, r_beta=1.0, r_a=1.0, r_b=1.0):
@@ -146,7 +162,8 @@ def align_translation(fitted, true, exact=False, r_beta=1.0, r_a=1.0, r_b=1.0):
         result is never worse than the closed form. Beware a property of the loss itself: as
         ``t0 -> -inf`` every fitted mass vanishes and the loss tends to ``sum_j exp(beta0*_j)``, so
         whenever the closed-form loss exceeds the total true mass the infimum is that degenerate value
-        (all cells effectively emptied). Rate studies therefore use the closed form.
+        (all cells effectively emptied); a ``RuntimeWarning`` says so when it happens. Rate studies
+        therefore use the closed form.
     r_beta, r_a, r_b : float, default=1.0
         Exponents of the loss that ``exact=True`` minimises (ignored otherwise).
 
