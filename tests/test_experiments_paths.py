@@ -77,6 +77,7 @@ def test_truth_path_round_trips_and_moves_the_truth_with_n(tmp_path, suffix):
     assert dataclasses.replace(exp, truth_path=None).model_digest() != exp.model_digest()
     assert path_experiment(exponent=0.5).model_digest() != exp.model_digest()
     assert "truth moves by t = 2 n^-0.25" in exp.outline()
+    assert "truth at t = 2 along" in path_experiment(exponent=0.0).outline()
     d = exp.truth_path.direction
     for n in (400, 1600):
         step = 2.0 * n ** -0.25

@@ -367,8 +367,11 @@ class Experiment:
         truth = self.truth
         line = (f"k*={truth.n_experts}, k={self.n_experts}, gating={truth.gating_name}, d={truth.n_features}, "
                 f"K={truth.n_classes}")
-        if self.truth_path is not None:
-            line += f", truth moves by t = {self.truth_path.scale:.4g} n^-{self.truth_path.exponent:g} along a path"
+        path = self.truth_path
+        if path is not None and path.exponent > 0:
+            line += f", truth moves by t = {path.scale:.4g} n^-{path.exponent:g} along a path"
+        elif path is not None:
+            line += f", truth at t = {path.scale:.4g} along a path"
         return line
 
     def truth_at(self, n: int) -> MoEParams:
