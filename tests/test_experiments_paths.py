@@ -129,7 +129,7 @@ def test_a_path_job_samples_and_scores_against_the_truth_of_its_n():
     assert record["D2"] != pytest.approx(losses.D2(fitted, exp.truth), rel=1e-3)
 
 
-@pytest.mark.parametrize("gating, u", [("standard", 1.0 / 3.0), ("tanh", 1.0)])
+@pytest.mark.parametrize("gating, u", [("standard", 1.0 / 3.0), ("tanh", 1.0), ("sigmoid", 2.0)])
 def test_local_presets_start_at_the_degenerate_truth_and_follow_the_pde_direction(gating, u):
     local, fixed = get_preset(f"vanishing-{gating}-local"), get_preset(f"vanishing-{gating}")
     X, _ = quadrature(nodes=12)
