@@ -13,6 +13,7 @@ first order.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import softmax
 
 from ..params import MoEParams
 
@@ -34,8 +35,7 @@ def spread_intercepts(b_true, m, spread):
     ValueError
         When ``spread`` is too large for ``p*`` (a class probability would not be positive).
     """
-    p = np.exp(b_true - b_true.max())
-    p /= p.sum()
+    p = softmax(b_true)
     e = np.zeros_like(p)
     e[np.argmax(p)] = 1.0
     probs = p + np.linspace(-spread, spread, m)[:, None] * (e - p)
@@ -43,11 +43,6 @@ def spread_intercepts(b_true, m, spread):
         raise ValueError(f"split_spread={spread} gives a class probability <= 0 for class probabilities "
                          f"{np.round(p, 4).tolist()}; use a smaller spread")
     return np.log(probs) - np.log(probs[:, -1:])
-
-
-def _softmax(b):
-    e = np.exp(b - b.max())
-    return e / e.sum()
 
 
 def pde_direction(params, i, j, u) -> MoEParams:
@@ -86,7 +81,7 @@ def pde_direction(params, i, j, u) -> MoEParams:
     if not np.array_equal(params.beta1[i], params.beta1[j]) or np.any(params.a[[i, j]] != params.a[[i, j], -1:, :]):
         raise ValueError("pde_direction starts from two atoms with equal gating slopes and constant experts")
     w_i, w_j = np.exp(params.beta0[[i, j]] - np.logaddexp(params.beta0[i], params.beta0[j]))
-    p_i, p_j = _softmax(params.b[i]), _softmax(params.b[j])
+    p_i, p_j = softmax(params.b[i]), softmax(params.b[j])
     jacobian = sum(w * (np.diag(p) - np.outer(p, p)) for w, p in ((w_i, p_i), (w_j, p_j)))
     alpha = np.zeros(params.a.shape[1:])
     # Both sides sum to zero over the classes, so the reference class's row can stay at zero.
