@@ -141,3 +141,14 @@ def test_local_presets_start_at_the_degenerate_truth_and_follow_the_pde_directio
                                    atol=1e-12)
     assert local.truth_path.step(20000) == pytest.approx(1.0)
     assert local.truth_path.exponent == 0.25 and local.n_experts == local.truth.n_experts == 3
+
+
+@pytest.mark.parametrize("gating", ["standard", "tanh"])
+def test_near_presets_hold_the_local_truth_of_one_million_fixed(gating):
+    near, local = get_preset(f"vanishing-{gating}-near"), get_preset(f"vanishing-{gating}-local")
+    assert near.truth_path.exponent == 0.0
+    for n in (20000, 8_000_000):
+        at = near.truth_at(n)
+        for field in ("beta0", "beta1", "a", "b"):
+            np.testing.assert_allclose(getattr(at, field), getattr(local.truth_at(1_000_000), field), rtol=1e-12,
+                                       atol=1e-15)
