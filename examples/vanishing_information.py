@@ -37,7 +37,7 @@ import numpy as np
 
 import fastmoe
 from fastmoe.experiments import get_preset
-from fastmoe.experiments.vanishing import pde_direction, spread_intercepts
+from fastmoe.experiments.vanishing import along, pde_direction, spread_intercepts
 from fastmoe.uncertainty import free_parameter_names
 
 PRESET_HALF_WIDTH = 3.0  # the presets' X ~ Uniform[-3, 3]^2
@@ -78,12 +78,6 @@ def efficient_information(info, rows):
     cross = info[np.ix_(rows, rest)]
     return info[np.ix_(rows, rows)] - cross @ np.linalg.pinv(info[np.ix_(rest, rest)], rcond=1e-12,
                                                              hermitian=True) @ cross.T
-
-
-def along(split, direction, t):
-    """``split`` moved by ``t`` along ``direction`` (a :func:`~fastmoe.experiments.vanishing.pde_direction`)."""
-    return fastmoe.MoEParams(*(getattr(split, f) + t * getattr(direction, f) for f in ("beta0", "beta1", "a", "b")),
-                             gating=split.gating)
 
 
 def law_distance(p, q, X, w):

@@ -9,7 +9,7 @@ import fastmoe
 from fastmoe import losses
 from fastmoe.experiments import Experiment, get_preset, preset_names, run_job
 from fastmoe.experiments.config import TruthPath
-from fastmoe.experiments.vanishing import pde_direction, spread_intercepts
+from fastmoe.experiments.vanishing import along, pde_direction, spread_intercepts
 
 
 def split_pair(gating, beta0=(-0.37, -0.5, -1.0)):
@@ -20,11 +20,6 @@ def split_pair(gating, beta0=(-0.37, -0.5, -1.0)):
     return fastmoe.MoEParams(beta0=beta0, beta1=[[1.11, -2.91], [0.2, 0.1], [0.2, 0.1]],
                              a=[a0, np.zeros((3, 2)), np.zeros((3, 2))], b=[[1.77, -0.89, 0.0], *b_pair],
                              gating=gating)
-
-
-def moved(params, direction, t):
-    return fastmoe.MoEParams(*(getattr(params, f) + t * getattr(direction, f) for f in ("beta0", "beta1", "a", "b")),
-                             gating=params.gating)
 
 
 def quadrature(half=3.0, nodes=30):
@@ -41,7 +36,7 @@ def test_pde_direction_moves_the_law_at_second_order_only_with_standard_gating(g
     base = fastmoe.predict_proba(params, X)
 
     def gap(t):
-        return np.sqrt(np.sum(w[:, None] * (fastmoe.predict_proba(moved(params, direction, t), X) - base) ** 2))
+        return np.sqrt(np.sum(w[:, None] * (fastmoe.predict_proba(along(params, direction, t), X) - base) ** 2))
 
     assert gap(0.01) > 1e-8
     assert abs(np.log2(gap(0.02) / gap(0.01)) - order) < 0.05

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..params import MoEParams
 from . import _toml
-from .vanishing import spread_intercepts, vanishing_experts
+from .vanishing import along, spread_intercepts, vanishing_experts
 
 __all__ = ["Experiment", "FitOptions", "TruthPath", "XLaw", "job_seed", "job_streams", "parse_loss_name"]
 
@@ -378,9 +378,7 @@ class Experiment:
         """The true parameter of the jobs with sample size ``n`` (``truth`` unless a path is set)."""
         if self.truth_path is None:
             return self.truth
-        t, d, truth = self.truth_path.step(n), self.truth_path.direction, self.truth
-        return MoEParams(beta0=truth.beta0 + t * d.beta0, beta1=truth.beta1 + t * d.beta1, a=truth.a + t * d.a,
-                         b=truth.b + t * d.b, gating=truth.gating)
+        return along(self.truth, self.truth_path.direction, self.truth_path.step(n))
 
     # -- grid ---------------------------------------------------------------------------------------
     @property

@@ -17,7 +17,7 @@ from scipy.special import softmax
 
 from ..params import MoEParams
 
-__all__ = ["pde_direction", "spread_intercepts", "vanishing_experts"]
+__all__ = ["along", "pde_direction", "spread_intercepts", "vanishing_experts"]
 
 
 def vanishing_experts(params) -> np.ndarray:
@@ -91,3 +91,10 @@ def pde_direction(params, i, j, u) -> MoEParams:
     a[i], a[j] = alpha, alpha
     return MoEParams(beta0=np.zeros_like(params.beta0), beta1=beta1, a=a, b=np.zeros_like(params.b),
                      gating=params.gating)
+
+
+def along(params, direction, t) -> MoEParams:
+    """``params`` moved by ``t`` times ``direction`` (every array, in the coordinates ``params`` is written
+    in), with ``params``'s gating transform."""
+    fields = ("beta0", "beta1", "a", "b")
+    return MoEParams(*(getattr(params, f) + t * getattr(direction, f) for f in fields), gating=params.gating)
