@@ -136,10 +136,11 @@ def _exact_alignment(start, true, exponents):
         if res.fun < best_value:
             best_t, best_value = res.x, float(res.fun)
     aligned = _shifted(start, best_t)
-    if logsumexp(aligned.beta0) < logsumexp(true.beta0) - _DEGENERATE_MASS_LOG_RATIO:
+    log_true_mass = logsumexp(true.beta0)
+    if logsumexp(aligned.beta0) < log_true_mass - _DEGENERATE_MASS_LOG_RATIO:
         warnings.warn(
             f"exact translation alignment degenerated: the infimum over (t0, t1) sends every fitted mass to 0 "
-            f"(loss {best_value:.4g}, the total true mass {np.exp(logsumexp(true.beta0)):.4g}), which happens "
+            f"(loss {best_value:.4g}, the total true mass {np.exp(log_true_mass):.4g}), which happens "
             "whenever the closed-form loss exceeds the total true mass; use exact_translation=False",
             RuntimeWarning,
             stacklevel=4,
