@@ -19,6 +19,7 @@ import numpy as np
 
 from ._engine import Problem
 from ._newton import halve_until_q_increases, newton_directions
+from ._trust_region import QuadraticModel
 from .exceptions import FitWarning
 
 # A free logit whose bound over the data's bounding box exceeds this (odds beyond e^150) means the
@@ -38,9 +39,13 @@ INIT_NEWTON_ITER = 25
 # Newton on the log-likelihood is tried once EM's relative change is below NEWTON_SWITCH (and after at
 # least NEWTON_MIN_EM_ITER EM iterations); after a failed try, EM runs NEWTON_RETRY iterations first.
 NEWTON_SWITCH = 1e-3
-# Shifted (Levenberg-Marquardt) Newton steps, for a Hessian that is not negative definite, only once
-# EM has settled this far: EM crawling along a ridge or near a saddle.
+# Trust-region steps where the Hessian is not negative definite only once EM has settled this far:
+# EM crawling along a ridge or near a saddle.
 NEWTON_SHIFT_SWITCH = 1e-6
+# A trust-region trial is accepted when it gains this share of the model's predicted gain; the
+# region shrinks at most this many times per Newton step before the phase gives up.
+TRUST_ACCEPT = 1e-4
+TRUST_MAX_SHRINK = 30
 NEWTON_MIN_EM_ITER = 5
 NEWTON_RETRY = 10
 
@@ -116,64 +121,96 @@ def _from_free_vector(theta, W, V):
 
 
 def newton_on_loglik(problem, W, V, objective, penalty, slope_mask, tol, max_steps, record, allow_shift):
-    """Newton steps on the (penalised) log-likelihood itself, with its exact Hessian.
+    """Trust-region Newton steps on the (penalised) log-likelihood itself, with its exact Hessian.
 
-    EM converges linearly, often slowly; once it has settled near a maximum, where the log-likelihood
-    is locally concave, Newton converges quadratically. Each step takes one ``loglik_hessian_pass``;
-    a step must not lower the objective (halved up to 10 times, each trial one cheap E-step pass).
-    Where the Hessian is not negative definite and ``allow_shift`` is set (EM has settled), its spectrum
-    is shifted (Levenberg-Marquardt); without it the phase stops, so that an early try cannot carry the
-    fit away from the maximum EM is heading for. The phase
-    gives up, leaving the parameters where its last good step put them, when no halving helps: the
-    caller then goes back to EM.
+    EM converges linearly, often slowly; near a maximum where the log-likelihood is locally concave,
+    Newton converges quadratically. Each step takes one ``loglik_hessian_pass`` and solves the
+    quadratic model inside a trust region (``QuadraticModel``); trial points cost one cheap E-step
+    pass each, and the region shrinks until a trial gains a fair share of what the model predicted.
+    Where the Hessian is not negative definite the phase goes on only when ``allow_shift`` is set (EM
+    has settled): an early try must not carry the fit away from the maximum EM is heading for.
+
+    The phase *certifies* convergence: it stops as converged only at a point where the Hessian is
+    negative definite and the model's maximal gain (the Newton decrement) is at most
+    ``tol * |objective|``. A small change alone proves nothing: along a ridge every step is small.
+    It gives up, leaving the parameters where its last accepted step put them, when no trial gains:
+    the caller then goes back to EM.
 
     Returns
     -------
     W, V, objective, n_steps, converged
     """
     l2 = penalty.l2
-    for n_steps in range(max_steps):
+    radius = None
+    n_steps = 0
+    while n_steps < max_steps:
         _, grad, hess = problem.full_hessian(W, V)
         theta = _free_vector(W, V)
         grad = grad - l2 * slope_mask * theta
         A = -hess + np.diag(l2 * slope_mask)
-        if not np.isfinite(A).all():
+        if not (np.isfinite(A).all() and np.isfinite(grad).all()):
             return W, V, objective, n_steps, False
-        try:
-            L = np.linalg.cholesky(A)
-        except np.linalg.LinAlgError:
-            if not allow_shift:
-                return W, V, objective, n_steps, False
-            # Not locally concave (EM crawling along a ridge or past a saddle): shift the spectrum so
-            # that the direction is still one of ascent (Levenberg-Marquardt); the line search below
-            # keeps the step honest, and plain Newton resumes once the Hessian is negative definite.
-            lowest = np.linalg.eigvalsh(A)[0]
-            shift = -lowest + 1e-3 * max(np.abs(np.diag(A)).max(), np.finfo(float).tiny)
-            L = np.linalg.cholesky(A + shift * np.eye(A.shape[0]))
-        direction = np.linalg.solve(L.T, np.linalg.solve(L, grad))
-        if not np.isfinite(direction).all():
+        model = QuadraticModel(grad, A)
+        if not model.concave and not allow_shift:
             return W, V, objective, n_steps, False
-        t = 1.0
-        for _ in range(10):
-            W_try, V_try = _from_free_vector(theta + t * direction, W, V)
+        if model.concave and model.decrement() <= tol * abs(objective):
+            W_try, V_try = _from_free_vector(theta + model.step(np.inf)[0], W, V)
             objective_try = problem.loglik(W_try, V_try) - penalty(W_try, V_try).sum()
-            if objective_try >= objective - ROUNDING_SLACK * abs(objective) - problem.rounding_floor:
+            if objective_try > objective:
+                n_steps += 1
+                W, V, change, objective = W_try, V_try, objective_try - objective, objective_try
+                if record(W, V, objective, change):
+                    return W, V, objective, n_steps, False
+            return W, V, objective, n_steps, True
+        if radius is None:
+            radius = model.newton_length() if model.concave else 1.0
+        slack = ROUNDING_SLACK * abs(objective) + problem.rounding_floor
+        for _ in range(TRUST_MAX_SHRINK):
+            step, predicted, length = model.step(radius)
+            W_try, V_try = _from_free_vector(theta + step, W, V)
+            objective_try = problem.loglik(W_try, V_try) - penalty(W_try, V_try).sum()
+            gain = objective_try - objective
+            ratio = gain / predicted if predicted > 0 else 0.0
+            if ratio < 0.25:
+                radius = 0.25 * length
+            elif ratio > 0.75 and length >= 0.99 * radius:
+                radius = 2.0 * radius
+            if gain > slack and ratio > TRUST_ACCEPT:  # also rejects NaN
                 break
-            t *= 0.5
         else:
             return W, V, objective, n_steps, False
-        change = objective_try - objective
+        n_steps += 1
         W, V, objective = W_try, V_try, objective_try
-        if record(W, V, objective, change):
-            return W, V, objective, n_steps + 1, False
-        if abs(change) <= tol * abs(objective):
-            return W, V, objective, n_steps + 1, True
-    return W, V, objective, max_steps, False
+        if record(W, V, objective, gain):
+            return W, V, objective, n_steps, False
+    return W, V, objective, n_steps, False
+
+
+def em_settled(change, previous_change, threshold):
+    """Whether EM is within ``threshold`` of the limit of its objective.
+
+    EM converges linearly: successive changes shrink by a ratio ``r`` that tends to the largest
+    eigenvalue of its iteration map, and the objective still lies ``change * r / (1 - r)`` below its
+    limit (Aitken's extrapolation; Böhning et al. 1994, McNicholas et al. 2010). Near a degenerate
+    maximum ``r`` tends to 1, so a change far below ``threshold`` can leave far more than ``threshold``
+    to gain: both the change and that remainder must be small. A change that is not positive (within
+    the caller's rounding slack) means EM has stopped moving.
+    """
+    if change > threshold:
+        return False
+    if change <= 0.0:
+        return True
+    ratio = change / previous_change if previous_change > 0.0 else np.inf
+    return bool(ratio < 1.0 and change * ratio / (1.0 - ratio) <= threshold)
 
 
 def run_em(problem: Problem, W, V, *, max_iter, tol, l2, newton=True, callback=None, verbose=0,
            make_params=None):
-    """Generalised EM from (W, V) until the relative objective change is below ``tol``.
+    """Generalised EM from (W, V) until the objective is within ``tol * |objective|`` of its maximum.
+
+    Convergence is judged by an estimate of the remaining gain, not by the last change alone: Aitken's
+    extrapolation of EM's linear convergence (``em_settled``), or the Newton decrement at a point where
+    the Hessian is negative definite (``newton_on_loglik``).
 
     Parameters
     ----------
@@ -206,6 +243,7 @@ def run_em(problem: Problem, W, V, *, max_iter, tol, l2, newton=True, callback=N
     state = EMState(W, V, objective, result.loglik, 0, False, False, False, (), [objective])
     start = time.perf_counter()
     next_newton = NEWTON_MIN_EM_ITER
+    change = np.inf
 
     def record(W, V, objective, change):
         """Book-keeping after every iteration; True when the callback asks to stop."""
@@ -242,11 +280,11 @@ def run_em(problem: Problem, W, V, *, max_iter, tol, l2, newton=True, callback=N
                     stacklevel=3,
                 )
                 break
-        change = objective_new - objective
+        change, previous_change = objective_new - objective, change
         W, V, result, objective = W_new, V_new, result_new, objective_new
         if record(W, V, objective, change):
             break
-        if abs(change) <= tol * max(abs(objective), np.finfo(float).tiny):
+        if em_settled(change, previous_change, tol * max(abs(objective), np.finfo(float).tiny)):
             state.converged = True
             break
         if logit_bound(W, V, x_scale, z_scale) > DIVERGENCE_LOGIT:
@@ -264,6 +302,7 @@ def run_em(problem: Problem, W, V, *, max_iter, tol, l2, newton=True, callback=N
                 state.converged = converged
                 break
             next_newton = state.n_iter + NEWTON_RETRY
+            change = np.inf  # EM's ratio of changes restarts from the point Newton left
     state.W, state.V = W, V
     # Diverging coefficients show either in the logit bound or, when the data are separable, in a
     # likelihood saturated at 1 (the supremum is reached only at infinity), or in a class that never

@@ -72,7 +72,8 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     max_iter : int, default=1000
         EM iteration cap.
     tol : float, default=1e-8
-        Stop when the relative change of the objective falls below ``tol``.
+        Stop when the objective is estimated within ``tol * |objective|`` of its maximum (see
+        :func:`fastmoe.fit`).
     warm_start : bool, default=False
         Start the next :meth:`fit` from the current ``params_`` (when the number of experts, classes
         and features still match) instead of from ``init``.

@@ -43,7 +43,7 @@ class FitResult:
     n_iter : int
         EM iterations of the kept run.
     converged : bool
-        Whether the relative change of the objective fell below ``tol``.
+        Whether the objective was judged within ``tol * |objective|`` of its maximum (see ``tol``).
     diverged : bool
         Whether coefficients were running off to infinity (quasi-separation: the MLE need not exist).
     empty_experts : tuple of int
@@ -130,7 +130,7 @@ def _check_init(init, gating, n_experts, n_features, n_classes):
 def _message(state, max_iter, tol):
     parts = []
     if state.converged:
-        parts.append(f"converged in {state.n_iter} iterations (relative change <= tol={tol:g})")
+        parts.append(f"converged in {state.n_iter} iterations (estimated remaining gain <= tol={tol:g} relative)")
     elif state.stopped:
         parts.append(f"stopped by the callback after {state.n_iter} iterations")
     elif state.n_iter >= max_iter:
@@ -192,7 +192,12 @@ def fit(
         Restarts of a data-driven ``init``; the fit with the highest objective is kept.
     max_iter : int, default=1000
     tol : float, default=1e-8
-        Stop when ``|objective change| <= tol * |objective|``.
+        Stop when the objective is estimated to lie within ``tol * |objective|`` of its maximum: the
+        last change must be that small and so must what is left to gain, estimated from EM's rate of
+        convergence (Aitken) or, in the Newton finish, by the Newton decrement at a point where the
+        Hessian is negative definite. A small change alone is not enough: near a degenerate maximum
+        (an over-fitted, vanishing expert) EM crawls, and a fit stopped by its last change can lie
+        whole nats short of the maximum at large ``n``.
     l2 : float, default=0.0
         Optional ridge penalty ``l2 / 2 * ||slopes||^2`` (intercepts are not penalised); off by default.
     newton : bool, default=True
