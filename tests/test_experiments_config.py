@@ -212,6 +212,10 @@ def test_store_keeps_one_row_per_job_and_exports(tmp_path):
         store.register(exp.with_grid(n_replications=10))
         with pytest.raises(ValueError, match="different definition"):
             store.register(small_experiment(base_seed=99))
+        # Nor are the rows of another fastmoe version (its fit may stop elsewhere).
+        store._conn.execute("UPDATE experiments SET fastmoe_version = '0.0.1' WHERE name = ?", (exp.name,))
+        with pytest.raises(ValueError, match="run by fastmoe 0.0.1"):
+            store.register(exp)
     assert csv_path.read_text().count("\n") == 3
     pq = pytest.importorskip("pyarrow.parquet")
     assert pq.read_table(parquet_path).num_rows == 2

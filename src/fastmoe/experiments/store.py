@@ -154,12 +154,13 @@ class ResultStore:
     def register(self, experiment: Experiment) -> None:
         """Store (or update) the definition of ``experiment``.
 
-        A name already stored with another :meth:`~Experiment.model_digest` is refused: its rows were
-        computed by a different model or fit and must not be mixed. The grid (sample sizes,
-        replications) may change between runs; the stored definition is the latest one.
+        A name already stored with another :meth:`~Experiment.model_digest`, or registered by another
+        fastmoe version, is refused: its rows were computed by a different model or fit (a new version
+        may stop or step differently) and must not be mixed. The grid (sample sizes, replications) may
+        change between runs; the stored definition is the latest one.
         """
         row = self._conn.execute(
-            "SELECT digest FROM experiments WHERE name = ?", (experiment.name,)
+            "SELECT digest, fastmoe_version FROM experiments WHERE name = ?", (experiment.name,)
         ).fetchone()
         digest = experiment.model_digest()
         now = _now()
@@ -174,6 +175,12 @@ class ResultStore:
                 f"{self.path} already holds experiment {experiment.name!r} with a different definition "
                 f"(digest {row[0]} vs {digest}: truth, fit options, losses or seed differ). Use another "
                 "output directory or give the experiment another name."
+            )
+        elif row[1] != fastmoe_version():
+            raise ValueError(
+                f"{self.path} holds experiment {experiment.name!r} run by fastmoe {row[1]}, and this is "
+                f"fastmoe {fastmoe_version()}: its fits may differ, so the rows must not be mixed. Use "
+                "another output directory, or finish the study with the version that started it."
             )
         else:
             self._conn.execute(
