@@ -7,7 +7,7 @@ import reference_numpy as ref
 from scipy.optimize import minimize
 
 import fastmoe
-from fastmoe._em import em_settled
+from fastmoe._em import em_settled, newton_settled
 from fastmoe._trust_region import QuadraticModel
 from fastmoe.experiments import get_preset
 from fastmoe.experiments.init import init_near_truth
@@ -90,6 +90,18 @@ def test_em_settled_edge_cases():
     assert not em_settled(2e-6, 1.0, 1e-6)  # the change itself is too large
     assert not em_settled(1e-7, 1e-7, 1e-6)  # not contracting: no remainder estimate
     assert not em_settled(1e-7, 0.9e-7, 1e-6)
+
+
+def test_newton_settled_needs_collapsing_decrements():
+    threshold = 1e-2
+    # quadratic convergence: each decrement about the square of the last (in units of the first)
+    assert newton_settled([5e-3, 1.7e-3, 3e-4], threshold)
+    # a zig-zag along a flat valley: every decrement below the threshold, none collapsing
+    assert not newton_settled([2e-2, 7e-3, 2e-2, 7e-3], threshold)
+    assert not newton_settled([9e-3, 8e-3, 7e-3], threshold)  # slow contraction: 7e-3 / (1 - 0.89) > 1e-2
+    # too little history, or a non-concave point (inf) among the last three
+    assert not newton_settled([3e-4], threshold) and not newton_settled([np.inf, 1e-3, 3e-4], threshold)
+    assert newton_settled([np.inf, 1e-3, 1e-6], threshold)  # negligible on its own
 
 
 def _vanishing_tanh_job(n, replication):

@@ -45,6 +45,8 @@ NEWTON_SHIFT_SWITCH = 1e-6
 # A trust-region trial is accepted when it gains this share of the model's predicted gain; the
 # region shrinks at most this many times per Newton step before the phase gives up.
 TRUST_ACCEPT = 1e-4
+# A Newton decrement this small relative to the stopping threshold certifies convergence on its own.
+NEGLIGIBLE_DECREMENT = 1e-3
 TRUST_MAX_SHRINK = 30
 NEWTON_MIN_EM_ITER = 5
 NEWTON_RETRY = 10
@@ -130,9 +132,10 @@ def newton_on_loglik(problem, W, V, objective, penalty, slope_mask, tol, max_ste
     Where the Hessian is not negative definite the phase goes on only when ``allow_shift`` is set (EM
     has settled): an early try must not carry the fit away from the maximum EM is heading for.
 
-    The phase *certifies* convergence: it stops as converged only at a point where the Hessian is
-    negative definite and the model's maximal gain (the Newton decrement) is at most
-    ``tol * |objective|``. A small change alone proves nothing: along a ridge every step is small.
+    The phase *certifies* convergence (``newton_settled``): it stops as converged only at a point
+    where the Hessian is negative definite and the Newton decrement, extrapolated over the steps still
+    to come, is at most ``tol * |objective|``. A small change alone proves nothing: along a ridge
+    every step is small.
     It gives up, leaving the parameters where its last accepted step put them, when no trial gains:
     the caller then goes back to EM.
 
@@ -143,6 +146,7 @@ def newton_on_loglik(problem, W, V, objective, penalty, slope_mask, tol, max_ste
     l2 = penalty.l2
     radius = None
     n_steps = 0
+    decrements = []
     while n_steps < max_steps:
         _, grad, hess = problem.full_hessian(W, V)
         theta = _free_vector(W, V)
@@ -153,7 +157,8 @@ def newton_on_loglik(problem, W, V, objective, penalty, slope_mask, tol, max_ste
         model = QuadraticModel(grad, A)
         if not model.concave and not allow_shift:
             return W, V, objective, n_steps, False
-        if model.concave and model.decrement() <= tol * abs(objective):
+        decrements.append(model.decrement())
+        if newton_settled(decrements, tol * abs(objective)):
             W_try, V_try = _from_free_vector(theta + model.step(np.inf)[0], W, V)
             objective_try = problem.loglik(W_try, V_try) - penalty(W_try, V_try).sum()
             if objective_try > objective:
@@ -184,6 +189,27 @@ def newton_on_loglik(problem, W, V, objective, penalty, slope_mask, tol, max_ste
         if record(W, V, objective, gain):
             return W, V, objective, n_steps, False
     return W, V, objective, n_steps, False
+
+
+def newton_settled(decrements, threshold):
+    """Whether Newton steps are within ``threshold`` of the maximum, given the decrements so far.
+
+    The Newton decrement (the quadratic model's maximal gain) estimates what is left only where the
+    model holds over the whole way. Near a degenerate maximum it does not: the steps zig-zag along a
+    curved, nearly flat valley, each gaining about the same small amount while many remain. Quadratic
+    convergence shows as decrements that collapse from step to step, so the last decrement ``d`` is
+    extrapolated like a linearly converging sequence, ``d / (1 - r)``, with ``r`` the larger of the
+    last two ratios of successive decrements: three decrements at concave points are needed, unless
+    the last is negligible on its own.
+    """
+    d = decrements[-1]
+    if d <= NEGLIGIBLE_DECREMENT * threshold:
+        return True
+    last = decrements[-3:]
+    if len(last) < 3 or not (d <= threshold and np.isfinite(last).all() and min(last) > 0.0):
+        return False
+    ratio = max(last[2] / last[1], last[1] / last[0])
+    return bool(ratio < 1.0 and d / (1.0 - ratio) <= threshold)
 
 
 def em_settled(change, previous_change, threshold):
