@@ -181,7 +181,7 @@ def fm_fit(X, y, shape, n_threads, **options):
 
 def np_fit(X, y, shape):
     W, V = start(shape)
-    _, _, loglik, n_iter, converged, _ = ref.em_fit(W, V, X, X, y, tol=FIT_TOL, max_iter=FIT_MAX_ITER)
+    _, _, loglik, n_iter, converged, _ = ref.em_fit(W, V, X, X, y, tol=FIT_TOL, max_iter=FIT_MAX_ITER, aitken=True)
     return {"loglik": loglik, "n_iter": n_iter, "converged": converged}
 
 

@@ -484,7 +484,7 @@ def em_step(W, V, X, Z, y, w=None, max_halvings=30):
     return W_new, V_new, ll_old
 
 
-def em_fit(W, V, X, Z, y, w=None, tol=1e-8, max_iter=1000):
+def em_fit(W, V, X, Z, y, w=None, tol=1e-8, max_iter=1000, aitken=False):
     """Run :func:`em_step` until the relative log-likelihood change drops below ``tol``.
 
     Parameters
@@ -499,6 +499,10 @@ def em_fit(W, V, X, Z, y, w=None, tol=1e-8, max_iter=1000):
         Stop when ``|ll_t - ll_{t-1}| <= tol * |ll_{t-1}|``.
     max_iter : int, default=1000
         Maximum number of EM steps.
+    aitken : bool, default=False
+        Also require Aitken's estimate of what is left to gain, ``c_t r / (1 - r)`` with
+        ``c_t = ll_t - ll_{t-1}`` and ``r = c_t / c_{t-1}``, to be at most ``tol * |ll_t|`` (the rule of
+        ``fastmoe.fit``; a change that is not positive stops at once).
 
     Returns
     -------
@@ -524,9 +528,16 @@ def em_fit(W, V, X, Z, y, w=None, tol=1e-8, max_iter=1000):
         else:
             ll = loglik(W, V, X, Z, y, w)
         history.append(ll)
-        if t > 0 and abs(ll - history[-2]) <= tol * abs(history[-2]):
+        if t > 0 and not aitken and abs(ll - history[-2]) <= tol * abs(history[-2]):
             converged = True
             break
+        if t > 0 and aitken:
+            c = ll - history[-2]
+            c_prev = history[-2] - history[-3] if t > 1 else np.inf
+            r = c / c_prev if c_prev > 0 else np.inf
+            if c <= 0 or (c <= tol * abs(ll) and r < 1 and c * r / (1 - r) <= tol * abs(ll)):
+                converged = True
+                break
         if t < max_iter:
             W, V = W_new, V_new
     return W, V, history[-1], len(history) - 1, converged, np.asarray(history)

@@ -104,6 +104,22 @@ def test_newton_settled_needs_collapsing_decrements():
     assert newton_settled([np.inf, 1e-3, 1e-6], threshold)  # negligible on its own
 
 
+@pytest.mark.parametrize("tol", [1e-6, 1e-9])
+def test_plain_em_stops_where_the_reference_em_with_aitken_stops(rng, well_separated, tol):
+    # Same algorithm, same stopping rule, written independently: the same iteration and log-likelihood.
+    X, y = fastmoe.sample(well_separated, n=3000, random_state=rng)
+    start = fastmoe.MoEParams(np.zeros(2), np.zeros((2, 2)), rng.normal(0, 0.3, (2, 3, 2)), np.zeros((2, 3)))
+    result = fastmoe.fit(X, y, 2, init=start, tol=tol, max_iter=3000, newton=False, n_threads=1)
+    W, V = start.normalized().packed()
+    _, _, loglik, n_iter, converged, history = ref.em_fit(W, V, X, X, y, tol=tol, max_iter=3000, aitken=True)
+    assert result.converged and converged
+    assert result.n_iter == n_iter
+    assert result.loglik == pytest.approx(loglik, rel=1e-11)
+    # and the remainder rule ran past the point where the change alone was small
+    plain_stop = ref.em_fit(W, V, X, X, y, tol=tol, max_iter=3000)[3]
+    assert n_iter > plain_stop
+
+
 def _vanishing_tanh_job(n, replication):
     """Data and start of one job of the near-degenerate tanh preset (a split vanishing expert)."""
     exp = get_preset("vanishing-tanh-near")
