@@ -127,7 +127,8 @@ class FitOptions:
     max_iter : int, default=2000
         EM iteration cap; a fit that reaches it is recorded as such.
     tol : float, default=1e-8
-        Relative log-likelihood tolerance of EM.
+        Stopping tolerance of :func:`fastmoe.fit`: the fit stops once the objective is estimated within
+        ``tol * |objective|`` of its maximum.
     l2 : float, default=0.0
         Ridge penalty passed to :func:`fastmoe.fit`.
     """
