@@ -164,7 +164,7 @@ def fit_table(idx, N):
     lines += ["", "*speed-up*: NumPy EM time / fastmoe (default options) time; *EM speed-up*: NumPy EM / fastmoe "
               "with `newton=False` (same algorithm, same iterations). *loglik vs NumPy EM*: (fastmoe − NumPy) / "
               "|NumPy| at the end: positive means fastmoe ends higher (Newton reaches the maximum; EM stopped "
-              "by a 1e-10 relative change is still short of it).", ""]
+              "by Aitken's estimate of the gain left, 1e-10 relative, is still a little short of it).", ""]
     return lines
 
 

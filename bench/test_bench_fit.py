@@ -10,9 +10,9 @@
 Fits are long, so each is timed once (one round, no warm-up) except at n = 1e4. Checks outside the
 timed region: every fit converged; thread counts agree; plain EM ends at NumPy EM's log-likelihood to
 1e-9 relative; the default fit (EM + Newton) ends no lower than NumPy EM minus 1e-9 relative. The
-last check is one-sided on purpose: EM stopped by a relative change of 1e-10 is still ~3e-9 (relative)
-below the maximum at d=2, n=1e4 (slow linear convergence), while Newton reaches the maximum itself, so
-the two stopping points differ by more than 1e-9. ``extra_info["rel_gain_over_numpy"]`` records it.
+last check is one-sided on purpose: EM stopped by the 1e-10 rule is still a little below the maximum at
+d=2, n=1e4 (slow linear convergence; ~3e-9 relative with the change-only rule of fastmoe 0.1.0), while
+Newton reaches the maximum itself. ``extra_info["rel_gain_over_numpy"]`` records it.
 """
 
 import inspect
