@@ -41,13 +41,13 @@ INIT_NEWTON_ITER = 25
 NEWTON_SWITCH = 1e-3
 # Trust-region steps where the Hessian is not negative definite only once EM has settled this far:
 # EM crawling along a ridge or near a saddle.
-NEWTON_SHIFT_SWITCH = 1e-6
+NEWTON_INDEFINITE_SWITCH = 1e-6
 # A trust-region trial is accepted when it gains this share of the model's predicted gain; the
 # region shrinks at most this many times per Newton step before the phase gives up.
 TRUST_ACCEPT = 1e-4
+TRUST_MAX_SHRINK = 30
 # A Newton decrement this small relative to the stopping threshold certifies convergence on its own.
 NEGLIGIBLE_DECREMENT = 1e-3
-TRUST_MAX_SHRINK = 30
 NEWTON_MIN_EM_ITER = 5
 NEWTON_RETRY = 10
 
@@ -122,15 +122,15 @@ def _from_free_vector(theta, W, V):
     return W, V
 
 
-def newton_on_loglik(problem, W, V, objective, penalty, slope_mask, tol, max_steps, record, allow_shift):
+def newton_on_loglik(problem, W, V, objective, penalty, slope_mask, tol, max_steps, record, allow_indefinite):
     """Trust-region Newton steps on the (penalised) log-likelihood itself, with its exact Hessian.
 
     EM converges linearly, often slowly; near a maximum where the log-likelihood is locally concave,
     Newton converges quadratically. Each step takes one ``loglik_hessian_pass`` and solves the
     quadratic model inside a trust region (``QuadraticModel``); trial points cost one cheap E-step
     pass each, and the region shrinks until a trial gains a fair share of what the model predicted.
-    Where the Hessian is not negative definite the phase goes on only when ``allow_shift`` is set (EM
-    has settled): an early try must not carry the fit away from the maximum EM is heading for.
+    Where the Hessian is not negative definite the phase goes on only when ``allow_indefinite`` is set
+    (EM has settled): an early try must not carry the fit away from the maximum EM is heading for.
 
     The phase *certifies* convergence (``newton_settled``): it stops as converged only at a point
     where the Hessian is negative definite and the Newton decrement, extrapolated over the steps still
@@ -155,7 +155,7 @@ def newton_on_loglik(problem, W, V, objective, penalty, slope_mask, tol, max_ste
         if not (np.isfinite(A).all() and np.isfinite(grad).all()):
             return W, V, objective, n_steps, False
         model = QuadraticModel(grad, A)
-        if not model.concave and not allow_shift:
+        if not model.concave and not allow_indefinite:
             return W, V, objective, n_steps, False
         decrements.append(model.decrement())
         if newton_settled(decrements, tol * abs(objective)):
@@ -318,7 +318,7 @@ def run_em(problem: Problem, W, V, *, max_iter, tol, l2, newton=True, callback=N
         if newton and state.n_iter >= next_newton and abs(change) <= NEWTON_SWITCH * abs(objective):
             W_n, V_n, objective_n, n_steps, converged = newton_on_loglik(
                 problem, W, V, objective, penalty, slope_mask, tol, max_iter - state.n_iter, record,
-                allow_shift=abs(change) <= NEWTON_SHIFT_SWITCH * abs(objective),
+                allow_indefinite=abs(change) <= NEWTON_INDEFINITE_SWITCH * abs(objective),
             )
             state.n_newton += n_steps
             if n_steps:
