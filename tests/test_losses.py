@@ -1,7 +1,6 @@
 """Tests of the Voronoi losses (``MODEL.md`` section 4) on hand-made mixing measures."""
 
 import math
-
 import warnings
 
 import numpy as np
