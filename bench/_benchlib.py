@@ -44,7 +44,7 @@ import reference_numpy as ref  # noqa: E402
 
 import fastmoe  # noqa: E402
 from fastmoe import _kernels  # noqa: E402
-from fastmoe._engine import Problem  # noqa: E402
+from fastmoe._problem import Problem  # noqa: E402
 from fastmoe._validation import effective_n_threads  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
@@ -118,8 +118,8 @@ def fm_newton_pass(prob, W, V):
     r = prob.newton_pass(W, V)
     return {
         "loglik": r.loglik, "expert_weight": r.expert_weight,
-        "grad_gate": r.grad_gate, "neg_hess_gate": r.hess_gate,
-        "grad_expert": r.grad_expert, "neg_hess_expert": r.hess_expert,
+        "grad_gate": r.grad_gate, "neg_hess_gate": r.neg_hess_gate,
+        "grad_expert": r.grad_expert, "neg_hess_expert": r.neg_hess_expert,
     }
 
 
@@ -144,23 +144,20 @@ class FastmoeEMIteration:
     """The steady-state body of ``fastmoe._em.run_em``'s loop (accepted step, no penalty)."""
 
     def __init__(self, prob, W, V):
-        from fastmoe._em import EMPTY_EXPERT_FRACTION, _slope_masks
+        from fastmoe._penalty import Penalty
 
         self.prob, self.W, self.V = prob, W, V
-        self.masks = _slope_masks(prob)
+        self.penalty = Penalty(0.0, prob)
         self.result = prob.newton_pass(W, V)  # from the previous iteration in the real loop
-        self.empty_cut = EMPTY_EXPERT_FRACTION * prob.total_weight
 
     def __call__(self):
-        from fastmoe._em import ROUNDING_SLACK
-        from fastmoe._newton import newton_directions
+        from fastmoe._mstep import newton_directions
 
-        active = self.result.expert_weight > self.empty_cut
-        dW, dV = newton_directions(self.result, self.W, self.V, 0.0, *self.masks, active)
+        active = self.result.expert_weight > self.prob.empty_expert_cut
+        dW, dV = newton_directions(self.result, self.W, self.V, self.penalty, active)
         W_new, V_new = self.W + dW, self.V + dV
         result_new = self.prob.newton_pass(W_new, V_new)
-        slack = ROUNDING_SLACK * abs(self.result.loglik) + self.prob.rounding_floor
-        accepted = result_new.loglik >= self.result.loglik - slack
+        accepted = result_new.loglik >= self.result.loglik - self.prob.slack(self.result.loglik)
         return W_new, V_new, accepted
 
 

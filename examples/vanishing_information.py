@@ -38,7 +38,7 @@ import numpy as np
 import fastmoe
 from fastmoe.experiments import get_preset
 from fastmoe.experiments.vanishing import along, pde_direction, spread_intercepts
-from fastmoe.uncertainty import free_parameter_names
+from fastmoe.params import free_parameter_names
 
 PRESET_HALF_WIDTH = 3.0  # the presets' X ~ Uniform[-3, 3]^2
 PRESETS = ("vanishing-standard", "vanishing-tanh", "vanishing-sigmoid")

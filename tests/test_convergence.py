@@ -7,7 +7,7 @@ import reference_numpy as ref
 from scipy.optimize import minimize
 
 import fastmoe
-from fastmoe._em import em_settled, newton_settled
+from fastmoe._monitor import STOP_REASONS, ConvergenceMonitor, em_settled, newton_settled
 from fastmoe._trust_region import QuadraticModel
 from fastmoe.experiments import get_preset
 from fastmoe.experiments.init import init_near_truth
@@ -166,3 +166,33 @@ def _intercept_mask(W, V):
     mW[:, 0] = 1.0
     mV[:, :, 0] = 1.0
     return mW, mV
+
+
+def test_monitor_books_iterations_and_keeps_the_first_stop_reason():
+    calls = []
+    monitor = ConvergenceMonitor(1e-8, 3, callback=lambda n, W, V, obj: calls.append((n, obj)) or n == 2)
+    monitor.start(-10.0)
+    assert not monitor.record(None, None, -9.0, 1.0)
+    assert monitor.record(None, None, -8.5, 0.5, newton=True)  # the callback asks to stop at 2
+    assert monitor.reason == "callback" and not monitor.converged
+    monitor.stop("converged")  # a later reason does not overwrite the first
+    assert monitor.reason == "callback"
+    assert monitor.history == [-10.0, -9.0, -8.5] and (monitor.n_iter, monitor.n_newton) == (2, 1)
+    assert calls == [(1, -9.0), (2, -8.5)] and monitor.iterations_left == 1
+    with pytest.raises(ValueError, match="unknown stop reason"):
+        ConvergenceMonitor(1e-8, 3).stop("tired")
+
+
+def test_monitor_message_names_every_stop_reason():
+    messages = set()
+    for reason in STOP_REASONS:
+        monitor = ConvergenceMonitor(1e-8, 50)
+        monitor.stop(reason)
+        messages.add(monitor.message())
+        assert monitor.converged == (reason == "converged")
+    assert len(messages) == len(STOP_REASONS)
+    text = ConvergenceMonitor(1e-8, 50).message(diverged=True, empty_experts=(1,))
+    assert "diverging" in text and "experts [1]" in text
+    # The threshold is relative, with a floor so that a zero objective does not make it zero.
+    assert ConvergenceMonitor(1e-8, 50).threshold(-2e4) == pytest.approx(2e-4)
+    assert ConvergenceMonitor(1e-8, 50).threshold(0.0) > 0.0

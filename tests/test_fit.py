@@ -11,7 +11,7 @@ from conftest import random_params
 
 import fastmoe
 from fastmoe import losses
-from fastmoe._engine import Problem
+from fastmoe._problem import Problem
 
 REFERENCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "flexmix-sigmoid-n3000"
 
@@ -103,9 +103,9 @@ def test_q_gradient_matches_finite_differences(rng):
                 gp = problem.newton_pass(W, Vp, base_resp := fastmoe.responsibilities(params, X, y)).grad_expert[e]
                 gm = problem.newton_pass(W, Vm, base_resp).grad_expert[e]
                 column = (gp - gm) / (2 * h)
-                np.testing.assert_allclose(-column, base.hess_expert[e][:, s * 3 + p], rtol=1e-5, atol=1e-6)
-    assert np.allclose(base.hess_gate, base.hess_gate.T)
-    assert np.linalg.eigvalsh(base.hess_gate).min() > -1e-9
+                np.testing.assert_allclose(-column, base.neg_hess_expert[e][:, s * 3 + p], rtol=1e-5, atol=1e-6)
+    assert np.allclose(base.neg_hess_gate, base.neg_hess_gate.T)
+    assert np.linalg.eigvalsh(base.neg_hess_gate).min() > -1e-9
 
 
 def test_single_expert_is_multinomial_logistic_regression(rng):
@@ -147,11 +147,11 @@ def test_recovers_the_truth_at_large_n(well_separated):
     # Asymptotic normality: every free parameter within 5 standard errors of the truth (standard errors
     # from the observed information at the MLE; P(|z| > 5) ~ 6e-7 per parameter).
     problem = Problem(X, X, y, np.empty(0), 2, 3, 1)
-    _, grad, hess = problem.full_hessian(*result.params.packed())
-    se = np.sqrt(np.diag(np.linalg.inv(-hess)))
+    _, grad, neg_hess = problem.hessian_pass(*result.params.packed())
+    se = np.sqrt(np.diag(np.linalg.inv(neg_hess)))
     z = (ref.pack_free(*result.params.packed()) - ref.pack_free(*well_separated.packed())) / se
     assert np.abs(z).max() < 5, z
-    assert np.abs(grad).max() < 1e-4 * np.abs(hess).max()
+    assert np.abs(grad).max() < 1e-4 * np.abs(neg_hess).max()
     # In Voronoi terms the fit is far closer to the truth than its start was.
     assert losses.D1(result.params, well_separated) < 0.25 * losses.D1(start, well_separated)
     # The fit does not depend on expert labels: a data-driven start finds the same optimum.
@@ -202,6 +202,8 @@ def test_separable_data_is_reported_not_crashed(rng):
     with pytest.warns(fastmoe.ConvergenceWarning, match="diverging"):
         result = fastmoe.fit(X, y, 2, random_state=rng, max_iter=500)
     assert result.diverged and not result.converged
+    # The message names why the loop stopped, not just when.
+    assert result.message.split(";")[0] != f"stopped after {result.n_iter} iterations"
     assert np.isfinite(result.loglik) and _monotone(result.history, 400)
     # With a ridge the MLE exists and the fit converges.
     penalised = fastmoe.fit(X, y, 2, random_state=rng, l2=1.0, max_iter=2000)
@@ -271,6 +273,7 @@ def test_result_methods(rng, well_separated, capsys):
     X, y = fastmoe.sample(well_separated, n=3000, random_state=rng)
     result = fastmoe.fit(X, y, 2, init=well_separated, verbose=2, max_iter=500, tol=1e-6)
     assert "[fastmoe] iter" in capsys.readouterr().out
+    assert len(result.history) == result.n_iter + 1 and 0 < result.n_newton < result.n_iter
     proba = result.predict_proba(X)
     assert proba.shape == (3000, 3)
     assert np.array_equal(result.predict(X), proba.argmax(axis=1))

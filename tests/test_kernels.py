@@ -7,7 +7,7 @@ from conftest import random_params
 
 import fastmoe
 from fastmoe import _kernels
-from fastmoe._engine import Problem
+from fastmoe._problem import Problem
 
 SHAPES = [(1, 2, 1), (2, 3, 2), (3, 3, 2), (4, 5, 3)]  # (k, K, d)
 
@@ -36,7 +36,7 @@ def test_newton_pass_matches_reference(rng, k, K, d, gating, weighted):
     np.testing.assert_allclose(result.loglik, ref.loglik(W, V, X, Z, y, w), rtol=1e-12)
     g, H = ref.gate_grad_hess(W, Z, tau, w)
     np.testing.assert_allclose(result.grad_gate, g, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(result.hess_gate, -H, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(result.neg_hess_gate, -H, rtol=1e-10, atol=1e-10)
     problem = _problem(X, Z, y, k, K, w)
     q = problem.q_values(W, V, W, V)
     np.testing.assert_allclose(q[0], ref.q_gate(W, Z, tau, w), rtol=1e-11)
@@ -44,7 +44,7 @@ def test_newton_pass_matches_reference(rng, k, K, d, gating, weighted):
     for i in range(k):
         g, H = ref.expert_grad_hess(V[i], X, y, tau[:, i], w)
         np.testing.assert_allclose(result.grad_expert[i], g, rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(result.hess_expert[i], -H, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(result.neg_hess_expert[i], -H, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(q[1 + i], ref.q_expert(V[i], X, y, tau[:, i], w), rtol=1e-11)
         np.testing.assert_allclose(result.expert_weight[i], np.sum(ww * tau[:, i]), rtol=1e-12)
 
@@ -74,7 +74,7 @@ def test_resp_in_replaces_responsibilities(rng):
     result = problem.newton_pass(W, V, tau)
     g, H = ref.gate_grad_hess(W, Z, tau)
     np.testing.assert_allclose(result.grad_gate, g, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(result.hess_gate, -H, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(result.neg_hess_gate, -H, rtol=1e-10, atol=1e-10)
     W2, V2 = random_params(rng, 3, 3, 2).packed()
     q = problem.q_values(W, V, W2, V2, tau)
     assert q[0] == pytest.approx(ref.q_gate(W2, Z, tau), rel=1e-11)
@@ -107,7 +107,7 @@ def test_results_identical_for_any_thread_count(rng, n):
         logp = fastmoe.loglik_samples(params, X, y, n_threads=n_threads)
         proba = fastmoe.predict_proba(params, X, n_threads=n_threads)
         q = problem.q_values(W, V, W * 0.9, V * 1.1)
-        outputs.append((r.loglik, r.grad_gate, r.hess_gate, r.grad_expert, r.hess_expert, logp, proba, q))
+        outputs.append((r.loglik, r.grad_gate, r.neg_hess_gate, r.grad_expert, r.neg_hess_expert, logp, proba, q))
     for other in outputs[1:]:
         for a, b in zip(outputs[0], other):
             assert np.array_equal(a, b)  # bitwise, not approximately
@@ -133,7 +133,7 @@ def test_extreme_logits_stay_finite(rng):
     X, Z, y = _data(rng, params, 500)
     W, V = params.packed()
     r = _problem(X, Z, y, 3, 3).newton_pass(W, V)
-    for value in (r.loglik, r.grad_gate, r.hess_gate, r.grad_expert, r.hess_expert):
+    for value in (r.loglik, r.grad_gate, r.neg_hess_gate, r.grad_expert, r.neg_hess_expert):
         assert np.isfinite(value).all()
     resp = fastmoe.responsibilities(params, X, y)
     assert np.isfinite(resp).all() and (resp >= 0).all()

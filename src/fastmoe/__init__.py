@@ -7,8 +7,8 @@ identity (standard softmax gating) or a bounded transform (modified softmax gati
 from . import losses
 from ._openmp import openmp_enabled
 from .exceptions import ConvergenceWarning, FitWarning
-from .fit import FitResult, fit
-from .inference import (
+from ._fit import FitResult, fit
+from ._predict import (
     expert_proba,
     gate_proba,
     loglik,
@@ -17,14 +17,12 @@ from .inference import (
     predict_proba,
     responsibilities,
 )
-from .params import GATING_TRANSFORMS, MoEParams
+from .params import GATING_TRANSFORMS, MoEParams, free_parameter_names, free_parameters
 from .sampling import sample
 from .uncertainty import (
     ParameterTable,
     UncertaintyWarning,
     expected_information,
-    free_parameter_names,
-    free_parameters,
     observed_information,
     parameter_table,
 )

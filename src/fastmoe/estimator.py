@@ -18,8 +18,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from . import inference
-from .fit import INIT_METHODS, fit
+from . import _predict
+from ._fit import fit
+from ._init import INIT_METHODS
 from .params import MoEParams
 
 try:  # scikit-learn >= 1.6
@@ -70,7 +71,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     n_init : int, default=1
         Restarts of a data-driven ``init``; the best objective is kept.
     max_iter : int, default=1000
-        EM iteration cap.
+        Iteration cap, EM and Newton steps together.
     tol : float, default=1e-8
         Stop when the objective is estimated within ``tol * |objective|`` of its maximum (see
         :func:`fastmoe.fit`).
@@ -98,9 +99,9 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     objective_ : float
         Maximised objective (log-likelihood minus the ridge penalty).
     n_iter_ : int
-        EM iterations.
+        Iterations of the kept run, EM and Newton steps together.
     converged_ : bool
-        Whether EM met its tolerance.
+        Whether the objective was judged within ``tol`` of its maximum.
     diverged_ : bool
         Whether coefficients were running off to infinity (the MLE may not exist; try ``l2 > 0``).
     empty_experts_ : tuple of int
@@ -263,7 +264,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             Columns follow ``classes_``.
         """
         X = self._check_X(X)
-        return inference.predict_log_proba(self.params_, X, self.n_threads)
+        return _predict.predict_log_proba(self.params_, X, self.n_threads)
 
     def predict_proba(self, X):
         """Class probabilities ``P(Y = s | x)``; columns follow ``classes_`` and rows sum to one.
@@ -305,16 +306,28 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_samples, n_experts)
         """
         X = self._check_X(X)
-        return inference.gate_proba(self.params_, X, self.n_threads)
+        return _predict.gate_proba(self.params_, X, self.n_threads)
 
     # -- likelihood and information criteria ------------------------------------------------------------
-    def _encode(self, y, n_samples):
-        """Labels as integer codes into ``classes_``; unseen labels are an error."""
+    def encode_labels(self, y):
+        """Labels as integer codes into ``classes_`` (the labels the core functions take).
+
+        Parameters
+        ----------
+        y : array-like of shape (n_samples,)
+            Labels from ``classes_``; an unseen label is an error.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            ``codes`` with ``classes_[codes] == y``.
+        """
+        check_is_fitted(self)
         y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
-        if y.ndim != 1 or y.shape[0] != n_samples:
-            raise ValueError(f"y must have shape ({n_samples},), got {y.shape}")
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-d (n_samples,), got shape {y.shape}")
         try:
             codes = np.minimum(np.searchsorted(self.classes_, y), self.classes_.shape[0] - 1)
             unseen = self.classes_[codes] != y
@@ -331,7 +344,10 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_X_y(self, X, y):
         X = self._check_X(X)
-        return X, self._encode(y, X.shape[0])
+        codes = self.encode_labels(y)
+        if codes.shape[0] != X.shape[0]:
+            raise ValueError(f"y must have shape ({X.shape[0]},), got {np.shape(y)}")
+        return X, codes
 
     def loglik_samples(self, X, y):
         """Per-sample log-likelihoods ``log p(y_n | x_n)``.
@@ -347,7 +363,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_samples,)
         """
         X, y = self._check_X_y(X, y)
-        return inference.loglik_samples(self.params_, X, y, self.n_threads)
+        return _predict.loglik_samples(self.params_, X, y, self.n_threads)
 
     def loglik(self, X, y, sample_weight=None):
         """Total log-likelihood ``sum_n w_n log p(y_n | x_n)`` (the negative of the summed log-loss).
@@ -365,7 +381,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         X, y = self._check_X_y(X, y)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        return inference.loglik(self.params_, X, y, sample_weight, self.n_threads)
+        return _predict.loglik(self.params_, X, y, sample_weight, self.n_threads)
 
     def bic(self, X, y):
         """Bayesian information criterion ``-2 loglik + p log n`` of ``(X, y)``; lower is better.

@@ -1,9 +1,15 @@
-"""The parameter object of a softmax-gated multinomial-logistic mixture of experts.
+"""The parameter object, its packed forms and the free-parameter vector of a softmax-gated multinomial-logistic mixture of experts.
 
 Shapes follow ``MODEL.md`` section 1: ``beta0 (k,)``, ``beta1 (k, d_gate)``, ``a (k, K, d)``, ``b (k, K)``
 and the gating transform ``M`` that maps the expert input ``x`` (``d`` features) to the gating input
 ``M(x)`` (``d_gate`` features). The engine works on the packed forms ``W = [beta0 | beta1]`` of shape
 ``(k, 1 + d_gate)`` and ``V = [b | a]`` of shape ``(k, K, 1 + d)``: column 0 is always the intercept.
+
+This module is the one owner of the *free-parameter vector*: the entries of ``(W, V)`` left free by the
+reference conventions (last expert's gating and every expert's last class fixed at zero), their order,
+their names and which of them are slopes. The Newton finish, the information matrix and the ridge
+all use it through :func:`free_vector`, :func:`from_free_vector`, :func:`free_parameter_names` and
+:func:`slope_masks`.
 """
 
 from __future__ import annotations
@@ -15,7 +21,13 @@ from typing import Callable, Union
 import numpy as np
 from scipy.special import expit
 
-__all__ = ["MoEParams", "GATING_TRANSFORMS", "gate_input"]
+__all__ = [
+    "MoEParams",
+    "GATING_TRANSFORMS",
+    "gate_input",
+    "free_parameter_names",
+    "free_parameters",
+]
 
 
 def _identity(X):
@@ -51,6 +63,45 @@ def gating_name(gating) -> str:
 def n_free_params(n_experts, n_classes, n_features, n_gate_features) -> int:
     """``(k - 1)(d_gate + 1) + k (K - 1)(d + 1)``: the count after the reference conventions."""
     return (n_experts - 1) * (n_gate_features + 1) + n_experts * (n_classes - 1) * (n_features + 1)
+
+
+def free_vector(W, V):
+    """The free parameters of packed ``(W, V)``: ``W[:k-1].ravel()`` then ``V[i, :K-1].ravel()`` per expert.
+
+    Within the gating block each free expert contributes ``[beta0_i, beta1_i...]``; within expert ``i``
+    each free class ``s`` contributes ``[b_si, a_si...]``. Every gradient, Hessian and information matrix
+    over all free parameters uses this order.
+    """
+    k, K = V.shape[0], V.shape[1]
+    return np.concatenate([W[: k - 1].ravel(), V[:, : K - 1].ravel()])
+
+
+def from_free_vector(theta, W, V):
+    """Copies of ``(W, V)`` with their free entries replaced by ``theta`` (inverse of :func:`free_vector`)."""
+    k, K = V.shape[0], V.shape[1]
+    W, V = W.copy(), V.copy()
+    n_gate = W[: k - 1].size
+    W[: k - 1] = theta[:n_gate].reshape(W[: k - 1].shape)
+    V[:, : K - 1] = theta[n_gate:].reshape(V[:, : K - 1].shape)
+    return W, V
+
+
+def slope_masks(n_experts, n_classes, n_features, n_gate_features):
+    """1.0 where a free parameter is a slope, 0.0 where it is an intercept.
+
+    Returns
+    -------
+    gate : ndarray of shape ((k - 1) (1 + d_gate),)
+        The gating block.
+    expert : ndarray of shape ((K - 1) (1 + d),)
+        One expert's block (the same for every expert); the whole vector's mask is
+        ``concatenate([gate, tile(expert, k)])``.
+    """
+    gate = np.ones((n_experts - 1, n_gate_features + 1))
+    gate[:, 0] = 0.0
+    expert = np.ones((n_classes - 1, n_features + 1))
+    expert[:, 0] = 0.0
+    return gate.ravel(), expert.ravel()
 
 
 def gate_input(gating, X):
@@ -202,6 +253,10 @@ class MoEParams:
         V = np.asarray(V, dtype=np.float64)
         return cls(beta0=W[:, 0], beta1=W[:, 1:], a=V[:, :, 1:], b=V[:, :, 0], gating=gating)
 
+    def free_vector(self):
+        """The free-parameter vector of these parameters as given (see :func:`free_vector`)."""
+        return free_vector(*self.packed())
+
     # -- comparison, (de)serialisation ------------------------------------------------------------------
     def allclose(self, other: "MoEParams", rtol=1e-7, atol=1e-9) -> bool:
         """Whether two parameter sets agree entry by entry (same expert order, same conventions)."""
@@ -260,3 +315,49 @@ class MoEParams:
             f"MoEParams(n_experts={self.n_experts}, n_classes={self.n_classes}, "
             f"n_features={self.n_features}, gating={self.gating_name!r},\n{body})"
         )
+
+
+def free_parameter_names(params) -> list:
+    """Names of the free parameters, in the order of :func:`free_parameters`.
+
+    Gating ``beta0[i]``, ``beta1[i,j]`` for experts ``i < k-1``; then for each expert ``i`` and class
+    ``s < K-1``: ``b[i,s]``, ``a[i,s,j]``. The last expert's gating and every expert's last class are
+    fixed at zero (reference conventions) and have no entry.
+
+    Parameters
+    ----------
+    params : MoEParams
+
+    Returns
+    -------
+    list of str
+    """
+    if not isinstance(params, MoEParams):
+        raise TypeError(f"expected an MoEParams, got {type(params).__name__}")
+    k, K = params.n_experts, params.n_classes
+    names = []
+    for i in range(k - 1):
+        names.append(f"beta0[{i}]")
+        names.extend(f"beta1[{i},{j}]" for j in range(params.n_gate_features))
+    for i in range(k):
+        for s in range(K - 1):
+            names.append(f"b[{i},{s}]")
+            names.extend(f"a[{i},{s},{j}]" for j in range(params.n_features))
+    return names
+
+
+def free_parameters(params) -> np.ndarray:
+    """The free-parameter vector of ``params`` in reference conventions.
+
+    Parameters
+    ----------
+    params : MoEParams
+
+    Returns
+    -------
+    ndarray of shape (n_free_params,)
+        :func:`free_vector` of ``params.normalized().packed()``.
+    """
+    if not isinstance(params, MoEParams):
+        raise TypeError(f"expected an MoEParams, got {type(params).__name__}")
+    return params.normalized().free_vector()

@@ -31,33 +31,28 @@ information is (near) singular and the parameters of split cells converge slower
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections import namedtuple
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import log_softmax, softmax
 from scipy.stats import norm
 
-from ._engine import Problem
+from ._fit import FitResult
+from ._predict import predict_proba
+from ._problem import Problem
 from ._validation import check_params, check_sample_weight, check_X, check_y, effective_n_threads
-from .fit import FitResult
-from .inference import predict_proba
-from .params import MoEParams
+from .params import MoEParams, free_parameter_names, free_parameters
 
 __all__ = [
     "ParameterTable",
     "UncertaintyWarning",
-    "free_parameter_names",
     "expected_information",
-    "free_parameters",
     "observed_information",
     "parameter_table",
 ]
 
-# Memory bound of the NumPy fallback: per-sample, per-expert gradients are formed for this many
-# bytes' worth of samples at a time (n_chunk * n_experts * n_free_params doubles).
-_CHUNK_BYTES = 32 * 2**20
 # An eigenvalue of the information below this fraction of the largest counts as zero.
 _SINGULAR_RTOL = 1e-10
 
@@ -67,152 +62,8 @@ class UncertaintyWarning(UserWarning):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Free parameters
-# ----------------------------------------------------------------------------------------------------------
-def free_parameter_names(params) -> list:
-    """Names of the free parameters, in the order of :func:`free_parameters`.
-
-    Gating ``beta0[i]``, ``beta1[i,j]`` for experts ``i < k-1``; then for each expert ``i`` and class
-    ``s < K-1``: ``b[i,s]``, ``a[i,s,j]``. The last expert's gating and every expert's last class are
-    fixed at zero (reference conventions) and have no entry.
-
-    Parameters
-    ----------
-    params : MoEParams
-
-    Returns
-    -------
-    list of str
-    """
-    params = check_params(params)
-    k, K = params.n_experts, params.n_classes
-    names = []
-    for i in range(k - 1):
-        names.append(f"beta0[{i}]")
-        names.extend(f"beta1[{i},{j}]" for j in range(params.n_gate_features))
-    for i in range(k):
-        for s in range(K - 1):
-            names.append(f"b[{i},{s}]")
-            names.extend(f"a[{i},{s},{j}]" for j in range(params.n_features))
-    return names
-
-
-def free_parameters(params) -> np.ndarray:
-    """The free-parameter vector of ``params`` in reference conventions.
-
-    Parameters
-    ----------
-    params : MoEParams
-
-    Returns
-    -------
-    ndarray of shape (n_free_params,)
-        ``W[:k-1].ravel()`` then ``V[i, :K-1].ravel()`` for each expert ``i``, where
-        ``(W, V) = params.normalized().packed()``.
-    """
-    W, V = check_params(params).normalized().packed()
-    return np.concatenate([W[:-1].ravel(), V[:, :-1].ravel()])
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Observed information
 # ----------------------------------------------------------------------------------------------------------
-def _design(A):
-    return np.hstack([np.ones((A.shape[0], 1)), A])
-
-
-def _softmax_hessian(D, P, c):
-    """``sum_n c_n (diag(P_n) - P_n P_n^T) kron (D_n D_n^T)``: minus the Hessian of a softmax log-likelihood.
-
-    ``P`` (n, m) holds the probabilities of the m free categories, ``D`` (n, p) the design rows; the
-    result is (m p, m p), category-major. It does not depend on the observed category.
-    """
-    n, p = D.shape
-    m = P.shape[1]
-    PD = (P[:, :, None] * D[:, None, :]).reshape(n, m * p)
-    out = -((c[:, None] * PD).T @ PD)
-    for j in range(m):
-        out[j * p:(j + 1) * p, j * p:(j + 1) * p] += (c * P[:, j])[None, :] * D.T @ D
-    return out
-
-
-def _observed_information_numpy(W, V, X, Z, y, w):
-    """Observed information of the free parameters from packed, normalised ``(W, V)``; see module docstring.
-
-    Vectorised over chunks of samples; the per-sample, per-expert gradients ``grad l_ni`` of one chunk
-    are formed densely ((n_chunk, k, P) doubles, at most ``_CHUNK_BYTES``).
-    """
-    k, pg = W.shape
-    K, pe = V.shape[1:]
-    n_gate, n_exp = (k - 1) * pg, (K - 1) * pe
-    n_free = n_gate + k * n_exp
-    n = X.shape[0]
-    w = np.ones(n) if w.size == 0 else w
-    info = np.zeros((n_free, n_free))
-    eye = np.eye(k)[:, :k - 1]  # delta_ij for the free gating rows j
-    chunk = max(1, _CHUNK_BYTES // (8 * k * n_free))
-    for start in range(0, n, chunk):
-        rows = slice(start, min(start + chunk, n))
-        Zd, Ud, yc, wc = _design(Z[rows]), _design(X[rows]), y[rows], w[rows]
-        m = yc.shape[0]
-        log_gate = log_softmax(Zd @ W.T, axis=1)  # (m, k)
-        log_expert = log_softmax(np.einsum("nq,isq->nis", Ud, V), axis=2)  # (m, k, K)
-        joint = log_gate + log_expert[np.arange(m), :, yc]  # l_ni
-        tau = softmax(joint, axis=1)
-        gate = np.exp(log_gate)
-        expert = np.exp(log_expert)
-
-        # grad l_ni, dense: gating part then one block per expert (zero outside expert i's block).
-        G = np.zeros((m, k, n_free))
-        G[:, :, :n_gate] = ((eye[None] - gate[:, None, :k - 1])[..., None] * Zd[:, None, None, :]).reshape(
-            m, k, n_gate
-        )
-        resid = -expert[:, :, :K - 1]  # 1[y = s] - f_i(s | x), s < K-1
-        observed = yc < K - 1
-        resid[np.flatnonzero(observed), :, yc[observed]] += 1.0
-        for i in range(k):
-            off = n_gate + i * n_exp
-            G[:, i, off:off + n_exp] = (resid[:, i, :, None] * Ud[:, None, :]).reshape(m, n_exp)
-
-        # Missing information: posterior covariance of grad l_ni (centred, for stability).
-        Gc = G - np.einsum("ni,nip->np", tau, G)[:, None, :]
-        c = (wc[:, None] * tau).reshape(m * k)
-        Gc = Gc.reshape(m * k, n_free)
-        info -= (c[:, None] * Gc).T @ Gc
-
-        # Complete-data information at the posterior: gating block (independent of tau, as
-        # sum_i tau_ni = 1) and one block per expert weighted by tau_.i.
-        info[:n_gate, :n_gate] += _softmax_hessian(Zd, gate[:, :k - 1], wc)
-        for i in range(k):
-            off = n_gate + i * n_exp
-            info[off:off + n_exp, off:off + n_exp] += _softmax_hessian(Ud, expert[:, i, :K - 1], wc * tau[:, i])
-    return 0.5 * (info + info.T)
-
-
-def _prepare(params, X, y, sample_weight):
-    params = check_params(params)
-    X = check_X(X, n_features=params.n_features)
-    y, _ = check_y(y, X.shape[0], params.n_classes)
-    w = check_sample_weight(sample_weight, X.shape[0])
-    Z = params.gate_input(X)
-    W, V = params.normalized().packed()
-    return params, X, Z, y, w, W, V
-
-
-def _observed_information(params, X, y, sample_weight=None, n_threads=None):
-    """Observed information ``-Hess loglik`` of the free parameters at ``params`` (the one entry point).
-
-    Uses the compiled ``Problem.full_hessian`` pass when the build has it, otherwise the chunked NumPy
-    computation :func:`_observed_information_numpy` (``n_threads`` then only matters to BLAS).
-    """
-    params, X, Z, y, w, W, V = _prepare(params, X, y, sample_weight)
-    if hasattr(Problem, "full_hessian"):
-        problem = Problem(X, Z, y, w, params.n_experts, params.n_classes, effective_n_threads(n_threads))
-        _, _, hess = problem.full_hessian(W, V)
-        return -np.asarray(hess)
-    return _observed_information_numpy(W, V, X, Z, y, w)
-
-
 def observed_information(params, X, y, sample_weight=None, n_threads=None) -> np.ndarray:
     """Observed information matrix of the free parameters: minus the Hessian of the log-likelihood.
 
@@ -233,7 +84,13 @@ def observed_information(params, X, y, sample_weight=None, n_threads=None) -> np
         Symmetric; positive definite at a strict local maximum. Rows and columns follow
         :func:`free_parameter_names`.
     """
-    return _observed_information(params, X, y, sample_weight, n_threads)
+    params = check_params(params)
+    X = check_X(X, n_features=params.n_features)
+    y, _ = check_y(y, X.shape[0], params.n_classes)
+    w = check_sample_weight(sample_weight, X.shape[0])
+    problem = Problem(X, params.gate_input(X), y, w, params.n_experts, params.n_classes,
+                      effective_n_threads(n_threads))
+    return problem.hessian_pass(*params.normalized().packed())[2]
 
 
 def expected_information(params, X, sample_weight=None, n_threads=None) -> np.ndarray:
@@ -274,7 +131,7 @@ def expected_information(params, X, sample_weight=None, n_threads=None) -> np.nd
     proba = predict_proba(params, X, n_threads=n_threads)
     weights = (proba if w.size == 0 else w[:, None] * proba).ravel()
     labels = np.tile(np.arange(K), n)
-    return _observed_information(params, np.repeat(X, K, axis=0), labels, weights, n_threads)
+    return observed_information(params, np.repeat(X, K, axis=0), labels, weights, n_threads)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -398,10 +255,11 @@ def _resolve_model(model, y):
         if model.l2 > 0:
             problems.append("it maximised a penalised likelihood (l2 > 0), not the likelihood")
         return model.params, y, problems
-    if hasattr(model, "fit_result_") and hasattr(model, "classes_"):  # a fitted MixtureOfExpertsClassifier
+    # The estimator module is loaded whenever an estimator exists; importing it here would need scikit-learn.
+    estimator = sys.modules.get("fastmoe.estimator")
+    if estimator is not None and isinstance(model, estimator.MixtureOfExpertsClassifier):
         params, _, problems = _resolve_model(model.fit_result_, None)
-        y = np.asarray(y)
-        return params, model._encode(y, y.shape[0] if y.ndim else -1), problems
+        return params, model.encode_labels(y), problems
     raise TypeError(
         f"model must be an MoEParams, a FitResult or a fitted MixtureOfExpertsClassifier, got {type(model).__name__}"
     )
@@ -450,7 +308,7 @@ def parameter_table(model, X, y, *, sample_weight=None, level=0.95, n_threads=No
             UncertaintyWarning,
             stacklevel=2,
         )
-    information = _observed_information(params, X, y, sample_weight, n_threads)
+    information = observed_information(params, X, y, sample_weight, n_threads)
     covariance, identified = _covariance(information)
     if not identified.all():
         warnings.warn(

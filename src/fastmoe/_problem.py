@@ -1,8 +1,13 @@
 """The data of one fit bound to the compiled kernels: validated once, buffers allocated once.
 
-``Problem`` hands the EM loop the few operations it needs (log-likelihood, the fused Newton pass,
-M-step objectives at trial parameters) in terms of the packed parameters ``W`` (k, 1 + d_gate) and
-``V`` (k, K, 1 + d), and turns the kernels' packed upper-triangle Hessians into full matrices.
+``Problem`` hands the fit the few operations it needs (log-likelihood, the fused M-step pass, M-step
+objectives at trial parameters, the exact log-likelihood Hessian) in terms of the packed parameters
+``W`` (k, 1 + d_gate) and ``V`` (k, K, 1 + d), and turns the kernels' packed upper-triangle Hessians
+into full matrices.
+
+One sign everywhere: like the kernels, every curvature matrix here is a *negative* Hessian (``neg_hess``,
+positive semi-definite at a maximum: the information). The Newton systems, the trust region and the
+observed information all take it as it is.
 """
 
 from __future__ import annotations
@@ -14,6 +19,13 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from . import _kernels
+
+
+# An expert whose responsibility mass is below this fraction of the total weight has no data to fit.
+EMPTY_EXPERT_FRACTION = 1e-8
+# Log-likelihood differences smaller than this (relative), or than the problem's rounding floor, are
+# rounding in the summation, not real changes.
+ROUNDING_SLACK = 1e-12
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,18 +66,18 @@ def block_hessian_index(n_blocks, block_size):
 
 @dataclass
 class PassResult:
-    """What one fused pass returns, with full negative Hessians.
+    """What one fused pass returns, with full negative Hessians of the M-step blocks' Q functions.
 
-    ``expert_weight`` holds the soft sizes ``sum_n w_n tau_ni``; gradients are flattened per block in the order of the free
-    parameters (``W[:k-1].ravel()`` and ``V[i, :K-1].ravel()``).
+    ``expert_weight`` holds the soft sizes ``sum_n w_n tau_ni``; gradients are flattened per block in the
+    order of the free parameters (``W[:k-1].ravel()`` and ``V[i, :K-1].ravel()``).
     """
 
     loglik: float
     expert_weight: np.ndarray
     grad_gate: np.ndarray
-    hess_gate: np.ndarray
+    neg_hess_gate: np.ndarray
     grad_expert: np.ndarray
-    hess_expert: np.ndarray
+    neg_hess_expert: np.ndarray
 
 
 class Problem:
@@ -90,6 +102,7 @@ class Problem:
         # a sum of products of probabilities near 1 at saturation), so a sum of n of them is only known
         # to a few tens of n * eps: differences below that are noise, not decreases.
         self.rounding_floor = 64.0 * np.finfo(float).eps * self.total_weight
+        self.empty_expert_cut = EMPTY_EXPERT_FRACTION * self.total_weight
         self.class_weight = np.bincount(y, weights=sample_weight if sample_weight.size else None, minlength=K)
         self._no_resp = np.empty((0, k))
         self._weight = np.empty(k)
@@ -100,6 +113,18 @@ class Problem:
         self._gate_index = block_hessian_index(k - 1, pg)
         self._expert_index = block_hessian_index(K - 1, pe)
         self._expert_rows_index = block_hessian_index(k * (K - 1), pe)
+
+    def slack(self, value):
+        """How far below ``value`` a log-likelihood (or a Q function) may come out by rounding alone."""
+        return ROUNDING_SLACK * abs(value) + self.rounding_floor
+
+    def subset(self, rows):
+        """The same problem restricted to ``rows`` (a slice or sorted indices); standard gating stays ``Z is X``."""
+        X = np.ascontiguousarray(self.X[rows])
+        Z = X if self.Z is self.X else np.ascontiguousarray(self.Z[rows])
+        y = np.ascontiguousarray(self.y[rows])
+        w = np.ascontiguousarray(self.sample_weight[rows]) if self.sample_weight.size else self.sample_weight
+        return Problem(X, Z, y, w, self.n_experts, self.n_classes, self.n_threads)
 
     def loglik(self, W, V):
         """Weighted log-likelihood at (W, V)."""
@@ -121,9 +146,9 @@ class Problem:
             loglik=loglik,
             expert_weight=self._weight.copy(),
             grad_gate=self._grad_gate.ravel().copy(),
-            hess_gate=self._hess_gate.ravel()[self._gate_index],
+            neg_hess_gate=self._hess_gate.ravel()[self._gate_index],
             grad_expert=self._grad_expert.reshape(k, -1).copy(),
-            hess_expert=self._hess_expert.reshape(k, -1)[:, self._expert_index],
+            neg_hess_expert=self._hess_expert.reshape(k, -1)[:, self._expert_index],
         )
 
     def q_values(self, W_old, V_old, W_new, V_new, resp=None):
@@ -135,16 +160,15 @@ class Problem:
         )
         return out
 
-    def full_hessian(self, W, V):
-        """Log-likelihood, its gradient and its Hessian over all free parameters at (W, V).
+    def hessian_pass(self, W, V):
+        """Log-likelihood, its gradient and its negative Hessian over all free parameters at (W, V).
 
-        The free parameters are ordered ``W[:k-1].ravel()`` then ``V[i, :K-1].ravel()`` for each expert.
-        The Hessian is the true one (negative definite at a strict local maximum): the observed
-        information is its negative.
+        The free parameters are ordered as :func:`fastmoe.params.free_vector` orders them. The negative
+        Hessian is the observed information (positive definite at a strict local maximum).
 
         Returns
         -------
-        loglik : float; grad : (P,); hess : (P, P)
+        loglik : float; grad : (P,); neg_hess : (P, P)
         """
         k, K = self.n_experts, self.n_classes
         pg, pe = self.n_gate_features + 1, self.n_features + 1
@@ -167,4 +191,4 @@ class Problem:
         neg[:n_gate, n_gate:] = cross
         neg[n_gate:, :n_gate] = cross.T
         grad = np.concatenate([grad_gate.ravel(), grad_expert.ravel()])
-        return loglik, grad, -neg
+        return loglik, grad, neg

@@ -1,7 +1,9 @@
-"""Newton steps for the M-step blocks: Cholesky with a ridge fallback, and step halving on Q.
+"""The blockwise Newton M-step: directions by Cholesky with a ridge fallback, and step halving on Q.
 
 The M-step splits into k + 1 concave problems (MODEL.md section 2): the gating block ``W[:k-1]`` and
-one block ``V[i, :K-1]`` per expert. Each gets its own Newton direction ``d = (-H)^{-1} g``.
+one block ``V[i, :K-1]`` per expert. Each gets its own Newton direction ``d = (-H)^{-1} g`` from the
+fused pass (``Problem.newton_pass``), and its step is halved until its own Q function increases.
+:func:`m_step_from_responsibilities` iterates such steps to fit fixed responsibilities (the starts).
 """
 
 from __future__ import annotations
@@ -58,15 +60,14 @@ def _cholesky_with_ridge(A):
     return None
 
 
-def newton_directions(result, W, V, l2, slope_mask_gate, slope_mask_expert, active):
+def newton_directions(result, W, V, penalty, active):
     """Newton directions of the (penalised) gating and expert Q functions at (W, V).
 
     Parameters
     ----------
     result : PassResult of the fused pass at (W, V).
-    l2 : float
-        Ridge penalty ``l2 / 2 * ||slopes||^2`` (intercepts are not penalised).
-    slope_mask_gate, slope_mask_expert : 1.0 where a free parameter is a slope, 0.0 for intercepts.
+    penalty : Penalty
+        The ridge ``l2 / 2 * ||slopes||^2`` (intercepts are not penalised).
     active : bool array (k,)
         Experts to update; an empty expert (no responsibility mass) keeps its parameters.
 
@@ -75,17 +76,18 @@ def newton_directions(result, W, V, l2, slope_mask_gate, slope_mask_expert, acti
     dW, dV : arrays shaped like W and V (zero on the reference rows).
     """
     k, K = V.shape[0], V.shape[1]
+    l2 = penalty.l2
     dW = np.zeros_like(W)
     dV = np.zeros_like(V)
     if k > 1:
         theta = W[: k - 1].ravel()
-        g = result.grad_gate - l2 * slope_mask_gate * theta
-        A = result.hess_gate + np.diag(l2 * slope_mask_gate)
+        g = result.grad_gate - l2 * penalty.gate_mask * theta
+        A = result.neg_hess_gate + np.diag(l2 * penalty.gate_mask)
         dW[: k - 1] = solve_pd(A[None], g[None])[0].reshape(k - 1, -1)
     if active.any():
         theta = V[active, : K - 1].reshape(int(active.sum()), -1)
-        g = result.grad_expert[active] - l2 * slope_mask_expert * theta
-        A = result.hess_expert[active] + l2 * np.diag(slope_mask_expert)
+        g = result.grad_expert[active] - l2 * penalty.expert_mask * theta
+        A = result.neg_hess_expert[active] + l2 * np.diag(penalty.expert_mask)
         dV[active, : K - 1] = solve_pd(A, g).reshape(int(active.sum()), K - 1, -1)
     return dW, dV
 
@@ -100,7 +102,8 @@ def halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty, resp=None):
     Parameters
     ----------
     q_old : (k + 1,) penalised Q values at (W, V).
-    penalty : callable ``(W, V) -> (k + 1,)`` penalties per block, subtracted from Q.
+    penalty : Penalty
+        Its per-block values are subtracted from Q.
 
     Returns
     -------
@@ -115,13 +118,47 @@ def halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty, resp=None):
     while pending.any():
         W_try = W + scale[0] * dW
         V_try = V + scale[1:, None, None] * dV
-        q_try = problem.q_values(W, V, W_try, V_try, resp) - penalty(W_try, V_try)
+        q_try = problem.q_values(W, V, W_try, V_try, resp) - penalty.blocks(W_try, V_try)
         n_rounds += 1
-        # A relative slack of a few ulps: at a fixed point the comparison is pure rounding.
-        improved = q_try >= q_old - 1e-14 * np.abs(q_old) - problem.rounding_floor
+        # At a fixed point the comparison is pure rounding.
+        improved = q_try >= q_old - problem.slack(q_old)
         pending &= ~improved
         if not pending.any() or n_rounds >= MAX_HALVINGS:
             break
         scale[pending] *= 0.5
     scale[pending] = 0.0
     return W + scale[0] * dW, V + scale[1:, None, None] * dV
+
+
+def m_step_from_responsibilities(problem, resp, penalty, max_iter):
+    """Fit (W, V) to fixed responsibilities ``resp`` (n, k) by Newton steps on each block's Q.
+
+    Used to turn a partition of the data into starting parameters (``_init``); there a small ridge
+    keeps a cluster in which some class never occurs from sending its intercept to -inf.
+
+    Parameters
+    ----------
+    problem : Problem
+    resp : ndarray of shape (n_samples, n_experts)
+    penalty : Penalty
+    max_iter : int
+        Newton steps at most; fewer once the summed Q changes by less than 1e-10 relative.
+
+    Returns
+    -------
+    W, V : packed parameters (reference conventions).
+    """
+    k, K = problem.n_experts, problem.n_classes
+    W = np.zeros((k, problem.n_gate_features + 1))
+    V = np.zeros((k, K, problem.n_features + 1))
+    active = np.ones(k, dtype=bool)
+    q_prev = -np.inf
+    for _ in range(max_iter):
+        result = problem.newton_pass(W, V, resp)
+        q = problem.q_values(W, V, W, V, resp) - penalty.blocks(W, V)
+        if abs(q.sum() - q_prev) <= 1e-10 * abs(q.sum()):
+            break
+        q_prev = q.sum()
+        dW, dV = newton_directions(result, W, V, penalty, active)
+        W, V = halve_until_q_increases(problem, W, V, dW, dV, q, penalty, resp)
+    return W, V

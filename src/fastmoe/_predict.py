@@ -1,4 +1,4 @@
-"""Model quantities at given parameters: log-likelihood, class/gating/expert probabilities, responsibilities."""
+"""Model quantities at given parameters: log-likelihood, class, gating and expert probabilities, responsibilities."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``fastmoe.fit``: maximum-likelihood fitting by generalised EM, and its frozen result object."""
+"""``fastmoe.fit``: the public fit (checks, starts, restarts) and its frozen result object ``FitResult``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import inference
-from ._em import initial_parameters, run_em
-from ._engine import Problem
+from . import _predict
+from ._em import run_em
+from ._init import INIT_METHODS, initial_parameters
+from ._monitor import ConvergenceMonitor
+from ._penalty import Penalty
+from ._problem import Problem
 from ._validation import (
     check_params,
     check_positive_int,
@@ -23,9 +26,7 @@ from ._validation import (
 from .exceptions import ConvergenceWarning
 from .params import MoEParams, gate_input, gating_name, n_free_params
 
-__all__ = ["fit", "FitResult", "INIT_METHODS"]
-
-INIT_METHODS = ("kmeans", "random")
+__all__ = ["fit", "FitResult"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -41,7 +42,7 @@ class FitResult:
     objective : float
         The maximised objective: ``loglik`` minus the L2 penalty (equal to ``loglik`` when ``l2 = 0``).
     n_iter : int
-        EM iterations of the kept run.
+        Iterations of the kept run, EM and Newton steps together.
     converged : bool
         Whether the objective was judged within ``tol * |objective|`` of its maximum (see ``tol``).
     diverged : bool
@@ -91,15 +92,15 @@ class FitResult:
 
     def predict_proba(self, X, n_threads=None):
         """Class probabilities ``P(Y = s | x)`` under the fitted model, shape (n_samples, n_classes)."""
-        return inference.predict_proba(self.params, X, n_threads)
+        return _predict.predict_proba(self.params, X, n_threads)
 
     def predict(self, X, n_threads=None):
         """Most probable class for each row of ``X``."""
-        return np.argmax(inference.predict_log_proba(self.params, X, n_threads), axis=1)
+        return np.argmax(_predict.predict_log_proba(self.params, X, n_threads), axis=1)
 
     def score(self, X, y, sample_weight=None, n_threads=None):
         """Mean log-likelihood per sample (weighted mean with sample weights)."""
-        total = inference.loglik(self.params, X, y, sample_weight, n_threads)
+        total = _predict.loglik(self.params, X, y, sample_weight, n_threads)
         denom = len(y) if sample_weight is None else float(np.sum(sample_weight))
         return total / denom
 
@@ -125,26 +126,6 @@ def _check_init(init, gating, n_experts, n_features, n_classes):
     if init not in INIT_METHODS:
         raise ValueError(f"init must be one of {INIT_METHODS} or an MoEParams, got {init!r}")
     return init, "identity" if gating is None else gating, n_classes
-
-
-def _message(state, max_iter, tol):
-    parts = []
-    if state.converged:
-        parts.append(f"converged in {state.n_iter} iterations (estimated remaining gain <= tol={tol:g} relative)")
-    elif state.stopped:
-        parts.append(f"stopped by the callback after {state.n_iter} iterations")
-    elif state.n_iter >= max_iter:
-        parts.append(f"did not converge within max_iter={max_iter} iterations")
-    else:
-        parts.append(f"stopped after {state.n_iter} iterations")
-    if state.diverged:
-        parts.append(
-            "coefficients are diverging (separable data, or a class that never occurs): "
-            "the MLE does not exist; consider l2 > 0"
-        )
-    if state.empty_experts:
-        parts.append(f"experts {list(state.empty_experts)} have no responsibility mass")
-    return "; ".join(parts)
 
 
 def fit(
@@ -246,9 +227,11 @@ def fit(
         )
     rng = check_random_state(random_state)
     problem = Problem(X, Z, y, sample_weight, n_experts, n_classes, effective_n_threads(n_threads))
+    penalty = Penalty(l2, problem)
 
-    def make_params(W, V):
-        return MoEParams.from_packed(W, V, gating)
+    def on_iteration(n_iter, W, V, objective):
+        # The user's callback sees the log-likelihood and a parameter object, not the packed arrays.
+        return callback(n_iter, objective + penalty.total(W, V), MoEParams.from_packed(W, V, gating))
 
     best = None
     for _ in range(1 if isinstance(init, MoEParams) else n_init):
@@ -256,27 +239,26 @@ def fit(
             W, V = init.normalized().packed()
         else:
             W, V = initial_parameters(problem, init, rng)
-        state = run_em(
-            problem, W, V, max_iter=max_iter, tol=tol, l2=l2, newton=newton, callback=callback, verbose=verbose,
-            make_params=make_params,
-        )
-        if best is None or state.objective > best.objective:
-            best = state
-    message = _message(best, max_iter, tol)
-    if (not best.converged and not best.stopped) or best.diverged:
+        monitor = ConvergenceMonitor(tol, max_iter, on_iteration if callback is not None else None, verbose)
+        run = run_em(problem, W, V, penalty, monitor, newton=newton)
+        if best is None or run.objective > best.objective:
+            best = run
+    monitor = best.monitor
+    message = monitor.message(best.diverged, best.empty_experts)
+    if monitor.reason not in ("converged", "callback") or best.diverged:
         warnings.warn(f"fastmoe.fit: {message}", ConvergenceWarning, stacklevel=2)
     return FitResult(
-        params=make_params(best.W, best.V),
+        params=MoEParams.from_packed(best.W, best.V, gating),
         loglik=float(best.loglik),
         objective=float(best.objective),
-        n_iter=best.n_iter,
-        converged=best.converged,
+        n_iter=monitor.n_iter,
+        converged=monitor.converged,
         diverged=best.diverged,
         empty_experts=best.empty_experts,
-        history=np.asarray(best.history),
+        history=np.asarray(monitor.history),
         time=time.perf_counter() - started,
         n_samples=n_samples,
         message=message,
         l2=float(l2),
-        n_newton=best.n_newton,
+        n_newton=monitor.n_newton,
     )

@@ -1,0 +1,89 @@
+"""Starting points of a fit: data-driven partitions turned into parameters by an M-step.
+
+A start only needs to be roughly right, so it is computed on a subsample of at most ``INIT_SUBSAMPLE``
+rows: a partition of the data into ``k`` groups (``"kmeans"`` on the gating inputs, or ``"random"``:
+a random linear gating), softened so that no expert starts without data, then fitted by Newton
+M-steps on fixed responsibilities with a small ridge (``_mstep.m_step_from_responsibilities``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._mstep import m_step_from_responsibilities
+from ._penalty import Penalty
+from ._problem import Problem
+
+#: The data-driven starts ``fit(init=...)`` accepts by name.
+INIT_METHODS = ("kmeans", "random")
+
+# Starts are fitted on at most this many samples, with this softening of hard labels, under this ridge
+# (a cluster in which some class never occurs would otherwise send its intercept to -inf), with at
+# most this many Newton M-steps.
+INIT_SUBSAMPLE = 20_000
+INIT_LABEL_SMOOTHING = 0.1
+INIT_L2 = 1.0
+INIT_NEWTON_ITER = 25
+
+
+def _kmeans_labels(Z, k, rng, weights=None, n_lloyd=20):
+    """Hard labels from weighted k-means (k-means++ seeding, a few Lloyd iterations) on the gating inputs.
+
+    With integer weights this is k-means on the repeated rows, so a weighted fit starts where the
+    fit of the expanded data would.
+    """
+    n = Z.shape[0]
+    w = np.ones(n) if weights is None or weights.size == 0 else weights
+    centers = np.empty((k, Z.shape[1]))
+    centers[0] = Z[rng.choice(n, p=w / w.sum())]
+    dist = np.sum((Z - centers[0]) ** 2, axis=1)
+    for c in range(1, k):
+        mass = w * dist
+        total = mass.sum()
+        idx = rng.choice(n, p=mass / total) if total > 0 else rng.integers(n)
+        centers[c] = Z[idx]
+        dist = np.minimum(dist, np.sum((Z - centers[c]) ** 2, axis=1))
+    labels = np.zeros(n, dtype=np.intp)
+    for it in range(n_lloyd):
+        d2 = ((Z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
+        new = d2.argmin(axis=1)
+        if it > 0 and np.array_equal(new, labels):
+            break
+        labels = new
+        for c in range(k):
+            members = labels == c
+            if w[members].sum() > 0:
+                centers[c] = np.average(Z[members], axis=0, weights=w[members])
+    return labels
+
+
+def _random_labels(Z, k, rng):
+    """Hard labels from a random linear gating: random directions through the data's spread."""
+    scale = Z.std(axis=0)
+    scale[scale == 0] = 1.0
+    logits = ((Z - Z.mean(axis=0)) / scale) @ rng.standard_normal((Z.shape[1], k)) + rng.standard_normal(k)
+    return logits.argmax(axis=1)
+
+
+def initial_parameters(problem: Problem, method, rng):
+    """Starting (W, V) from a data partition: ``"kmeans"`` on the gating inputs or ``"random"``.
+
+    Parameters
+    ----------
+    problem : Problem
+    method : {"kmeans", "random"}
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    W, V : packed parameters in reference conventions.
+    """
+    n, k = problem.n_samples, problem.n_experts
+    rows = np.sort(rng.choice(n, size=INIT_SUBSAMPLE, replace=False)) if n > INIT_SUBSAMPLE else slice(None)
+    sub = problem.subset(rows)
+    labels = (
+        _kmeans_labels(sub.Z, k, rng, sub.sample_weight) if method == "kmeans" else _random_labels(sub.Z, k, rng)
+    )
+    resp = np.full((sub.n_samples, k), INIT_LABEL_SMOOTHING / k)
+    resp[np.arange(sub.n_samples), labels] += 1.0 - INIT_LABEL_SMOOTHING
+    return m_step_from_responsibilities(sub, resp, Penalty(INIT_L2, sub), INIT_NEWTON_ITER)

@@ -1,0 +1,172 @@
+"""When a fit stops, and why: the convergence monitor of one run and its stopping rules.
+
+hmmlearn's ``ConvergenceMonitor`` and scikit-learn's mixture base class keep a fit's bookkeeping in one
+object; so does :class:`ConvergenceMonitor` here. The EM phase and the Newton finish (``_em``) report
+every accepted iteration to it, and it alone decides whether the fit has converged, owns the tolerance,
+the history, the iteration cap, the user's callback and verbose printing, records the reason the run
+stopped and turns it into the sentence a user reads.
+
+Convergence is judged by an estimate of the gain still to come, not by the last change (MODEL.md
+section 2): near a degenerate maximum EM crawls, and a fit stopped by its last change can lie whole nats
+short of the maximum at large ``n``. :func:`em_settled` extrapolates EM's linear convergence (Aitken),
+:func:`newton_settled` the Newton decrements of the finish.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+# A Newton decrement this small relative to the stopping threshold certifies convergence on its own.
+NEGLIGIBLE_DECREMENT = 1e-3
+
+#: Why a run stopped: its objective is within tolerance of a maximum; the iteration cap; the user's
+#: callback asked; coefficients ran past the divergence gauge; no step could increase the objective.
+STOP_REASONS = ("converged", "max_iter", "callback", "diverging", "no_increase")
+
+
+def em_settled(change, previous_change, threshold):
+    """Whether EM is within ``threshold`` of the limit of its objective.
+
+    EM converges linearly: successive changes shrink by a ratio ``r`` that tends to the largest
+    eigenvalue of its iteration map, and the objective still lies ``change * r / (1 - r)`` below its
+    limit (Aitken's extrapolation; Böhning et al. 1994, McNicholas et al. 2010). Near a degenerate
+    maximum ``r`` tends to 1, so a change far below ``threshold`` can leave far more than ``threshold``
+    to gain: both the change and that remainder must be small. A change that is not positive (within
+    the caller's rounding slack) means EM has stopped moving.
+    """
+    if change > threshold:
+        return False
+    if change <= 0.0:
+        return True
+    ratio = change / previous_change if previous_change > 0.0 else np.inf
+    return bool(ratio < 1.0 and change * ratio / (1.0 - ratio) <= threshold)
+
+
+def newton_settled(decrements, threshold):
+    """Whether Newton steps are within ``threshold`` of the maximum, given the decrements so far.
+
+    The Newton decrement (the quadratic model's maximal gain) estimates what is left only where the
+    model holds over the whole way. Near a degenerate maximum it does not: the steps zig-zag along a
+    curved, nearly flat valley, each gaining about the same small amount while many remain. Quadratic
+    convergence shows as decrements that collapse from step to step, so the last decrement ``d`` is
+    extrapolated like a linearly converging sequence, ``d / (1 - r)``, with ``r`` the larger of the
+    last two ratios of successive decrements: three decrements at concave points are needed, unless
+    the last is negligible on its own.
+    """
+    d = decrements[-1]
+    if d <= NEGLIGIBLE_DECREMENT * threshold:
+        return True
+    last = decrements[-3:]
+    if len(last) < 3 or not (d <= threshold and np.isfinite(last).all() and min(last) > 0.0):
+        return False
+    ratio = max(last[2] / last[1], last[1] / last[0])
+    return bool(ratio < 1.0 and d / (1.0 - ratio) <= threshold)
+
+
+class ConvergenceMonitor:
+    """Bookkeeping and stopping decisions of one run from one start.
+
+    Parameters
+    ----------
+    tol : float
+        The run has converged when the objective is estimated within ``tol * |objective|`` of its maximum.
+    max_iter : int
+        Iterations in all, EM and Newton together.
+    callback : callable ``(n_iter, W, V, objective) -> bool``, optional
+        Called after every iteration; returning True stops the run.
+    verbose : int
+        0 silent, 1 a line every 10 iterations, 2 every iteration.
+
+    Attributes
+    ----------
+    history : list of float
+        The objective at the start and after every iteration (never decreasing).
+    n_iter, n_newton : int
+        Iterations so far, and how many of them were Newton steps on the objective itself.
+    reason : str or None
+        One of :data:`STOP_REASONS` once the run has stopped.
+    """
+
+    def __init__(self, tol, max_iter, callback=None, verbose=0):
+        self.tol = tol
+        self.max_iter = max_iter
+        self.callback = callback
+        self.verbose = verbose
+        self.history = []
+        self.n_iter = 0
+        self.n_newton = 0
+        self.reason = None
+        self._clock = time.perf_counter()
+
+    def start(self, objective):
+        """The objective at the starting point."""
+        self.history = [objective]
+        self._clock = time.perf_counter()
+
+    def threshold(self, objective):
+        """The largest gain still to come that counts as converged at ``objective``."""
+        return self.tol * max(abs(objective), np.finfo(float).tiny)
+
+    @property
+    def iterations_left(self):
+        return self.max_iter - self.n_iter
+
+    def record(self, W, V, objective, change, newton=False):
+        """Book an accepted iteration; True when the run must stop (the callback asked for it)."""
+        self.history.append(objective)
+        self.n_iter += 1
+        self.n_newton += bool(newton)
+        if self.verbose and (self.verbose > 1 or self.n_iter % 10 == 0):
+            print(
+                f"[fastmoe] iter {self.n_iter:5d}  objective {objective:.12g}  change {change:.3e}  "
+                f"{'newton' if newton else 'em':6s}  {time.perf_counter() - self._clock:.2f}s",
+                flush=True,
+            )
+        if self.callback is not None and self.callback(self.n_iter, W, V, objective):
+            self.stop("callback")
+        return self.stopped
+
+    def em_settled(self, change, previous_change, objective):
+        """:func:`em_settled` at this run's tolerance."""
+        return em_settled(change, previous_change, self.threshold(objective))
+
+    def newton_settled(self, decrements, objective):
+        """:func:`newton_settled` at this run's tolerance."""
+        return newton_settled(decrements, self.threshold(objective))
+
+    def stop(self, reason):
+        """Record why the run stops (the first reason given stands)."""
+        if reason not in STOP_REASONS:
+            raise ValueError(f"unknown stop reason {reason!r}")
+        if self.reason is None:
+            self.reason = reason
+
+    @property
+    def stopped(self):
+        return self.reason is not None
+
+    @property
+    def converged(self):
+        return self.reason == "converged"
+
+    def message(self, diverged=False, empty_experts=()):
+        """The sentence that says how the run ended."""
+        n = self.n_iter
+        parts = [{
+            "converged": f"converged in {n} iterations (estimated remaining gain <= tol={self.tol:g} relative)",
+            "callback": f"stopped by the callback after {n} iterations",
+            "max_iter": f"did not converge within max_iter={self.max_iter} iterations",
+            "diverging": f"stopped after {n} iterations because the logits passed the divergence gauge",
+            "no_increase": f"stopped after {n} iterations: no step could increase the objective",
+            None: f"stopped after {n} iterations",
+        }[self.reason]]
+        if diverged:
+            parts.append(
+                "coefficients are diverging (separable data, or a class that never occurs): "
+                "the MLE does not exist; consider l2 > 0"
+            )
+        if empty_experts:
+            parts.append(f"experts {list(empty_experts)} have no responsibility mass")
+        return "; ".join(parts)
