@@ -11,7 +11,7 @@ from fastmoe.experiments import (Experiment, ResultStore, compare_slopes, fit_sl
                                  preset_names)
 from fastmoe.experiments.cli import build_parser, main
 from fastmoe.experiments.config import job_streams, parse_loss_name
-from fastmoe.experiments.init import init_near_truth, split_assignment
+from fastmoe.experiments.starts import init_near_truth, split_assignment
 from fastmoe.experiments.runner import plan_batches, resolve_parallelism
 
 PAPER_SETTINGS = {"exact-fit", "over-fit", "vanishing-standard", "vanishing-tanh", "vanishing-sigmoid"}

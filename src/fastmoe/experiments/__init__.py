@@ -5,7 +5,7 @@ Layers, each in a small module:
 - :mod:`~fastmoe.experiments.config`: an experiment as data (:class:`Experiment`), TOML/JSON round trip,
   per-job seeds derived from ``(base_seed, n, replication)``, truths that move with ``n`` (:class:`TruthPath`);
 - :mod:`~fastmoe.experiments.presets`: the paper's four settings as shipped TOML files;
-- :mod:`~fastmoe.experiments.init`: starts near the truth (split, duplicate, perturb);
+- :mod:`~fastmoe.experiments.starts`: starts near the truth (split, duplicate, perturb);
 - :mod:`~fastmoe.experiments.vanishing`: split cells of vanishing experts (their non-identifiable
   intercepts, standard gating's PDE direction), for starts and for truths that move with ``n``;
 - :mod:`~fastmoe.experiments.job`: one job on a worker (sample, fit, losses, record);
@@ -20,7 +20,7 @@ Plotting needs matplotlib, the progress bar tqdm, a cluster dask.distributed (th
 
 from .analysis import Report, SlopeDifference, SlopeFit, analyse, compare_slopes, fit_slope
 from .config import Experiment, FitOptions, TruthPath, XLaw, job_seed
-from .init import init_near_truth
+from .starts import init_near_truth
 from .job import run_job
 from .presets import get_preset, load_experiment, preset_names
 from .runner import RunSummary, run_experiment

@@ -107,7 +107,7 @@ class FitOptions:
     ----------
     init : {"truth", "kmeans", "random"}, default="truth"
         ``truth``: start near the true parameters as in ``MODEL.md`` section 5 (see
-        :func:`fastmoe.experiments.init.init_near_truth`); ``kmeans`` / ``random``: the data-driven starts
+        :func:`fastmoe.experiments.starts.init_near_truth`); ``kmeans`` / ``random``: the data-driven starts
         of :func:`fastmoe.fit`, with ``n_init`` restarts.
     init_scale : float, default=0.1
         Standard deviation of the Gaussian perturbation of every coordinate of a start near the truth.
@@ -120,7 +120,7 @@ class FitOptions:
         atoms coincide); ``c > 0`` gives atom ``t`` of ``m`` the class probabilities
         ``p* + c_t (e - p*)`` with ``c_t`` evenly spaced in ``[-c, c]`` and ``e`` the indicator of the most
         likely class, which average to ``p*``: the start still reproduces the truth exactly but its atoms
-        differ (see :func:`fastmoe.experiments.init.init_near_truth`). Split cells of other experts are
+        differ (see :func:`fastmoe.experiments.starts.init_near_truth`). Split cells of other experts are
         unaffected.
     n_init : int, default=1
         Restarts of a data-driven start (ignored for ``truth``).

@@ -32,7 +32,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from .config import Experiment, parse_loss_name
-from .init import init_near_truth
+from .starts import init_near_truth
 from .store import fastmoe_version
 
 __all__ = ["run_job", "run_batch", "crashed_record", "STATUSES"]
