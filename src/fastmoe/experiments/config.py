@@ -29,29 +29,13 @@ import numpy as np
 
 from ..params import MoEParams
 from . import _toml
+from .scoring import parse_loss
 from .vanishing import along, spread_intercepts, vanishing_experts
 
-__all__ = ["Experiment", "FitOptions", "TruthPath", "XLaw", "job_seed", "job_streams", "parse_loss_name"]
+__all__ = ["Experiment", "FitOptions", "TruthPath", "XLaw", "job_seed", "job_streams"]
 
 #: Names of the random streams of one job, in the order they are spawned from its seed sequence.
 STREAMS = ("x", "y", "init", "fit")
-
-_LOSS_NAME = re.compile(r"^(D1|D2|D2r(?P<r>\d+(\.\d+)?))$")
-
-
-def parse_loss_name(name: str) -> Tuple[str, Optional[float]]:
-    """Split a loss name into the function name and its exponent.
-
-    ``"D1"`` and ``"D2"`` name :func:`fastmoe.losses.D1` and :func:`fastmoe.losses.D2` (``r = 2``);
-    ``"D2r<r>"`` (e.g. ``"D2r4"``, ``"D2r1.5"``) names :func:`fastmoe.losses.D2r` with exponent ``r``.
-    """
-    match = _LOSS_NAME.match(name)
-    if not match:
-        raise ValueError(f"unknown loss {name!r}; expected 'D1', 'D2' or 'D2r<r>' such as 'D2r4'")
-    if match.group("r") is not None:
-        return "D2r", float(match.group("r"))
-    return name, None
-
 
 def job_seed(base_seed: int, n: int, replication: int) -> np.random.SeedSequence:
     """The seed sequence of job ``(n, replication)``: entropy ``(base_seed, n, replication)``."""
@@ -253,8 +237,8 @@ class Experiment:
     fit : FitOptions, default=FitOptions()
         Initialisation and EM options.
     losses : tuple of str, default=("D1",)
-        Voronoi losses recorded per job (see :func:`parse_loss_name`); per-parameter errors are always
-        recorded.
+        Voronoi losses recorded per job (names as in :mod:`~fastmoe.experiments.scoring`); per-parameter
+        errors are always recorded.
     primary_loss : str or None, default=None
         The loss whose slope the command line prints first; the first of ``losses`` when None.
     theory : mapping of str to float, default={}
@@ -340,7 +324,7 @@ class Experiment:
         if not losses:
             raise ValueError("losses is empty")
         for name in losses:
-            parse_loss_name(name)
+            parse_loss(name)
         set_("losses", losses)
         primary = self.primary_loss if self.primary_loss is not None else losses[0]
         if primary not in losses:

@@ -31,7 +31,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from .config import Experiment, parse_loss_name
+from .config import Experiment
+from .scoring import score
 from .starts import init_near_truth
 from .store import fastmoe_version
 
@@ -60,27 +61,6 @@ def crashed_record(experiment: Experiment, n: int, replication: int, why: str) -
     record = _base_record(experiment, n, replication)
     record.update(status="crashed", error=why, host=None, pid=None)
     return record
-
-
-def compute_losses(experiment: Experiment, fitted, truth=None) -> dict:
-    """The experiment's Voronoi losses and the per-parameter errors of ``fitted`` against ``truth``
-    (default: the experiment's fixed truth; a job passes :meth:`Experiment.truth_at` of its ``n``)."""
-    from .. import losses
-
-    truth = experiment.truth if truth is None else truth
-    exact = experiment.exact_translation
-    out = {}
-    for name in experiment.losses:
-        func, r = parse_loss_name(name)
-        if func == "D1":
-            value = losses.D1(fitted, truth, exact_translation=exact)
-        elif func == "D2":
-            value = losses.D2(fitted, truth, exact_translation=exact)
-        else:
-            value = losses.D2r(fitted, truth, r, exact_translation=exact)
-        out[name] = float(value)
-    out.update(losses.flat(losses.per_parameter_errors(fitted, truth, exact_translation=exact)))
-    return out
 
 
 def _max_abs_coef(params) -> float:
@@ -188,7 +168,7 @@ def _fit_and_score(fastmoe, experiment: Experiment, n: int, replication: int, n_
     }
     if experiment.truth_path is not None:
         out["path_step"] = experiment.truth_path.step(n)
-    out.update(compute_losses(experiment, fitted, truth))
+    out.update(score(fitted, truth, experiment.losses, experiment.exact_translation))
     out["params"] = fitted.to_dict()
     if result.diverged or not math.isfinite(max_abs_coef) or max_abs_coef > experiment.coef_limit:
         out["status"] = "diverged"
