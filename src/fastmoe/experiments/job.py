@@ -30,11 +30,12 @@ import warnings
 from typing import List, Sequence, Tuple
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
+from .. import __version__, fit, loglik, sample
 from .config import Experiment
 from .scoring import score
 from .starts import init_near_truth
-from .store import fastmoe_version
 
 __all__ = ["run_job", "run_batch", "crashed_record", "STATUSES"]
 
@@ -50,7 +51,7 @@ def _base_record(experiment: Experiment, n: int, replication: int) -> dict:
         "seed": [experiment.base_seed, int(n), int(replication)],
         "status": "failed",
         "error": None,
-        "fastmoe_version": fastmoe_version(),
+        "fastmoe_version": __version__,
         "host": socket.gethostname(),
         "pid": os.getpid(),
     }
@@ -87,15 +88,13 @@ def run_job(experiment: Experiment, n: int, replication: int, n_threads: int = 1
     dict
         Plain Python values; see the module docstring for ``status``.
     """
-    import fastmoe
-
     start = time.perf_counter()
     record = _base_record(experiment, n, replication)
     record["n_threads"] = int(n_threads)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            record.update(_fit_and_score(fastmoe, experiment, n, replication, n_threads))
+            record.update(_fit_and_score(experiment, n, replication, n_threads))
         except Exception as exc:  # recorded, not raised: one bad job must not stop a study
             record["status"] = "failed"
             record["error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -124,13 +123,13 @@ def _crash(n: int, replication: int) -> None:
     os._exit(86)
 
 
-def _fit_and_score(fastmoe, experiment: Experiment, n: int, replication: int, n_threads: int) -> dict:
+def _fit_and_score(experiment: Experiment, n: int, replication: int, n_threads: int) -> dict:
     if (int(n), int(replication)) in experiment.crash_jobs:
         _crash(n, replication)
     truth = experiment.truth_at(n)
     streams = experiment.streams(n, replication)
     X = experiment.x_law.sample(streams["x"], n, truth.n_features)
-    X, y = fastmoe.sample(truth, X=X, random_state=streams["y"])
+    X, y = sample(truth, X=X, random_state=streams["y"])
     opts = experiment.fit
     if opts.init == "truth":
         init = init_near_truth(truth, experiment.n_experts, streams["init"], opts.init_scale, opts.split_cells,
@@ -138,7 +137,7 @@ def _fit_and_score(fastmoe, experiment: Experiment, n: int, replication: int, n_
         n_init = 1
     else:
         init, n_init = opts.init, opts.n_init
-    result = fastmoe.fit(
+    result = fit(
         X,
         y,
         experiment.n_experts,
@@ -163,7 +162,7 @@ def _fit_and_score(fastmoe, experiment: Experiment, n: int, replication: int, n_
         "n_empty_experts": len(result.empty_experts),
         "message": str(result.message),
         "loglik": float(result.loglik),
-        "loglik_true": float(fastmoe.loglik(truth, X, y)),
+        "loglik_true": float(loglik(truth, X, y)),
         "max_abs_coef": max_abs_coef,
     }
     if experiment.truth_path is not None:
@@ -204,16 +203,5 @@ def run_batch(definition: str, jobs: Sequence[Tuple[int, int]], n_threads: int =
         One record per job, in the order of ``jobs``.
     """
     experiment = _experiment_from_json(definition)
-    with _blas_limited(n_threads):
+    with threadpool_limits(limits=n_threads, user_api="blas"):  # BLAS gets the job's share of cores too
         return [run_job(experiment, n, rep, n_threads) for n, rep in jobs]
-
-
-def _blas_limited(n_threads: int):
-    """Cap BLAS threads at the job's share of cores (threadpoolctl when present; no-op otherwise)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=n_threads, user_api="blas")

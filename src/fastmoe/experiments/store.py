@@ -27,9 +27,10 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable, List, Optional
 
+from .. import __version__
 from .config import Experiment
 
-__all__ = ["ResultStore", "fastmoe_version", "flatten_record", "store_path", "STORE_FILENAME"]
+__all__ = ["ResultStore", "flatten_record", "store_path", "STORE_FILENAME"]
 
 #: File name of the store inside a run directory.
 STORE_FILENAME = "results.sqlite"
@@ -71,24 +72,6 @@ def store_path(path) -> Path:
     """The database file of a run directory or store path (see :class:`ResultStore`)."""
     path = Path(path)
     return path if path.suffix in (".sqlite", ".sqlite3", ".db") else path / STORE_FILENAME
-
-
-def fastmoe_version() -> str:
-    """The installed fastmoe version (``"unknown"`` when neither the package nor its metadata says)."""
-    try:
-        import fastmoe
-
-        version = getattr(fastmoe, "__version__", None)
-        if version:
-            return str(version)
-    except ImportError:  # pragma: no cover - we are inside fastmoe
-        pass
-    try:
-        from importlib.metadata import version as _version
-
-        return _version("fastmoe")
-    except Exception:
-        return "unknown"
 
 
 def _now() -> str:
@@ -168,7 +151,7 @@ class ResultStore:
             self._conn.execute(
                 "INSERT INTO experiments (name, digest, definition, fastmoe_version, created, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (experiment.name, digest, experiment.to_json(), fastmoe_version(), now, now),
+                (experiment.name, digest, experiment.to_json(), __version__, now, now),
             )
         elif row[0] != digest:
             raise ValueError(
@@ -176,10 +159,10 @@ class ResultStore:
                 f"(digest {row[0]} vs {digest}: truth, fit options, losses or seed differ). Use another "
                 "output directory or give the experiment another name."
             )
-        elif row[1] != fastmoe_version():
+        elif row[1] != __version__:
             raise ValueError(
                 f"{self.path} holds experiment {experiment.name!r} run by fastmoe {row[1]}, and this is "
-                f"fastmoe {fastmoe_version()}: its fits may differ, so the rows must not be mixed. Use "
+                f"fastmoe {__version__}: its fits may differ, so the rows must not be mixed. Use "
                 "another output directory, or finish the study with the version that started it."
             )
         else:
@@ -217,7 +200,7 @@ class ResultStore:
         cur = self._conn.execute(
             "INSERT INTO runs (experiment, started, fastmoe_version, executor, n_workers, threads_per_job, host) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (experiment, _now(), fastmoe_version(), executor, n_workers, threads_per_job, socket.gethostname()),
+            (experiment, _now(), __version__, executor, n_workers, threads_per_job, socket.gethostname()),
         )
         return int(cur.lastrowid)
 
