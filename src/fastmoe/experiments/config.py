@@ -254,10 +254,6 @@ class Experiment:
     truth_path : TruthPath or None, default=None
         Truths that move with ``n`` (:meth:`truth_at`); ``truth`` is then the start of the path. Stored in
         the definition only when set.
-    crash_jobs : tuple of (n, replication), default=()
-        For tests of the runner only: these jobs kill their worker process (``os._exit``) instead of
-        fitting; in the coordinating process (``scheduler="synchronous"``) they raise instead. Stored in
-        the definition only when non-empty, so it leaves the digest of ordinary experiments unchanged.
     """
 
     name: str
@@ -275,7 +271,6 @@ class Experiment:
     coef_limit: float = 50.0
     description: str = ""
     truth_path: Optional[TruthPath] = None
-    crash_jobs: Tuple[Tuple[int, int], ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
@@ -333,7 +328,6 @@ class Experiment:
         set_("theory", {str(k): float(v) for k, v in dict(self.theory).items()})
         if not self.coef_limit > 0:
             raise ValueError(f"coef_limit must be positive, got {self.coef_limit}")
-        set_("crash_jobs", tuple((int(n), int(rep)) for n, rep in self.crash_jobs))
 
     def _check_truth_path(self) -> None:
         if not isinstance(self.truth_path, TruthPath):
@@ -414,7 +408,6 @@ class Experiment:
             "fit": fit,
             "truth": self.truth.to_dict(),
             **({"truth_path": self.truth_path.to_dict()} if self.truth_path is not None else {}),
-            **({"crash_jobs": [list(job) for job in self.crash_jobs]} if self.crash_jobs else {}),
         }
 
     @classmethod

@@ -105,27 +105,7 @@ def run_job(experiment: Experiment, n: int, replication: int, n_threads: int = 1
     return record
 
 
-def _crash(n: int, replication: int) -> None:
-    """Test hook (``Experiment.crash_jobs``): kill this worker process, never the coordinator."""
-    import multiprocessing
-
-    in_worker = multiprocessing.parent_process() is not None
-    if not in_worker:
-        try:
-            from distributed import get_worker
-
-            get_worker()
-            in_worker = True
-        except (ImportError, ValueError):
-            pass
-    if not in_worker:
-        raise RuntimeError(f"job ({n}, {replication}) is in crash_jobs but runs in the coordinating process")
-    os._exit(86)
-
-
 def _fit_and_score(experiment: Experiment, n: int, replication: int, n_threads: int) -> dict:
-    if (int(n), int(replication)) in experiment.crash_jobs:
-        _crash(n, replication)
     truth = experiment.truth_at(n)
     streams = experiment.streams(n, replication)
     X = experiment.x_law.sample(streams["x"], n, truth.n_features)
