@@ -10,7 +10,7 @@ import pytest
 from fastmoe.experiments import (Experiment, ResultStore, compare_slopes, fit_slope, get_preset,
                                  preset_names)
 from fastmoe.experiments.cli import build_parser, main
-from fastmoe.experiments.config import job_streams
+from fastmoe.experiments.seeds import job_streams
 from fastmoe.experiments.scoring import Loss, parse_loss, score
 from fastmoe.experiments.starts import init_near_truth, split_assignment
 from fastmoe.experiments.runner import plan_batches, resolve_parallelism

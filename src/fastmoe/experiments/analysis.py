@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .config import Experiment
+from .definition import Experiment
 from .store import ResultStore, store_path
 
 __all__ = ["Report", "SlopeFit", "SlopeDifference", "analyse", "compare_slopes", "fit_slope", "summarize",

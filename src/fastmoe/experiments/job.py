@@ -1,7 +1,7 @@
 """One job of a rate experiment, as it runs on a worker.
 
 :func:`run_job` draws the data of one ``(n, replication)`` cell from the seeds of
-:func:`~fastmoe.experiments.config.job_streams`, fits the model and returns a *record*: a flat dict of
+:func:`~fastmoe.experiments.seeds.job_streams`, fits the model and returns a *record*: a flat dict of
 plain Python values that the coordinating process stores. Everything that can go wrong inside a fit is
 recorded in the record instead of raised, so that one bad job never stops a study:
 
@@ -33,7 +33,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .. import __version__, fit, loglik, sample
-from .config import Experiment
+from .definition import Experiment
 from .scoring import score
 from .starts import init_near_truth
 

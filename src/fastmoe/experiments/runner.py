@@ -49,7 +49,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
-from .config import Experiment
+from .definition import Experiment
 from .job import crashed_record, run_batch
 from .store import ResultStore
 

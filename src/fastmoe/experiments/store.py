@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional
 
 from .. import __version__
-from .config import Experiment
+from .definition import Experiment
 
 __all__ = ["ResultStore", "flatten_record", "store_path", "STORE_FILENAME"]
 

@@ -1,11 +1,11 @@
-"""Rate experiments as data: the :class:`Experiment` definition, its file forms and the job seeds.
+"""An experiment as data: the :class:`Experiment` definition, its checks, grid, file forms and digest.
 
 An experiment (``MODEL.md`` section 5) fixes a true parameter ``G*``, a fitted number of experts, the law of
 ``X``, a grid of sample sizes and a number of replications. A *job* is one ``(n, replication)`` cell of that
-grid. Its random streams derive from ``(base_seed, n, replication)`` alone
-(``numpy.random.SeedSequence([base_seed, n, replication])``), so any single job can be re-run on its own,
-on any machine, in any order, and gives the same numbers; growing the grid later leaves the old jobs as
-they were.
+grid; its random streams derive from ``(base_seed, n, replication)`` alone (:mod:`~fastmoe.experiments.seeds`).
+The parts of a definition live beside it: the law of ``X`` and the fit options in
+:mod:`~fastmoe.experiments.options`, a truth that moves with ``n`` in :mod:`~fastmoe.experiments.truth_path`,
+the loss names in :mod:`~fastmoe.experiments.scoring`.
 
 A definition round-trips through a dict, TOML and JSON::
 
@@ -25,181 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Tuple
 
-import numpy as np
-
 from ..params import MoEParams
 from . import _toml
+from .options import FitOptions, XLaw
 from .scoring import parse_loss
-from .vanishing import along, spread_intercepts, vanishing_experts
+from .seeds import job_streams
+from .truth_path import TruthPath
+from .vanishing import along, check_split_spread, vanishing_experts
 
-__all__ = ["Experiment", "FitOptions", "TruthPath", "XLaw", "job_seed", "job_streams"]
-
-#: Names of the random streams of one job, in the order they are spawned from its seed sequence.
-STREAMS = ("x", "y", "init", "fit")
-
-def job_seed(base_seed: int, n: int, replication: int) -> np.random.SeedSequence:
-    """The seed sequence of job ``(n, replication)``: entropy ``(base_seed, n, replication)``."""
-    return np.random.SeedSequence([int(base_seed), int(n), int(replication)])
-
-
-def job_streams(base_seed: int, n: int, replication: int) -> dict:
-    """Independent generators ``{"x", "y", "init", "fit"}`` of one job (see :data:`STREAMS`)."""
-    children = job_seed(base_seed, n, replication).spawn(len(STREAMS))
-    return {name: np.random.default_rng(child) for name, child in zip(STREAMS, children)}
-
-
-@dataclass(frozen=True)
-class XLaw:
-    """The law of the inputs ``X`` (``d`` independent coordinates).
-
-    Parameters
-    ----------
-    kind : {"uniform", "normal"}, default="uniform"
-        ``uniform``: each coordinate uniform on ``[low, high]`` (the paper's ``Uniform[-1, 1]^d``).
-        ``normal``: each coordinate ``N(0, scale^2)``.
-    low, high : float, default=-1.0, 1.0
-        Bounds of the uniform law.
-    scale : float, default=1.0
-        Standard deviation of the normal law.
-    """
-
-    kind: str = "uniform"
-    low: float = -1.0
-    high: float = 1.0
-    scale: float = 1.0
-
-    def __post_init__(self):
-        if self.kind not in ("uniform", "normal"):
-            raise ValueError(f"x_law.kind must be 'uniform' or 'normal', got {self.kind!r}")
-        if self.kind == "uniform" and not self.low < self.high:
-            raise ValueError(f"x_law needs low < high, got low={self.low}, high={self.high}")
-        if self.kind == "normal" and not self.scale > 0:
-            raise ValueError(f"x_law.scale must be positive, got {self.scale}")
-
-    def sample(self, rng: np.random.Generator, n: int, d: int) -> np.ndarray:
-        """Draw ``X`` of shape ``(n, d)``."""
-        if self.kind == "uniform":
-            return rng.uniform(self.low, self.high, size=(n, d))
-        return rng.normal(0.0, self.scale, size=(n, d))
-
-
-@dataclass(frozen=True)
-class FitOptions:
-    """How each job fits the model.
-
-    Parameters
-    ----------
-    init : {"truth", "kmeans", "random"}, default="truth"
-        ``truth``: start near the true parameters as in ``MODEL.md`` section 5 (see
-        :func:`fastmoe.experiments.starts.init_near_truth`); ``kmeans`` / ``random``: the data-driven starts
-        of :func:`fastmoe.fit`, with ``n_init`` restarts.
-    init_scale : float, default=0.1
-        Standard deviation of the Gaussian perturbation of every coordinate of a start near the truth.
-    split_cells : tuple of int or None, default=None
-        For over-fits started near the truth: the true atoms (indices in the true parameter) that receive
-        the ``k - k*`` extra fitted atoms. ``None`` draws them at random per job.
-    split_spread : float, default=0.0
-        For a start near the truth: where on its non-identifiable set a split cell of a *vanishing* true
-        expert (``a*_j = 0``) starts. ``0`` gives its atoms the true intercepts (the centre, where the
-        atoms coincide); ``c > 0`` gives atom ``t`` of ``m`` the class probabilities
-        ``p* + c_t (e - p*)`` with ``c_t`` evenly spaced in ``[-c, c]`` and ``e`` the indicator of the most
-        likely class, which average to ``p*``: the start still reproduces the truth exactly but its atoms
-        differ (see :func:`fastmoe.experiments.starts.init_near_truth`). Split cells of other experts are
-        unaffected.
-    n_init : int, default=1
-        Restarts of a data-driven start (ignored for ``truth``).
-    max_iter : int, default=2000
-        EM iteration cap; a fit that reaches it is recorded as such.
-    tol : float, default=1e-8
-        Stopping tolerance of :func:`fastmoe.fit`: the fit stops once the objective is estimated within
-        ``tol * |objective|`` of its maximum.
-    l2 : float, default=0.0
-        Ridge penalty passed to :func:`fastmoe.fit`.
-    """
-
-    init: str = "truth"
-    init_scale: float = 0.1
-    split_cells: Optional[Tuple[int, ...]] = None
-    split_spread: float = 0.0
-    n_init: int = 1
-    max_iter: int = 2000
-    tol: float = 1e-8
-    l2: float = 0.0
-
-    def __post_init__(self):
-        if self.init not in ("truth", "kmeans", "random"):
-            raise ValueError(f"fit.init must be 'truth', 'kmeans' or 'random', got {self.init!r}")
-        if not self.init_scale >= 0:
-            raise ValueError(f"fit.init_scale must be >= 0, got {self.init_scale}")
-        if self.split_cells is not None:
-            object.__setattr__(self, "split_cells", tuple(int(j) for j in self.split_cells))
-        object.__setattr__(self, "split_spread", float(self.split_spread))
-        if not 0.0 <= self.split_spread < 1.0:
-            raise ValueError(f"fit.split_spread must be in [0, 1), got {self.split_spread}")
-        if self.n_init < 1 or self.max_iter < 1:
-            raise ValueError(f"fit.n_init and fit.max_iter must be >= 1, got {self.n_init}, {self.max_iter}")
-        if not self.tol > 0 or not self.l2 >= 0:
-            raise ValueError(f"fit.tol must be > 0 and fit.l2 >= 0, got {self.tol}, {self.l2}")
-
-
-@dataclass(frozen=True, eq=False)
-class TruthPath:
-    """Truths that move with the sample size: local alternatives.
-
-    The jobs of sample size ``n`` draw their data from, start near and measure their losses against
-
-        truth(n) = truth + scale * n^(-exponent) * direction
-
-    (every array of the parameter moved, in the coordinates the truth is written in). A rate study at a
-    fixed truth measures the MLE's pointwise rate; the theory's lower bounds are *minimax*: uniform over a
-    neighbourhood of a degenerate truth, attained by truths that approach it as ``n`` grows. A path such
-    as :func:`fastmoe.experiments.vanishing.pde_direction` makes that experiment expressible.
-
-    Parameters
-    ----------
-    direction : MoEParams
-        The displacement, shaped like the truth (its gating transform is ignored).
-    scale : float, default=1.0
-        Size of the displacement at ``n = 1``.
-    exponent : float, default=0.0
-        The displacement shrinks like ``n^(-exponent)``; ``0`` keeps it fixed.
-    """
-
-    direction: MoEParams
-    scale: float = 1.0
-    exponent: float = 0.0
-
-    def __post_init__(self):
-        if not isinstance(self.direction, MoEParams):
-            raise TypeError(f"truth_path.direction must be a MoEParams, got {type(self.direction).__name__}")
-        object.__setattr__(self, "scale", float(self.scale))
-        object.__setattr__(self, "exponent", float(self.exponent))
-        if not math.isfinite(self.scale):
-            raise ValueError(f"truth_path.scale must be finite, got {self.scale}")
-        if not (math.isfinite(self.exponent) and self.exponent >= 0):
-            raise ValueError(f"truth_path.exponent must be finite and >= 0, got {self.exponent}")
-
-    def step(self, n: int) -> float:
-        """How far along ``direction`` the truth of sample size ``n`` lies: ``scale * n^(-exponent)``."""
-        return self.scale * float(n) ** -self.exponent
-
-    def to_dict(self) -> dict:
-        direction = self.direction.to_dict()
-        del direction["gating"]  # the truth's transform applies
-        return {"scale": self.scale, "exponent": self.exponent, "direction": direction}
-
-    @classmethod
-    def from_dict(cls, data: Mapping, gating: str) -> "TruthPath":
-        data = dict(data)
-        unknown = set(data) - {"scale", "exponent", "direction"}
-        if unknown:
-            raise ValueError(f"unknown truth_path keys {sorted(unknown)}; expected direction, scale, exponent")
-        if "direction" not in data:
-            raise ValueError("truth_path lacks 'direction'")
-        direction = data.pop("direction")
-        if not isinstance(direction, MoEParams):
-            direction = MoEParams.from_dict(direction, gating=gating)
-        return cls(direction=direction, **data)
+__all__ = ["Experiment"]
 
 
 def _check_sample_sizes(sizes) -> Tuple[int, ...]:
@@ -231,7 +65,7 @@ class Experiment:
     n_replications : int
         Replications per sample size.
     base_seed : int, default=0
-        Entropy shared by all jobs; see :func:`job_seed`.
+        Entropy shared by all jobs; see :func:`~fastmoe.experiments.seeds.job_seed`.
     x_law : XLaw, default=XLaw()
         Law of ``X`` (``Uniform[-1, 1]^d``).
     fit : FitOptions, default=FitOptions()
@@ -307,7 +141,7 @@ class Experiment:
                 raise ValueError("fit.split_spread only moves split cells of vanishing true experts "
                                  "(a*_j = 0), and the truth has none")
             for j in vanishing:
-                spread_intercepts(true.b[j], 2, self.fit.split_spread)  # raises if too wide for p*_j
+                check_split_spread(true.b[j], self.fit.split_spread)
         set_("sample_sizes", _check_sample_sizes(self.sample_sizes))
         set_("n_replications", int(self.n_replications))
         if self.n_replications < 1:
@@ -372,7 +206,7 @@ class Experiment:
                 yield n, rep
 
     def streams(self, n: int, replication: int) -> dict:
-        """The random generators of one job (:func:`job_streams`)."""
+        """The random generators of one job (:func:`~fastmoe.experiments.seeds.job_streams`)."""
         return job_streams(self.base_seed, n, replication)
 
     def with_grid(self, sample_sizes=None, n_replications=None) -> "Experiment":
