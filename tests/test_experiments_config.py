@@ -83,9 +83,9 @@ def test_digest_ignores_the_grid_but_not_the_model():
         ({"n_experts": 1}, "n_experts >="),
         ({"n_experts": 3, "fit": {"split_cells": [0, 1]}}, "split_cells"),
         ({"primary_loss": "D2"}, "primary_loss"),
-        ({"name": "a b"}, "experiment name"),
+        ({"name": "a b"}, "name must be letters"),
         ({"fit": {"split_spread": 0.2}}, "vanishing true experts"),  # exact-fit's truth has none
-        ({"fit": {"split_spread": 1.0}}, "split_spread must be in"),
+        ({"fit": {"split_spread": 1.0}}, r"split_spread must be a finite number in \[0, 1\)"),
     ],
 )
 def test_invalid_definitions_are_refused(change, message):

@@ -4,6 +4,8 @@ One concern per module:
 
 - :mod:`~fastmoe.experiments.definition`: an experiment as data (:class:`Experiment`): its checks, grid,
   TOML/JSON forms and the digest that keys its stored rows;
+- :mod:`~fastmoe.experiments.schema`: the strict rules of every field of a definition (types, ranges,
+  finiteness), checked before anything is written or run;
 - :mod:`~fastmoe.experiments.options`: how a job draws ``X`` and fits (:class:`XLaw`, :class:`FitOptions`);
 - :mod:`~fastmoe.experiments.truth_path`: truths that move with ``n`` (:class:`TruthPath`);
 - :mod:`~fastmoe.experiments.seeds`: per-job random streams from ``(base_seed, n, replication)``;

@@ -27,10 +27,24 @@ __all__ = ["main", "build_parser"]
 
 
 def _int_list(text: str) -> List[int]:
-    try:
-        return [int(float(v)) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    """Comma-separated whole numbers; ``1e4`` is 10000, ``3000.9`` is refused (not rounded)."""
+    sizes = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        try:
+            value = int(token)
+        except ValueError:
+            try:
+                number = float(token)
+            except ValueError:
+                number = None
+            # Written as a float (1e4), it must be a whole number; the schema checks the range.
+            if number is None or not number.is_integer():
+                raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {token!r}") from None
+            value = int(number)
+        sizes.append(value)
+    return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:

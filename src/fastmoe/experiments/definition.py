@@ -20,13 +20,12 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Tuple
 
 from ..params import MoEParams
-from . import _toml
+from . import _toml, schema
 from .options import FitOptions, XLaw
 from .scoring import parse_loss
 from .seeds import job_streams
@@ -34,17 +33,6 @@ from .truth_path import TruthPath
 from .vanishing import along, check_split_spread, vanishing_experts
 
 __all__ = ["Experiment"]
-
-
-def _check_sample_sizes(sizes) -> Tuple[int, ...]:
-    sizes = tuple(int(n) for n in sizes)
-    if not sizes:
-        raise ValueError("sample_sizes is empty")
-    if min(sizes) < 2:
-        raise ValueError(f"sample sizes must be >= 2, got {min(sizes)}")
-    if len(set(sizes)) != len(sizes):
-        raise ValueError(f"sample_sizes has duplicates: {sizes}")
-    return tuple(sorted(sizes))
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,61 +95,56 @@ class Experiment:
     truth_path: Optional[TruthPath] = None
 
     def __post_init__(self):
-        if not isinstance(self.name, str) or not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
-            raise ValueError(f"experiment name must be letters, digits, '_', '.', '-', got {self.name!r}")
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
         if not isinstance(self.truth, MoEParams):
             raise TypeError(f"truth must be a MoEParams, got {type(self.truth).__name__}")
         if not isinstance(self.truth.gating, str):
-            raise ValueError("the true parameter needs a named gating transform so it can be stored")
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
-        set_("n_experts", int(self.n_experts))
-        if self.n_experts < 1:
-            raise ValueError(f"n_experts must be >= 1, got {self.n_experts}")
+            raise schema.DefinitionError("the true parameter needs a named gating transform so it can be stored")
+        for name, kind in (("x_law", XLaw), ("fit", FitOptions)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+        # Per-field types and ranges first (schema), so that the checks between fields below compare numbers.
+        for name, value in schema.check_fields(self, schema.EXPERIMENT).items():
+            set_(name, value)
+        set_("sample_sizes", tuple(sorted(self.sample_sizes)))
+        set_("theory", {k: float(v) for k, v in self.theory.items()})
+        losses = schema.LOSS_NAMES("losses", (self.losses,) if isinstance(self.losses, str) else self.losses)
+        for i, name in enumerate(losses):
+            try:
+                parse_loss(name)
+            except ValueError as exc:
+                raise schema.DefinitionError(f"losses[{i}]: {exc}") from None
+        set_("losses", losses)
         if self.fit.init == "truth" and self.n_experts < self.truth.n_experts:
-            raise ValueError(
+            raise schema.DefinitionError(
                 f"a start near the truth needs n_experts >= the true number of experts "
                 f"({self.truth.n_experts}), got {self.n_experts}"
             )
         if self.fit.split_cells is not None:
             extra = self.n_experts - self.truth.n_experts
             if len(self.fit.split_cells) != extra:
-                raise ValueError(
+                raise schema.DefinitionError(
                     f"fit.split_cells names {len(self.fit.split_cells)} cells but the fit has {extra} extra "
                     f"experts (n_experts={self.n_experts}, true experts={self.truth.n_experts})"
                 )
             bad = [j for j in self.fit.split_cells if not 0 <= j < self.truth.n_experts]
             if bad:
-                raise ValueError(f"fit.split_cells {bad} are not true atoms 0..{self.truth.n_experts - 1}")
+                raise schema.DefinitionError(
+                    f"fit.split_cells {bad} are not true atoms 0..{self.truth.n_experts - 1}")
         if self.truth_path is not None:
             self._check_truth_path()
         if self.fit.split_spread > 0:
             true = self.truth.normalized()
             vanishing = vanishing_experts(true)
             if not vanishing.size:
-                raise ValueError("fit.split_spread only moves split cells of vanishing true experts "
-                                 "(a*_j = 0), and the truth has none")
+                raise schema.DefinitionError("fit.split_spread only moves split cells of vanishing true "
+                                             "experts (a*_j = 0), and the truth has none")
             for j in vanishing:
                 check_split_spread(true.b[j], self.fit.split_spread)
-        set_("sample_sizes", _check_sample_sizes(self.sample_sizes))
-        set_("n_replications", int(self.n_replications))
-        if self.n_replications < 1:
-            raise ValueError(f"n_replications must be >= 1, got {self.n_replications}")
-        set_("base_seed", int(self.base_seed))
-        if self.base_seed < 0:
-            raise ValueError(f"base_seed must be >= 0 (SeedSequence entropy), got {self.base_seed}")
-        losses = (self.losses,) if isinstance(self.losses, str) else tuple(self.losses)
-        if not losses:
-            raise ValueError("losses is empty")
-        for name in losses:
-            parse_loss(name)
-        set_("losses", losses)
         primary = self.primary_loss if self.primary_loss is not None else losses[0]
         if primary not in losses:
-            raise ValueError(f"primary_loss {primary!r} is not among losses {losses}")
+            raise schema.DefinitionError(f"primary_loss {primary!r} is not among losses {losses}")
         set_("primary_loss", primary)
-        set_("theory", {str(k): float(v) for k, v in dict(self.theory).items()})
-        if not self.coef_limit > 0:
-            raise ValueError(f"coef_limit must be positive, got {self.coef_limit}")
 
     def _check_truth_path(self) -> None:
         if not isinstance(self.truth_path, TruthPath):
@@ -169,11 +152,12 @@ class Experiment:
         direction, truth = self.truth_path.direction, self.truth
         for name in ("beta0", "beta1", "a", "b"):
             if getattr(direction, name).shape != getattr(truth, name).shape:
-                raise ValueError(f"truth_path.direction.{name} has shape {getattr(direction, name).shape}, "
-                                 f"the truth's {name} {getattr(truth, name).shape}")
+                raise schema.DefinitionError(
+                    f"truth_path.direction.{name} has shape {getattr(direction, name).shape}, "
+                    f"the truth's {name} {getattr(truth, name).shape}")
         if self.fit.split_spread > 0:
-            raise ValueError("fit.split_spread places split cells of a fixed vanishing truth; it does not "
-                             "combine with truth_path")
+            raise schema.DefinitionError("fit.split_spread places split cells of a fixed vanishing truth; it "
+                                         "does not combine with truth_path")
 
     def outline(self) -> str:
         """One line on the model: true and fitted numbers of experts, gating, sizes, and the truth's path."""
@@ -246,27 +230,19 @@ class Experiment:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "Experiment":
-        """Inverse of :meth:`to_dict`; unknown keys are an error (they are usually typos)."""
-        data = dict(data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown experiment keys {sorted(unknown)}; expected some of {sorted(known)}")
-        for key in ("name", "truth", "n_experts", "sample_sizes", "n_replications"):
-            if key not in data:
-                raise ValueError(f"experiment definition lacks {key!r}")
-        data["truth"] = (
-            data["truth"] if isinstance(data["truth"], MoEParams) else MoEParams.from_dict(data["truth"])
-        )
+        """Inverse of :meth:`to_dict`; unknown keys are an error (they are usually typos), and every field
+        is checked against :mod:`~fastmoe.experiments.schema`."""
+        data = schema.check_table("experiment", data)
+        schema.check_keys("experiment", data, [f.name for f in dataclasses.fields(cls)],
+                          required=("name", "truth", "n_experts", "sample_sizes", "n_replications"))
+        data["truth"] = schema.check_parameters("truth", data["truth"])
         if data.get("truth_path") is not None and not isinstance(data["truth_path"], TruthPath):
             data["truth_path"] = TruthPath.from_dict(data["truth_path"], gating=data["truth"].gating)
         for key, sub in (("x_law", XLaw), ("fit", FitOptions)):
             if key in data and not isinstance(data[key], sub):
-                sub_known = {f.name for f in dataclasses.fields(sub)}
-                bad = set(data[key]) - sub_known
-                if bad:
-                    raise ValueError(f"unknown {key} keys {sorted(bad)}; expected some of {sorted(sub_known)}")
-                data[key] = sub(**data[key])
+                table = schema.check_table(key, data[key])
+                schema.check_keys(key, table, [f.name for f in dataclasses.fields(sub)])
+                data[key] = sub(**table)
         return cls(**data)
 
     def to_toml(self) -> str:

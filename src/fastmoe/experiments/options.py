@@ -7,6 +7,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from . import schema
+
 __all__ = ["FitOptions", "XLaw"]
 
 
@@ -31,12 +33,11 @@ class XLaw:
     scale: float = 1.0
 
     def __post_init__(self):
-        if self.kind not in ("uniform", "normal"):
-            raise ValueError(f"x_law.kind must be 'uniform' or 'normal', got {self.kind!r}")
+        schema.check_fields(self, schema.X_LAW, "x_law.")
         if self.kind == "uniform" and not self.low < self.high:
-            raise ValueError(f"x_law needs low < high, got low={self.low}, high={self.high}")
+            raise schema.DefinitionError(f"x_law needs low < high, got low={self.low}, high={self.high}")
         if self.kind == "normal" and not self.scale > 0:
-            raise ValueError(f"x_law.scale must be positive, got {self.scale}")
+            raise schema.DefinitionError(f"x_law.scale must be positive, got {self.scale}")
 
     def sample(self, rng: np.random.Generator, n: int, d: int) -> np.ndarray:
         """Draw ``X`` of shape ``(n, d)``."""
@@ -89,16 +90,9 @@ class FitOptions:
     l2: float = 0.0
 
     def __post_init__(self):
-        if self.init not in ("truth", "kmeans", "random"):
-            raise ValueError(f"fit.init must be 'truth', 'kmeans' or 'random', got {self.init!r}")
-        if not self.init_scale >= 0:
-            raise ValueError(f"fit.init_scale must be >= 0, got {self.init_scale}")
-        if self.split_cells is not None:
-            object.__setattr__(self, "split_cells", tuple(int(j) for j in self.split_cells))
+        checked = schema.check_fields(self, schema.FIT, "fit.")
+        object.__setattr__(self, "split_cells", checked["split_cells"])
+        object.__setattr__(self, "n_init", checked["n_init"])
+        object.__setattr__(self, "max_iter", checked["max_iter"])
+        # A float, so that 0 and 0.0 give one definition (the default is left out of it, see to_dict).
         object.__setattr__(self, "split_spread", float(self.split_spread))
-        if not 0.0 <= self.split_spread < 1.0:
-            raise ValueError(f"fit.split_spread must be in [0, 1), got {self.split_spread}")
-        if self.n_init < 1 or self.max_iter < 1:
-            raise ValueError(f"fit.n_init and fit.max_iter must be >= 1, got {self.n_init}, {self.max_iter}")
-        if not self.tol > 0 or not self.l2 >= 0:
-            raise ValueError(f"fit.tol must be > 0 and fit.l2 >= 0, got {self.tol}, {self.l2}")

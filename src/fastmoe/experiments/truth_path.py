@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping
 
 from ..params import MoEParams
+from . import schema
 
 __all__ = ["TruthPath"]
 
@@ -41,12 +41,9 @@ class TruthPath:
     def __post_init__(self):
         if not isinstance(self.direction, MoEParams):
             raise TypeError(f"truth_path.direction must be a MoEParams, got {type(self.direction).__name__}")
+        schema.check_fields(self, schema.TRUTH_PATH, "truth_path.")
         object.__setattr__(self, "scale", float(self.scale))
         object.__setattr__(self, "exponent", float(self.exponent))
-        if not math.isfinite(self.scale):
-            raise ValueError(f"truth_path.scale must be finite, got {self.scale}")
-        if not (math.isfinite(self.exponent) and self.exponent >= 0):
-            raise ValueError(f"truth_path.exponent must be finite and >= 0, got {self.exponent}")
 
     def step(self, n: int) -> float:
         """How far along ``direction`` the truth of sample size ``n`` lies: ``scale * n^(-exponent)``."""
@@ -59,13 +56,8 @@ class TruthPath:
 
     @classmethod
     def from_dict(cls, data: Mapping, gating: str) -> "TruthPath":
-        data = dict(data)
-        unknown = set(data) - {"scale", "exponent", "direction"}
-        if unknown:
-            raise ValueError(f"unknown truth_path keys {sorted(unknown)}; expected direction, scale, exponent")
-        if "direction" not in data:
-            raise ValueError("truth_path lacks 'direction'")
-        direction = data.pop("direction")
-        if not isinstance(direction, MoEParams):
-            direction = MoEParams.from_dict(direction, gating=gating)
+        """Inverse of :meth:`to_dict`; the direction takes the truth's ``gating``."""
+        data = schema.check_table("truth_path", data)
+        schema.check_keys("truth_path", data, ("direction", "scale", "exponent"), required=("direction",))
+        direction = schema.check_parameters("truth_path.direction", data.pop("direction"), gating=gating)
         return cls(direction=direction, **data)
