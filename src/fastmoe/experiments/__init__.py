@@ -21,7 +21,8 @@ One concern per module:
 - :mod:`~fastmoe.experiments.analysis` and :mod:`~fastmoe.experiments.plots`: slopes, slope differences between
   experiments, tables, figures;
 - :mod:`~fastmoe.experiments.cli`: ``fastmoe rates run | report | compare | presets``;
-- :mod:`~fastmoe.experiments._toml`: the TOML subset definitions are written in.
+- :mod:`~fastmoe.experiments._toml`: the TOML subset definitions are written in;
+- :mod:`~fastmoe.experiments._atomic`: atomic file output (a temporary file beside the target, then a rename).
 
 Plotting needs matplotlib, the progress bar tqdm, a cluster dask.distributed (the ``experiments`` extra).
 """

@@ -26,6 +26,7 @@ from typing import Iterator, Mapping, Optional, Tuple
 
 from ..params import MoEParams
 from . import _toml, schema
+from ._atomic import atomic_open
 from .options import FitOptions, XLaw
 from .scoring import parse_loss
 from .seeds import job_streams
@@ -256,7 +257,8 @@ class Experiment:
     def save(self, path) -> None:
         """Write to ``path``: TOML for a ``.toml`` suffix, JSON otherwise."""
         path = Path(path)
-        path.write_text(self.to_toml() if path.suffix == ".toml" else self.to_json())
+        with atomic_open(path, "w") as fh:  # a killed run leaves the old definition or the new one
+            fh.write(self.to_toml() if path.suffix == ".toml" else self.to_json())
 
     @classmethod
     def load(cls, path) -> "Experiment":

@@ -132,7 +132,7 @@ class RunSummary:
     store: Path
     run_id: int
     total: int  #: jobs in the grid
-    already_done: int  #: jobs found in the store before the run
+    already_done: int  #: jobs of the grid found in the store before the run
     completed: int = 0  #: rows added by this run
     duplicates: int = 0  #: results ignored because their key was already stored
     crashed: int = 0  #: jobs recorded as ``crashed``
@@ -204,7 +204,8 @@ def run_experiment(
         store.register(experiment)
         if retry_failed:
             store.delete(experiment.name, ("failed", "crashed"))
-        done = store.done_keys(experiment.name)
+        # Rows of an earlier, larger grid stay stored but are not this grid's jobs.
+        done = store.done_keys(experiment.name) & set(experiment.jobs())
         pending = [job for job in experiment.jobs() if job not in done]
         if scheduler is None:
             executor, (workers, threads) = "local", resolve_parallelism(n_jobs, threads_per_job)
