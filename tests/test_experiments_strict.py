@@ -1,5 +1,5 @@
 """Study definitions and stores that cannot be misread (issue 17): a strict schema checked before anything is
-written, read-only and damaged stores, atomic outputs."""
+written, read-only and damaged stores, atomic outputs, clean one-line exits."""
 
 import contextlib
 import csv
@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -465,3 +466,114 @@ def test_compare_picks_experiments_from_a_store_holding_several(tmp_path, capsys
     assert main(["rates", "compare", str(run), str(run), "--experiment", "slow", "--experiment", "fast",
                  "--experiment", "slow", "--metrics", "D1"]) == 2
     assert "once per directory" in one_line(capsys.readouterr().err)
+
+
+# -- 3 and 7: schedulers, pools, signals ------------------------------------------------------------------
+def test_a_bad_scheduler_address_ends_at_once_with_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    start = time.monotonic()
+    for address in ("notaurl", "tcp://host-without-port", "http://127.0.0.1:8786"):
+        assert main(["rates", "run", "exact-fit", "--out", str(out), "--scheduler", address]) == 2
+        line = one_line(capsys.readouterr().err)
+        assert f"scheduler {address!r} is not a Dask scheduler address" in line
+    assert time.monotonic() - start < 20 and not out.exists()
+
+
+def test_an_unreachable_scheduler_is_reported_in_one_line(tmp_path, capsys):
+    dask = pytest.importorskip("dask")
+    pytest.importorskip("distributed")
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        start = time.monotonic()
+        code = main(["rates", "run", "exact-fit", "--out", str(tmp_path / "run"), "--scheduler",
+                     "tcp://127.0.0.1:1", "--sample-sizes", "300", "--replications", "1", "--no-progress"])
+    assert code == 2 and time.monotonic() - start < 30
+    assert "could not reach a Dask scheduler at tcp://127.0.0.1:1" in one_line(capsys.readouterr().err)
+
+
+def _die_at_start(coordinator_pid):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_killed_while_the_pool_starts_is_named_as_such(tmp_path, monkeypatch):
+    # The pool's start-up probe sees its worker die (here: SIGKILL in the initializer, as from an outside
+    # killer); the message says so instead of blaming a missing __main__ guard.
+    monkeypatch.setattr(runner, "_worker_init", _die_at_start)
+    with pytest.raises(RuntimeError, match="a worker was killed by SIGKILL while the pool started") as error:
+        run_experiment(small_experiment(), tmp_path, n_jobs=1, threads_per_job=1, progress=False)
+    assert "__main__" not in str(error.value)
+
+
+def test_a_script_without_main_guard_is_told_so(tmp_path):
+    script = tmp_path / "study.py"
+    script.write_text("from fastmoe.experiments import get_preset, run_experiment\n"
+                      "exp = get_preset('exact-fit').with_grid(sample_sizes=[300], n_replications=1)\n"
+                      f"run_experiment(exp, {str(tmp_path / 'run')!r}, n_jobs=1, progress=False)\n")
+    done = subprocess.run([sys.executable, str(script)], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0
+    assert "exited with status 1 while starting" in done.stderr and "__main__" in done.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+@pytest.mark.parametrize("signum, target", [(signal.SIGINT, "group"), (signal.SIGTERM, "coordinator")])
+def test_a_signal_stops_the_run_with_one_line_and_the_rerun_completes(tmp_path, signum, target):
+    # SIGINT to the process group is Ctrl-C in a terminal; SIGTERM to the coordinator alone is `kill PID`.
+    out = tmp_path / "run"
+    sizes, reps = [3000, 3500, 4000, 4500], 10
+    total = len(sizes) * reps
+    cmd = CLI + ["rates", "run", "exact-fit", "--out", str(out), "--sample-sizes", ",".join(map(str, sizes)),
+                 "--replications", str(reps), "--jobs", "2", "--threads-per-job", "1", "--no-progress",
+                 "--no-report"]
+    env = subprocess_env()
+    # Files, not pipes: a pipe would also wait for any process of the run that outlived it.
+    stderr_path = tmp_path / "stderr"
+    with open(stderr_path, "w") as stderr_file:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr_file, start_new_session=True)
+    db = out / "results.sqlite"
+    try:
+        deadline = time.monotonic() + 120
+        stored = 0
+        while time.monotonic() < deadline and proc.poll() is None and stored < 4:
+            if db.exists():
+                with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
+                    with contextlib.suppress(sqlite3.OperationalError):
+                        stored = conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        stopped_at = time.monotonic()
+        if target == "group":
+            os.killpg(proc.pid, signum)
+        else:
+            os.kill(proc.pid, signum)
+        proc.wait(timeout=60)
+        assert time.monotonic() - stopped_at < 15
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum
+    assert one_line(stderr_path.read_text()) == (f"fastmoe rates run: stopped by {name}; finished jobs are "
+                                                 "stored, run the same command again to resume")
+    deadline = time.monotonic() + 10  # the workers go with the coordinator
+    while _live_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _live_members(proc.pid), "worker processes outlived the stopped run"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM results").fetchone()[0] == total
+        statuses = dict(conn.execute("SELECT status, COUNT(*) FROM results GROUP BY status").fetchall())
+    assert "failed" not in statuses and "crashed" not in statuses  # the interruption was recorded nowhere
+
+
+def _live_members(session):
+    """Processes of a session that are not zombies (from /proc: state and session id of every process)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members

@@ -19,17 +19,21 @@ never run twice.
 A definition is checked (:mod:`~fastmoe.experiments.schema`) and registered with the store before
 ``experiment.toml`` is written or any job runs, so a refused one leaves the directory as it was. ``report``
 and ``compare`` only read the store, so they work on an archived, read-only run (``report --out`` writes
-the files elsewhere). Output files are replaced atomically. Errors end a command with one line on stderr
-and status 2.
+the files elsewhere). Output files are replaced atomically. Errors, SIGINT and SIGTERM end a command with
+one line on stderr: status 2 for an error, 128 + the signal's number for a signal.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import errno
+import os
+import signal
 import sqlite3
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -117,6 +121,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stopped(BaseException):
+    """SIGINT or SIGTERM, raised where the main thread is (a BaseException, so no job records it as a
+    failure); the runner's clean-up runs on its way up."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise _Stopped(signum)
+
+
+@contextlib.contextmanager
+def _signals_stop():
+    """SIGINT and SIGTERM raise :class:`_Stopped` in the main thread for the duration of a command."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _fail(action: str, why) -> int:
     """Print one line on stderr and return the error status."""
     if isinstance(why, KeyError) and why.args:
@@ -129,7 +160,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``fastmoe`` console script."""
     args = build_parser().parse_args(argv)
     actions = {"presets": _presets, "run": _run, "compare": _compare, "report": _report_args}
-    return actions[args.action](args)
+    with _signals_stop():
+        try:
+            return actions[args.action](args)
+        except _Stopped as stop:
+            name = signal.Signals(stop.signum).name
+            resume = "; finished jobs are stored, run the same command again to resume" if args.action == "run" else ""
+            print(f"fastmoe rates {args.action}: stopped by {name}{resume}", file=sys.stderr)
+            return 128 + stop.signum
+        except BrokenPipeError:  # the reader went away (| head): nothing left to say, and no one to say it to
+            with contextlib.suppress(OSError):
+                sys.stdout = open(os.devnull, "w")
+            return 1
 
 
 def _report_args(args) -> int:
@@ -155,7 +197,7 @@ def _presets(args) -> int:
 
 def _run(args) -> int:
     from .presets import load_experiment
-    from .runner import run_experiment
+    from .runner import check_scheduler, run_experiment
     from .store import ResultStore, StoreError
 
     try:  # everything about the definition and the command is checked before anything is written
@@ -164,7 +206,8 @@ def _run(args) -> int:
         if args.max_n is not None:
             sizes = [n for n in sizes if n <= args.max_n]
         exp = exp.with_grid(sample_sizes=sizes, n_replications=args.replications)
-    except (ValueError, KeyError, OSError) as exc:
+        check_scheduler(args.scheduler)
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
         return _fail("run", exc)
     out = args.out if args.out is not None else Path(f"rates-{exp.name}")
     try:
@@ -176,7 +219,7 @@ def _run(args) -> int:
         summary = run_experiment(exp, out, scheduler=args.scheduler, n_jobs=args.jobs,
                                  threads_per_job=args.threads_per_job, retry_failed=args.retry_failed,
                                  progress=not args.no_progress)
-    except (ValueError, StoreError, sqlite3.DatabaseError, OSError) as exc:
+    except (ValueError, StoreError, sqlite3.DatabaseError, OSError, RuntimeError) as exc:
         return _fail("run", exc)
     where = summary.executor + (f", {summary.n_workers} workers x {summary.threads_per_job} threads"
                                 if summary.n_workers else "")
