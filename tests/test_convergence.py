@@ -10,7 +10,7 @@ import fastmoe
 from fastmoe._monitor import STOP_REASONS, ConvergenceMonitor, em_settled, newton_settled
 from fastmoe._trust_region import QuadraticModel
 from fastmoe.experiments import get_preset
-from fastmoe.experiments.init import init_near_truth
+from fastmoe.experiments.starts import init_near_truth
 
 
 def _random_model(rng, p, n_negative, hard=False):

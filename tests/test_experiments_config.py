@@ -10,8 +10,9 @@ import pytest
 from fastmoe.experiments import (Experiment, ResultStore, compare_slopes, fit_slope, get_preset,
                                  preset_names)
 from fastmoe.experiments.cli import build_parser, main
-from fastmoe.experiments.config import job_streams, parse_loss_name
-from fastmoe.experiments.init import init_near_truth, split_assignment
+from fastmoe.experiments.seeds import job_streams
+from fastmoe.experiments.scoring import Loss, parse_loss, score
+from fastmoe.experiments.starts import init_near_truth, split_assignment
 from fastmoe.experiments.runner import plan_batches, resolve_parallelism
 
 PAPER_SETTINGS = {"exact-fit", "over-fit", "vanishing-standard", "vanishing-tanh", "vanishing-sigmoid"}
@@ -82,9 +83,9 @@ def test_digest_ignores_the_grid_but_not_the_model():
         ({"n_experts": 1}, "n_experts >="),
         ({"n_experts": 3, "fit": {"split_cells": [0, 1]}}, "split_cells"),
         ({"primary_loss": "D2"}, "primary_loss"),
-        ({"name": "a b"}, "experiment name"),
+        ({"name": "a b"}, "name must be letters"),
         ({"fit": {"split_spread": 0.2}}, "vanishing true experts"),  # exact-fit's truth has none
-        ({"fit": {"split_spread": 1.0}}, "split_spread must be in"),
+        ({"fit": {"split_spread": 1.0}}, r"split_spread must be a finite number in \[0, 1\)"),
     ],
 )
 def test_invalid_definitions_are_refused(change, message):
@@ -93,10 +94,28 @@ def test_invalid_definitions_are_refused(change, message):
 
 
 def test_loss_names():
-    assert parse_loss_name("D1") == ("D1", None)
-    assert parse_loss_name("D2") == ("D2", None)
-    assert parse_loss_name("D2r4") == ("D2r", 4.0)
-    assert parse_loss_name("D2r1.5") == ("D2r", 1.5)
+    assert parse_loss("D1") == Loss("D1", "D1", None)
+    assert parse_loss("D2") == Loss("D2", "D2", None)
+    assert parse_loss("D2r4") == Loss("D2r4", "D2r", 4.0)
+    assert parse_loss("D2r1.5") == Loss("D2r1.5", "D2r", 1.5)
+    for bad in ("D3", "d1", "D2r", "D2r-1", "D2r4 "):
+        with pytest.raises(ValueError, match="unknown loss"):
+            parse_loss(bad)
+
+
+def test_each_loss_name_is_computed_by_its_function():
+    from fastmoe import losses
+
+    truth = get_preset("over-fit").truth
+    fitted = init_near_truth(truth, 3, np.random.default_rng(0), scale=0.2, split_cells=[0])
+    for exact in (False, True):
+        scores = score(fitted, truth, ["D1", "D2", "D2r4", "D2r1.5"], exact)
+        assert scores["D1"] == losses.D1(fitted, truth, exact_translation=exact)
+        assert scores["D2"] == losses.D2(fitted, truth, exact_translation=exact)
+        assert scores["D2r4"] == losses.D2r(fitted, truth, 4.0, exact_translation=exact)
+        assert scores["D2r1.5"] == losses.D2r(fitted, truth, 1.5, exact_translation=exact)
+        errors = losses.flat(losses.per_parameter_errors(fitted, truth, exact_translation=exact))
+        assert list(scores) == ["D1", "D2", "D2r4", "D2r1.5", *errors]
 
 
 def test_job_streams_depend_on_base_seed_n_and_replication_only():

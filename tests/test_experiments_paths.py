@@ -8,7 +8,7 @@ import pytest
 import fastmoe
 from fastmoe import losses
 from fastmoe.experiments import Experiment, get_preset, preset_names, run_job
-from fastmoe.experiments.config import TruthPath
+from fastmoe.experiments.truth_path import TruthPath
 from fastmoe.experiments.vanishing import along, pde_direction, spread_intercepts
 
 

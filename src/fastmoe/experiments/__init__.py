@@ -1,30 +1,42 @@
-"""Parameter-estimation rate experiments (``MODEL.md`` section 5).
+"""Parameter-estimation rate experiments (``MODEL.md`` section 5): definitions, runs, stores, reports.
 
-Layers, each in a small module:
+One concern per module:
 
-- :mod:`~fastmoe.experiments.config`: an experiment as data (:class:`Experiment`), TOML/JSON round trip,
-  per-job seeds derived from ``(base_seed, n, replication)``, truths that move with ``n`` (:class:`TruthPath`);
-- :mod:`~fastmoe.experiments.presets`: the paper's four settings as shipped TOML files;
-- :mod:`~fastmoe.experiments.init`: starts near the truth (split, duplicate, perturb);
+- :mod:`~fastmoe.experiments.definition`: an experiment as data (:class:`Experiment`): its checks, grid,
+  TOML/JSON forms and the digest that keys its stored rows;
+- :mod:`~fastmoe.experiments.schema`: the strict rules of every field of a definition (types, ranges,
+  finiteness), checked before anything is written or run;
+- :mod:`~fastmoe.experiments.options`: how a job draws ``X`` and fits (:class:`XLaw`, :class:`FitOptions`);
+- :mod:`~fastmoe.experiments.truth_path`: truths that move with ``n`` (:class:`TruthPath`);
+- :mod:`~fastmoe.experiments.seeds`: per-job random streams from ``(base_seed, n, replication)``;
+- :mod:`~fastmoe.experiments.scoring`: the registry of loss names and the scores of one fit;
+- :mod:`~fastmoe.experiments.starts`: starts near the truth (split, duplicate, perturb);
 - :mod:`~fastmoe.experiments.vanishing`: split cells of vanishing experts (their non-identifiable
   intercepts, standard gating's PDE direction), for starts and for truths that move with ``n``;
-- :mod:`~fastmoe.experiments.job`: one job on a worker (sample, fit, losses, record);
+- :mod:`~fastmoe.experiments.presets`: the shipped definitions (TOML files: the paper's four settings and
+  their variants; ``fastmoe rates presets`` lists them);
+- :mod:`~fastmoe.experiments.job`: one job on a worker (sample, fit, score, record);
 - :mod:`~fastmoe.experiments.runner`: the grid on local processes or a Dask cluster;
 - :mod:`~fastmoe.experiments.store`: the SQLite result store (resume, export);
 - :mod:`~fastmoe.experiments.analysis` and :mod:`~fastmoe.experiments.plots`: slopes, slope differences between
   experiments, tables, figures;
-- :mod:`~fastmoe.experiments.cli`: ``fastmoe rates run | report | compare | presets``.
+- :mod:`~fastmoe.experiments.cli`: ``fastmoe rates run | report | compare | presets``;
+- :mod:`~fastmoe.experiments._toml`: the TOML subset definitions are written in;
+- :mod:`~fastmoe.experiments._atomic`: atomic file output (a temporary file beside the target, then a rename).
 
 Plotting needs matplotlib, the progress bar tqdm, a cluster dask.distributed (the ``experiments`` extra).
 """
 
 from .analysis import Report, SlopeDifference, SlopeFit, analyse, compare_slopes, fit_slope
-from .config import Experiment, FitOptions, TruthPath, XLaw, job_seed
-from .init import init_near_truth
+from .definition import Experiment
 from .job import run_job
+from .options import FitOptions, XLaw
 from .presets import get_preset, load_experiment, preset_names
 from .runner import RunSummary, run_experiment
+from .seeds import job_seed
+from .starts import init_near_truth
 from .store import ResultStore
+from .truth_path import TruthPath
 
 __all__ = [
     "Experiment",

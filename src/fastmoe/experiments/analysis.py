@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .config import Experiment
-from .store import ResultStore, store_path
+from .definition import Experiment
+from .store import ResultStore
 
 __all__ = ["Report", "SlopeFit", "SlopeDifference", "analyse", "compare_slopes", "fit_slope", "summarize",
            "rate_metrics", "DEFAULT_INCLUDE"]
@@ -273,8 +272,12 @@ class Report:
     def format_table(self, all_metrics: bool = False) -> str:
         """The terminal report: per-``n`` table of the losses and the slope table."""
         exp = self.experiment
-        lines = [f"experiment {exp.name}: {exp.outline()}; "
-                 f"{len(self.records)}/{exp.n_jobs} jobs stored; means over statuses {list(self.include)}"]
+        grid = set(exp.jobs())
+        in_grid = sum((int(r["n"]), int(r["replication"])) in grid for r in self.records)
+        stored = f"{in_grid}/{exp.n_jobs} jobs stored"
+        if len(self.records) > in_grid:  # the latest run had a smaller grid than an earlier one
+            stored += f" (and {len(self.records) - in_grid} of an earlier, larger grid, analysed too)"
+        lines = [f"experiment {exp.name}: {exp.outline()}; {stored}; means over statuses {list(self.include)}"]
         losses = list(exp.losses)
         head = f"{'n':>9} {'rows':>5} {'ok':>4} {'cap':>4} {'div':>4} {'fail':>4} {'iters':>7} {'time/s':>7}"
         head += "".join(f" {'mean ' + m:>13} {'sd':>9}" for m in losses)
@@ -332,7 +335,7 @@ def analyse(source, experiment: Optional[str] = None, *, include: Iterable[str] 
     Report
     """
     include = tuple(include)
-    store = source if isinstance(source, ResultStore) else ResultStore(_store_path(source))
+    store = source if isinstance(source, ResultStore) else ResultStore(source, read_only=True)
     try:
         exp = store.experiment(experiment)
         records = store.records(exp.name)
@@ -345,10 +348,3 @@ def analyse(source, experiment: Optional[str] = None, *, include: Iterable[str] 
                            confidence=confidence, min_n=min_n, max_n=max_n, seed=seed) for m in metrics}
     summaries = {m: summarize(records, m, include) for m in metrics}
     return Report(exp, records, include, metrics, slopes, summaries, counts)
-
-
-def _store_path(source) -> Path:
-    path = store_path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"no result store at {path}")
-    return path

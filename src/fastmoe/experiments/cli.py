@@ -8,18 +8,32 @@
     fastmoe rates run over-fit --scheduler tcp://10.0.0.5:8786
     fastmoe rates report runs/my-study          # table + plots + CSV/Parquet export
     fastmoe rates compare runs/standard runs/tanh --plot contrast.png   # slope differences
+    fastmoe rates compare runs/all runs/all --experiment standard --experiment tanh   # two of one store
+    fastmoe rates report /archive/my-study --out my-report    # a read-only run, files written elsewhere
 
 A run directory holds ``results.sqlite`` (the store), ``experiment.toml`` (the definition that ran),
 ``results.csv`` / ``results.parquet``, ``summary.csv`` and ``slopes.csv`` (the report's numbers) and
 ``plots/`` (PNG and PDF). Re-running ``fastmoe rates run`` with the same directory resumes: finished jobs are
 never run twice.
+
+A definition is checked (:mod:`~fastmoe.experiments.schema`) and registered with the store before
+``experiment.toml`` is written or any job runs, so a refused one leaves the directory as it was. ``report``
+and ``compare`` only read the store, so they work on an archived, read-only run (``report --out`` writes
+the files elsewhere). Output files are replaced atomically. Errors, SIGINT and SIGTERM end a command with
+one line on stderr: status 2 for an error, 128 + the signal's number for a signal.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import errno
+import os
+import signal
+import sqlite3
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -27,10 +41,24 @@ __all__ = ["main", "build_parser"]
 
 
 def _int_list(text: str) -> List[int]:
-    try:
-        return [int(float(v)) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    """Comma-separated whole numbers; ``1e4`` is 10000, ``3000.9`` is refused (not rounded)."""
+    sizes = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        try:
+            value = int(token)
+        except ValueError:
+            try:
+                number = float(token)
+            except ValueError:
+                number = None
+            # Written as a float (1e4), it must be a whole number; the schema checks the range.
+            if number is None or not number.is_integer():
+                raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {token!r}") from None
+            value = int(number)
+        sizes.append(value)
+    return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="print the rate table, draw plots, export CSV/Parquet")
     report.add_argument("dir", type=Path, help="run directory (or a .sqlite store)")
+    report.add_argument("--out", type=Path, default=None,
+                        help="write the exports and plots here (default: the run directory)")
     report.add_argument("--experiment", default=None, help="experiment name (when the store holds several)")
     report.add_argument("--ok-only", action="store_true",
                         help="average converged fits only (default also keeps fits that hit max_iter)")
@@ -74,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the first, its slope minus the first run's with a bootstrap interval.")
     compare.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="run directories (the first is the "
                          "baseline)")
+    compare.add_argument("--experiment", action="append", default=None, metavar="NAME",
+                         help="the experiment to read when a store holds several: once for every DIR, or once "
+                              "per DIR in their order (a DIR may be named twice to compare two of its experiments)")
     compare.add_argument("--metrics", type=lambda t: [m for m in t.split(",") if m], default=None,
                          help="comma-separated metrics (default: every metric all runs carry)")
     compare.add_argument("--ok-only", action="store_true", help="average converged fits only")
@@ -88,17 +121,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stopped(BaseException):
+    """SIGINT or SIGTERM, raised where the main thread is (a BaseException, so no job records it as a
+    failure); the runner's clean-up runs on its way up."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise _Stopped(signum)
+
+
+@contextlib.contextmanager
+def _signals_stop():
+    """SIGINT and SIGTERM raise :class:`_Stopped` in the main thread for the duration of a command."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _fail(action: str, why) -> int:
+    """Print one line on stderr and return the error status."""
+    if isinstance(why, KeyError) and why.args:
+        why = why.args[0]  # str(KeyError) quotes its message
+    print(f"fastmoe rates {action}: {why}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``fastmoe`` console script."""
     args = build_parser().parse_args(argv)
-    if args.action == "presets":
-        return _presets(args)
-    if args.action == "run":
-        return _run(args)
-    if args.action == "compare":
-        return _compare(args)
+    actions = {"presets": _presets, "run": _run, "compare": _compare, "report": _report_args}
+    with _signals_stop():
+        try:
+            return actions[args.action](args)
+        except _Stopped as stop:
+            name = signal.Signals(stop.signum).name
+            resume = "; finished jobs are stored, run the same command again to resume" if args.action == "run" else ""
+            print(f"fastmoe rates {args.action}: stopped by {name}{resume}", file=sys.stderr)
+            return 128 + stop.signum
+        except BrokenPipeError:  # the reader went away (| head): nothing left to say, and no one to say it to
+            with contextlib.suppress(OSError):
+                sys.stdout = open(os.devnull, "w")
+            return 1
+
+
+def _report_args(args) -> int:
     return _report(args.dir, experiment=args.experiment, ok_only=args.ok_only, min_n=args.min_n,
-                   max_n=args.max_n, n_boot=args.bootstrap, all_metrics=args.all, plots=not args.no_plots)
+                   max_n=args.max_n, n_boot=args.bootstrap, all_metrics=args.all, plots=not args.no_plots,
+                   out=args.out)
 
 
 def _presets(args) -> int:
@@ -118,27 +197,30 @@ def _presets(args) -> int:
 
 def _run(args) -> int:
     from .presets import load_experiment
-    from .runner import run_experiment
+    from .runner import check_scheduler, run_experiment
+    from .store import ResultStore, StoreError
 
-    try:
+    try:  # everything about the definition and the command is checked before anything is written
         exp = load_experiment(args.spec)
         sizes = args.sample_sizes if args.sample_sizes is not None else list(exp.sample_sizes)
         if args.max_n is not None:
             sizes = [n for n in sizes if n <= args.max_n]
         exp = exp.with_grid(sample_sizes=sizes, n_replications=args.replications)
-    except (ValueError, KeyError) as exc:
-        print(f"fastmoe rates run: {exc}", file=sys.stderr)
-        return 2
+        check_scheduler(args.scheduler)
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+        return _fail("run", exc)
     out = args.out if args.out is not None else Path(f"rates-{exp.name}")
-    out.mkdir(parents=True, exist_ok=True)
-    exp.save(out / "experiment.toml")
     try:
+        # The store refuses another definition under this name (or another fastmoe version's rows) before
+        # experiment.toml is replaced, so the directory keeps describing the study it holds.
+        with ResultStore(out) as store:
+            store.register(exp)
+        exp.save(out / "experiment.toml")
         summary = run_experiment(exp, out, scheduler=args.scheduler, n_jobs=args.jobs,
                                  threads_per_job=args.threads_per_job, retry_failed=args.retry_failed,
                                  progress=not args.no_progress)
-    except ValueError as exc:  # e.g. the store holds another definition under this name
-        print(f"fastmoe rates run: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, StoreError, sqlite3.DatabaseError, OSError, RuntimeError) as exc:
+        return _fail("run", exc)
     where = summary.executor + (f", {summary.n_workers} workers x {summary.threads_per_job} threads"
                                 if summary.n_workers else "")
     print(f"{exp.name}: {summary.completed} jobs run ({summary.already_done} already stored, "
@@ -150,56 +232,65 @@ def _run(args) -> int:
 
 
 def _report(directory, experiment=None, ok_only=False, min_n=None, max_n=None, n_boot=2000, all_metrics=False,
-            plots=True) -> int:
+            plots=True, out=None) -> int:
     from .analysis import DEFAULT_INCLUDE, analyse
-    from .store import ResultStore, store_path
+    from .store import StoreError, store_path, write_csv, write_parquet
 
     directory = Path(directory)
     try:
         report = analyse(directory, experiment, include=("ok",) if ok_only else DEFAULT_INCLUDE,
                          n_boot=n_boot, min_n=min_n, max_n=max_n)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"fastmoe rates report: {exc}", file=sys.stderr)
-        return 2
+    except (OSError, KeyError, ValueError, StoreError, sqlite3.DatabaseError) as exc:
+        return _fail("report", exc)
     print(report.format_table(all_metrics=all_metrics))
-    out_dir = directory if directory.is_dir() else store_path(directory).parent
-    name = report.experiment.name
-    with ResultStore(store_path(directory)) as store:
-        exported = [store.export_csv(out_dir / "results.csv", name),
-                    store.export_parquet(out_dir / "results.parquet", name)]
-    _write_rows(out_dir / "slopes.csv", report.slope_rows())
-    _write_rows(out_dir / "summary.csv", report.summary_rows())
-    exported += [out_dir / "slopes.csv", out_dir / "summary.csv"]
-    if plots:
-        from .plots import plot_report
+    out_dir = Path(out) if out is not None else directory if directory.is_dir() else store_path(directory).parent
+    exported = []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        exported += [write_csv(report.records, out_dir / "results.csv"),
+                     write_parquet(report.records, out_dir / "results.parquet"),
+                     _write_rows(out_dir / "slopes.csv", report.slope_rows()),
+                     _write_rows(out_dir / "summary.csv", report.summary_rows())]
+        if plots:
+            from .plots import plot_report
 
-        exported += plot_report(report, out_dir / "plots")
+            exported += plot_report(report, out_dir / "plots")
+    except OSError as exc:
+        if out is None and not exported and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            print(f"fastmoe rates report: {out_dir} is read-only, so no files were written "
+                  "(--out DIR writes them elsewhere)", file=sys.stderr)
+            return 0
+        return _fail("report", f"could not write {exc.filename or out_dir}: {exc.strerror or exc}")
     print("\nwrote " + ", ".join(str(p) for p in exported if p is not None))
     return 0
 
 
 def _compare(args) -> int:
     from .analysis import DEFAULT_INCLUDE, analyse, compare_slopes
+    from .store import StoreError
 
     if len(args.dirs) < 2:
-        print("fastmoe rates compare: give at least two run directories", file=sys.stderr)
-        return 2
+        return _fail("compare", "give at least two run directories")
+    chosen = args.experiment or [None]
+    if len(chosen) == 1:
+        chosen = chosen * len(args.dirs)
+    elif len(chosen) != len(args.dirs):
+        return _fail("compare", f"--experiment is given {len(chosen)} times for {len(args.dirs)} directories; "
+                                "give it once (for every directory) or once per directory")
     include = ("ok",) if args.ok_only else DEFAULT_INCLUDE
     try:
         # The runs' own slope intervals only label the plot; the differences are bootstrapped below.
         n_boot = args.bootstrap if args.plot is not None else 0
-        reports = [analyse(d, include=include, n_boot=n_boot, min_n=args.min_n, max_n=args.max_n)
-                   for d in args.dirs]
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"fastmoe rates compare: {exc}", file=sys.stderr)
-        return 2
+        reports = [analyse(d, name, include=include, n_boot=n_boot, min_n=args.min_n, max_n=args.max_n)
+                   for d, name in zip(args.dirs, chosen)]
+    except (OSError, KeyError, ValueError, StoreError, sqlite3.DatabaseError) as exc:
+        return _fail("compare", exc)
     base, others = reports[0], reports[1:]
     if args.metrics is not None:
         metrics = args.metrics
         missing = [m for m in metrics if not all(m in r.metrics for r in reports)]
         if missing:
-            print(f"fastmoe rates compare: not in every run: {', '.join(missing)}", file=sys.stderr)
-            return 2
+            return _fail("compare", f"not in every run: {', '.join(missing)}")
     else:
         metrics = [m for m in base.metrics if all(m in r.metrics for r in others)]
     names = [f"{r.experiment.name} ({r.experiment.truth.gating_name})" for r in reports]
@@ -224,18 +315,24 @@ def _compare(args) -> int:
         from .plots import plot_comparison
 
         drawn = args.metrics if args.metrics is not None else [base.experiment.primary_loss]
-        print(f"\nwrote {plot_comparison(reports, drawn, args.plot)}")
+        try:
+            print(f"\nwrote {plot_comparison(reports, drawn, args.plot)}")
+        except OSError as exc:
+            return _fail("compare", f"could not write {exc.filename or args.plot}: {exc.strerror or exc}")
     return 0
 
 
-def _write_rows(path: Path, rows) -> None:
+def _write_rows(path: Path, rows) -> Path:
+    from ._atomic import atomic_open
+
     columns: dict = {}
     for row in rows:
         columns.update(dict.fromkeys(row))
-    with open(path, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), restval="")
         writer.writeheader()
         writer.writerows(rows)
+    return path
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,7 @@
 """One job of a rate experiment, as it runs on a worker.
 
 :func:`run_job` draws the data of one ``(n, replication)`` cell from the seeds of
-:func:`~fastmoe.experiments.config.job_streams`, fits the model and returns a *record*: a flat dict of
+:func:`~fastmoe.experiments.seeds.job_streams`, fits the model and returns a *record*: a flat dict of
 plain Python values that the coordinating process stores. Everything that can go wrong inside a fit is
 recorded in the record instead of raised, so that one bad job never stops a study:
 
@@ -30,10 +30,12 @@ import warnings
 from typing import List, Sequence, Tuple
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from .config import Experiment, parse_loss_name
-from .init import init_near_truth
-from .store import fastmoe_version
+from .. import __version__, fit, loglik, sample
+from .definition import Experiment
+from .scoring import score
+from .starts import init_near_truth
 
 __all__ = ["run_job", "run_batch", "crashed_record", "STATUSES"]
 
@@ -49,7 +51,7 @@ def _base_record(experiment: Experiment, n: int, replication: int) -> dict:
         "seed": [experiment.base_seed, int(n), int(replication)],
         "status": "failed",
         "error": None,
-        "fastmoe_version": fastmoe_version(),
+        "fastmoe_version": __version__,
         "host": socket.gethostname(),
         "pid": os.getpid(),
     }
@@ -60,27 +62,6 @@ def crashed_record(experiment: Experiment, n: int, replication: int, why: str) -
     record = _base_record(experiment, n, replication)
     record.update(status="crashed", error=why, host=None, pid=None)
     return record
-
-
-def compute_losses(experiment: Experiment, fitted, truth=None) -> dict:
-    """The experiment's Voronoi losses and the per-parameter errors of ``fitted`` against ``truth``
-    (default: the experiment's fixed truth; a job passes :meth:`Experiment.truth_at` of its ``n``)."""
-    from .. import losses
-
-    truth = experiment.truth if truth is None else truth
-    exact = experiment.exact_translation
-    out = {}
-    for name in experiment.losses:
-        func, r = parse_loss_name(name)
-        if func == "D1":
-            value = losses.D1(fitted, truth, exact_translation=exact)
-        elif func == "D2":
-            value = losses.D2(fitted, truth, exact_translation=exact)
-        else:
-            value = losses.D2r(fitted, truth, r, exact_translation=exact)
-        out[name] = float(value)
-    out.update(losses.flat(losses.per_parameter_errors(fitted, truth, exact_translation=exact)))
-    return out
 
 
 def _max_abs_coef(params) -> float:
@@ -107,15 +88,13 @@ def run_job(experiment: Experiment, n: int, replication: int, n_threads: int = 1
     dict
         Plain Python values; see the module docstring for ``status``.
     """
-    import fastmoe
-
     start = time.perf_counter()
     record = _base_record(experiment, n, replication)
     record["n_threads"] = int(n_threads)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            record.update(_fit_and_score(fastmoe, experiment, n, replication, n_threads))
+            record.update(_fit_and_score(experiment, n, replication, n_threads))
         except Exception as exc:  # recorded, not raised: one bad job must not stop a study
             record["status"] = "failed"
             record["error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -126,31 +105,11 @@ def run_job(experiment: Experiment, n: int, replication: int, n_threads: int = 1
     return record
 
 
-def _crash(n: int, replication: int) -> None:
-    """Test hook (``Experiment.crash_jobs``): kill this worker process, never the coordinator."""
-    import multiprocessing
-
-    in_worker = multiprocessing.parent_process() is not None
-    if not in_worker:
-        try:
-            from distributed import get_worker
-
-            get_worker()
-            in_worker = True
-        except (ImportError, ValueError):
-            pass
-    if not in_worker:
-        raise RuntimeError(f"job ({n}, {replication}) is in crash_jobs but runs in the coordinating process")
-    os._exit(86)
-
-
-def _fit_and_score(fastmoe, experiment: Experiment, n: int, replication: int, n_threads: int) -> dict:
-    if (int(n), int(replication)) in experiment.crash_jobs:
-        _crash(n, replication)
+def _fit_and_score(experiment: Experiment, n: int, replication: int, n_threads: int) -> dict:
     truth = experiment.truth_at(n)
     streams = experiment.streams(n, replication)
     X = experiment.x_law.sample(streams["x"], n, truth.n_features)
-    X, y = fastmoe.sample(truth, X=X, random_state=streams["y"])
+    X, y = sample(truth, X=X, random_state=streams["y"])
     opts = experiment.fit
     if opts.init == "truth":
         init = init_near_truth(truth, experiment.n_experts, streams["init"], opts.init_scale, opts.split_cells,
@@ -158,7 +117,7 @@ def _fit_and_score(fastmoe, experiment: Experiment, n: int, replication: int, n_
         n_init = 1
     else:
         init, n_init = opts.init, opts.n_init
-    result = fastmoe.fit(
+    result = fit(
         X,
         y,
         experiment.n_experts,
@@ -183,12 +142,12 @@ def _fit_and_score(fastmoe, experiment: Experiment, n: int, replication: int, n_
         "n_empty_experts": len(result.empty_experts),
         "message": str(result.message),
         "loglik": float(result.loglik),
-        "loglik_true": float(fastmoe.loglik(truth, X, y)),
+        "loglik_true": float(loglik(truth, X, y)),
         "max_abs_coef": max_abs_coef,
     }
     if experiment.truth_path is not None:
         out["path_step"] = experiment.truth_path.step(n)
-    out.update(compute_losses(experiment, fitted, truth))
+    out.update(score(fitted, truth, experiment.losses, experiment.exact_translation))
     out["params"] = fitted.to_dict()
     if result.diverged or not math.isfinite(max_abs_coef) or max_abs_coef > experiment.coef_limit:
         out["status"] = "diverged"
@@ -224,16 +183,5 @@ def run_batch(definition: str, jobs: Sequence[Tuple[int, int]], n_threads: int =
         One record per job, in the order of ``jobs``.
     """
     experiment = _experiment_from_json(definition)
-    with _blas_limited(n_threads):
+    with threadpool_limits(limits=n_threads, user_api="blas"):  # BLAS gets the job's share of cores too
         return [run_job(experiment, n, rep, n_threads) for n, rep in jobs]
-
-
-def _blas_limited(n_threads: int):
-    """Cap BLAS threads at the job's share of cores (threadpoolctl when present; no-op otherwise)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=n_threads, user_api="blas")

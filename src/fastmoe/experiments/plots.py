@@ -1,7 +1,8 @@
 """Log-log plots of a rate report (PNG and PDF).
 
 Figures are drawn on matplotlib's Agg canvas directly (``matplotlib.figure.Figure`` with
-``FigureCanvasAgg``), so plotting never touches pyplot's global state or needs a display.
+``FigureCanvasAgg``), so plotting never touches pyplot's global state or needs a display. Files are written
+atomically (:mod:`~fastmoe.experiments._atomic`): a killed report leaves the old figure or the new one.
 
 Each panel shows, per metric, the mean over replications at every ``n`` with a bar from the 10% to the 90%
 quantile, the least-squares line of the report and, dashed, a line of the theoretical slope drawn through
@@ -16,6 +17,7 @@ from typing import List, Sequence
 
 import numpy as np
 
+from ._atomic import atomic_open
 from .analysis import Report
 
 __all__ = ["plot_report", "plot_comparison"]
@@ -121,12 +123,14 @@ def plot_report(report: Report, out_dir, formats: Sequence[str] = ("png", "pdf")
 
 
 def _save(fig, stem: Path, formats, dpi: int = 130) -> List[Path]:
-    paths = []
-    for fmt in formats:
-        path = stem.with_suffix(f".{fmt}")
-        fig.savefig(path, dpi=dpi)
-        paths.append(path)
-    return paths
+    return [_save_as(fig, stem.with_suffix(f".{fmt}"), dpi) for fmt in formats]
+
+
+def _save_as(fig, path: Path, dpi: int) -> Path:
+    """Write ``fig`` to ``path`` in the format its suffix names (PNG without one), atomically."""
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format=path.suffix[1:] or "png", dpi=dpi)
+    return path
 
 
 def plot_comparison(reports: Sequence[Report], metrics: Sequence[str], path, dpi: int = 100) -> Path:
@@ -157,5 +161,4 @@ def plot_comparison(reports: Sequence[Report], metrics: Sequence[str], path, dpi
             ax.errorbar(n, mean, yerr=[low, high], fmt="o", ms=3, color=color, capsize=2, label=label)
             _fitted_line(ax, n, fit, color)
         _log_log_axes(ax, metric)
-    fig.savefig(path, dpi=dpi)
-    return path
+    return _save_as(fig, path, dpi)

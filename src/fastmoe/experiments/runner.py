@@ -30,16 +30,26 @@ retried: on Dask a task of several jobs that ends in ``KilledWorker`` is split i
 job that still kills its worker is recorded as ``crashed``. Locally, a dead process breaks the whole pool;
 the pool is rebuilt and the jobs that were in flight are re-run one at a time with nothing beside them, so
 the one that kills its process alone is recorded as ``crashed``. The study goes on either way. Any other
-error (a worker that cannot import fastmoe, a lost scheduler) stops the run; finished rows stay stored and
+error (a worker that dies while the pool starts, named by its exit status or signal; a scheduler address
+that does not parse or does not answer; a lost scheduler) stops the run; finished rows stay stored and
 re-running resumes.
+
+Interrupts
+----------
+Local workers ignore SIGINT: Ctrl-C reaches the whole process group, and the coordinator alone handles it.
+On an interrupt (``KeyboardInterrupt``, or the command line's SIGINT/SIGTERM handler) the coordinator
+terminates its workers, abandons their running jobs and closes the store; nothing of an unfinished job is
+stored, so a rerun runs it again.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -49,7 +59,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
-from .config import Experiment
+from .definition import Experiment
 from .job import crashed_record, run_batch
 from .store import ResultStore
 
@@ -132,7 +142,7 @@ class RunSummary:
     store: Path
     run_id: int
     total: int  #: jobs in the grid
-    already_done: int  #: jobs found in the store before the run
+    already_done: int  #: jobs of the grid found in the store before the run
     completed: int = 0  #: rows added by this run
     duplicates: int = 0  #: results ignored because their key was already stored
     crashed: int = 0  #: jobs recorded as ``crashed``
@@ -198,13 +208,15 @@ def run_experiment(
     -------
     RunSummary
     """
+    check_scheduler(scheduler)
     out = Path(out)
     store = ResultStore(out)
     try:
         store.register(experiment)
         if retry_failed:
             store.delete(experiment.name, ("failed", "crashed"))
-        done = store.done_keys(experiment.name)
+        # Rows of an earlier, larger grid stay stored but are not this grid's jobs.
+        done = store.done_keys(experiment.name) & set(experiment.jobs())
         pending = [job for job in experiment.jobs() if job not in done]
         if scheduler is None:
             executor, (workers, threads) = "local", resolve_parallelism(n_jobs, threads_per_job)
@@ -237,6 +249,33 @@ def run_experiment(
         return summary
     finally:
         store.close()
+
+
+def check_scheduler(scheduler) -> None:
+    """Refuse a ``scheduler`` string that is not a Dask scheduler address, before anything is written.
+
+    A malformed address given to ``distributed.Client`` fails, and the half-built client then blocks the
+    interpreter for a minute on its way out; an address that parses but where no scheduler answers fails
+    after Dask's connection timeout with an :class:`OSError` (reported by the runner).
+    """
+    if scheduler is None or not isinstance(scheduler, str) or scheduler == "synchronous":
+        return
+    try:
+        from distributed.comm.addressing import parse_address, parse_host_port
+        from distributed.comm.registry import backends
+    except ImportError as exc:
+        raise RuntimeError("a Dask scheduler needs dask.distributed (pip install 'fastmoe[experiments]')") from exc
+    try:
+        scheme, location = parse_address(scheduler)
+        if scheme not in backends:
+            raise ValueError(f"unknown scheme {scheme!r}; Dask knows {', '.join(sorted(backends))}")
+        if scheme in ("tcp", "tls"):
+            host, port = parse_host_port(location)
+            if not host or not 0 < port < 65536:
+                raise ValueError("need a host and a port in 1..65535")
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"scheduler {scheduler!r} is not a Dask scheduler address such as tcp://host:8786 "
+                         f"({exc})") from None
 
 
 def _progress_bar(experiment, initial, enabled):
@@ -273,22 +312,56 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _worker_init(coordinator_pid: int) -> None:
+    # Ctrl-C reaches the whole process group; the coordinator alone decides what happens (it stops the
+    # workers), so a worker does not die half-way through a job with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(os.getppid(), coordinator_pid), daemon=True).start()
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:
-    """A started pool; raises if a worker cannot even start (that is not any job's fault)."""
+    """A started pool; raises, saying why, if a worker cannot even start (that is not any job's fault)."""
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_worker_init,
                                initargs=(os.getpid(),))
     try:
         pool.submit(os.getpid).result()
     except BrokenProcessPool as exc:
-        pool.shutdown(wait=False)
-        raise RuntimeError(
-            "could not start local worker processes (a script that calls run_experiment needs an "
-            "'if __name__ == \"__main__\":' guard)"
-        ) from exc
+        processes = list(_pool_processes(pool))
+        pool.shutdown(wait=True)  # joins the workers, so their exit codes are known
+        raise RuntimeError(f"could not start local worker processes: {_why_dead(processes)}") from exc
     return pool
+
+
+def _pool_processes(pool) -> list:
+    # The pool's worker processes. Private in concurrent.futures (Python 3.14 adds terminate_workers), and
+    # read only to stop workers on an interrupt and to say why a pool could not start.
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
+def _why_dead(processes) -> str:
+    """Why the first workers of a pool died, from their exit codes."""
+    codes = [p.exitcode for p in processes if p.exitcode]
+    # When one worker dies the pool terminates the others (SIGTERM): the other codes name the cause.
+    own = [c for c in codes if c != -signal.SIGTERM] or codes
+    if not own:
+        return "a worker died while starting"
+    code = own[0]
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        return (f"a worker was killed by {name} while the pool started (by another process, or the "
+                "out-of-memory killer); finished jobs are stored, run again to resume")
+    why = f"a worker exited with status {code} while starting (its error is printed above)"
+    main = sys.modules.get("__main__")
+    if getattr(main, "__file__", None):
+        why += ("; if it speaks of the 'bootstrapping phase', the script that calls run_experiment needs an "
+                "'if __name__ == \"__main__\":' guard")
+    return why
+
+
+def _stop_workers(pool) -> None:
+    """Terminate the pool's workers now (an interrupt): shutting the pool down would wait for their jobs."""
+    for process in _pool_processes(pool):
+        with contextlib.suppress(Exception):
+            process.terminate()
 
 
 def _run_local(experiment, definition, batches, workers, threads, recorder) -> None:
@@ -335,6 +408,9 @@ def _run_local(experiment, definition, batches, workers, threads, recorder) -> N
                 alone = False
             else:
                 suspects.extend(job for batch in broken for job in batch)
+    except BaseException:  # SIGINT/SIGTERM (KeyboardInterrupt) or an error: running jobs are abandoned
+        _stop_workers(pool)
+        raise
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -345,7 +421,10 @@ def _run_dask(experiment, definition, batches, threads, scheduler, recorder) -> 
     from distributed.scheduler import KilledWorker
 
     own_client = not hasattr(scheduler, "submit")
-    client = Client(scheduler, set_as_default=False) if own_client else scheduler
+    try:
+        client = Client(scheduler, set_as_default=False) if own_client else scheduler
+    except OSError as exc:  # nothing answers at that address (after Dask's connection timeout)
+        raise RuntimeError(f"could not reach a Dask scheduler at {scheduler}: {exc}") from None
     tag = uuid.uuid4().hex[:8]
     counter = iter(range(1 << 62))
     tasks: dict = {}

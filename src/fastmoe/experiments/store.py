@@ -15,6 +15,10 @@ Layout (one file, ``results.sqlite`` in a run directory):
 
 The database runs in WAL mode with ``synchronous=NORMAL``: a commit costs tens of microseconds and a crash
 of the writing process cannot corrupt committed rows (a power loss may drop the last few).
+
+Readers (``rates report``, ``rates compare``) open the store read-only (``ResultStore(path, read_only=True)``),
+so an archived run on a read-only disk or in someone else's directory can be read, and reading never changes
+a store. A file that is not a result store, or a damaged one, raises :class:`StoreError` with the path.
 """
 
 from __future__ import annotations
@@ -22,14 +26,18 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import json
+import os
 import socket
 import sqlite3
 from pathlib import Path
 from typing import Iterable, List, Optional
 
-from .config import Experiment
+from .. import __version__
+from ._atomic import atomic_open
+from .definition import Experiment
 
-__all__ = ["ResultStore", "fastmoe_version", "flatten_record", "store_path", "STORE_FILENAME"]
+__all__ = ["ResultStore", "StoreError", "flatten_record", "store_path", "write_csv", "write_parquet",
+           "STORE_FILENAME"]
 
 #: File name of the store inside a run directory.
 STORE_FILENAME = "results.sqlite"
@@ -67,28 +75,18 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
+#: The tables every result store has.
+_TABLES = ("meta", "experiments", "runs", "results")
+
+
+class StoreError(Exception):
+    """A result store that cannot be opened or read: not a store, damaged, or not readable where it lies."""
+
+
 def store_path(path) -> Path:
     """The database file of a run directory or store path (see :class:`ResultStore`)."""
     path = Path(path)
     return path if path.suffix in (".sqlite", ".sqlite3", ".db") else path / STORE_FILENAME
-
-
-def fastmoe_version() -> str:
-    """The installed fastmoe version (``"unknown"`` when neither the package nor its metadata says)."""
-    try:
-        import fastmoe
-
-        version = getattr(fastmoe, "__version__", None)
-        if version:
-            return str(version)
-    except ImportError:  # pragma: no cover - we are inside fastmoe
-        pass
-    try:
-        from importlib.metadata import version as _version
-
-        return _version("fastmoe")
-    except Exception:
-        return "unknown"
 
 
 def _now() -> str:
@@ -115,6 +113,16 @@ class ResultStore:
     path : str or Path
         A run directory (the store is ``path / "results.sqlite"``; the directory is created when missing)
         or a file ending in ``.sqlite``, ``.sqlite3`` or ``.db``. Created with its tables when missing.
+    read_only : bool, default=False
+        Open an existing store for reading only: nothing is created or changed, and a store in a read-only
+        directory can be read. Writing methods then fail.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``read_only`` and there is no store at ``path``.
+    StoreError
+        The file is not a result store (garbage, truncated, another database) or cannot be read.
 
     Examples
     --------
@@ -124,18 +132,32 @@ class ResultStore:
     ...     store.add(record, run_id)
     """
 
-    def __init__(self, path):
+    def __init__(self, path, read_only: bool = False):
         path = store_path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per row.
-        self._conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
-        self._conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-        )
+        self.read_only = read_only
+        self._conn = None
+        try:
+            if read_only:
+                self._conn = _connect_read_only(path)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # isolation_level=None: autocommit, one transaction per statement (one per row).
+                self._conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.executescript(_SCHEMA)
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                )
+            tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+            self.close()
+            raise StoreError(f"{path} is not a readable result store ({exc})") from None
+        missing = [t for t in _TABLES if t not in tables]
+        if missing:
+            self.close()
+            raise StoreError(f"{path} is not a fastmoe result store (it has no table {', '.join(missing)})")
 
     # -- lifetime -----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -168,7 +190,7 @@ class ResultStore:
             self._conn.execute(
                 "INSERT INTO experiments (name, digest, definition, fastmoe_version, created, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (experiment.name, digest, experiment.to_json(), fastmoe_version(), now, now),
+                (experiment.name, digest, experiment.to_json(), __version__, now, now),
             )
         elif row[0] != digest:
             raise ValueError(
@@ -176,10 +198,10 @@ class ResultStore:
                 f"(digest {row[0]} vs {digest}: truth, fit options, losses or seed differ). Use another "
                 "output directory or give the experiment another name."
             )
-        elif row[1] != fastmoe_version():
+        elif row[1] != __version__:
             raise ValueError(
                 f"{self.path} holds experiment {experiment.name!r} run by fastmoe {row[1]}, and this is "
-                f"fastmoe {fastmoe_version()}: its fits may differ, so the rows must not be mixed. Use "
+                f"fastmoe {__version__}: its fits may differ, so the rows must not be mixed. Use "
                 "another output directory, or finish the study with the version that started it."
             )
         else:
@@ -202,7 +224,10 @@ class ResultStore:
         row = self._conn.execute("SELECT definition FROM experiments WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise KeyError(f"no experiment {name!r} in {self.path}")
-        return Experiment.from_dict(json.loads(row[0]))
+        try:
+            return Experiment.from_dict(json.loads(row[0]))
+        except ValueError as exc:  # written by a version that let a malformed field pass
+            raise StoreError(f"{self.path}: the stored definition of {name!r} is refused: {exc}") from None
 
     def version_of(self, name: str) -> str:
         """The fastmoe version that registered experiment ``name``."""
@@ -217,7 +242,7 @@ class ResultStore:
         cur = self._conn.execute(
             "INSERT INTO runs (experiment, started, fastmoe_version, executor, n_workers, threads_per_job, host) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (experiment, _now(), fastmoe_version(), executor, n_workers, threads_per_job, socket.gethostname()),
+            (experiment, _now(), __version__, executor, n_workers, threads_per_job, socket.gethostname()),
         )
         return int(cur.lastrowid)
 
@@ -290,29 +315,66 @@ class ResultStore:
 
     # -- export -------------------------------------------------------------------------------------
     def export_csv(self, path, experiment: Optional[str] = None) -> Path:
-        """Write the flattened records (:func:`flatten_record`) to a CSV file."""
-        rows = [flatten_record(r) for r in self.records(experiment)]
-        columns = _columns(rows)
-        path = Path(path)
-        with open(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        return path
+        """Write the flattened records (:func:`flatten_record`) to a CSV file (:func:`write_csv`)."""
+        return write_csv(self.records(experiment), path)
 
     def export_parquet(self, path, experiment: Optional[str] = None) -> Optional[Path]:
         """Write the flattened records to Parquet; return None when pyarrow is not installed."""
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            return None
-        rows = [flatten_record(r) for r in self.records(experiment)]
-        columns = _columns(rows)
-        table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
-        path = Path(path)
-        pq.write_table(table, path)
-        return path
+        return write_parquet(self.records(experiment), path)
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise FileNotFoundError(f"no result store at {path}")
+    uri = path.resolve().as_uri()
+    conn = None
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, timeout=30.0)
+        conn.execute("SELECT name FROM sqlite_master").fetchall()  # the file is opened on the first read
+        return conn
+    except sqlite3.OperationalError:
+        if conn is not None:
+            conn.close()
+        # A WAL database needs its -shm file, which a read-only directory does not let SQLite create (root
+        # on a read-only mount hears "unable to open database file", a user without write permission
+        # "attempt to write a readonly database"). There no process can be writing, so the file may be read
+        # as immutable, unless a log holds rows that are not in it yet (a run killed before its last
+        # checkpoint, then archived).
+        if os.access(path.parent, os.W_OK):
+            raise
+    wal = path.with_name(path.name + "-wal")
+    if wal.is_file() and wal.stat().st_size > 0:
+        raise StoreError(f"{path} has a write-ahead log ({wal.name}) with rows not yet in the store, and its "
+                         "directory is read-only, so SQLite cannot read them; copy the run directory somewhere "
+                         "writable and report from there")
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+
+
+def write_csv(records: List[dict], path) -> Path:
+    """Write job records, flattened (:func:`flatten_record`), to a CSV file, atomically."""
+    rows = [flatten_record(r) for r in records]
+    path = Path(path)
+    with atomic_open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=_columns(rows), restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_parquet(records: List[dict], path) -> Optional[Path]:
+    """Write job records, flattened, to a Parquet file, atomically; None when pyarrow is not installed."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    rows = [flatten_record(r) for r in records]
+    columns = _columns(rows)
+    table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
+    path = Path(path)
+    with atomic_open(path, "wb") as fh:
+        pq.write_table(table, fh)
+    return path
 
 
 def flatten_record(record: dict) -> dict:

@@ -17,7 +17,7 @@ from scipy.special import softmax
 
 from ..params import MoEParams
 
-__all__ = ["along", "pde_direction", "spread_intercepts", "vanishing_experts"]
+__all__ = ["along", "check_split_spread", "pde_direction", "spread_intercepts", "vanishing_experts"]
 
 
 def vanishing_experts(params) -> np.ndarray:
@@ -35,6 +35,20 @@ def spread_intercepts(b_true, m, spread):
     ValueError
         When ``spread`` is too large for ``p*`` (a class probability would not be positive).
     """
+    probs = _spread_probabilities(b_true, m, spread)
+    return np.log(probs) - np.log(probs[:, -1:])
+
+
+def check_split_spread(b_true, spread) -> None:
+    """Raise :class:`ValueError` when ``spread`` is too wide for ``p* = softmax(b_true)``.
+
+    The extreme atoms ``c_t = -spread, spread`` of :func:`spread_intercepts` are those of any split, and
+    they are the atoms of a split in two, so checking that split checks every one.
+    """
+    _spread_probabilities(b_true, 2, spread)
+
+
+def _spread_probabilities(b_true, m, spread):
     p = softmax(b_true)
     e = np.zeros_like(p)
     e[np.argmax(p)] = 1.0
@@ -42,7 +56,7 @@ def spread_intercepts(b_true, m, spread):
     if not (probs > 0).all():
         raise ValueError(f"split_spread={spread} gives a class probability <= 0 for class probabilities "
                          f"{np.round(p, 4).tolist()}; use a smaller spread")
-    return np.log(probs) - np.log(probs[:, -1:])
+    return probs
 
 
 def pde_direction(params, i, j, u) -> MoEParams:

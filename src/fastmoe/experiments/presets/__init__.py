@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List
 
-from ..config import Experiment
+from ..definition import Experiment
 
 __all__ = ["PRESET_DIR", "preset_names", "get_preset", "load_experiment"]
 
