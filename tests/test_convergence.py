@@ -191,8 +191,10 @@ def test_monitor_message_names_every_stop_reason():
         messages.add(monitor.message())
         assert monitor.converged == (reason == "converged")
     assert len(messages) == len(STOP_REASONS)
-    text = ConvergenceMonitor(1e-8, 50).message(diverged=True, empty_experts=(1,))
-    assert "diverging" in text and "experts [1]" in text
+    diverging = ConvergenceMonitor(1e-8, 50)
+    diverging.stop("diverging")
+    text = diverging.message(empty_experts=(1,))
+    assert "diverged" in text and "infinity" in text and "experts [1]" in text
     # The threshold is relative, with a floor so that a zero objective does not make it zero.
     assert ConvergenceMonitor(1e-8, 50).threshold(-2e4) == pytest.approx(2e-4)
     assert ConvergenceMonitor(1e-8, 50).threshold(0.0) > 0.0

@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import logsumexp
 
 from ._monitor import ConvergenceMonitor
 from ._mstep import halve_until_q_increases, newton_directions
@@ -28,9 +29,19 @@ from ._trust_region import QuadraticModel
 from .exceptions import FitWarning
 from .params import free_vector, from_free_vector
 
-# A free logit whose bound over the data's bounding box exceeds this (odds beyond e^150) means the
-# coefficients are running off to infinity: quasi-separation, where the MLE does not exist.
-DIVERGENCE_LOGIT = 150.0
+# Divergence (quasi-separation: the supremum of the likelihood lies at infinity) is judged on the data,
+# never on coefficient size alone and never before DIVERGENCE_MIN_ITER iterations: the gauged slopes
+# must have grown by DIVERGENCE_GROWTH from iteration t/4 to t/2 and again from t/2 to t (EM's and
+# Newton's steps along a separating direction grow them like log t or faster; at a maximum they stand
+# still), while some free logit on the data (at most DIVERGENCE_ROWS evenly spaced rows) is beyond
+# DIVERGENCE_LOGIT: some fitted probability is below e^-30.
+DIVERGENCE_MIN_ITER = 20
+DIVERGENCE_GROWTH = 1.1
+DIVERGENCE_LOGIT = 30.0
+DIVERGENCE_ROWS = 4096
+# Experts with less than this share of the responsibility mass are heading for share 0: their
+# coefficients are not gauged (the fit reports them, once empty, in ``empty_experts``).
+VANISHING_SHARE = 1e-3
 # A mean log-likelihood above -1e-8 per sample means every label is predicted with certainty.
 SATURATED_LOGLIK = 1e-8
 
@@ -58,19 +69,81 @@ class RunResult:
     loglik: float
     diverged: bool
     empty_experts: tuple
+    boundary: tuple
     monitor: ConvergenceMonitor
 
 
-def _abs_max(X):
-    # max |x| per column without the n x d temporary that np.abs(X) would allocate
-    return np.maximum(X.max(axis=0), -X.min(axis=0))
+class DivergenceGauge:
+    """Whether a run's slopes are running off to infinity (quasi-separation).
 
+    Size alone proves nothing: standardised data with many features give large logit bounds with
+    modest coefficients, and a near-deterministic class gives large logits at a finite maximum. A run
+    is diverging when the gauged slopes have grown by 10% or more from iteration t/4 to t/2 and again
+    from t/2 to t, while some free logit on the data is beyond 30. (The objective may still be rising,
+    or may have settled numerically: along a separating direction it approaches its supremum while
+    the slopes grow without end; the final point of a run is judged too.)
 
-def logit_bound(W, V, x_scale, z_scale):
-    """Largest possible |free logit| over the box ``|x_j| <= x_scale_j``: a cheap divergence gauge."""
-    gate = np.abs(W[:, 0]) + np.abs(W[:, 1:]) @ z_scale
-    expert = np.abs(V[:, :, 0]) + np.abs(V[:, :, 1:]) @ x_scale
-    return float(max(gate.max(), expert.max()))
+    Gauged are the *slopes* of the experts that carry data. Intercepts may run off too, but then the
+    fitted probabilities settle on the closure of the model (a class with probability 0 inside an
+    expert, an expert with share 0): a boundary maximum, which the stopping rules certify and the
+    result reports (``boundary``). Slopes running off means the probabilities tend to a step function,
+    outside the model: the MLE does not exist. An expert whose share of the responsibility mass is
+    below ``VANISHING_SHARE`` is heading for share 0 and is not gauged; gating rows are measured
+    against the heaviest expert, so that the reference expert's vanishing does not count. With a ridge
+    (``l2 > 0``) the slopes cannot run off, and nothing is gauged.
+
+    Parameters
+    ----------
+    problem : Problem
+    penalty : Penalty
+    """
+
+    def __init__(self, problem, penalty):
+        rows = np.unique(np.linspace(0, problem.n_samples - 1, min(problem.n_samples, DIVERGENCE_ROWS)).astype(int))
+        self.X = problem.X[rows]
+        self.Z = self.X if problem.Z is problem.X else problem.Z[rows]
+        self.active = penalty.l2 == 0.0
+        self.vanishing = VANISHING_SHARE * problem.total_weight
+        self.iterations = []
+        self.norms = []
+
+    def _live(self, W, V, expert_weight):
+        live = expert_weight >= self.vanishing
+        return (W - W[int(np.argmax(expert_weight))])[live], V[live, : V.shape[1] - 1]
+
+    def _at(self, n_iter):
+        """Index of the last record at or before iteration ``n_iter``."""
+        return max(int(np.searchsorted(self.iterations, n_iter, side="right")) - 1, 0)
+
+    def max_logit(self, W, V, expert_weight):
+        """Largest |free logit| of the experts that carry data, on the gauge's rows."""
+        G, E = self._live(W, V, expert_weight)
+        gate = self.Z @ G[:, 1:].T + G[:, 0]
+        expert = np.einsum("nd,ksd->nks", self.X, E[:, :, 1:]) + E[:, :, 0]
+        return float(max(np.abs(gate).max(initial=0.0), np.abs(expert).max(initial=0.0)))
+
+    def diverging(self, W, V, expert_weight, n_iter):
+        """Record the slopes at iteration ``n_iter`` and judge whether they are running off."""
+        if not self.active:
+            return False
+        G, E = self._live(W, V, expert_weight)
+        self.iterations.append(n_iter)
+        self.norms.append(float(np.sqrt(np.sum(G[:, 1:] ** 2) + np.sum(E[:, :, 1:] ** 2))))
+        if n_iter < DIVERGENCE_MIN_ITER:
+            return False
+        half, quarter = self._at(n_iter // 2), self._at(n_iter // 4)
+        return (
+            self.norms[-1] >= DIVERGENCE_GROWTH * self.norms[half]
+            and self.norms[half] >= DIVERGENCE_GROWTH * self.norms[quarter]
+            and self.max_logit(W, V, expert_weight) >= DIVERGENCE_LOGIT
+        )
+
+    def boundary(self, W, V):
+        """``(expert, class)`` pairs whose probability is below e^-30 on every gauge row (a boundary maximum)."""
+        logits = np.einsum("nd,ksd->nks", self.X, V[:, :, 1:]) + V[:, :, 0]
+        log_prob = logits - logsumexp(logits, axis=2, keepdims=True)
+        top = log_prob.max(axis=0)
+        return tuple((int(i), int(c)) for i, c in zip(*np.nonzero(top < -DIVERGENCE_LOGIT)))
 
 
 def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: ConvergenceMonitor,
@@ -163,12 +236,12 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
     RunResult
     """
     W, V = W.copy(), V.copy()
-    x_scale = _abs_max(problem.X)
-    z_scale = x_scale if problem.Z is problem.X else _abs_max(problem.Z)
+    gauge = DivergenceGauge(problem, penalty)
 
     result = problem.newton_pass(W, V)
     objective = result.loglik - penalty.total(W, V)
     monitor.start(objective)
+    gauge.diverging(W, V, result.expert_weight, 0)
     next_newton = NEWTON_MIN_EM_ITER
     change = np.inf
 
@@ -201,7 +274,7 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
         if monitor.em_settled(change, previous_change, objective):
             monitor.stop("converged")
             break
-        if logit_bound(W, V, x_scale, z_scale) > DIVERGENCE_LOGIT:
+        if gauge.diverging(W, V, result.expert_weight, monitor.n_iter):
             monitor.stop("diverging")
             break
         if newton and monitor.n_iter >= next_newton and abs(change) <= NEWTON_SWITCH * abs(objective):
@@ -217,14 +290,19 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
             change = np.inf  # EM's ratio of changes restarts from the point Newton left
     if not monitor.stopped:
         monitor.stop("max_iter")
-    # Diverging coefficients show either in the logit bound or, when the data are separable, in a
-    # likelihood saturated at 1 (the supremum is reached only at infinity), or in a class that never
-    # occurs (its intercepts head to -inf).
+    # One verdict. The gauge judges the final point too (a run whose gains vanished while its slopes
+    # ran off has converged only to a supremum at infinity); the supremum is also at infinity when the
+    # likelihood is saturated at 1 (separable data: every label predicted with certainty) or when a
+    # class never occurs (its intercepts head to -inf).
     diverged = (
-        logit_bound(W, V, x_scale, z_scale) > DIVERGENCE_LOGIT
+        monitor.reason == "diverging"
+        or gauge.diverging(W, V, result.expert_weight, monitor.n_iter)
         or result.loglik > -SATURATED_LOGLIK * problem.total_weight
         or bool((problem.class_weight == 0).any())
     )
+    if diverged:
+        monitor.judge_diverging()
+    empty = tuple(int(i) for i in np.flatnonzero(result.expert_weight <= problem.empty_expert_cut))
     # Both from the final fused pass, so that objective == loglik exactly when there is no penalty.
     return RunResult(
         W=W,
@@ -232,6 +310,7 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
         objective=result.loglik - penalty.total(W, V),
         loglik=result.loglik,
         diverged=diverged,
-        empty_experts=tuple(int(i) for i in np.flatnonzero(result.expert_weight <= problem.empty_expert_cut)),
+        empty_experts=empty,
+        boundary=tuple(pair for pair in gauge.boundary(W, V) if pair[0] not in empty),
         monitor=monitor,
     )

@@ -60,6 +60,10 @@ class FitResult:
         The ridge penalty the fit maximised with (0 for the plain likelihood).
     n_newton : int
         How many of the ``n_iter`` iterations were Newton steps on the log-likelihood itself.
+    boundary : tuple of (int, int)
+        ``(expert, class)`` pairs whose fitted probability is 0 (below e^-30) wherever the data are: a
+        maximum on the boundary of the model, whose class intercepts are not finite (they ran off to
+        -inf; the probabilities, and ``loglik``, are fine).
     """
 
     params: MoEParams
@@ -75,6 +79,7 @@ class FitResult:
     message: str
     l2: float = 0.0
     n_newton: int = 0
+    boundary: tuple = ()
 
     @property
     def n_free_params(self) -> int:
@@ -244,8 +249,8 @@ def fit(
         if best is None or run.objective > best.objective:
             best = run
     monitor = best.monitor
-    message = monitor.message(best.diverged, best.empty_experts)
-    if monitor.reason not in ("converged", "callback") or best.diverged:
+    message = monitor.message(penalised=l2 > 0, empty_experts=best.empty_experts, boundary=best.boundary)
+    if monitor.reason not in ("converged", "callback"):
         warnings.warn(f"fastmoe.fit: {message}", ConvergenceWarning, stacklevel=2)
     return FitResult(
         params=MoEParams.from_packed(best.W, best.V, gating),
@@ -255,6 +260,7 @@ def fit(
         converged=monitor.converged,
         diverged=best.diverged,
         empty_experts=best.empty_experts,
+        boundary=best.boundary,
         history=np.asarray(monitor.history),
         time=time.perf_counter() - started,
         n_samples=n_samples,

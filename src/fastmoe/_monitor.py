@@ -143,6 +143,16 @@ class ConvergenceMonitor:
         if self.reason is None:
             self.reason = reason
 
+    def judge_diverging(self):
+        """The verdict after the run: its supremum lies at infinity, however the loop ended.
+
+        A run can settle numerically (its gains vanish) while the likelihood only approaches a
+        supremum at infinity (separable data, a class that never occurs); it is then reported as
+        diverging, never as converged and diverged at once. A callback's stop stands.
+        """
+        if self.reason != "callback":
+            self.reason = "diverging"
+
     @property
     def stopped(self):
         return self.reason is not None
@@ -151,22 +161,31 @@ class ConvergenceMonitor:
     def converged(self):
         return self.reason == "converged"
 
-    def message(self, diverged=False, empty_experts=()):
-        """The sentence that says how the run ended."""
+    def message(self, penalised=False, empty_experts=(), boundary=()):
+        """The sentence that says how the run ended.
+
+        ``penalised``: the fit had a ridge; ``empty_experts``: experts without responsibility mass;
+        ``boundary``: ``(expert, class)`` pairs with probability 0 (their intercepts ran off).
+        """
         n = self.n_iter
         parts = [{
             "converged": f"converged in {n} iterations (estimated remaining gain <= tol={self.tol:g} relative)",
             "callback": f"stopped by the callback after {n} iterations",
             "max_iter": f"did not converge within max_iter={self.max_iter} iterations",
-            "diverging": f"stopped after {n} iterations because the logits passed the divergence gauge",
+            "diverging": f"diverged: stopped after {n} iterations",
             "no_increase": f"stopped after {n} iterations: no step could increase the objective",
             None: f"stopped after {n} iterations",
         }[self.reason]]
-        if diverged:
+        if self.reason == "diverging":
             parts.append(
-                "coefficients are diverging (separable data, or a class that never occurs): "
+                "the intercepts run off to infinity (a class that never occurs, or gets no probability in "
+                "some expert): the penalised maximum does not exist" if penalised else
+                "coefficients run off to infinity (separable data, or a class that never occurs): "
                 "the MLE does not exist; consider l2 > 0"
             )
         if empty_experts:
             parts.append(f"experts {list(empty_experts)} have no responsibility mass")
+        if boundary:
+            pairs = ", ".join(f"class {c} in expert {i}" for i, c in boundary)
+            parts.append(f"at a boundary of the model: probability 0 for {pairs} (those intercepts are not finite)")
         return "; ".join(parts)

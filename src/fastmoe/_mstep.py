@@ -69,7 +69,8 @@ def newton_directions(result, W, V, penalty, active):
     penalty : Penalty
         The ridge ``l2 / 2 * ||slopes||^2`` (intercepts are not penalised).
     active : bool array (k,)
-        Experts to update; an empty expert (no responsibility mass) keeps its parameters.
+        Experts to update; an empty expert (no responsibility mass) keeps its parameters, its gating
+        row included.
 
     Returns
     -------
@@ -79,11 +80,21 @@ def newton_directions(result, W, V, penalty, active):
     l2 = penalty.l2
     dW = np.zeros_like(W)
     dV = np.zeros_like(V)
-    if k > 1:
+    rows = np.flatnonzero(active[: k - 1])
+    if rows.size == k - 1 and k > 1:
         theta = W[: k - 1].ravel()
         g = result.grad_gate - l2 * penalty.gate_mask * theta
         A = result.neg_hess_gate + np.diag(l2 * penalty.gate_mask)
         dW[: k - 1] = solve_pd(A[None], g[None])[0].reshape(k - 1, -1)
+    elif rows.size:
+        # An empty expert's gating row is frozen with the rest of it: its Hessian rows are ~0, and a
+        # Newton step on them would fling the row anywhere (and could revive the expert on a handful of
+        # points, a degenerate solution). It stays where it is, on the boundary (share 0).
+        free = (rows[:, None] * W.shape[1] + np.arange(W.shape[1])).ravel()
+        theta = W[rows].ravel()
+        g = result.grad_gate[free] - l2 * penalty.gate_mask[free] * theta
+        A = result.neg_hess_gate[np.ix_(free, free)] + np.diag(l2 * penalty.gate_mask[free])
+        dW[rows] = solve_pd(A[None], g[None])[0].reshape(rows.size, -1)
     if active.any():
         theta = V[active, : K - 1].reshape(int(active.sum()), -1)
         g = result.grad_expert[active] - l2 * penalty.expert_mask * theta

@@ -1,0 +1,66 @@
+"""Divergence is judged on the data, not on coefficient size: real standardised data sets with a ridge
+never stop as diverged, separable data do, and a run's verdict is one of converged, diverged or stopped."""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine
+from sklearn.decomposition import PCA
+from sklearn.preprocessing import StandardScaler
+
+import fastmoe
+
+
+def _standardised(name):
+    if name == "digits":
+        X, y = load_digits(return_X_y=True)
+        return PCA(10, whiten=True, random_state=0).fit_transform(StandardScaler().fit_transform(X)), y
+    loader = {"iris": load_iris, "wine": load_wine, "breast_cancer": load_breast_cancer}[name]
+    X, y = loader(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["iris", "wine", "breast_cancer", "digits"])
+def test_no_false_divergence_with_a_ridge(name):
+    # With l2 > 0 the penalised likelihood has a maximiser in the slopes, so a run may end converged,
+    # at the iteration cap, or on the boundary (a class with probability 0 inside an expert), but never
+    # as diverged. fastmoe 0.2.0 stopped these after 1-3 iterations with diverged=True (a bound on the
+    # logits over the data's bounding box, which 30 standardised features pass with modest slopes).
+    X, y = _standardised(name)
+    for l2 in (0.1, 1.0):
+        for k in (1, 2, 3, 4):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
+                result = fastmoe.fit(X, y, k, l2=l2, random_state=0, max_iter=120)
+            assert not result.diverged, (name, l2, k, result.message)
+            assert result.converged or result.n_iter == 120, (name, l2, k, result.message)
+            assert not (result.converged and result.diverged)
+
+
+def test_separable_data_diverge_after_a_fair_chance(rng):
+    X = rng.standard_normal((400, 3))
+    y = (X @ np.array([1.0, -2.0, 0.5]) > 0).astype(int)  # linearly separable
+    with pytest.warns(fastmoe.ConvergenceWarning, match="diverged"):
+        result = fastmoe.fit(X, y, 2, random_state=0, max_iter=1000)
+    assert result.diverged and not result.converged
+    assert 20 <= result.n_iter < 1000  # not before EM had its chance, and not at the cap either
+    assert "consider l2 > 0" in result.message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastmoe.ConvergenceWarning)
+        penalised = fastmoe.fit(X, y, 2, random_state=0, l2=1.0, max_iter=2000)
+    assert penalised.converged and not penalised.diverged
+
+
+def test_a_class_absent_from_an_expert_is_a_boundary_not_a_divergence():
+    # Wine with two experts and a ridge: each expert's region lacks one class, whose probability there
+    # goes to 0 (its intercept to -inf, the slopes held by the ridge): a maximum on the boundary of the
+    # model, reported as converged with the boundary named. fastmoe 0.2.0 called it diverged.
+    X, y = _standardised("wine")
+    result = fastmoe.fit(X, y, 2, l2=1.0, random_state=0, max_iter=3000)
+    assert result.converged and not result.diverged
+    assert result.boundary and "boundary" in result.message
+    for expert, cls in result.boundary:
+        assert result.params.b[expert, cls] - result.params.b[expert].max() < -30
+    assert np.abs(result.params.a).max() < 10  # the slopes stay finite
