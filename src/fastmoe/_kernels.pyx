@@ -562,7 +562,7 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
     cdef double* ef
     cdef double* eu
     cdef double* dst
-    cdef Py_ssize_t c, s, l, i, j, e, t, u, pair, start, end, bs, be, nb
+    cdef Py_ssize_t c, s, l, i, j, e, t, u, m, pair, start, end, bs, be, nb
     cdef double acc, delta
 
     with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
