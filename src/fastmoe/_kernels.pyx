@@ -104,9 +104,14 @@ cdef Py_ssize_t BLOCK = 64
 cdef Py_ssize_t PAD = 8
 
 
-cpdef Py_ssize_t chunk_size(Py_ssize_t n_samples) noexcept nogil:
-    """Samples per chunk for ``n_samples``: a function of ``n_samples`` alone (thread-count invariance)."""
-    cdef Py_ssize_t c = (n_samples + MAX_CHUNKS - 1) // MAX_CHUNKS
+cpdef Py_ssize_t chunk_size(Py_ssize_t n_samples, Py_ssize_t max_chunks=MAX_CHUNKS) noexcept nogil:
+    """Samples per chunk: at least CHUNK_MIN, and at most ``max_chunks`` chunks (default MAX_CHUNKS).
+
+    The one owner of the chunking rule. It depends on the problem alone (``n_samples``, and a cap
+    that a kernel derives from its row width), never on the threads: the thread-count invariance
+    rests on it.
+    """
+    cdef Py_ssize_t c = (n_samples + max_chunks - 1) // max_chunks
     return c if c > CHUNK_MIN else CHUNK_MIN
 
 
@@ -863,16 +868,14 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
     cdef Py_ssize_t o_gg = 1, o_eg = o_gg + (k - 1) * pgd, o_hgg = o_eg + kr * ped
     cdef Py_ssize_t o_hee = o_hgg + ngp * mg, o_hge = o_hee + nee * me
     cdef Py_ssize_t width = o_hge + (k - 1) * kr * pgd * ped
+    # The table has a row of the full Hessian's size per chunk: fewer chunks for wide rows (~4M
+    # entries in all), but at least 16 so that threads still share the work.
     cdef Py_ssize_t max_chunks = (1 << 22) // width
-    cdef Py_ssize_t chunk, n_chunks
     if max_chunks > MAX_CHUNKS:
         max_chunks = MAX_CHUNKS
     if max_chunks < 16:
         max_chunks = 16
-    chunk = (n + max_chunks - 1) // max_chunks
-    if chunk < CHUNK_MIN:
-        chunk = CHUNK_MIN
-    n_chunks = (n + chunk - 1) // chunk
+    cdef Py_ssize_t chunk = chunk_size(n, max_chunks), n_chunks = (n + chunk - 1) // chunk
     cdef bint weighted = sample_weight.shape[0] > 0
     # Per-thread scratch: one sample's forward quantities, then a block of BLOCK samples laid out
     # feature-major, as in newton_pass, so that every Hessian block is one dgemm per block.
@@ -885,6 +888,7 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
     cdef const double* Zp = &Z[0, 0]
     cdef const double* Wp = &W[0, 0]
     cdef const double* Vp = &V[0, 0, 0]
+    cdef bint same_design = Zp == Xp
     cdef double* lg
     cdef double* pg
     cdef double* le
@@ -922,6 +926,9 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
         CG = RE + kr * BLOCK
         CEE = CG + ngp * BLOCK
         CGE = CEE + nee * BLOCK
+        if same_design:
+            ZF = UF
+            ZZ = UU
         for c in prange(n_chunks, schedule="static"):
             row = &partial[c, 0]
             start = c * chunk
@@ -937,7 +944,8 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
                     row[0] = row[0] + w * _forward(Zp + s * dg, Xp + s * d, label, Wp, Vp, k, K, dg, d,
                                                    lg, pg, le, pe, tau)
                     _block_design(Xp + s * d, d, UF, UU, l)
-                    _block_design(Zp + s * dg, dg, ZF, ZZ, l)
+                    if not same_design:
+                        _block_design(Zp + s * dg, dg, ZF, ZZ, l)
                     for i in range(pgd):
                         for m in range(ped):
                             ZU[(i * ped + m) * BLOCK + l] = ZF[i * BLOCK + l] * UF[m * BLOCK + l]
