@@ -136,11 +136,17 @@ cdef inline double _max_shift(const double* v, Py_ssize_t m) noexcept nogil:
 cdef inline double _log_softmax(double* v, double* prob, Py_ssize_t m) noexcept nogil:
     """Turn ``v`` into log-softmax(v) in place, write softmax(v) to ``prob``; return log-sum-exp(v).
 
-    The max shift keeps every ``exp`` argument <= 0, and one ``exp`` per entry serves both outputs.
-    ``v`` and ``prob`` must not alias (see ``_softmax_inplace``).
+    The one scalar softmax of the kernels (``_softmax_lanes`` is its vector-lane form): the max
+    shift keeps every ``exp`` argument <= 0, and one ``exp`` per entry serves both outputs. An all
+    ``-inf`` row (every term underflowed) is guarded: it stays -inf, gets zero weights and returns
+    -inf. ``v`` and ``prob`` must not alias.
     """
     cdef Py_ssize_t j
     cdef double vmax = _max_shift(v, m), total = 0.0, lse
+    if vmax == -INFINITY:
+        for j in range(m):
+            prob[j] = 0.0
+        return vmax
     for j in range(m):
         prob[j] = exp(v[j] - vmax)
         total += prob[j]
@@ -149,25 +155,6 @@ cdef inline double _log_softmax(double* v, double* prob, Py_ssize_t m) noexcept 
         v[j] = v[j] - lse
         prob[j] = prob[j] / total
     return lse
-
-
-cdef inline double _softmax_inplace(double* v, Py_ssize_t m) noexcept nogil:
-    """Turn ``v`` into softmax(v) in place; return log-sum-exp(v).
-
-    An all ``-inf`` row (every term underflowed) is guarded: it stays -inf and gets zero weights.
-    """
-    cdef Py_ssize_t j
-    cdef double vmax = _max_shift(v, m), total = 0.0
-    if vmax == -INFINITY:
-        for j in range(m):
-            v[j] = 0.0
-        return vmax
-    for j in range(m):
-        v[j] = exp(v[j] - vmax)
-        total += v[j]
-    for j in range(m):
-        v[j] = v[j] / total
-    return vmax + log(total)
 
 
 cdef inline void _gate_logits(const double* z, const double* W, Py_ssize_t k, Py_ssize_t dg,
@@ -241,12 +228,13 @@ cdef inline double _forward(const double* z, const double* x, Py_ssize_t label,
         for i in range(k):
             tau[i] = tau[i] * inv
         return log(total)
-    # Log-space fallback: the logits are intact in lg/le and become log-probabilities here.
+    # Log-space fallback: the logits are intact in lg/le and become log-probabilities here; lg ends
+    # as log(pi_i f_i(y)) - log p(y | x), the log-responsibilities.
     _log_softmax(lg, pg, k)
     for i in range(k):
         _log_softmax(le + i * K, pe + i * K, K)
-        tau[i] = lg[i] + le[i * K + label]
-    return _softmax_inplace(tau, k)
+        lg[i] = lg[i] + le[i * K + label]
+    return _log_softmax(lg, tau, k)
 
 
 cdef inline void _block_full(const double* v, Py_ssize_t m, double* full, Py_ssize_t l) noexcept nogil:
@@ -750,7 +738,7 @@ def predict(const double[:, ::1] X, const double[:, ::1] Z, const double[:, ::1]
     cdef Py_ssize_t k = W.shape[0], K = V.shape[1]
     cdef Py_ssize_t n_chunks = (n + CHUNK_MIN - 1) // CHUNK_MIN  # only to size the team
     cdef bint want_gate = gate_out.shape[0] > 0
-    cdef Py_ssize_t swidth = 2 * k + 2 * k * K + k
+    cdef Py_ssize_t swidth = 2 * k + 2 * k * K + 2 * k
     cdef double[:, ::1] scratch = np.empty((n_threads, _padded(swidth)))
     cdef const double* Xp = &X[0, 0]
     cdef const double* Zp = &Z[0, 0]
@@ -778,7 +766,7 @@ def predict(const double[:, ::1] X, const double[:, ::1] Z, const double[:, ::1]
             for t in range(K):
                 for i in range(k):
                     tmp[i] = lg[i] + le[i * K + t]
-                log_proba_out[s, t] = _softmax_inplace(tmp, k)
+                log_proba_out[s, t] = _log_softmax(tmp, tmp + k, k)
             if want_gate:
                 for i in range(k):
                     gate_out[s, i] = pg[i]
