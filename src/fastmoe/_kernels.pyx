@@ -340,28 +340,99 @@ cdef inline void _affine_lanes(const double* coef, Py_ssize_t n_out, Py_ssize_t 
                 o[l] = o[l] + cq * src[l]
 
 
-cdef inline void _forward_block(const double* ZF, const double* UF, const double* LB, Py_ssize_t nb,
-                                const double* W, const double* V, Py_ssize_t k, Py_ssize_t K,
-                                Py_ssize_t dg, Py_ssize_t d, const double* Zp, const double* Xp,
-                                Py_ssize_t first, double* G, double* E, double* T, double* LL,
-                                double* work, double* lg, double* pg, double* le, double* pe,
-                                double* tau) noexcept nogil:
-    """``_forward`` for the ``nb`` samples of a block at once, samples in the vector lanes.
+cdef struct Forward:
+    # One thread's forward scratch (laid out by _forward_scratch). One sample's quantities, for the
+    # scalar log-space fallback of _forward:
+    double* lg
+    double* pg
+    double* le
+    double* pe
+    double* tau
+    # A block of BLOCK samples, feature-major (row stride BLOCK, samples in the vector lanes): the
+    # designs [1, x] (UF) and [1, z] (ZF, which is UF when Z is X), the labels (as doubles), then the
+    # gating probabilities G (k rows), expert probabilities E (k*K rows), responsibilities T (k rows),
+    # log p(y | x) (LL) and one row of work space.
+    double* UF
+    double* ZF
+    double* LB
+    double* G
+    double* E
+    double* T
+    double* LL
+    double* work
 
-    Reads the block's designs (``ZF``, ``UF``, row 0 = 1) and labels ``LB``; writes gating
-    probabilities ``G`` (k rows), expert probabilities ``E`` (k*K rows), responsibilities ``T``
-    (k rows) and ``log p(y | x)`` to ``LL``. A sample whose every ``pi_i f_i(y)`` underflows is
-    redone by the scalar log-space ``_forward``, and its lane overwritten.
+
+cdef inline Py_ssize_t _forward_size(Py_ssize_t k, Py_ssize_t K, Py_ssize_t d, Py_ssize_t dg) noexcept nogil:
+    """Doubles of one thread's ``Forward`` scratch; a pass's own block rows may follow it."""
+    return _padded(2 * k + 2 * k * K + k) + ((d + 1) + (dg + 1) + 1 + k + k * K + k + 2) * BLOCK
+
+
+cdef inline Forward _forward_scratch(double* base, Py_ssize_t k, Py_ssize_t K, Py_ssize_t d,
+                                     Py_ssize_t dg, bint same_design) noexcept nogil:
+    """Lay a ``Forward`` out over ``_forward_size`` doubles at ``base``."""
+    cdef Forward f
+    f.lg = base
+    f.pg = f.lg + k
+    f.le = f.pg + k
+    f.pe = f.le + k * K
+    f.tau = f.pe + k * K
+    f.UF = base + _padded(2 * k + 2 * k * K + k)
+    f.ZF = f.UF + (d + 1) * BLOCK
+    f.LB = f.ZF + (dg + 1) * BLOCK
+    f.G = f.LB + BLOCK
+    f.E = f.G + k * BLOCK
+    f.T = f.E + k * K * BLOCK
+    f.LL = f.T + k * BLOCK
+    f.work = f.LL + BLOCK
+    if same_design:
+        f.ZF = f.UF
+    return f
+
+
+cdef inline void _load_block(Forward f, const double* Xp, const double* Zp, const label_t* y,
+                             Py_ssize_t first, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t dg,
+                             bint same_design, double* UU, double* ZZ) noexcept nogil:
+    """Fill a block's designs and labels from samples ``first .. first + nb - 1``.
+
+    When ``UU`` is not NULL the triu outer products of ``[1, x]`` go there (and those of ``[1, z]`` to
+    ``ZZ`` unless Z is X), for passes that accumulate Hessians.
+    """
+    cdef Py_ssize_t l, s
+    for l in range(nb):
+        s = first + l
+        f.LB[l] = <double>y[s]
+        if UU != NULL:
+            _block_design(Xp + s * d, d, f.UF, UU, l)
+            if not same_design:
+                _block_design(Zp + s * dg, dg, f.ZF, ZZ, l)
+        else:
+            _block_full(Xp + s * d, d, f.UF, l)
+            if not same_design:
+                _block_full(Zp + s * dg, dg, f.ZF, l)
+
+
+cdef inline void _forward_block(Forward f, Py_ssize_t nb, const double* W, const double* V,
+                                Py_ssize_t k, Py_ssize_t K, Py_ssize_t dg, Py_ssize_t d,
+                                const double* Zp, const double* Xp, Py_ssize_t first) noexcept nogil:
+    """``_forward`` for the ``nb`` samples of a loaded block at once, samples in the vector lanes.
+
+    Reads the block's designs ``f.ZF``, ``f.UF`` (row 0 = 1) and labels ``f.LB``; writes the gating
+    probabilities ``f.G``, expert probabilities ``f.E``, responsibilities ``f.T`` and ``log p(y | x)``
+    to ``f.LL``. A sample whose every ``pi_i f_i(y)`` underflows is redone by the scalar log-space
+    ``_forward`` (from row ``first + l`` of X and Z), and its lane overwritten.
     """
     cdef Py_ssize_t i, j, l, label
     cdef double total, inv, ll
-    _affine_lanes(W, k, dg + 1, ZF, nb, G)
-    _softmax_lanes(G, k, nb, work)
-    _affine_lanes(V, k * K, d + 1, UF, nb, E)
+    cdef double* G = f.G
+    cdef double* E = f.E
+    cdef double* T = f.T
+    _affine_lanes(W, k, dg + 1, f.ZF, nb, G)
+    _softmax_lanes(G, k, nb, f.work)
+    _affine_lanes(V, k * K, d + 1, f.UF, nb, E)
     for i in range(k):
-        _softmax_lanes(E + i * K * BLOCK, K, nb, work)
+        _softmax_lanes(E + i * K * BLOCK, K, nb, f.work)
     for l in range(nb):
-        label = <Py_ssize_t>LB[l]
+        label = <Py_ssize_t>f.LB[l]
         total = 0.0
         for i in range(k):
             T[i * BLOCK + l] = G[i * BLOCK + l] * E[(i * K + label) * BLOCK + l]
@@ -370,16 +441,16 @@ cdef inline void _forward_block(const double* ZF, const double* UF, const double
             inv = 1.0 / total
             for i in range(k):
                 T[i * BLOCK + l] = T[i * BLOCK + l] * inv
-            LL[l] = log(total)
+            f.LL[l] = log(total)
         else:
             ll = _forward(Zp + (first + l) * dg, Xp + (first + l) * d, label, W, V, k, K, dg, d,
-                          lg, pg, le, pe, tau)
+                          f.lg, f.pg, f.le, f.pe, f.tau)
             for i in range(k):
-                G[i * BLOCK + l] = pg[i]
-                T[i * BLOCK + l] = tau[i]
+                G[i * BLOCK + l] = f.pg[i]
+                T[i * BLOCK + l] = f.tau[i]
             for j in range(k * K):
-                E[j * BLOCK + l] = pe[j]
-            LL[l] = ll
+                E[j * BLOCK + l] = f.pe[j]
+            f.LL[l] = ll
 
 
 def e_step(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
@@ -405,49 +476,21 @@ def e_step(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
     cdef Py_ssize_t chunk = chunk_size(n), n_chunks = (n + chunk - 1) // chunk
     cdef bint weighted = sample_weight.shape[0] > 0
     cdef bint want_resp = resp_out.shape[0] > 0, want_logp = logp_out.shape[0] > 0
-    # One sample's scratch (underflow fallback), then a feature-major block of BLOCK samples: the
-    # forward pass runs with samples in the vector lanes, as in newton_pass.
-    cdef Py_ssize_t fwidth = _padded(2 * k + 2 * k * K + k)
-    cdef Py_ssize_t nrows = (d + 1) + (dg + 1) + k + k * K + k + 3
-    cdef double[:, ::1] scratch = np.empty((n_threads, fwidth + nrows * BLOCK))
+    # The forward pass runs on blocks of BLOCK samples in the vector lanes, as in newton_pass.
+    cdef double[:, ::1] scratch = np.empty((n_threads, _forward_size(k, K, d, dg)))
     cdef double[:, ::1] partial = np.zeros((n_chunks, PAD))
     cdef const double* Xp = &X[0, 0]
     cdef const double* Zp = &Z[0, 0]
     cdef const double* Wp = &W[0, 0]
     cdef const double* Vp = &V[0, 0, 0]
+    cdef const label_t* yp = &y[0]
     cdef bint same_design = Zp == Xp
-    cdef double* lg
-    cdef double* pg
-    cdef double* le
-    cdef double* pe
-    cdef double* tau
-    cdef double* UF
-    cdef double* ZF
-    cdef double* G
-    cdef double* E
-    cdef double* T
-    cdef double* LL
-    cdef double* LB
-    cdef double* work
+    cdef Forward f
     cdef Py_ssize_t c, s, l, i, start, end, bs, be, nb
     cdef double acc, total
 
     with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
-        lg = &scratch[threadid(), 0]
-        pg = lg + k
-        le = pg + k
-        pe = le + k * K
-        tau = pe + k * K
-        UF = lg + fwidth
-        ZF = UF + (d + 1) * BLOCK
-        G = ZF + (dg + 1) * BLOCK
-        E = G + k * BLOCK
-        T = E + k * K * BLOCK
-        LL = T + k * BLOCK
-        LB = LL + BLOCK
-        work = LB + BLOCK
-        if same_design:
-            ZF = UF
+        f = _forward_scratch(&scratch[threadid(), 0], k, K, d, dg, same_design)
         for c in prange(n_chunks, schedule="static"):
             start = c * chunk
             end = start + chunk if start + chunk < n else n
@@ -456,22 +499,16 @@ def e_step(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
             while bs < end:
                 be = bs + BLOCK if bs + BLOCK < end else end
                 nb = be - bs
-                for s in range(bs, be):
-                    l = s - bs
-                    LB[l] = <double>y[s]
-                    _block_full(Xp + s * d, d, UF, l)
-                    if not same_design:
-                        _block_full(Zp + s * dg, dg, ZF, l)
-                _forward_block(ZF, UF, LB, nb, Wp, Vp, k, K, dg, d, Zp, Xp, bs, G, E, T, LL, work,
-                               lg, pg, le, pe, tau)
+                _load_block(f, Xp, Zp, yp, bs, nb, d, dg, same_design, NULL, NULL)
+                _forward_block(f, nb, Wp, Vp, k, K, dg, d, Zp, Xp, bs)
                 for l in range(nb):
                     s = bs + l
                     if want_logp:
-                        logp_out[s] = LL[l]
+                        logp_out[s] = f.LL[l]
                     if want_resp:
                         for i in range(k):
-                            resp_out[s, i] = T[i * BLOCK + l]
-                    acc = acc + (sample_weight[s] * LL[l] if weighted else LL[l])
+                            resp_out[s, i] = f.T[i * BLOCK + l]
+                    acc = acc + (sample_weight[s] * f.LL[l] if weighted else f.LL[l])
                 bs = be
             partial[c, 0] = acc
     total = 0.0
@@ -513,26 +550,22 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
     cdef Py_ssize_t o_w = 1, o_gg = o_w + k, o_gh = o_gg + (k - 1) * pgd
     cdef Py_ssize_t o_eg = o_gh + ngp * mg, o_eh = o_eg + k * (K - 1) * ped
     cdef Py_ssize_t width = o_eh + k * nep * me
-    # Per-thread scratch: one sample's forward quantities (for the underflow fallback), then a block of
-    # BLOCK samples laid out feature-major ([entry][sample]): the forward pass and the coefficients
-    # run with samples in the vector lanes, and the Hessian sums are matrix products.
-    cdef Py_ssize_t fwidth = _padded(2 * k + 2 * k * K + k)
-    cdef Py_ssize_t nrows = (pgd + mg + ped + me + (k - 1) + ngp + k * (K - 1) + k * nep
-                             + k + k * K + k + 5)
-    cdef double[:, ::1] scratch = np.empty((n_threads, fwidth + nrows * BLOCK))
+    # Per-thread scratch: the forward pass's (see Forward), then this pass's rows of a block of BLOCK
+    # samples laid out feature-major ([entry][sample]): the coefficients run with samples in the
+    # vector lanes, and the Hessian sums are matrix products.
+    cdef Py_ssize_t fsize = _forward_size(k, K, d, dg)
+    cdef Py_ssize_t nrows = me + mg + (k - 1) + ngp + k * (K - 1) + k * nep + 2
+    cdef double[:, ::1] scratch = np.empty((n_threads, fsize + nrows * BLOCK))
     cdef double[:, ::1] partial = np.zeros((n_chunks, _padded(width)))
     cdef double[::1] total = np.empty(width)
     cdef const double* Xp = &X[0, 0]
     cdef const double* Zp = &Z[0, 0]
     cdef const double* Wp = &W[0, 0]
     cdef const double* Vp = &V[0, 0, 0]
+    cdef const label_t* yp = &y[0]
     # Standard gating: the gating design is the expert design, so it is built (and stored) once.
     cdef bint same_design = Zp == Xp
-    cdef double* lg
-    cdef double* pg
-    cdef double* le
-    cdef double* pe
-    cdef double* tau
+    cdef Forward f
     cdef double* ZF
     cdef double* ZZ
     cdef double* UF
@@ -548,40 +581,33 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
     cdef double* LB
     cdef double* WT
     cdef double* TE
-    cdef double* work
     cdef double* row
     cdef double* gi
     cdef double* gj
     cdef double* ef
     cdef double* eu
     cdef double* dst
-    cdef Py_ssize_t c, s, l, i, j, e, t, u, m, pair, start, end, bs, be, nb
+    cdef Py_ssize_t c, l, i, j, e, t, u, m, pair, start, end, bs, be, nb
     cdef double acc, delta
 
     with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
-        lg = &scratch[threadid(), 0]
-        pg = lg + k
-        le = pg + k
-        pe = le + k * K
-        tau = pe + k * K
-        UF = lg + fwidth
-        UU = UF + ped * BLOCK
-        ZF = UU + me * BLOCK
-        ZZ = ZF + pgd * BLOCK
+        f = _forward_scratch(&scratch[threadid(), 0], k, K, d, dg, same_design)
+        UF = f.UF
+        ZF = f.ZF
+        LB = f.LB
+        G = f.G
+        E = f.E
+        T = f.T
+        LL = f.LL
+        UU = &scratch[threadid(), fsize]
+        ZZ = UU + me * BLOCK
         RG = ZZ + mg * BLOCK
         CG = RG + (k - 1) * BLOCK
         RE = CG + ngp * BLOCK
         CE = RE + k * (K - 1) * BLOCK
-        G = CE + k * nep * BLOCK
-        E = G + k * BLOCK
-        T = E + k * K * BLOCK
-        LL = T + k * BLOCK
-        LB = LL + BLOCK
-        WT = LB + BLOCK
+        WT = CE + k * nep * BLOCK
         TE = WT + BLOCK
-        work = TE + BLOCK
         if same_design:
-            ZF = UF
             ZZ = UU
         for c in prange(n_chunks, schedule="static"):
             row = &partial[c, 0]
@@ -591,15 +617,10 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
             while bs < end:
                 be = bs + BLOCK if bs + BLOCK < end else end
                 nb = be - bs
-                for s in range(bs, be):
-                    l = s - bs
-                    WT[l] = sample_weight[s] if weighted else 1.0
-                    LB[l] = <double>y[s]
-                    _block_design(Xp + s * d, d, UF, UU, l)
-                    if not same_design:
-                        _block_design(Zp + s * dg, dg, ZF, ZZ, l)
-                _forward_block(ZF, UF, LB, nb, Wp, Vp, k, K, dg, d, Zp, Xp, bs, G, E, T, LL, work,
-                               lg, pg, le, pe, tau)
+                _load_block(f, Xp, Zp, yp, bs, nb, d, dg, same_design, UU, ZZ)
+                for l in range(nb):
+                    WT[l] = sample_weight[bs + l] if weighted else 1.0
+                _forward_block(f, nb, Wp, Vp, k, K, dg, d, Zp, Xp, bs)
                 acc = 0.0
                 for l in range(nb):
                     acc = acc + WT[l] * LL[l]
