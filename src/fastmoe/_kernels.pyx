@@ -8,26 +8,38 @@ fastmoe is built in three layers:
 1. Kernels (this file): one pass over the samples per call, ``nogil``, parallel over fixed-size sample
    chunks with OpenMP. No validation and no Python objects in the loops. Outputs are caller-allocated
    arrays named ``*_out``; inputs are C-contiguous float64; ``n_threads`` is passed explicitly.
-2. The Python engine (``_engine.py``, ``_newton.py``, ``_em.py``) validates once, allocates once per
-   fit, assembles and solves the Newton systems and runs the EM loop.
+2. The Python engine validates once, allocates once per fit and owns every decision: ``_problem.py``
+   (``Problem``: the data bound to these kernels, their packed Hessians expanded with one sign),
+   ``_mstep.py`` (the blockwise Newton M-step), ``_trust_region.py`` (trust-region steps of the
+   Newton finish), ``_em.py`` (the EM phase and the Newton finish), ``_monitor.py`` (convergence:
+   tolerance, history, why the fit stopped), ``_init.py`` (starts), ``params.py`` (the parameters
+   and their free-parameter vector) and ``_predict.py`` (model quantities at given parameters).
 3. The public surface (``fastmoe.fit``, ``MoEParams``, ``sample`` ...).
 
 Parameters arrive packed: ``W`` (k, 1 + d_gate) with the gating intercept in column 0, ``V``
 (k, K, 1 + d) with the expert intercepts in ``V[:, :, 0]``. ``Z`` is the gating design ``M(X)``
-(``Z is X`` for standard gating).
+(``Z is X`` for standard gating; the kernels then build and store one design).
+
+Layout: samples are processed in blocks of BLOCK = 64 stored feature-major (``Forward``,
+``_load_block``), so the forward pass (logits, softmaxes, responsibilities: ``_forward_block``) runs
+with samples in the vector lanes and every Hessian block of a block of samples is one ``dgemm``
+(``_block_sums``). The scalar per-sample ``_forward`` is the log-space fallback for samples whose
+every ``pi_i f_i(y)`` underflows.
 
 Determinism: every reduction (log-likelihood, gradients, Hessians) is first summed inside a chunk of
-``chunk_size(n)`` consecutive samples, whose size depends on ``n`` only, into that chunk's own row of
-a partial-sum table; the rows are then added in chunk order after the parallel region. Which thread
-handled a chunk never matters, so results are bitwise identical for any thread count.
+consecutive samples, whose size ``chunk_size`` derives from the problem only (``n`` and, for the
+wide Hessian pass, its row width), into that chunk's own row of a partial-sum table; the rows are
+then added in chunk order after the parallel region. Which thread handled a chunk never matters, so
+results are bitwise identical for any thread count.
 
-Numerics: everything is in log space; the one max-shifted log-sum-exp (``_log_softmax``) serves the
-gating, the experts and the responsibilities, and one ``exp`` per logit gives both the log
-probability and the probability. Hessians are accumulated as *negative* Hessians (positive
-semi-definite, ready for Cholesky) and only their upper triangles: both the (expert, expert) or
-(class, class) pair and the (feature, feature) pair are symmetric, so a block Hessian of
-``q`` outer-product pairs is stored as ``q (q + 1) / 2`` pairs times ``p (p + 1) / 2`` entries, both
-in ``numpy.triu_indices`` order. No array of size n * k * K is ever formed.
+Numerics: everything is in log space where it can underflow; one max-shifted softmax
+(``_log_softmax``, scalar; ``_softmax_lanes``, its vector-lane form) serves the gating, the experts
+and the responsibilities, and one ``exp`` per logit gives both the log probability and the
+probability. Hessians are accumulated as *negative* Hessians (positive semi-definite, ready for
+Cholesky) and only their upper triangles: both the (expert, expert) or (class, class) pair and the
+(feature, feature) pair are symmetric, so a block Hessian of ``q`` outer-product pairs is stored as
+``q (q + 1) / 2`` pairs times ``p (p + 1) / 2`` entries, both in ``numpy.triu_indices`` order. No
+array of size n * k * K is ever formed.
 """
 
 from cython.parallel cimport prange, parallel, threadid
