@@ -308,7 +308,7 @@ cdef inline void _softmax_lanes(double* A, Py_ssize_t m, Py_ssize_t nb, double* 
     exponentials go at the long-array rate of ``fastmoe_exp`` instead of rows of k or K entries.
     """
     cdef Py_ssize_t j, l
-    cdef double* a
+    cdef double* a = NULL
     for l in range(nb):
         work[l] = A[l]
     for j in range(1, m):
@@ -338,7 +338,7 @@ cdef inline void _affine_lanes(const double* coef, Py_ssize_t n_out, Py_ssize_t 
     """``out[r, l] = coef[r, :] . design[:, l]`` (design row 0 is the constant 1), lanes = samples."""
     cdef Py_ssize_t r, q, l
     cdef double cq
-    cdef double* o
+    cdef double* o = NULL
     cdef const double* src
     for r in range(n_out):
         o = out + r * BLOCK
@@ -578,27 +578,27 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
     # Standard gating: the gating design is the expert design, so it is built (and stored) once.
     cdef bint same_design = Zp == Xp
     cdef Forward f
-    cdef double* ZF
-    cdef double* ZZ
-    cdef double* UF
-    cdef double* UU
-    cdef double* RG
-    cdef double* CG
-    cdef double* RE
-    cdef double* CE
-    cdef double* G
-    cdef double* E
-    cdef double* T
-    cdef double* LL
-    cdef double* LB
-    cdef double* WT
-    cdef double* TE
-    cdef double* row
-    cdef double* gi
-    cdef double* gj
-    cdef double* ef
-    cdef double* eu
-    cdef double* dst
+    cdef double* ZF = NULL
+    cdef double* ZZ = NULL
+    cdef double* UF = NULL
+    cdef double* UU = NULL
+    cdef double* RG = NULL
+    cdef double* CG = NULL
+    cdef double* RE = NULL
+    cdef double* CE = NULL
+    cdef double* G = NULL
+    cdef double* E = NULL
+    cdef double* T = NULL
+    cdef double* LL = NULL
+    cdef double* LB = NULL
+    cdef double* WT = NULL
+    cdef double* TE = NULL
+    cdef double* row = NULL
+    cdef double* gi = NULL
+    cdef double* gj = NULL
+    cdef double* ef = NULL
+    cdef double* eu = NULL
+    cdef double* dst = NULL
     cdef Py_ssize_t c, l, i, j, e, t, u, m, pair, start, end, bs, be, nb
     cdef double acc, delta
 
@@ -722,12 +722,12 @@ def q_values(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] 
     cdef double[:, ::1] partial = np.zeros((n_chunks, _padded(k + 1)))
     cdef const double* Xp = &X[0, 0]
     cdef const double* Zp = &Z[0, 0]
-    cdef double* lg
-    cdef double* pg
-    cdef double* le
-    cdef double* pe
-    cdef double* tau
-    cdef double* row
+    cdef double* lg = NULL
+    cdef double* pg = NULL
+    cdef double* le = NULL
+    cdef double* pe = NULL
+    cdef double* tau = NULL
+    cdef double* row = NULL
     cdef Py_ssize_t c, s, i, start, end, label
     cdef double w, r
 
@@ -777,11 +777,11 @@ def predict(const double[:, ::1] X, const double[:, ::1] Z, const double[:, ::1]
     cdef const double* Zp = &Z[0, 0]
     cdef const double* Wp = &W[0, 0]
     cdef const double* Vp = &V[0, 0, 0]
-    cdef double* lg
-    cdef double* pg
-    cdef double* le
-    cdef double* pe
-    cdef double* tmp
+    cdef double* lg = NULL
+    cdef double* pg = NULL
+    cdef double* le = NULL
+    cdef double* pe = NULL
+    cdef double* tmp = NULL
     cdef Py_ssize_t s, i, t
 
     with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
@@ -822,10 +822,10 @@ def sample_labels(const double[:, ::1] X, const double[:, ::1] Z, const double[:
     cdef const double* Zp = &Z[0, 0]
     cdef const double* Wp = &W[0, 0]
     cdef const double* Vp = &V[0, 0, 0]
-    cdef double* lg
-    cdef double* pg
-    cdef double* le
-    cdef double* pe
+    cdef double* lg = NULL
+    cdef double* pg = NULL
+    cdef double* le = NULL
+    cdef double* pe = NULL
     cdef Py_ssize_t s, i, t, z
     cdef double cum
 
@@ -910,23 +910,23 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
     cdef const double* Wp = &W[0, 0]
     cdef const double* Vp = &V[0, 0, 0]
     cdef bint same_design = Zp == Xp
-    cdef double* lg
-    cdef double* pg
-    cdef double* le
-    cdef double* pe
-    cdef double* tau
-    cdef double* res
-    cdef double* UF
-    cdef double* UU
-    cdef double* ZF
-    cdef double* ZZ
-    cdef double* ZU
-    cdef double* RG
-    cdef double* RE
-    cdef double* CG
-    cdef double* CEE
-    cdef double* CGE
-    cdef double* row
+    cdef double* lg = NULL
+    cdef double* pg = NULL
+    cdef double* le = NULL
+    cdef double* pe = NULL
+    cdef double* tau = NULL
+    cdef double* res = NULL
+    cdef double* UF = NULL
+    cdef double* UU = NULL
+    cdef double* ZF = NULL
+    cdef double* ZZ = NULL
+    cdef double* ZU = NULL
+    cdef double* RG = NULL
+    cdef double* RE = NULL
+    cdef double* CG = NULL
+    cdef double* CEE = NULL
+    cdef double* CGE = NULL
+    cdef double* row = NULL
     cdef Py_ssize_t c, s, l, i, j, e, e2, t, t2, a, b, m, pair, start, end, label, bs, be, nb
     cdef double w, coef
 
