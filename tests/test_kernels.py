@@ -157,3 +157,34 @@ def test_sample_labels_follow_the_model(rng, well_separated):
     _, y1 = fastmoe.sample(well_separated, X=X, random_state=7, n_threads=1)
     _, y2 = fastmoe.sample(well_separated, X=X, random_state=7, n_threads=2)
     assert np.array_equal(y1, y2)
+
+
+def _first_column_of_buffer(X):
+    """A gating callable whose result shares X's buffer (same first address) in another shape."""
+    return X.ravel()[: X.shape[0]].reshape(-1, 1)
+
+
+@pytest.mark.parametrize("d", [2, 4])
+def test_gating_view_of_the_input_buffer_is_not_the_input(rng, d):
+    # Issue 13, item 5: the kernels took "Z is X" from a pointer comparison alone, so a gating design
+    # viewing X's buffer with another shape was read as X: fastmoe.loglik gave -1297.77 for -1274.24.
+    k, K, n = 3, 3, 500
+    params = random_params(rng, k, K, d, _first_column_of_buffer, d_gate=1)
+    X = rng.uniform(-2, 2, size=(n, d))
+    y = rng.integers(0, K, size=n)
+    Z = params.gate_input(X)
+    assert Z.shape == (n, 1) and np.shares_memory(Z, X) and Z.ctypes.data == X.ctypes.data
+    W, V = params.packed()
+    assert fastmoe.loglik(params, X, y) == pytest.approx(ref.loglik(W, V, X, Z, y), rel=1e-12)
+    np.testing.assert_allclose(fastmoe.responsibilities(params, X, y), ref.responsibilities(W, V, X, Z, y),
+                               rtol=1e-11, atol=1e-14)
+    problem = _problem(X, Z, y, k, K)
+    result = problem.newton_pass(W, V)
+    g, H = ref.gate_grad_hess(W, Z, ref.responsibilities(W, V, X, Z, y))
+    np.testing.assert_allclose(result.grad_gate, g, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(result.hess_gate, -H, rtol=1e-10, atol=1e-10)
+    loglik, grad, hess = problem.full_hessian(W, V)
+    g_ref, H_ref = ref.full_loglik_grad_hess(W, V, X, Z, y)
+    assert loglik == pytest.approx(ref.loglik(W, V, X, Z, y), rel=1e-12)
+    np.testing.assert_allclose(grad, g_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(hess, H_ref, rtol=1e-10, atol=1e-9)

@@ -132,6 +132,17 @@ cdef inline int _threads_for(int n_threads, Py_ssize_t n_chunks) noexcept nogil:
     return n_threads if n_threads < n_chunks else <int>n_chunks
 
 
+cdef inline bint _is_same_design(const double[:, ::1] X, const double[:, ::1] Z) noexcept:
+    """Whether the gating design Z is the expert design X itself: same buffer, shape and strides.
+
+    The kernels then build one design for both. The address alone is not enough: a gating callable
+    may return a view of X's buffer in another shape (``X.ravel()[:n].reshape(-1, 1)``), which
+    shares X's first address but not its rows (issue 13, item 5: a silently wrong log-likelihood).
+    """
+    return (&Z[0, 0] == &X[0, 0] and Z.shape[0] == X.shape[0] and Z.shape[1] == X.shape[1]
+            and Z.strides[0] == X.strides[0] and Z.strides[1] == X.strides[1])
+
+
 cdef inline Py_ssize_t _padded(Py_ssize_t m) noexcept nogil:
     return (m + PAD - 1) // PAD * PAD
 
@@ -496,7 +507,7 @@ def e_step(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
     cdef const double* Wp = &W[0, 0]
     cdef const double* Vp = &V[0, 0, 0]
     cdef const label_t* yp = &y[0]
-    cdef bint same_design = Zp == Xp
+    cdef bint same_design = _is_same_design(X, Z)
     cdef Forward f
     cdef Py_ssize_t c, s, l, i, start, end, bs, be, nb
     cdef double acc, total
@@ -576,7 +587,7 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
     cdef const double* Vp = &V[0, 0, 0]
     cdef const label_t* yp = &y[0]
     # Standard gating: the gating design is the expert design, so it is built (and stored) once.
-    cdef bint same_design = Zp == Xp
+    cdef bint same_design = _is_same_design(X, Z)
     cdef Forward f
     cdef double* ZF = NULL
     cdef double* ZZ = NULL
@@ -909,7 +920,7 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
     cdef const double* Zp = &Z[0, 0]
     cdef const double* Wp = &W[0, 0]
     cdef const double* Vp = &V[0, 0, 0]
-    cdef bint same_design = Zp == Xp
+    cdef bint same_design = _is_same_design(X, Z)
     cdef double* lg = NULL
     cdef double* pg = NULL
     cdef double* le = NULL
