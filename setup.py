@@ -85,7 +85,11 @@ def _extensions():
     omp_compile, omp_link = _openmp_flags()
     debug = os.environ.get("FASTMOE_DEBUG_BUILD") == "1"
     # -O3 for the loops over experts/classes; no -ffast-math: it would break the inf/NaN guards.
-    compile_args = ["-O3"] + _arch_flags() + omp_compile if sys.platform != "win32" else omp_compile
+    # -fno-trapping-math only tells gcc that no code reads the floating-point exception flags, so it
+    # may if-convert and speculate: values are unchanged (bitwise, checked), and the clamps of
+    # fastmoe_exp then cost ~nothing (0.90 ns per exp with both clamps, against 1.09 without the flag
+    # and 0.88 for the unguarded exp without it; see _kernels.pyx).
+    compile_args = ["-O3", "-fno-trapping-math"] + _arch_flags() + omp_compile if sys.platform != "win32" else omp_compile
     common = dict(
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],

@@ -321,7 +321,7 @@ def compile_flags():
 
     omp = ["-fopenmp"] if fastmoe.openmp_enabled() else ["(serial build)"]
     return {"cc": sysconfig.get_config_var("CC"), "python_cflags": sysconfig.get_config_var("CFLAGS"),
-            "extra": " ".join(["-O3", *arch_flags(), *omp]),
+            "extra": " ".join(["-O3", "-fno-trapping-math", *arch_flags(), *omp]),
             "extension_vector_isa": extension_vector_isa()}
 
 

@@ -188,3 +188,41 @@ def test_gating_view_of_the_input_buffer_is_not_the_input(rng, d):
     assert loglik == pytest.approx(ref.loglik(W, V, X, Z, y), rel=1e-12)
     np.testing.assert_allclose(grad, g_ref, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(hess, H_ref, rtol=1e-10, atol=1e-9)
+
+
+def _kernel_exp(x):
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    _kernels._exp_for_tests(x, out)
+    return out
+
+
+def test_kernel_exp_is_accurate_where_the_kernels_use_it(rng):
+    # Max-shifted logits: arguments <= 0. Odd length: the vector loop and its scalar remainder.
+    x = np.concatenate([-rng.exponential(5.0, size=10_001), rng.uniform(-708, 0, size=999), [0.0, -0.0, -708.0]])
+    np.testing.assert_allclose(_kernel_exp(x), np.exp(x), rtol=5e-16, atol=0)
+
+
+def test_kernel_exp_overflows_like_libm():
+    # Issue 13, item 6: without an upper clamp 709.8 gave inf, 800 a negative number and +inf NaN.
+    with np.errstate(over="ignore"):
+        big = np.array([709.0, 709.5, 709.78, 709.782712893, 709.79, 710.0, 710.5, 800.0, 1e5, 1e300, np.inf])
+        expected = np.exp(big)
+    got = _kernel_exp(big)
+    finite = np.isfinite(expected)
+    assert finite[:4].all() and not finite[4:].any()
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=5e-16)
+    assert np.all(got[~finite] == np.inf)
+    # Positive arguments of every size in the finite range, and the scalar path (length 1).
+    x = np.linspace(0.0, 709.78, 4001)
+    np.testing.assert_allclose(_kernel_exp(x), np.exp(x), rtol=5e-16)
+    assert _kernel_exp([800.0])[0] == np.inf and _kernel_exp([np.inf])[0] == np.inf
+
+
+def test_kernel_exp_propagates_nan_and_clamps_below():
+    got = _kernel_exp([np.nan, 1.0, np.nan, -np.nan])
+    assert np.isnan(got[[0, 2, 3]]).all() and got[1] == pytest.approx(np.e, rel=1e-15)
+    # Below -708 the result is held at exp(-708) ~ 3e-308 (documented: no probability can tell it from
+    # an underflow, and it keeps every later division finite).
+    tiny = _kernel_exp([-708.5, -1000.0, -np.inf])
+    assert np.all(tiny > 0) and np.all(tiny <= np.exp(-708.0) * (1 + 1e-15))

@@ -3,7 +3,7 @@
     python bench/roofline/build.py [--seconds 0.3] [--portable]
 
 The program is compiled with the compiler and flags the extension gets (``sysconfig`` CC and CFLAGS,
-plus ``-O3 -march=native -fopenmp`` as ``setup.py`` adds them; ``-march=native`` only when the compiler
+plus ``-O3 -fno-trapping-math -march=native -fopenmp`` as ``setup.py`` adds them; ``-march=native`` only when the compiler
 accepts it and FASTMOE_PORTABLE is not 1, as in setup.py), so its code generation matches the kernels'.
 It carries a verbatim copy of ``fastmoe_exp`` from ``src/fastmoe/_kernels.pyx``; the copy is checked
 against the kernel source on every build (``fexp_source_in_sync`` in the json, and a warning).
@@ -35,7 +35,7 @@ MICROBENCH = os.path.join(HERE, "microbench.c")
 def compiler_command(arch):
     cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
     cflags = shlex.split(sysconfig.get_config_var("CFLAGS") or "")
-    return cc + cflags + ["-O3", *arch, "-fopenmp"]
+    return cc + cflags + ["-O3", "-fno-trapping-math", *arch, "-fopenmp"]
 
 
 def _fexp_block(path):
