@@ -23,14 +23,17 @@ Parameters arrive packed: ``W`` (k, 1 + d_gate) with the gating intercept in col
 Layout: samples are processed in blocks of BLOCK = 64 stored feature-major (``Forward``,
 ``_load_block``), so the forward pass (logits, softmaxes, responsibilities: ``_forward_block``) runs
 with samples in the vector lanes and every Hessian block of a block of samples is one ``dgemm``
-(``_block_sums``). The scalar per-sample ``_forward`` is the log-space fallback for samples whose
+(``_block_sums``). The scalar per-sample ``_forward_logspace`` is the fallback for samples whose
 every ``pi_i f_i(y)`` underflows.
 
 Determinism: every reduction (log-likelihood, gradients, Hessians) is first summed inside a chunk of
 consecutive samples, whose size ``chunk_size`` derives from the problem only (``n`` and, for the
 wide Hessian pass, its row width), into that chunk's own row of a partial-sum table; the rows are
 then added in chunk order after the parallel region. Which thread handled a chunk never matters, so
-results are bitwise identical for any thread count.
+results are bitwise identical for any thread count. The exact-Hessian pass, whose rows are as wide as
+the whole Hessian, keeps only a *wave* of rows (max(threads, WAVE_BUDGET / width) of them) and folds
+each wave into the total in chunk order before the next (``_fold_rows``): the same left-to-right sum
+over chunks, so the same bits, with temporaries independent of n.
 
 Numerics: everything is in log space where it can underflow; one max-shifted softmax
 (``_log_softmax``, scalar; ``_softmax_lanes``, its vector-lane form) serves the gating, the experts
@@ -134,6 +137,11 @@ cdef Py_ssize_t MAX_CHUNKS = 512
 cdef Py_ssize_t BLOCK = 64
 # Rows of the partial-sum and scratch tables are padded to 64 bytes so threads never share a cache line.
 cdef Py_ssize_t PAD = 8
+# The exact-Hessian pass keeps at most this many doubles (2 MB, an L2 cache) of chunk rows at a time,
+# and never fewer than one row per thread (see loglik_hessian_pass); wave folds of more entries than
+# FOLD_PARALLEL are spread over the threads.
+cdef Py_ssize_t WAVE_BUDGET = 1 << 18
+cdef Py_ssize_t FOLD_PARALLEL = 1 << 16
 
 
 cpdef Py_ssize_t chunk_size(Py_ssize_t n_samples, Py_ssize_t max_chunks=MAX_CHUNKS) noexcept nogil:
@@ -223,56 +231,21 @@ cdef inline void _expert_logits(const double* x, const double* V, Py_ssize_t kK,
         le[r] = acc
 
 
-cdef inline void _normalize(double* v, Py_ssize_t m) noexcept nogil:
-    cdef Py_ssize_t j
-    cdef double total = 0.0, inv
-    for j in range(m):
-        total += v[j]
-    inv = 1.0 / total
-    for j in range(m):
-        v[j] = v[j] * inv
+cdef inline double _forward_logspace(const double* z, const double* x, Py_ssize_t label,
+                                     const double* W, const double* V,
+                                     Py_ssize_t k, Py_ssize_t K, Py_ssize_t dg, Py_ssize_t d,
+                                     double* lg, double* pg, double* le, double* pe,
+                                     double* tau) noexcept nogil:
+    """One sample at (W, V) in log space: the fallback of ``_forward_block`` for a sample whose every
+    ``pi_i f_i(y)`` underflows (logit gaps of several hundred), which the direct probabilities cannot
+    represent.
 
-
-cdef inline double _forward(const double* z, const double* x, Py_ssize_t label,
-                            const double* W, const double* V,
-                            Py_ssize_t k, Py_ssize_t K, Py_ssize_t dg, Py_ssize_t d,
-                            double* lg, double* pg, double* le, double* pe, double* tau) noexcept nogil:
-    """One sample at (W, V): gating and expert probabilities, responsibilities, ``log p(y | x)``.
-
-    On exit ``pg`` (k) holds pi, ``pe`` (k*K) the expert probabilities f and ``tau`` (k) the
-    responsibilities; ``lg`` and ``le`` hold the logits. Probabilities are formed directly (one ``exp``
-    per logit, no ``log``): ``tau_i = pi_i f_i(y) / sum_j pi_j f_j(y)`` and a single ``log`` gives the
-    log-likelihood. Only when every ``pi_i f_i(y)`` underflows (logit gaps of several hundred) does the
-    sample take the log-space path, which cannot underflow.
+    On exit ``pg`` (k) holds pi, ``pe`` (k*K) the expert probabilities f, ``tau`` (k) the
+    responsibilities and ``lg`` the log-responsibilities; returns ``log p(y | x)``.
     """
-    cdef Py_ssize_t i, j, kK = k * K
-    cdef double total = 0.0, inv, shift
+    cdef Py_ssize_t i
     _gate_logits(z, W, k, dg, lg)
-    shift = _max_shift(lg, k)
-    for i in range(k):
-        pg[i] = lg[i] - shift
-    _expert_logits(x, V, kK, d, le)
-    for i in range(k):
-        shift = _max_shift(le + i * K, K)
-        for j in range(K):
-            pe[i * K + j] = le[i * K + j] - shift
-    # One flat loop over every max-shifted logit: the exponentials vectorise across experts.
-    for j in range(kK):
-        pe[j] = fastmoe_exp(pe[j])
-    for i in range(k):
-        pg[i] = fastmoe_exp(pg[i])
-    _normalize(pg, k)
-    for i in range(k):
-        _normalize(pe + i * K, K)
-        tau[i] = pg[i] * pe[i * K + label]
-        total += tau[i]
-    if total > 1e-280:
-        inv = 1.0 / total
-        for i in range(k):
-            tau[i] = tau[i] * inv
-        return log(total)
-    # Log-space fallback: the logits are intact in lg/le and become log-probabilities here; lg ends
-    # as log(pi_i f_i(y)) - log p(y | x), the log-responsibilities.
+    _expert_logits(x, V, k * K, d, le)
     _log_softmax(lg, pg, k)
     for i in range(k):
         _log_softmax(le + i * K, pe + i * K, K)
@@ -332,11 +305,33 @@ cdef inline void _reduce_rows(const double[:, ::1] partial, Py_ssize_t n_rows, P
             total[j] = total[j] + partial[c, j]
 
 
-cdef inline void _softmax_lanes(double* A, Py_ssize_t m, Py_ssize_t nb, double* work) noexcept nogil:
+cdef void _fold_rows(const double* table, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t width,
+                     double* total, int n_threads) noexcept nogil:
+    """``total[j] += table[c, j]`` for the rows ``c = 0 .. n_rows - 1`` in that order.
+
+    The same left-to-right sum as ``_reduce_rows``, continued across calls: folding a table's rows wave
+    after wave gives the very bits of one fold over all of them. Columns are independent, so a wide
+    table is folded by column slabs in parallel without changing any sum.
+    """
+    cdef Py_ssize_t slab = 2048, n_slabs = (width + slab - 1) // slab, b, c, j, lo, hi
+    if width * n_rows < FOLD_PARALLEL:
+        n_threads = 1
+    for b in prange(n_slabs, num_threads=_threads_for(n_threads, n_slabs), schedule="static"):
+        lo = b * slab
+        hi = lo + slab if lo + slab < width else width
+        for c in range(n_rows):
+            for j in range(lo, hi):
+                total[j] = total[j] + table[c * stride + j]
+
+
+cdef inline void _softmax_lanes(double* A, Py_ssize_t m, Py_ssize_t nb, double* work, double* total,
+                                bint log_out) noexcept nogil:
     """Softmax down the ``m`` rows of ``A`` (row stride BLOCK) for each of ``nb`` sample lanes, in place.
 
-    Samples sit in the vector lanes, so every loop runs over ``nb`` contiguous doubles: the
-    exponentials go at the long-array rate of ``fastmoe_exp`` instead of rows of k or K entries.
+    ``A`` becomes the probabilities, or with ``log_out`` the log-probabilities ``A - max - log(sum exp)``
+    (one ``log`` per lane). Samples sit in the vector lanes, so every loop runs over ``nb`` contiguous
+    doubles: the exponentials go at the long-array rate of ``fastmoe_exp`` instead of rows of k or K
+    entries. ``work`` and ``total`` are rows of scratch (``total`` is used only with ``log_out``).
     """
     cdef Py_ssize_t j, l
     cdef double* a = NULL
@@ -346,6 +341,20 @@ cdef inline void _softmax_lanes(double* A, Py_ssize_t m, Py_ssize_t nb, double* 
         a = A + j * BLOCK
         for l in range(nb):
             work[l] = a[l] if a[l] > work[l] else work[l]
+    if log_out:
+        for l in range(nb):
+            total[l] = fastmoe_exp(A[l] - work[l])
+        for j in range(1, m):
+            a = A + j * BLOCK
+            for l in range(nb):
+                total[l] = total[l] + fastmoe_exp(a[l] - work[l])
+        for l in range(nb):
+            work[l] = work[l] + log(total[l])
+        for j in range(m):
+            a = A + j * BLOCK
+            for l in range(nb):
+                a[l] = a[l] - work[l]
+        return
     for j in range(m):
         a = A + j * BLOCK
         for l in range(nb):
@@ -385,7 +394,7 @@ cdef inline void _affine_lanes(const double* coef, Py_ssize_t n_out, Py_ssize_t 
 
 cdef struct Forward:
     # One thread's forward scratch (laid out by _forward_scratch). One sample's quantities, for the
-    # scalar log-space fallback of _forward:
+    # scalar fallback _forward_logspace:
     double* lg
     double* pg
     double* le
@@ -394,7 +403,7 @@ cdef struct Forward:
     # A block of BLOCK samples, feature-major (row stride BLOCK, samples in the vector lanes): the
     # designs [1, x] (UF) and [1, z] (ZF, which is UF when Z is X), the labels (as doubles), then the
     # gating probabilities G (k rows), expert probabilities E (k*K rows), responsibilities T (k rows),
-    # log p(y | x) (LL) and one row of work space.
+    # log p(y | x) (LL) and two rows of work space.
     double* UF
     double* ZF
     double* LB
@@ -403,11 +412,12 @@ cdef struct Forward:
     double* T
     double* LL
     double* work
+    double* work2
 
 
 cdef inline Py_ssize_t _forward_size(Py_ssize_t k, Py_ssize_t K, Py_ssize_t d, Py_ssize_t dg) noexcept nogil:
     """Doubles of one thread's ``Forward`` scratch; a pass's own block rows may follow it."""
-    return _padded(2 * k + 2 * k * K + k) + ((d + 1) + (dg + 1) + 1 + k + k * K + k + 2) * BLOCK
+    return _padded(2 * k + 2 * k * K + k) + ((d + 1) + (dg + 1) + 1 + k + k * K + k + 3) * BLOCK
 
 
 cdef inline Forward _forward_scratch(double* base, Py_ssize_t k, Py_ssize_t K, Py_ssize_t d,
@@ -427,6 +437,7 @@ cdef inline Forward _forward_scratch(double* base, Py_ssize_t k, Py_ssize_t K, P
     f.T = f.E + k * K * BLOCK
     f.LL = f.T + k * BLOCK
     f.work = f.LL + BLOCK
+    f.work2 = f.work + BLOCK
     if same_design:
         f.ZF = f.UF
     return f
@@ -457,12 +468,14 @@ cdef inline void _load_block(Forward f, const double* Xp, const double* Zp, cons
 cdef inline void _forward_block(Forward f, Py_ssize_t nb, const double* W, const double* V,
                                 Py_ssize_t k, Py_ssize_t K, Py_ssize_t dg, Py_ssize_t d,
                                 const double* Zp, const double* Xp, Py_ssize_t first) noexcept nogil:
-    """``_forward`` for the ``nb`` samples of a loaded block at once, samples in the vector lanes.
+    """The forward pass for the ``nb`` samples of a loaded block at once, samples in the vector lanes.
 
     Reads the block's designs ``f.ZF``, ``f.UF`` (row 0 = 1) and labels ``f.LB``; writes the gating
     probabilities ``f.G``, expert probabilities ``f.E``, responsibilities ``f.T`` and ``log p(y | x)``
-    to ``f.LL``. A sample whose every ``pi_i f_i(y)`` underflows is redone by the scalar log-space
-    ``_forward`` (from row ``first + l`` of X and Z), and its lane overwritten.
+    to ``f.LL``. Probabilities are formed directly (one ``exp`` per logit, no ``log``):
+    ``tau_i = pi_i f_i(y) / sum_j pi_j f_j(y)`` and a single ``log`` gives the log-likelihood. A sample
+    whose every ``pi_i f_i(y)`` underflows is redone by ``_forward_logspace`` (from row ``first + l``
+    of X and Z), and its lane overwritten.
     """
     cdef Py_ssize_t i, j, l, label
     cdef double total, inv, ll
@@ -470,10 +483,10 @@ cdef inline void _forward_block(Forward f, Py_ssize_t nb, const double* W, const
     cdef double* E = f.E
     cdef double* T = f.T
     _affine_lanes(W, k, dg + 1, f.ZF, nb, G)
-    _softmax_lanes(G, k, nb, f.work)
+    _softmax_lanes(G, k, nb, f.work, NULL, False)
     _affine_lanes(V, k * K, d + 1, f.UF, nb, E)
     for i in range(k):
-        _softmax_lanes(E + i * K * BLOCK, K, nb, f.work)
+        _softmax_lanes(E + i * K * BLOCK, K, nb, f.work, NULL, False)
     for l in range(nb):
         label = <Py_ssize_t>f.LB[l]
         total = 0.0
@@ -486,8 +499,8 @@ cdef inline void _forward_block(Forward f, Py_ssize_t nb, const double* W, const
                 T[i * BLOCK + l] = T[i * BLOCK + l] * inv
             f.LL[l] = log(total)
         else:
-            ll = _forward(Zp + (first + l) * dg, Xp + (first + l) * d, label, W, V, k, K, dg, d,
-                          f.lg, f.pg, f.le, f.pe, f.tau)
+            ll = _forward_logspace(Zp + (first + l) * dg, Xp + (first + l) * d, label, W, V, k, K, dg, d,
+                                   f.lg, f.pg, f.le, f.pe, f.tau)
             for i in range(k):
                 G[i * BLOCK + l] = f.pg[i]
                 T[i * BLOCK + l] = f.tau[i]
@@ -741,55 +754,65 @@ def q_values(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] 
 
     ``q_out[0] = sum w tau_i(old) log pi_i(new)`` and ``q_out[1 + i] = sum w tau_i(old) log f_i(y | new)``.
     Responsibilities are recomputed on the fly from (W_old, V_old), or read from ``resp_in`` when
-    it is not empty: storing them would cost n * k doubles for a pass that is rarely needed.
+    it is not empty: storing them would cost n * k doubles for a pass that is rarely needed. Blocks of
+    BLOCK samples in the vector lanes, as in e_step; the new log-probabilities by ``_softmax_lanes``.
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
     cdef Py_ssize_t k = W_old.shape[0], K = V_old.shape[1]
     cdef Py_ssize_t chunk = chunk_size(n), n_chunks = (n + chunk - 1) // chunk
     cdef bint weighted = sample_weight.shape[0] > 0
     cdef bint given_resp = resp_in.shape[0] > 0
-    cdef Py_ssize_t swidth = 2 * k + 2 * k * K + k
-    cdef double[:, ::1] scratch = np.empty((n_threads, _padded(swidth)))
+    # Per-thread scratch: the forward pass's, then the new gating and expert logits of a block.
+    cdef Py_ssize_t fsize = _forward_size(k, K, d, dg)
+    cdef double[:, ::1] scratch = np.empty((n_threads, fsize + (k + k * K + 1) * BLOCK))
     cdef double[:, ::1] partial = np.zeros((n_chunks, _padded(k + 1)))
     cdef const double* Xp = &X[0, 0]
     cdef const double* Zp = &Z[0, 0]
-    cdef double* lg = NULL
-    cdef double* pg = NULL
-    cdef double* le = NULL
-    cdef double* pe = NULL
-    cdef double* tau = NULL
+    cdef const label_t* yp = &y[0]
+    cdef bint same_design = _is_same_design(X, Z)
+    cdef Forward f
+    cdef double* A = NULL
+    cdef double* B = NULL
+    cdef double* WT = NULL
     cdef double* row = NULL
-    cdef Py_ssize_t c, s, i, start, end, label
-    cdef double w, r
+    cdef Py_ssize_t c, i, l, start, end, bs, be, nb, label
+    cdef double r
 
     with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
-        lg = &scratch[threadid(), 0]
-        pg = lg + k
-        le = pg + k
-        pe = le + k * K
-        tau = pe + k * K
+        f = _forward_scratch(&scratch[threadid(), 0], k, K, d, dg, same_design)
+        A = &scratch[threadid(), fsize]
+        B = A + k * BLOCK
+        WT = B + k * K * BLOCK
         for c in prange(n_chunks, schedule="static"):
             row = &partial[c, 0]
             start = c * chunk
             end = start + chunk if start + chunk < n else n
-            for s in range(start, end):
-                w = sample_weight[s] if weighted else 1.0
-                label = <Py_ssize_t>y[s]
+            bs = start
+            while bs < end:
+                be = bs + BLOCK if bs + BLOCK < end else end
+                nb = be - bs
+                _load_block(f, Xp, Zp, yp, bs, nb, d, dg, same_design, NULL, NULL)
+                for l in range(nb):
+                    WT[l] = sample_weight[bs + l] if weighted else 1.0
                 if given_resp:
                     for i in range(k):
-                        tau[i] = resp_in[s, i]
+                        for l in range(nb):
+                            f.T[i * BLOCK + l] = resp_in[bs + l, i]
                 else:
-                    _forward(Zp + s * dg, Xp + s * d, label, &W_old[0, 0], &V_old[0, 0, 0],
-                             k, K, dg, d, lg, pg, le, pe, tau)
-                _gate_logits(Zp + s * dg, &W_new[0, 0], k, dg, lg)
-                _log_softmax(lg, pg, k)
-                _expert_logits(Xp + s * d, &V_new[0, 0, 0], k * K, d, le)
-                r = 0.0
+                    _forward_block(f, nb, &W_old[0, 0], &V_old[0, 0, 0], k, K, dg, d, Zp, Xp, bs)
+                _affine_lanes(&W_new[0, 0], k, dg + 1, f.ZF, nb, A)
+                _softmax_lanes(A, k, nb, f.work, f.work2, True)
+                _affine_lanes(&V_new[0, 0, 0], k * K, d + 1, f.UF, nb, B)
                 for i in range(k):
-                    _log_softmax(le + i * K, pe + i * K, K)
-                    r = r + tau[i] * lg[i]
-                    row[1 + i] = row[1 + i] + w * tau[i] * le[i * K + label]
-                row[0] = row[0] + w * r
+                    _softmax_lanes(B + i * K * BLOCK, K, nb, f.work, f.work2, True)
+                for l in range(nb):
+                    label = <Py_ssize_t>f.LB[l]
+                    r = 0.0
+                    for i in range(k):
+                        r = r + f.T[i * BLOCK + l] * A[i * BLOCK + l]
+                        row[1 + i] = row[1 + i] + WT[l] * f.T[i * BLOCK + l] * B[(i * K + label) * BLOCK + l]
+                    row[0] = row[0] + WT[l] * r
+                bs = be
     _reduce_rows(partial, n_chunks, k + 1, &q_out[0])
 
 
@@ -908,9 +931,17 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
     - gating j x expert (e, s): ``-w tau_j (delta_je - tau_e) r_es z u^T``, full blocks in ``hess_ge_out``
       (k - 1, k(K-1), 1 + d_gate, 1 + d).
 
-    Gradients are those of ``newton_pass`` (the Fisher identity). Returns the log-likelihood. The
-    partial-sum table has a row per chunk of the full Hessian's size, so the number of chunks is
-    capped by that size as well (still a function of the problem alone, not of the threads).
+    Gradients are those of ``newton_pass`` (the Fisher identity). Returns the log-likelihood.
+
+    Samples run in blocks of BLOCK in the vector lanes as in newton_pass (``_forward_block``, the
+    coefficients lane by lane, one ``dgemm`` per Hessian block and block of samples). A chunk's sums
+    fill one row of the full Hessian's width; the chunks are processed in *waves* of as many rows as
+    WAVE_BUDGET allows (at least one per thread), and after each wave its rows are folded into the
+    total in chunk order (``_fold_rows``). The total is thus the sum over chunks in chunk order, exactly
+    as if every row had been kept, whatever the wave size and the thread count: bitwise
+    thread-invariant, with temporaries of max(n_threads, WAVE_BUDGET / width) rows plus per-thread
+    block scratch, independent of n. The chunks stay those of ``chunk_size(n, cap)``, the cap (fewer
+    chunks for wide rows, at least 16) limiting the rows zeroed and folded per sample.
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
     cdef Py_ssize_t k = W.shape[0], K = V.shape[1]
@@ -919,128 +950,176 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
     cdef Py_ssize_t ngp = (k - 1) * k // 2, kr = k * (K - 1), nee = kr * (kr + 1) // 2
     cdef Py_ssize_t o_gg = 1, o_eg = o_gg + (k - 1) * pgd, o_hgg = o_eg + kr * ped
     cdef Py_ssize_t o_hee = o_hgg + ngp * mg, o_hge = o_hee + nee * me
-    cdef Py_ssize_t width = o_hge + (k - 1) * kr * pgd * ped
-    # The table has a row of the full Hessian's size per chunk: fewer chunks for wide rows (~4M
-    # entries in all), but at least 16 so that threads still share the work.
+    cdef Py_ssize_t width = o_hge + (k - 1) * kr * pgd * ped, stride = _padded(width)
     cdef Py_ssize_t max_chunks = (1 << 22) // width
     if max_chunks > MAX_CHUNKS:
         max_chunks = MAX_CHUNKS
     if max_chunks < 16:
         max_chunks = 16
     cdef Py_ssize_t chunk = chunk_size(n, max_chunks), n_chunks = (n + chunk - 1) // chunk
+    # Rows per wave: a memory budget, at least one row per thread, at most every chunk. The result does
+    # not depend on it (see the docstring), so it may depend on the thread count.
+    cdef Py_ssize_t wave = WAVE_BUDGET // stride
+    if wave < n_threads:
+        wave = n_threads
+    if wave > n_chunks:
+        wave = n_chunks
+    if wave < 1:
+        wave = 1
     cdef bint weighted = sample_weight.shape[0] > 0
-    # Per-thread scratch: one sample's forward quantities, then a block of BLOCK samples laid out
-    # feature-major, as in newton_pass, so that every Hessian block is one dgemm per block.
-    cdef Py_ssize_t fwidth = _padded(2 * k + 2 * k * K + k + kr)
-    cdef Py_ssize_t nrows = ped + me + pgd + mg + pgd * ped + (k - 1) + kr + ngp + nee + (k - 1) * kr
-    cdef double[:, ::1] scratch = np.empty((n_threads, fwidth + nrows * BLOCK))
-    cdef double[:, ::1] partial = np.zeros((n_chunks, _padded(width)))
-    cdef double[::1] total = np.empty(width)
+    # Per-thread scratch: the forward pass's (see Forward), then this pass's rows of a block.
+    cdef Py_ssize_t fsize = _forward_size(k, K, d, dg)
+    cdef Py_ssize_t nrows = me + mg + pgd * ped + kr + (k - 1) + kr + ngp + nee + (k - 1) * kr + 1
+    cdef double[:, ::1] scratch = np.empty((n_threads, fsize + nrows * BLOCK))
+    cdef double[:, ::1] table = np.empty((wave, stride))
+    cdef double[::1] total = np.zeros(width)
     cdef const double* Xp = &X[0, 0]
     cdef const double* Zp = &Z[0, 0]
     cdef const double* Wp = &W[0, 0]
     cdef const double* Vp = &V[0, 0, 0]
+    cdef const label_t* yp = &y[0]
     cdef bint same_design = _is_same_design(X, Z)
-    cdef double* lg = NULL
-    cdef double* pg = NULL
-    cdef double* le = NULL
-    cdef double* pe = NULL
-    cdef double* tau = NULL
-    cdef double* res = NULL
-    cdef double* UF = NULL
+    cdef Forward f
     cdef double* UU = NULL
-    cdef double* ZF = NULL
     cdef double* ZZ = NULL
     cdef double* ZU = NULL
+    cdef double* RS = NULL
     cdef double* RG = NULL
     cdef double* RE = NULL
     cdef double* CG = NULL
     cdef double* CEE = NULL
     cdef double* CGE = NULL
+    cdef double* WT = NULL
     cdef double* row = NULL
-    cdef Py_ssize_t c, s, l, i, j, e, e2, t, t2, a, b, m, pair, start, end, label, bs, be, nb
-    cdef double w, coef
+    cdef double* dst = NULL
+    cdef double* src = NULL
+    cdef double* gj = NULL
+    cdef double* gi = NULL
+    cdef double* tj = NULL
+    cdef double* ti = NULL
+    cdef double* te = NULL
+    cdef double* te2 = NULL
+    cdef double* ef = NULL
+    cdef double* ef2 = NULL
+    cdef double* ra = NULL
+    cdef double* rb = NULL
+    cdef Py_ssize_t first, last, c, l, i, j, e, e2, t, t2, a, b, m, pair, start, end, bs, be, nb
+    cdef double delta, delta_t, coef
 
-    with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
-        lg = &scratch[threadid(), 0]
-        pg = lg + k
-        le = pg + k
-        pe = le + k * K
-        tau = pe + k * K
-        res = tau + k
-        UF = lg + fwidth
-        UU = UF + ped * BLOCK
-        ZF = UU + me * BLOCK
-        ZZ = ZF + pgd * BLOCK
-        ZU = ZZ + mg * BLOCK
-        RG = ZU + pgd * ped * BLOCK
-        RE = RG + (k - 1) * BLOCK
-        CG = RE + kr * BLOCK
-        CEE = CG + ngp * BLOCK
-        CGE = CEE + nee * BLOCK
-        if same_design:
-            ZF = UF
-            ZZ = UU
-        for c in prange(n_chunks, schedule="static"):
-            row = &partial[c, 0]
-            start = c * chunk
-            end = start + chunk if start + chunk < n else n
-            bs = start
-            while bs < end:
-                be = bs + BLOCK if bs + BLOCK < end else end
-                nb = be - bs
-                for s in range(bs, be):
-                    l = s - bs
-                    w = sample_weight[s] if weighted else 1.0
-                    label = <Py_ssize_t>y[s]
-                    row[0] = row[0] + w * _forward(Zp + s * dg, Xp + s * d, label, Wp, Vp, k, K, dg, d,
-                                                   lg, pg, le, pe, tau)
-                    _block_design(Xp + s * d, d, UF, UU, l)
-                    if not same_design:
-                        _block_design(Zp + s * dg, dg, ZF, ZZ, l)
+    for first in range(0, n_chunks, wave):
+        last = first + wave if first + wave < n_chunks else n_chunks
+        with nogil, parallel(num_threads=_threads_for(n_threads, last - first)):
+            f = _forward_scratch(&scratch[threadid(), 0], k, K, d, dg, same_design)
+            UU = &scratch[threadid(), fsize]
+            ZZ = UU + me * BLOCK
+            ZU = ZZ + mg * BLOCK
+            RS = ZU + pgd * ped * BLOCK
+            RG = RS + kr * BLOCK
+            RE = RG + (k - 1) * BLOCK
+            CG = RE + kr * BLOCK
+            CEE = CG + ngp * BLOCK
+            CGE = CEE + nee * BLOCK
+            WT = CGE + (k - 1) * kr * BLOCK
+            if same_design:
+                ZZ = UU
+            for c in prange(first, last, schedule="static"):
+                row = &table[c - first, 0]
+                for j in range(width):
+                    row[j] = 0.0
+                start = c * chunk
+                end = start + chunk if start + chunk < n else n
+                bs = start
+                while bs < end:
+                    be = bs + BLOCK if bs + BLOCK < end else end
+                    nb = be - bs
+                    _load_block(f, Xp, Zp, yp, bs, nb, d, dg, same_design, UU, ZZ)
+                    for l in range(nb):
+                        WT[l] = sample_weight[bs + l] if weighted else 1.0
+                    _forward_block(f, nb, Wp, Vp, k, K, dg, d, Zp, Xp, bs)
+                    for l in range(nb):
+                        row[0] = row[0] + WT[l] * f.LL[l]
+                    # The gating x expert design z u^T, row by row.
                     for i in range(pgd):
+                        gi = f.ZF + i * BLOCK
                         for m in range(ped):
-                            ZU[(i * ped + m) * BLOCK + l] = ZF[i * BLOCK + l] * UF[m * BLOCK + l]
+                            src = f.UF + m * BLOCK
+                            dst = ZU + (i * ped + m) * BLOCK
+                            for l in range(nb):
+                                dst[l] = gi[l] * src[l]
+                    # Residuals r_es and the expert gradients (Fisher identity: those of the Q functions).
                     for a in range(kr):
                         e = a // (K - 1)
                         t = a - e * (K - 1)
-                        res[a] = (1.0 if t == label else 0.0) - pe[e * K + t]
-                        # Gradients (Fisher identity: those of the Q functions).
-                        RE[a * BLOCK + l] = w * tau[e] * res[a]
+                        te = f.T + e * BLOCK
+                        ef = f.E + (e * K + t) * BLOCK
+                        ra = RS + a * BLOCK
+                        dst = RE + a * BLOCK
+                        for l in range(nb):
+                            ra[l] = (1.0 if f.LB[l] == t else 0.0) - ef[l]
+                            dst[l] = WT[l] * te[l] * ra[l]
                     # Gating x gating.
                     pair = 0
                     for j in range(k - 1):
-                        RG[j * BLOCK + l] = w * (tau[j] - pg[j])
+                        gj = f.G + j * BLOCK
+                        tj = f.T + j * BLOCK
+                        dst = RG + j * BLOCK
+                        for l in range(nb):
+                            dst[l] = WT[l] * (tj[l] - gj[l])
                         for i in range(j, k - 1):
-                            CG[pair * BLOCK + l] = w * (pg[j] * ((1.0 if i == j else 0.0) - pg[i])
-                                                        - tau[j] * ((1.0 if i == j else 0.0) - tau[i]))
+                            gi = f.G + i * BLOCK
+                            ti = f.T + i * BLOCK
+                            delta = 1.0 if i == j else 0.0
+                            dst = CG + pair * BLOCK
+                            for l in range(nb):
+                                dst[l] = WT[l] * (gj[l] * (delta - gi[l]) - tj[l] * (delta - ti[l]))
                             pair = pair + 1
                     # Expert x expert, over flattened rows a = (e, t) <= b = (e2, t2).
                     pair = 0
                     for a in range(kr):
                         e = a // (K - 1)
                         t = a - e * (K - 1)
+                        te = f.T + e * BLOCK
+                        ef = f.E + (e * K + t) * BLOCK
+                        ra = RS + a * BLOCK
                         for b in range(a, kr):
                             e2 = b // (K - 1)
                             t2 = b - e2 * (K - 1)
-                            coef = -tau[e] * ((1.0 if e == e2 else 0.0) - tau[e2]) * res[a] * res[b]
+                            te2 = f.T + e2 * BLOCK
+                            rb = RS + b * BLOCK
+                            dst = CEE + pair * BLOCK
+                            delta = 1.0 if e == e2 else 0.0
                             if e == e2:
-                                coef = coef + tau[e] * pe[e * K + t] * ((1.0 if t == t2 else 0.0) - pe[e * K + t2])
-                            CEE[pair * BLOCK + l] = w * coef
+                                ef2 = f.E + (e * K + t2) * BLOCK
+                                delta_t = 1.0 if t == t2 else 0.0
+                                for l in range(nb):
+                                    coef = -te[l] * (delta - te2[l]) * ra[l] * rb[l]
+                                    coef = coef + te[l] * ef[l] * (delta_t - ef2[l])
+                                    dst[l] = WT[l] * coef
+                            else:
+                                for l in range(nb):
+                                    coef = -te[l] * (delta - te2[l]) * ra[l] * rb[l]
+                                    dst[l] = WT[l] * coef
                             pair = pair + 1
                     # Gating x expert: full (1 + d_gate) x (1 + d) blocks.
                     for j in range(k - 1):
+                        tj = f.T + j * BLOCK
                         for a in range(kr):
                             e = a // (K - 1)
-                            CGE[(j * kr + a) * BLOCK + l] = -w * tau[j] * ((1.0 if j == e else 0.0) - tau[e]) * res[a]
-                _block_sums(RG, k - 1, ZF, pgd, nb, row + o_gg)
-                _block_sums(RE, kr, UF, ped, nb, row + o_eg)
-                _block_sums(CG, ngp, ZZ, mg, nb, row + o_hgg)
-                _block_sums(CEE, nee, UU, me, nb, row + o_hee)
-                _block_sums(CGE, (k - 1) * kr, ZU, pgd * ped, nb, row + o_hge)
-                bs = be
+                            te = f.T + e * BLOCK
+                            ra = RS + a * BLOCK
+                            delta = 1.0 if j == e else 0.0
+                            dst = CGE + (j * kr + a) * BLOCK
+                            for l in range(nb):
+                                dst[l] = -WT[l] * tj[l] * (delta - te[l]) * ra[l]
+                    _block_sums(RG, k - 1, f.ZF, pgd, nb, row + o_gg)
+                    _block_sums(RE, kr, f.UF, ped, nb, row + o_eg)
+                    _block_sums(CG, ngp, ZZ, mg, nb, row + o_hgg)
+                    _block_sums(CEE, nee, UU, me, nb, row + o_hee)
+                    _block_sums(CGE, (k - 1) * kr, ZU, pgd * ped, nb, row + o_hge)
+                    bs = be
+        # Chunk order across and within waves: the thread-count invariance rests on this fold.
+        _fold_rows(&table[0, 0], stride, last - first, width, &total[0], n_threads)
 
-    _reduce_rows(partial, n_chunks, width, &total[0])
     for j in range(k - 1):
         for m in range(pgd):
             grad_gate_out[j, m] = total[o_gg + j * pgd + m]
