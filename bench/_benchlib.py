@@ -22,6 +22,13 @@ What each group times (per call)
     test. The pass at the current parameters is done once outside the timed region, as the loop has it
     from the previous iteration. NumPy: one ``reference_numpy.em_step`` (E-step, gradients, Hessians,
     Newton directions, Q-based step acceptance).
+``hessian_pass``
+    The exact Hessian of the log-likelihood. fastmoe: ``Problem.full_hessian`` (the
+    ``loglik_hessian_pass`` kernel plus the expansion to the full matrix). NumPy:
+    ``full_loglik_grad_hess`` and ``loglik`` (only where its (n, k, P) arrays fit in memory).
+``q_values``
+    The M-step objectives at trial parameters with responsibilities recomputed at the current ones:
+    ``Problem.q_values`` against ``q_gate`` and ``q_expert``.
 ``fit``
     Time to the converged MLE from the same start near the truth, ``tol = 1e-10``: ``fastmoe.fit``
     (default options, and ``newton=False`` for plain EM) against ``reference_numpy.em_fit``.
@@ -138,6 +145,37 @@ def np_newton_pass(X, y, W, V):
 
 
 # ------------------------------------------------------------------------------------------------------
+# hessian_pass, q_values
+# ------------------------------------------------------------------------------------------------------
+def fm_hessian_pass(prob, W, V):
+    loglik, grad, hess = prob.full_hessian(W, V)
+    return {"loglik": loglik, "grad": grad, "hess": hess}
+
+
+def np_hessian_pass(X, y, W, V):
+    grad, hess = ref.full_loglik_grad_hess(W, V, X, X, y)
+    return {"loglik": ref.loglik(W, V, X, X, y), "grad": grad, "hess": hess}
+
+
+def trial(W, V):
+    """Trial parameters for ``q_values``: the start moved by a fixed small step."""
+    rng = np.random.default_rng(START_SEED + 1)
+    W_new, V_new = W + rng.normal(0, 0.05, W.shape), V + rng.normal(0, 0.05, V.shape)
+    W_new[-1], V_new[:, -1] = W[-1], V[:, -1]
+    return np.ascontiguousarray(W_new), np.ascontiguousarray(V_new)
+
+
+def fm_q_values(prob, W, V, W_new, V_new):
+    return {"q": prob.q_values(W, V, W_new, V_new)}
+
+
+def np_q_values(X, y, W, V, W_new, V_new):
+    tau = ref.responsibilities(W, V, X, X, y)
+    q = [ref.q_gate(W_new, X, tau)] + [ref.q_expert(V_new[i], X, y, tau[:, i]) for i in range(W.shape[0])]
+    return {"q": np.array(q)}
+
+
+# ------------------------------------------------------------------------------------------------------
 # em_iteration
 # ------------------------------------------------------------------------------------------------------
 class FastmoeEMIteration:
@@ -245,8 +283,11 @@ def numpy_reference(cache, group, case, compute, *args):
 
 def needs_full(group, case, impl):
     shape, n = split_case(case)
-    if impl.startswith("numpy") and group in ("estep", "newton_pass", "em_iteration"):
+    if impl.startswith("numpy") and group in ("estep", "newton_pass", "em_iteration", "q_values"):
         return shape == "d10-k4-K5" and n >= 10**6
+    if impl.startswith("numpy") and group == "hessian_pass":
+        # The reference holds (n, k, P) per-sample gradients: 0.5 GB at d=10, n=1e5.
+        return n >= (10**6 if shape == "d2-k3-K3" else 10**5)
     if group == "fit" and impl.startswith("fastmoe-em"):
         return n >= 10**6  # plain EM to 1e-10 at n=1e6: minutes
     return False
