@@ -50,7 +50,8 @@ sys.path.insert(0, os.path.join(REPO, "tests"))  # the NumPy reference lives in 
 import reference_numpy as ref  # noqa: E402
 
 import fastmoe  # noqa: E402
-from fastmoe import _kernels  # noqa: E402
+from fastmoe import _dispatch  # noqa: E402
+from fastmoe._dispatch import kernels as _kernels  # noqa: E402
 from fastmoe._engine import Problem  # noqa: E402
 from fastmoe._validation import effective_n_threads  # noqa: E402
 
@@ -308,36 +309,21 @@ def cpu_model():
 
 
 def arch_flags():
-    """``["-march=native"]`` when setup.py adds it: the compiler accepts it and FASTMOE_PORTABLE is not 1.
+    """The target flags (``-march``/``-mtune``) of the kernel variant that runs (see setup.py and
+    ``fastmoe._dispatch``), as recorded in the module itself by the build."""
+    return [f for f in _kernels.build_info()["cflags"].split() if f.startswith(("-march", "-mtune", "/arch"))]
 
-    Mirrors ``setup.py``'s ``_arch_flags`` with the current environment (the benchmark cannot know the
-    environment of the build itself: ``extension_vector_isa`` below checks the built binary instead).
-    """
-    import shlex
-    import subprocess
-    import sysconfig
-    import tempfile
 
-    if sys.platform == "win32" or os.environ.get("FASTMOE_PORTABLE") == "1":
-        return []
-    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "probe.c")
-        with open(src, "w") as fh:
-            fh.write("int main(void) { return 0; }\n")
-        try:
-            subprocess.run(cc + ["-march=native", src, "-o", os.path.join(tmp, "probe")], check=True,
-                           capture_output=True)
-        except (OSError, subprocess.CalledProcessError):
-            return []
-    return ["-march=native"]
+def baseline_arch_flags():
+    """The baseline variant's target flags (what every x86-64 CPU runs)."""
+    return ["-march=x86-64", "-mtune=generic"] if platform.machine().lower() in ("x86_64", "amd64") else []
 
 
 def extension_vector_isa():
-    """The widest vector registers the built ``_kernels`` extension uses (objdump), or None if unknown.
+    """The widest vector registers the running kernel variant's binary uses (objdump), or None if unknown.
 
-    "zmm" (AVX-512) or "ymm" (AVX/AVX2) means a ``-march=native`` build on such a CPU, where
-    ``fastmoe_exp`` is the vectorised polynomial; "xmm" means a portable (SSE2) build, where it is libm's.
+    "zmm" (AVX-512) or "ymm" (AVX/AVX2): the avx512/avx2 variants, where ``fastmoe_exp`` is the vectorised
+    polynomial; "xmm": the baseline (SSE2) variant, where it is libm's.
     """
     import shutil
     import subprocess
@@ -356,13 +342,15 @@ def extension_vector_isa():
 
 
 def compile_flags():
-    """The flags the extension is built with: setup.py adds -O3, -march=native (unless FASTMOE_PORTABLE=1
-    or the compiler refuses it) and the OpenMP flag to Python's CFLAGS; no -ffast-math."""
+    """How the running kernels were built: Python's CC and CFLAGS plus the variant's own flags (setup.py:
+    -O3 -fno-trapping-math, the variant's -march, the OpenMP flag; no -ffast-math), as the module
+    records them, and which variant the dispatcher chose."""
     import sysconfig
 
-    omp = ["-fopenmp"] if fastmoe.openmp_enabled() else ["(serial build)"]
+    info = _kernels.build_info()
     return {"cc": sysconfig.get_config_var("CC"), "python_cflags": sysconfig.get_config_var("CFLAGS"),
-            "extra": " ".join(["-O3", "-fno-trapping-math", *arch_flags(), *omp]),
+            "extra": info["cflags"] + ("" if info["openmp"] else " (serial build)"),
+            "variant": info["variant"], "chosen": _dispatch.reason, "built": _dispatch.built_variants(),
             "extension_vector_isa": extension_vector_isa()}
 
 

@@ -11,7 +11,7 @@ import pytest
 import reference_numpy as ref
 from conftest import random_params
 
-from fastmoe import _kernels
+from fastmoe._dispatch import kernels as _kernels
 
 SHAPES = [(1, 2, 1), (2, 3, 2), (3, 3, 2), (4, 5, 3)]  # (k, K, d)
 

@@ -1,7 +1,7 @@
 /* Roofline micro-benchmark for fastmoe's kernels: attainable rates of the operations they do.
  *
- * Built by bench/roofline/build.py with the flags the extension gets from setup.py (Python's CFLAGS,
- * -O3, -march=native unless FASTMOE_PORTABLE=1, -fopenmp; no -ffast-math), so the compiler makes the
+ * Built by bench/roofline/build.py with the flags the running kernel variant got from setup.py (Python's
+ * CFLAGS, -O3 -fno-trapping-math, the variant's -march, -fopenmp; no -ffast-math), so the compiler makes the
  * same code-generation choices (vector width, FMA contraction, no reassociation of reductions).
  *
  * Kernels (each timed with T threads working on private buffers; rate = total ops / wall time):

@@ -112,6 +112,63 @@ cdef extern from *:
 
 
 
+cdef extern from *:
+    """
+    /* What this module was compiled for (setup.py defines the variant and its flags). */
+    #ifndef FASTMOE_VARIANT
+    #define FASTMOE_VARIANT "unnamed"
+    #endif
+    #ifndef FASTMOE_CFLAGS
+    #define FASTMOE_CFLAGS ""
+    #endif
+    #if defined(__AVX512F__)
+    #define FASTMOE_VECTOR_ISA "avx512"
+    #elif defined(__AVX2__)
+    #define FASTMOE_VECTOR_ISA "avx2"
+    #elif defined(__SSE2__) || defined(_M_X64)
+    #define FASTMOE_VECTOR_ISA "sse2"
+    #else
+    #define FASTMOE_VECTOR_ISA "generic"
+    #endif
+    #if defined(__FMA__) || defined(__AVX2__) && defined(_MSC_VER)
+    #define FASTMOE_FMA 1
+    #else
+    #define FASTMOE_FMA 0
+    #endif
+    #if defined(__AVX2__) || defined(__AVX512F__)
+    #define FASTMOE_POLY_EXP 1
+    #else
+    #define FASTMOE_POLY_EXP 0
+    #endif
+    #ifdef _OPENMP
+    #define FASTMOE_KERNELS_OPENMP 1
+    #else
+    #define FASTMOE_KERNELS_OPENMP 0
+    #endif
+    """
+    const char* FASTMOE_VARIANT
+    const char* FASTMOE_CFLAGS
+    const char* FASTMOE_VECTOR_ISA
+    int FASTMOE_FMA
+    int FASTMOE_POLY_EXP
+    int FASTMOE_KERNELS_OPENMP
+
+
+def build_info():
+    """How this kernel module was compiled: ``variant`` (see setup.py), its ``cflags``, the widest
+    ``vector_isa`` the compiler targeted, whether it may fuse multiply-adds (``fma``), whether
+    ``fastmoe_exp`` is the vectorising polynomial (``polynomial_exp``, else libm's ``exp``) and
+    whether it was built with OpenMP."""
+    return {
+        "variant": FASTMOE_VARIANT.decode(),
+        "cflags": FASTMOE_CFLAGS.decode(),
+        "vector_isa": FASTMOE_VECTOR_ISA.decode(),
+        "fma": bool(FASTMOE_FMA),
+        "polynomial_exp": bool(FASTMOE_POLY_EXP),
+        "openmp": bool(FASTMOE_KERNELS_OPENMP),
+    }
+
+
 def _exp_for_tests(const double[::1] x, double[::1] out):
     """Test-only (tests/test_kernels.py), not API: ``out[i] = fastmoe_exp(x[i])``.
 
