@@ -1175,7 +1175,8 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
                     _block_sums(CGE, (k - 1) * kr, ZU, pgd * ped, nb, row + o_hge)
                     bs = be
         # Chunk order across and within waves: the thread-count invariance rests on this fold.
-        _fold_rows(&table[0, 0], stride, last - first, width, &total[0], n_threads)
+        with nogil:
+            _fold_rows(&table[0, 0], stride, last - first, width, &total[0], n_threads)
 
     for j in range(k - 1):
         for m in range(pgd):
