@@ -50,8 +50,12 @@ sys.path.insert(0, os.path.join(REPO, "tests"))  # the NumPy reference lives in 
 import reference_numpy as ref  # noqa: E402
 
 import fastmoe  # noqa: E402
-from fastmoe import _dispatch  # noqa: E402
-from fastmoe._dispatch import kernels as _kernels  # noqa: E402
+try:
+    from fastmoe import _dispatch  # noqa: E402
+    from fastmoe._dispatch import kernels as _kernels  # noqa: E402
+except ImportError:  # a fastmoe from before the kernel variants (PYTHONPATH=old/src, to compare builds)
+    _dispatch = None
+    from fastmoe import _kernels  # noqa: E402
 from fastmoe._engine import Problem  # noqa: E402
 from fastmoe._validation import effective_n_threads  # noqa: E402
 
@@ -311,6 +315,8 @@ def cpu_model():
 def arch_flags():
     """The target flags (``-march``/``-mtune``) of the kernel variant that runs (see setup.py and
     ``fastmoe._dispatch``), as recorded in the module itself by the build."""
+    if not hasattr(_kernels, "build_info"):  # a build from before the variants: -march=native
+        return ["-march=native"]
     return [f for f in _kernels.build_info()["cflags"].split() if f.startswith(("-march", "-mtune", "/arch"))]
 
 
@@ -347,11 +353,15 @@ def compile_flags():
     records them, and which variant the dispatcher chose."""
     import sysconfig
 
-    info = _kernels.build_info()
+    if _dispatch is None:
+        info = {"cflags": "(a single-variant build from before the kernel variants)", "variant": None,
+                "openmp": fastmoe.openmp_enabled()}
+    else:
+        info = _kernels.build_info()
     return {"cc": sysconfig.get_config_var("CC"), "python_cflags": sysconfig.get_config_var("CFLAGS"),
             "extra": info["cflags"] + ("" if info["openmp"] else " (serial build)"),
-            "variant": info["variant"], "chosen": _dispatch.reason, "built": _dispatch.built_variants(),
-            "extension_vector_isa": extension_vector_isa()}
+            "variant": info["variant"], "chosen": _dispatch and _dispatch.reason,
+            "built": _dispatch and _dispatch.built_variants(), "extension_vector_isa": extension_vector_isa()}
 
 
 def machine_summary():
