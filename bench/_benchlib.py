@@ -22,6 +22,13 @@ What each group times (per call)
     test. The pass at the current parameters is done once outside the timed region, as the loop has it
     from the previous iteration. NumPy: one ``reference_numpy.em_step`` (E-step, gradients, Hessians,
     Newton directions, Q-based step acceptance).
+``hessian_pass``
+    The exact Hessian of the log-likelihood. fastmoe: ``Problem.hessian_pass`` (the
+    ``loglik_hessian_pass`` kernel plus the expansion to the full matrix). NumPy:
+    ``full_loglik_grad_hess`` and ``loglik`` (only where its (n, k, P) arrays fit in memory).
+``q_values``
+    The M-step objectives at trial parameters with responsibilities recomputed at the current ones:
+    ``Problem.q_values`` against ``q_gate`` and ``q_expert``.
 ``fit``
     Time to the converged MLE from the same start near the truth, ``tol = 1e-10``: ``fastmoe.fit``
     (default options, and ``newton=False`` for plain EM) against ``reference_numpy.em_fit``.
@@ -43,7 +50,12 @@ sys.path.insert(0, os.path.join(REPO, "tests"))  # the NumPy reference lives in 
 import reference_numpy as ref  # noqa: E402
 
 import fastmoe  # noqa: E402
-from fastmoe import _kernels  # noqa: E402
+try:
+    from fastmoe import _dispatch  # noqa: E402
+    from fastmoe._dispatch import kernels as _kernels  # noqa: E402
+except ImportError:  # a fastmoe from before the kernel variants (PYTHONPATH=old/src, to compare builds)
+    _dispatch = None
+    from fastmoe import _kernels  # noqa: E402
 from fastmoe._problem import Problem  # noqa: E402
 from fastmoe._validation import effective_n_threads  # noqa: E402
 
@@ -135,6 +147,37 @@ def np_newton_pass(X, y, W, V):
         "grad_gate": g_gate, "neg_hess_gate": -h_gate,
         "grad_expert": np.array(g_exp), "neg_hess_expert": -np.array(h_exp),
     }
+
+
+# ------------------------------------------------------------------------------------------------------
+# hessian_pass, q_values
+# ------------------------------------------------------------------------------------------------------
+def fm_hessian_pass(prob, W, V):
+    loglik, grad, neg_hess = prob.hessian_pass(W, V)
+    return {"loglik": loglik, "grad": grad, "neg_hess": neg_hess}
+
+
+def np_hessian_pass(X, y, W, V):
+    grad, hess = ref.full_loglik_grad_hess(W, V, X, X, y)
+    return {"loglik": ref.loglik(W, V, X, X, y), "grad": grad, "neg_hess": -hess}
+
+
+def trial(W, V):
+    """Trial parameters for ``q_values``: the start moved by a fixed small step."""
+    rng = np.random.default_rng(START_SEED + 1)
+    W_new, V_new = W + rng.normal(0, 0.05, W.shape), V + rng.normal(0, 0.05, V.shape)
+    W_new[-1], V_new[:, -1] = W[-1], V[:, -1]
+    return np.ascontiguousarray(W_new), np.ascontiguousarray(V_new)
+
+
+def fm_q_values(prob, W, V, W_new, V_new):
+    return {"q": prob.q_values(W, V, W_new, V_new)}
+
+
+def np_q_values(X, y, W, V, W_new, V_new):
+    tau = ref.responsibilities(W, V, X, X, y)
+    q = [ref.q_gate(W_new, X, tau)] + [ref.q_expert(V_new[i], X, y, tau[:, i]) for i in range(W.shape[0])]
+    return {"q": np.array(q)}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -242,8 +285,11 @@ def numpy_reference(cache, group, case, compute, *args):
 
 def needs_full(group, case, impl):
     shape, n = split_case(case)
-    if impl.startswith("numpy") and group in ("estep", "newton_pass", "em_iteration"):
+    if impl.startswith("numpy") and group in ("estep", "newton_pass", "em_iteration", "q_values"):
         return shape == "d10-k4-K5" and n >= 10**6
+    if impl.startswith("numpy") and group == "hessian_pass":
+        # The reference holds (n, k, P) per-sample gradients: 0.5 GB at d=10, n=1e5.
+        return n >= (10**6 if shape == "d2-k3-K3" else 10**5)
     if group == "fit" and impl.startswith("fastmoe-em"):
         return n >= 10**6  # plain EM to 1e-10 at n=1e6: minutes
     return False
@@ -264,36 +310,23 @@ def cpu_model():
 
 
 def arch_flags():
-    """``["-march=native"]`` when setup.py adds it: the compiler accepts it and FASTMOE_PORTABLE is not 1.
+    """The target flags (``-march``/``-mtune``) of the kernel variant that runs (see setup.py and
+    ``fastmoe._dispatch``), as recorded in the module itself by the build."""
+    if not hasattr(_kernels, "build_info"):  # a build from before the variants: -march=native
+        return ["-march=native"]
+    return [f for f in _kernels.build_info()["cflags"].split() if f.startswith(("-march", "-mtune", "/arch"))]
 
-    Mirrors ``setup.py``'s ``_arch_flags`` with the current environment (the benchmark cannot know the
-    environment of the build itself: ``extension_vector_isa`` below checks the built binary instead).
-    """
-    import shlex
-    import subprocess
-    import sysconfig
-    import tempfile
 
-    if sys.platform == "win32" or os.environ.get("FASTMOE_PORTABLE") == "1":
-        return []
-    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "probe.c")
-        with open(src, "w") as fh:
-            fh.write("int main(void) { return 0; }\n")
-        try:
-            subprocess.run(cc + ["-march=native", src, "-o", os.path.join(tmp, "probe")], check=True,
-                           capture_output=True)
-        except (OSError, subprocess.CalledProcessError):
-            return []
-    return ["-march=native"]
+def baseline_arch_flags():
+    """The baseline variant's target flags (what every x86-64 CPU runs)."""
+    return ["-march=x86-64", "-mtune=generic"] if platform.machine().lower() in ("x86_64", "amd64") else []
 
 
 def extension_vector_isa():
-    """The widest vector registers the built ``_kernels`` extension uses (objdump), or None if unknown.
+    """The widest vector registers the running kernel variant's binary uses (objdump), or None if unknown.
 
-    "zmm" (AVX-512) or "ymm" (AVX/AVX2) means a ``-march=native`` build on such a CPU, where
-    ``fastmoe_exp`` is the vectorised polynomial; "xmm" means a portable (SSE2) build, where it is libm's.
+    "zmm" (AVX-512) or "ymm" (AVX/AVX2): the avx512/avx2 variants, where ``fastmoe_exp`` is the vectorised
+    polynomial; "xmm": the baseline (SSE2) variant, where it is libm's.
     """
     import shutil
     import subprocess
@@ -312,14 +345,20 @@ def extension_vector_isa():
 
 
 def compile_flags():
-    """The flags the extension is built with: setup.py adds -O3, -march=native (unless FASTMOE_PORTABLE=1
-    or the compiler refuses it) and the OpenMP flag to Python's CFLAGS; no -ffast-math."""
+    """How the running kernels were built: Python's CC and CFLAGS plus the variant's own flags (setup.py:
+    -O3 -fno-trapping-math, the variant's -march, the OpenMP flag; no -ffast-math), as the module
+    records them, and which variant the dispatcher chose."""
     import sysconfig
 
-    omp = ["-fopenmp"] if fastmoe.openmp_enabled() else ["(serial build)"]
+    if _dispatch is None:
+        info = {"cflags": "(a single-variant build from before the kernel variants)", "variant": None,
+                "openmp": fastmoe.openmp_enabled()}
+    else:
+        info = _kernels.build_info()
     return {"cc": sysconfig.get_config_var("CC"), "python_cflags": sysconfig.get_config_var("CFLAGS"),
-            "extra": " ".join(["-O3", *arch_flags(), *omp]),
-            "extension_vector_isa": extension_vector_isa()}
+            "extra": info["cflags"] + ("" if info["openmp"] else " (serial build)"),
+            "variant": info["variant"], "chosen": _dispatch and _dispatch.reason,
+            "built": _dispatch and _dispatch.built_variants(), "extension_vector_isa": extension_vector_isa()}
 
 
 def machine_summary():

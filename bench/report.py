@@ -101,7 +101,9 @@ def pass_tables(idx, N):
     lines = []
     titles = {"estep": "E-step (log-likelihood + responsibilities)",
               "newton_pass": "Fused gradient/Hessian pass",
-              "em_iteration": "One EM iteration (steady state: pass + solves + acceptance)"}
+              "em_iteration": "One EM iteration (steady state: pass + solves + acceptance)",
+              "hessian_pass": "Exact Hessian of the log-likelihood (kernel + expansion to the full matrix)",
+              "q_values": "M-step objectives at trial parameters (responsibilities recomputed)"}
     for group, title in titles.items():
         lines += [f"#### `{group}`: {title}", "",
                   f"| case | NumPy 1t | fastmoe 1t | fastmoe {N}t | ns/sample 1t | speed-up vs NumPy 1t | "
@@ -235,7 +237,7 @@ def roofline_table(idx, roof, N):
                   + ("" if roof.get("fexp_source_in_sync", True) else "; **the copy differed from the kernel "
                      "source when measured**") + "); `exp` is libm's, for comparison."]
     if "portable_by_threads" in roof:
-        lines += ["Portable build (no `-march`, as FASTMOE_PORTABLE=1), 1 thread, for comparison only (" + ", ".join(
+        lines += ["Baseline build (the baseline kernels' target), 1 thread, for comparison only (" + ", ".join(
             f"{k} {v / 1e9:.2f} G/s" for k, v in roof["portable_by_threads"]["1"].items()) + ")."]
     if "native_by_threads" in roof:  # roofline.json from before -march=native became the default
         lines += ["`-march=native` build, 1 thread, for comparison only (" + ", ".join(
@@ -307,7 +309,9 @@ def machine(bench, roof):
              f"- CPU: {info.get('cpu_model')}, {info.get('logical_cpus')} logical CPUs "
              f"({info.get('usable_cpus')} usable); fastmoe all-threads = {info.get('fastmoe_all_threads')}; "
              f"OpenMP build: {info.get('openmp_enabled')}.",
-             f"- Extension compiled by `{flags.get('cc')}` with `{flags.get('python_cflags')}` + "
+             (f"- Kernels: the `{flags['variant']}` variant ({flags.get('chosen')}; built: "
+              f"{', '.join(flags.get('built', []))}). " if flags.get("variant") else "- ")
+             + f"Compiled by `{flags.get('cc')}` with `{flags.get('python_cflags')}` + "
              f"`{flags.get('extra')}` (setup.py; no `-ffast-math`)"
              + (f"; widest vector registers in the built extension: `{flags['extension_vector_isa']}`"
                 if flags.get("extension_vector_isa") else "") + ".",

@@ -6,7 +6,7 @@ import reference_numpy as ref
 from conftest import random_params
 
 import fastmoe
-from fastmoe import _kernels
+from fastmoe._dispatch import kernels as _kernels
 from fastmoe._problem import Problem
 
 SHAPES = [(1, 2, 1), (2, 3, 2), (3, 3, 2), (4, 5, 3)]  # (k, K, d)
@@ -157,3 +157,75 @@ def test_sample_labels_follow_the_model(rng, well_separated):
     _, y1 = fastmoe.sample(well_separated, X=X, random_state=7, n_threads=1)
     _, y2 = fastmoe.sample(well_separated, X=X, random_state=7, n_threads=2)
     assert np.array_equal(y1, y2)
+
+
+def _first_column_of_buffer(X):
+    """A gating callable whose result shares X's buffer (same first address) in another shape."""
+    return X.ravel()[: X.shape[0]].reshape(-1, 1)
+
+
+@pytest.mark.parametrize("d", [2, 4])
+def test_gating_view_of_the_input_buffer_is_not_the_input(rng, d):
+    # Issue 13, item 5: the kernels took "Z is X" from a pointer comparison alone, so a gating design
+    # viewing X's buffer with another shape was read as X: fastmoe.loglik gave -1297.77 for -1274.24.
+    k, K, n = 3, 3, 500
+    params = random_params(rng, k, K, d, _first_column_of_buffer, d_gate=1)
+    X = rng.uniform(-2, 2, size=(n, d))
+    y = rng.integers(0, K, size=n)
+    Z = params.gate_input(X)
+    assert Z.shape == (n, 1) and np.shares_memory(Z, X) and Z.ctypes.data == X.ctypes.data
+    W, V = params.packed()
+    assert fastmoe.loglik(params, X, y) == pytest.approx(ref.loglik(W, V, X, Z, y), rel=1e-12)
+    np.testing.assert_allclose(fastmoe.responsibilities(params, X, y), ref.responsibilities(W, V, X, Z, y),
+                               rtol=1e-11, atol=1e-14)
+    problem = _problem(X, Z, y, k, K)
+    result = problem.newton_pass(W, V)
+    g, H = ref.gate_grad_hess(W, Z, ref.responsibilities(W, V, X, Z, y))
+    np.testing.assert_allclose(result.grad_gate, g, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(result.neg_hess_gate, -H, rtol=1e-10, atol=1e-10)
+    loglik, grad, neg_hess = problem.hessian_pass(W, V)
+    g_ref, H_ref = ref.full_loglik_grad_hess(W, V, X, Z, y)
+    assert loglik == pytest.approx(ref.loglik(W, V, X, Z, y), rel=1e-12)
+    np.testing.assert_allclose(grad, g_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(neg_hess, -H_ref, rtol=1e-10, atol=1e-9)
+
+
+def _kernel_exp(x):
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    _kernels._exp_for_tests(x, out)
+    return out
+
+
+def test_kernel_exp_is_accurate_where_the_kernels_use_it(rng):
+    # Max-shifted logits: arguments <= 0. Odd length: the vector loop and its scalar remainder.
+    x = np.concatenate([-rng.exponential(5.0, size=10_001), rng.uniform(-708, 0, size=999), [0.0, -0.0, -708.0]])
+    np.testing.assert_allclose(_kernel_exp(x), np.exp(x), rtol=5e-16, atol=0)
+
+
+def test_kernel_exp_overflows_like_libm():
+    # Issue 13, item 6: without an upper clamp 709.8 gave inf, 800 a negative number and +inf NaN.
+    with np.errstate(over="ignore"):
+        big = np.array([709.0, 709.5, 709.78, 709.782712893, 709.79, 710.0, 710.5, 800.0, 1e5, 1e300, np.inf])
+        expected = np.exp(big)
+    got = _kernel_exp(big)
+    finite = np.isfinite(expected)
+    assert finite[:4].all() and not finite[4:].any()
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=5e-16)
+    assert np.all(got[~finite] == np.inf)
+    # Positive arguments of every size in the finite range, and the scalar path (length 1).
+    x = np.linspace(0.0, 709.78, 4001)
+    np.testing.assert_allclose(_kernel_exp(x), np.exp(x), rtol=5e-16)
+    assert _kernel_exp([800.0])[0] == np.inf and _kernel_exp([np.inf])[0] == np.inf
+
+
+def test_kernel_exp_propagates_nan_and_clamps_below():
+    got = _kernel_exp([np.nan, 1.0, np.nan, -np.nan])
+    assert np.isnan(got[[0, 2, 3]]).all() and got[1] == pytest.approx(np.e, rel=1e-15)
+    tiny = _kernel_exp([-708.5, -1000.0, -np.inf])
+    if _kernels.build_info()["polynomial_exp"]:
+        # Below -708 the polynomial is held at exp(-708) ~ 3e-308 (documented: no probability can tell it
+        # from an underflow, and it keeps every later division finite).
+        assert np.all(tiny > 0) and np.all(tiny <= np.exp(-708.0) * (1 + 1e-15))
+    else:  # the baseline variant's exponential is libm's
+        np.testing.assert_array_equal(tiny, np.exp([-708.5, -1000.0, -np.inf]))

@@ -2,13 +2,14 @@
 
     python bench/roofline/build.py [--seconds 0.3] [--portable]
 
-The program is compiled with the compiler and flags the extension gets (``sysconfig`` CC and CFLAGS,
-plus ``-O3 -march=native -fopenmp`` as ``setup.py`` adds them; ``-march=native`` only when the compiler
-accepts it and FASTMOE_PORTABLE is not 1, as in setup.py), so its code generation matches the kernels'.
+The program is compiled with the compiler and flags the running kernels got (``sysconfig`` CC and CFLAGS,
+plus ``-O3 -fno-trapping-math``, the target flags of the kernel variant ``fastmoe._dispatch`` chose, e.g.
+``-march=x86-64-v4``, and ``-fopenmp``, as ``setup.py`` adds them), so its code generation matches the
+kernels'.
 It carries a verbatim copy of ``fastmoe_exp`` from ``src/fastmoe/_kernels.pyx``; the copy is checked
 against the kernel source on every build (``fexp_source_in_sync`` in the json, and a warning).
-``--portable`` also builds a variant without ``-march`` (what FASTMOE_PORTABLE=1 gives: SSE2 vectors,
-``fastmoe_exp`` = libm ``exp``), for information only; the roofline fractions use the default build.
+``--portable`` also builds for the baseline variant's target (``-march=x86-64``: SSE2 vectors,
+``fastmoe_exp`` = libm ``exp``), for information only; the roofline fractions use the running variant.
 It runs with 1 thread and with all usable threads.
 """
 
@@ -35,7 +36,7 @@ MICROBENCH = os.path.join(HERE, "microbench.c")
 def compiler_command(arch):
     cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
     cflags = shlex.split(sysconfig.get_config_var("CFLAGS") or "")
-    return cc + cflags + ["-O3", *arch, "-fopenmp"]
+    return cc + cflags + ["-O3", "-fno-trapping-math", *arch, "-fopenmp"]
 
 
 def _fexp_block(path):
@@ -98,7 +99,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=0.3, help="time per test (default 0.3 s)")
     parser.add_argument("--portable", action="store_true",
-                        help="also measure a build without -march (FASTMOE_PORTABLE=1), for comparison")
+                        help="also measure a build for the baseline kernels' target, for comparison")
     parser.add_argument("--out", default=os.path.join(BENCH, "results", "roofline.json"))
     args = parser.parse_args(argv)
 
@@ -111,7 +112,7 @@ def main(argv=None):
     for t in threads:
         result["by_threads"][str(t)] = run(exe, t, args.seconds)["rates"]
     if args.portable:
-        exe_p, cmd_p = build("microbench_portable", [])
+        exe_p, cmd_p = build("microbench_portable", bl.baseline_arch_flags())
         result["portable_build"] = cmd_p
         result["portable_by_threads"] = {str(t): run(exe_p, t, args.seconds)["rates"] for t in threads}
     result["numpy_rates"] = numpy_rates()

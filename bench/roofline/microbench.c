@@ -1,7 +1,7 @@
 /* Roofline micro-benchmark for fastmoe's kernels: attainable rates of the operations they do.
  *
- * Built by bench/roofline/build.py with the flags the extension gets from setup.py (Python's CFLAGS,
- * -O3, -march=native unless FASTMOE_PORTABLE=1, -fopenmp; no -ffast-math), so the compiler makes the
+ * Built by bench/roofline/build.py with the flags the running kernel variant got from setup.py (Python's
+ * CFLAGS, -O3 -fno-trapping-math, the variant's -march, -fopenmp; no -ffast-math), so the compiler makes the
  * same code-generation choices (vector width, FMA contraction, no reassociation of reductions).
  *
  * Kernels (each timed with T threads working on private buffers; rate = total ops / wall time):
@@ -41,29 +41,30 @@ static inline double fastmoe_exp(double x) { return exp(x); }
 static inline double fastmoe_exp(double x) {
     const double shifter = 6755399441055744.0;
     x = x < -708.0 ? -708.0 : x;
+    x = x > 710.0 ? 710.0 : x;
     double t = x * 1.4426950408889634 + shifter;
     double n = t - shifter;
     double r = x - n * 6.93147180369123816490e-01;
     r = r - n * 1.90821492927058770002e-10;
-    double p = 1.6059043836821613e-10;
-    p = p * r + 2.08767569878680990e-09;
-    p = p * r + 2.50521083854417188e-08;
-    p = p * r + 2.75573192239858907e-07;
-    p = p * r + 2.75573192239858907e-06;
-    p = p * r + 2.48015873015873016e-05;
-    p = p * r + 1.98412698412698413e-04;
-    p = p * r + 1.38888888888888889e-03;
-    p = p * r + 8.33333333333333333e-03;
-    p = p * r + 4.16666666666666667e-02;
-    p = p * r + 1.66666666666666667e-01;
-    p = p * r + 0.5;
+    double p = 3.2118087673643226e-10;
+    p = p * r + 4.17535139757361980e-09;
+    p = p * r + 5.01042167708834376e-08;
+    p = p * r + 5.51146384479717814e-07;
+    p = p * r + 5.51146384479717814e-06;
+    p = p * r + 4.96031746031746032e-05;
+    p = p * r + 3.96825396825396826e-04;
+    p = p * r + 2.77777777777777778e-03;
+    p = p * r + 1.66666666666666667e-02;
+    p = p * r + 8.33333333333333333e-02;
+    p = p * r + 3.33333333333333333e-01;
     p = p * r + 1.0;
-    p = p * r + 1.0;
-    int64_t bits, base;
+    p = p * r + 2.0;
+    p = p * r + 2.0;
+    uint64_t bits, base;
     double scale;
     memcpy(&bits, &t, sizeof bits);
     memcpy(&base, &shifter, sizeof base);
-    bits = (bits - base + 1023) << 52;
+    bits = (bits - base + 1022) << 52;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
 }

@@ -9,7 +9,7 @@ features, ``g`` gating features (``g = d`` for standard gating), ``k`` experts, 
 Building blocks (flops = additions, subtractions, multiplications; divisions apart):
 
 - ``_gate_logits``: ``2 k g`` (dot-product loops).  ``_expert_logits``: ``2 k K d``.
-- ``_forward`` forms the probabilities directly (the common path):
+- ``_forward_block`` forms the probabilities directly (the common path):
   gate logits, ``k`` max-shift subtractions, expert logits, ``kK`` max-shift subtractions;
   ``kK + k`` exponentials (``fastmoe_exp``: one flat loop over the ``kK`` expert logits, one over the
   ``k`` gating logits); ``_normalize`` of the gate (``2k`` flops, 1 division: one reciprocal, then
@@ -17,16 +17,16 @@ Building blocks (flops = additions, subtractions, multiplications; divisions apa
   sum (``2k``); one reciprocal and ``k`` multiplications to normalise ``tau``; one ``log`` of the sum
   (the log-likelihood)
   = ``2kg + 2kKd + 3kK + 6k`` flops, ``k + 2`` divisions, ``kK + k`` exp, 1 log.
-  The log-space fallback (``_log_softmax``/``_softmax_inplace``) runs only when every ``pi_i f_i(y)``
+  The log-space fallback (``_forward_logspace``) runs only when every ``pi_i f_i(y)``
   underflows (sum < 1e-280), never in the benchmark data: not counted.
 - The exponentials are ``fastmoe_exp`` (the extern block at the top of ``_kernels.pyx``): a branch-free
-  polynomial that vectorises when the build targets AVX2/AVX-512 (``-march=native``, setup.py's
-  default), libm's ``exp`` in a portable build. ``exp_loops`` lists the lengths of the two loops
+  polynomial that vectorises in the avx2/avx512 kernel variants (``-march=x86-64-v3``/``-v4``; see
+  setup.py), libm's ``exp`` in the baseline variant. ``exp_loops`` lists the lengths of the two loops
   (``kK``, ``k``), which the roofline prices at the micro-benchmark's rate for loops of that length.
 
-``e_step`` = ``_forward`` + 1 (log-likelihood sum).
+``e_step`` = ``_forward_block`` + 1 (log-likelihood sum).
 
-``newton_pass`` = ``_forward`` plus
+``newton_pass`` = ``_forward_block`` plus
   ``2`` (``row[0] += w ll``) + ``mg + me`` (two ``_fill_design``; with ``Z is X`` the same outer product
   is formed twice) + gating ``(k-1)(2 + 2 pg)`` (gradient rows) + ``ngp (3 + 2 mg)`` (Hessian pairs)
   + experts ``2k`` (weights) + ``k (K-1)(2 + 2 pe)`` (gradient rows) + ``k nep (3 + 2 me)`` (Hessian pairs).

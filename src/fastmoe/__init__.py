@@ -5,6 +5,7 @@ identity (standard softmax gating) or a bounded transform (modified softmax gati
 """
 
 from . import losses
+from ._dispatch import show_config
 from ._openmp import openmp_enabled
 from .exceptions import ConvergenceWarning, FitWarning
 from ._fit import FitResult, fit
@@ -71,5 +72,6 @@ __all__ = [
     "responsibilities",
     "sample",
     "select_n_experts",
+    "show_config",
     "__version__",
 ]

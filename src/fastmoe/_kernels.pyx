@@ -8,26 +8,41 @@ fastmoe is built in three layers:
 1. Kernels (this file): one pass over the samples per call, ``nogil``, parallel over fixed-size sample
    chunks with OpenMP. No validation and no Python objects in the loops. Outputs are caller-allocated
    arrays named ``*_out``; inputs are C-contiguous float64; ``n_threads`` is passed explicitly.
-2. The Python engine (``_engine.py``, ``_newton.py``, ``_em.py``) validates once, allocates once per
-   fit, assembles and solves the Newton systems and runs the EM loop.
+2. The Python engine validates once, allocates once per fit and owns every decision: ``_problem.py``
+   (``Problem``: the data bound to these kernels, their packed Hessians expanded with one sign),
+   ``_mstep.py`` (the blockwise Newton M-step), ``_trust_region.py`` (trust-region steps of the
+   Newton finish), ``_em.py`` (the EM phase and the Newton finish), ``_monitor.py`` (convergence:
+   tolerance, history, why the fit stopped), ``_init.py`` (starts), ``params.py`` (the parameters
+   and their free-parameter vector) and ``_predict.py`` (model quantities at given parameters).
 3. The public surface (``fastmoe.fit``, ``MoEParams``, ``sample`` ...).
 
 Parameters arrive packed: ``W`` (k, 1 + d_gate) with the gating intercept in column 0, ``V``
 (k, K, 1 + d) with the expert intercepts in ``V[:, :, 0]``. ``Z`` is the gating design ``M(X)``
-(``Z is X`` for standard gating).
+(``Z is X`` for standard gating; the kernels then build and store one design).
+
+Layout: samples are processed in blocks of BLOCK = 64 stored feature-major (``Forward``,
+``_load_block``), so the forward pass (logits, softmaxes, responsibilities: ``_forward_block``) runs
+with samples in the vector lanes and every Hessian block of a block of samples is one ``dgemm``
+(``_block_sums``). The scalar per-sample ``_forward_logspace`` is the fallback for samples whose
+every ``pi_i f_i(y)`` underflows.
 
 Determinism: every reduction (log-likelihood, gradients, Hessians) is first summed inside a chunk of
-``chunk_size(n)`` consecutive samples, whose size depends on ``n`` only, into that chunk's own row of
-a partial-sum table; the rows are then added in chunk order after the parallel region. Which thread
-handled a chunk never matters, so results are bitwise identical for any thread count.
+consecutive samples, whose size ``chunk_size`` derives from the problem only (``n`` and, for the
+wide Hessian pass, its row width), into that chunk's own row of a partial-sum table; the rows are
+then added in chunk order after the parallel region. Which thread handled a chunk never matters, so
+results are bitwise identical for any thread count. The exact-Hessian pass, whose rows are as wide as
+the whole Hessian, keeps only a *wave* of rows (max(threads, WAVE_BUDGET / width) of them) and folds
+each wave into the total in chunk order before the next (``_fold_rows``): the same left-to-right sum
+over chunks, so the same bits, with temporaries independent of n.
 
-Numerics: everything is in log space; the one max-shifted log-sum-exp (``_log_softmax``) serves the
-gating, the experts and the responsibilities, and one ``exp`` per logit gives both the log
-probability and the probability. Hessians are accumulated as *negative* Hessians (positive
-semi-definite, ready for Cholesky) and only their upper triangles: both the (expert, expert) or
-(class, class) pair and the (feature, feature) pair are symmetric, so a block Hessian of
-``q`` outer-product pairs is stored as ``q (q + 1) / 2`` pairs times ``p (p + 1) / 2`` entries, both
-in ``numpy.triu_indices`` order. No array of size n * k * K is ever formed.
+Numerics: everything is in log space where it can underflow; one max-shifted softmax
+(``_log_softmax``, scalar; ``_softmax_lanes``, its vector-lane form) serves the gating, the experts
+and the responsibilities, and one ``exp`` per logit gives both the log probability and the
+probability. Hessians are accumulated as *negative* Hessians (positive semi-definite, ready for
+Cholesky) and only their upper triangles: both the (expert, expert) or (class, class) pair and the
+(feature, feature) pair are symmetric, so a block Hessian of ``q`` outer-product pairs is stored as
+``q (q + 1) / 2`` pairs times ``p (p + 1) / 2`` entries, both in ``numpy.triu_indices`` order. No
+array of size n * k * K is ever formed.
 """
 
 from cython.parallel cimport prange, parallel, threadid
@@ -43,43 +58,50 @@ cdef extern from *:
     #include <stdint.h>
     #include <string.h>
     /* exp(x) for the max-shifted logits of a softmax (x <= 0). Where the build targets AVX2 or
-       AVX-512 (setup.py adds -march=native unless FASTMOE_PORTABLE=1) this branch-free polynomial
-       vectorises and runs ~6x faster than libm's scalar exp (measured: 1.3 vs 7.8 ns per call); on a
-       portable SSE2 build it would be slower than libm, so libm's exp is used there.
+       AVX-512 this branch-free polynomial vectorises and runs ~6x faster than libm's scalar exp
+       (measured: 1.3 vs 7.8 ns per call); on a baseline x86-64 (SSE2) build it would be no faster
+       than libm, so libm's exp is used there.
        exp(x) = 2^n exp(r) with n = round(x / ln 2) (the 1.5 * 2^52 shifter rounds), r reduced by a
        two-part ln 2 (Cody-Waite, fdlibm's split: n * LN2_HI is exact), |r| <= ln2 / 2, and exp(r) by
        its degree-13 Taylor polynomial (truncation < 1e-17 relative; measured max error 2.2e-16).
-       Arguments below -708 are clamped: the result is then ~3e-308 instead of a subnormal or zero,
-       which no probability here can tell apart. */
+       The polynomial is evaluated as 2 exp(r) (every coefficient doubled: exact, so bit for bit twice
+       the plain one) and scaled by 2^(n - 1): the exponent field n + 1022 then stays in 1..2046 for
+       every n in -1021..1024, so the result is finite up to libm's overflow threshold (709.78) and
+       overflows to inf above it, where 2^n alone would have wrapped into the sign bit (issue 13,
+       item 6: 800 gave a negative number, +inf NaN). Arguments above 710 are clamped to 710 (which
+       overflows: inf, as libm); NaN propagates (both clamps keep it). Arguments below -708 are
+       clamped to -708: the result is then ~3e-308 instead of a subnormal or zero, which no
+       probability here can tell apart. */
     #if !(defined(__AVX2__) || defined(__AVX512F__))
     static inline double fastmoe_exp(double x) { return exp(x); }
     #else
     static inline double fastmoe_exp(double x) {
         const double shifter = 6755399441055744.0;
         x = x < -708.0 ? -708.0 : x;
+        x = x > 710.0 ? 710.0 : x;
         double t = x * 1.4426950408889634 + shifter;
         double n = t - shifter;
         double r = x - n * 6.93147180369123816490e-01;
         r = r - n * 1.90821492927058770002e-10;
-        double p = 1.6059043836821613e-10;
-        p = p * r + 2.08767569878680990e-09;
-        p = p * r + 2.50521083854417188e-08;
-        p = p * r + 2.75573192239858907e-07;
-        p = p * r + 2.75573192239858907e-06;
-        p = p * r + 2.48015873015873016e-05;
-        p = p * r + 1.98412698412698413e-04;
-        p = p * r + 1.38888888888888889e-03;
-        p = p * r + 8.33333333333333333e-03;
-        p = p * r + 4.16666666666666667e-02;
-        p = p * r + 1.66666666666666667e-01;
-        p = p * r + 0.5;
+        double p = 3.2118087673643226e-10;
+        p = p * r + 4.17535139757361980e-09;
+        p = p * r + 5.01042167708834376e-08;
+        p = p * r + 5.51146384479717814e-07;
+        p = p * r + 5.51146384479717814e-06;
+        p = p * r + 4.96031746031746032e-05;
+        p = p * r + 3.96825396825396826e-04;
+        p = p * r + 2.77777777777777778e-03;
+        p = p * r + 1.66666666666666667e-02;
+        p = p * r + 8.33333333333333333e-02;
+        p = p * r + 3.33333333333333333e-01;
         p = p * r + 1.0;
-        p = p * r + 1.0;
-        int64_t bits, base;
+        p = p * r + 2.0;
+        p = p * r + 2.0;
+        uint64_t bits, base;
         double scale;
         memcpy(&bits, &t, sizeof bits);
         memcpy(&base, &shifter, sizeof base);
-        bits = (bits - base + 1023) << 52;
+        bits = (bits - base + 1022) << 52;
         memcpy(&scale, &bits, sizeof scale);
         return p * scale;
     }
@@ -88,6 +110,76 @@ cdef extern from *:
     double fastmoe_exp(double x) noexcept nogil
 
 
+
+
+cdef extern from *:
+    """
+    /* What this module was compiled for (setup.py defines the variant and its flags). */
+    #ifndef FASTMOE_VARIANT
+    #define FASTMOE_VARIANT "unnamed"
+    #endif
+    #ifndef FASTMOE_CFLAGS
+    #define FASTMOE_CFLAGS ""
+    #endif
+    #if defined(__AVX512F__)
+    #define FASTMOE_VECTOR_ISA "avx512"
+    #elif defined(__AVX2__)
+    #define FASTMOE_VECTOR_ISA "avx2"
+    #elif defined(__SSE2__) || defined(_M_X64)
+    #define FASTMOE_VECTOR_ISA "sse2"
+    #else
+    #define FASTMOE_VECTOR_ISA "generic"
+    #endif
+    #if defined(__FMA__) || defined(__AVX2__) && defined(_MSC_VER)
+    #define FASTMOE_FMA 1
+    #else
+    #define FASTMOE_FMA 0
+    #endif
+    #if defined(__AVX2__) || defined(__AVX512F__)
+    #define FASTMOE_POLY_EXP 1
+    #else
+    #define FASTMOE_POLY_EXP 0
+    #endif
+    #ifdef _OPENMP
+    #define FASTMOE_KERNELS_OPENMP 1
+    #else
+    #define FASTMOE_KERNELS_OPENMP 0
+    #endif
+    """
+    const char* FASTMOE_VARIANT
+    const char* FASTMOE_CFLAGS
+    const char* FASTMOE_VECTOR_ISA
+    int FASTMOE_FMA
+    int FASTMOE_POLY_EXP
+    int FASTMOE_KERNELS_OPENMP
+
+
+def build_info():
+    """How this kernel module was compiled: ``variant`` (see setup.py), its ``cflags``, the widest
+    ``vector_isa`` the compiler targeted, whether it may fuse multiply-adds (``fma``), whether
+    ``fastmoe_exp`` is the vectorising polynomial (``polynomial_exp``, else libm's ``exp``) and
+    whether it was built with OpenMP."""
+    return {
+        "variant": FASTMOE_VARIANT.decode(),
+        "cflags": FASTMOE_CFLAGS.decode(),
+        "vector_isa": FASTMOE_VECTOR_ISA.decode(),
+        "fma": bool(FASTMOE_FMA),
+        "polynomial_exp": bool(FASTMOE_POLY_EXP),
+        "openmp": bool(FASTMOE_KERNELS_OPENMP),
+    }
+
+
+def _exp_for_tests(const double[::1] x, double[::1] out):
+    """Test-only (tests/test_kernels.py), not API: ``out[i] = fastmoe_exp(x[i])``.
+
+    Exposes the kernels' exponential, whose arguments inside the kernels are always <= 0, so that its
+    behaviour on any argument (overflow, NaN, the clamp below -708) can be checked. The loop
+    vectorises like the kernels' loops; its remainder runs the scalar code.
+    """
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(x.shape[0]):
+            out[i] = fastmoe_exp(x[i])
 
 
 ctypedef fused label_t:
@@ -102,17 +194,38 @@ cdef Py_ssize_t MAX_CHUNKS = 512
 cdef Py_ssize_t BLOCK = 64
 # Rows of the partial-sum and scratch tables are padded to 64 bytes so threads never share a cache line.
 cdef Py_ssize_t PAD = 8
+# The exact-Hessian pass keeps at most this many doubles (2 MB, an L2 cache) of chunk rows at a time,
+# and never fewer than one row per thread (see loglik_hessian_pass); wave folds of more entries than
+# FOLD_PARALLEL are spread over the threads.
+cdef Py_ssize_t WAVE_BUDGET = 1 << 18
+cdef Py_ssize_t FOLD_PARALLEL = 1 << 16
 
 
-cpdef Py_ssize_t chunk_size(Py_ssize_t n_samples) noexcept nogil:
-    """Samples per chunk for ``n_samples``: a function of ``n_samples`` alone (thread-count invariance)."""
-    cdef Py_ssize_t c = (n_samples + MAX_CHUNKS - 1) // MAX_CHUNKS
+cpdef Py_ssize_t chunk_size(Py_ssize_t n_samples, Py_ssize_t max_chunks=MAX_CHUNKS) noexcept nogil:
+    """Samples per chunk: at least CHUNK_MIN, and at most ``max_chunks`` chunks (default MAX_CHUNKS).
+
+    The one owner of the chunking rule. It depends on the problem alone (``n_samples``, and a cap
+    that a kernel derives from its row width), never on the threads: the thread-count invariance
+    rests on it.
+    """
+    cdef Py_ssize_t c = (n_samples + max_chunks - 1) // max_chunks
     return c if c > CHUNK_MIN else CHUNK_MIN
 
 
 cdef inline int _threads_for(int n_threads, Py_ssize_t n_chunks) noexcept nogil:
     # Never wake more threads than there are chunks: an idle thread's wake-up costs more than it saves.
     return n_threads if n_threads < n_chunks else <int>n_chunks
+
+
+cdef inline bint _is_same_design(const double[:, ::1] X, const double[:, ::1] Z) noexcept:
+    """Whether the gating design Z is the expert design X itself: same buffer, shape and strides.
+
+    The kernels then build one design for both. The address alone is not enough: a gating callable
+    may return a view of X's buffer in another shape (``X.ravel()[:n].reshape(-1, 1)``), which
+    shares X's first address but not its rows (issue 13, item 5: a silently wrong log-likelihood).
+    """
+    return (&Z[0, 0] == &X[0, 0] and Z.shape[0] == X.shape[0] and Z.shape[1] == X.shape[1]
+            and Z.strides[0] == X.strides[0] and Z.strides[1] == X.strides[1])
 
 
 cdef inline Py_ssize_t _padded(Py_ssize_t m) noexcept nogil:
@@ -131,11 +244,17 @@ cdef inline double _max_shift(const double* v, Py_ssize_t m) noexcept nogil:
 cdef inline double _log_softmax(double* v, double* prob, Py_ssize_t m) noexcept nogil:
     """Turn ``v`` into log-softmax(v) in place, write softmax(v) to ``prob``; return log-sum-exp(v).
 
-    The max shift keeps every ``exp`` argument <= 0, and one ``exp`` per entry serves both outputs.
-    ``v`` and ``prob`` must not alias (see ``_softmax_inplace``).
+    The one scalar softmax of the kernels (``_softmax_lanes`` is its vector-lane form): the max
+    shift keeps every ``exp`` argument <= 0, and one ``exp`` per entry serves both outputs. An all
+    ``-inf`` row (every term underflowed) is guarded: it stays -inf, gets zero weights and returns
+    -inf. ``v`` and ``prob`` must not alias.
     """
     cdef Py_ssize_t j
     cdef double vmax = _max_shift(v, m), total = 0.0, lse
+    if vmax == -INFINITY:
+        for j in range(m):
+            prob[j] = 0.0
+        return vmax
     for j in range(m):
         prob[j] = exp(v[j] - vmax)
         total += prob[j]
@@ -144,25 +263,6 @@ cdef inline double _log_softmax(double* v, double* prob, Py_ssize_t m) noexcept 
         v[j] = v[j] - lse
         prob[j] = prob[j] / total
     return lse
-
-
-cdef inline double _softmax_inplace(double* v, Py_ssize_t m) noexcept nogil:
-    """Turn ``v`` into softmax(v) in place; return log-sum-exp(v).
-
-    An all ``-inf`` row (every term underflowed) is guarded: it stays -inf and gets zero weights.
-    """
-    cdef Py_ssize_t j
-    cdef double vmax = _max_shift(v, m), total = 0.0
-    if vmax == -INFINITY:
-        for j in range(m):
-            v[j] = 0.0
-        return vmax
-    for j in range(m):
-        v[j] = exp(v[j] - vmax)
-        total += v[j]
-    for j in range(m):
-        v[j] = v[j] / total
-    return vmax + log(total)
 
 
 cdef inline void _gate_logits(const double* z, const double* W, Py_ssize_t k, Py_ssize_t dg,
@@ -188,60 +288,26 @@ cdef inline void _expert_logits(const double* x, const double* V, Py_ssize_t kK,
         le[r] = acc
 
 
-cdef inline void _normalize(double* v, Py_ssize_t m) noexcept nogil:
-    cdef Py_ssize_t j
-    cdef double total = 0.0, inv
-    for j in range(m):
-        total += v[j]
-    inv = 1.0 / total
-    for j in range(m):
-        v[j] = v[j] * inv
+cdef inline double _forward_logspace(const double* z, const double* x, Py_ssize_t label,
+                                     const double* W, const double* V,
+                                     Py_ssize_t k, Py_ssize_t K, Py_ssize_t dg, Py_ssize_t d,
+                                     double* lg, double* pg, double* le, double* pe,
+                                     double* tau) noexcept nogil:
+    """One sample at (W, V) in log space: the fallback of ``_forward_block`` for a sample whose every
+    ``pi_i f_i(y)`` underflows (logit gaps of several hundred), which the direct probabilities cannot
+    represent.
 
-
-cdef inline double _forward(const double* z, const double* x, Py_ssize_t label,
-                            const double* W, const double* V,
-                            Py_ssize_t k, Py_ssize_t K, Py_ssize_t dg, Py_ssize_t d,
-                            double* lg, double* pg, double* le, double* pe, double* tau) noexcept nogil:
-    """One sample at (W, V): gating and expert probabilities, responsibilities, ``log p(y | x)``.
-
-    On exit ``pg`` (k) holds pi, ``pe`` (k*K) the expert probabilities f and ``tau`` (k) the
-    responsibilities; ``lg`` and ``le`` hold the logits. Probabilities are formed directly (one ``exp``
-    per logit, no ``log``): ``tau_i = pi_i f_i(y) / sum_j pi_j f_j(y)`` and a single ``log`` gives the
-    log-likelihood. Only when every ``pi_i f_i(y)`` underflows (logit gaps of several hundred) does the
-    sample take the log-space path, which cannot underflow.
+    On exit ``pg`` (k) holds pi, ``pe`` (k*K) the expert probabilities f, ``tau`` (k) the
+    responsibilities and ``lg`` the log-responsibilities; returns ``log p(y | x)``.
     """
-    cdef Py_ssize_t i, j, kK = k * K
-    cdef double total = 0.0, inv, shift
+    cdef Py_ssize_t i
     _gate_logits(z, W, k, dg, lg)
-    shift = _max_shift(lg, k)
-    for i in range(k):
-        pg[i] = lg[i] - shift
-    _expert_logits(x, V, kK, d, le)
-    for i in range(k):
-        shift = _max_shift(le + i * K, K)
-        for j in range(K):
-            pe[i * K + j] = le[i * K + j] - shift
-    # One flat loop over every max-shifted logit: the exponentials vectorise across experts.
-    for j in range(kK):
-        pe[j] = fastmoe_exp(pe[j])
-    for i in range(k):
-        pg[i] = fastmoe_exp(pg[i])
-    _normalize(pg, k)
-    for i in range(k):
-        _normalize(pe + i * K, K)
-        tau[i] = pg[i] * pe[i * K + label]
-        total += tau[i]
-    if total > 1e-280:
-        inv = 1.0 / total
-        for i in range(k):
-            tau[i] = tau[i] * inv
-        return log(total)
-    # Log-space fallback: the logits are intact in lg/le and become log-probabilities here.
+    _expert_logits(x, V, k * K, d, le)
     _log_softmax(lg, pg, k)
     for i in range(k):
         _log_softmax(le + i * K, pe + i * K, K)
-        tau[i] = lg[i] + le[i * K + label]
-    return _softmax_inplace(tau, k)
+        lg[i] = lg[i] + le[i * K + label]
+    return _log_softmax(lg, tau, k)
 
 
 cdef inline void _block_full(const double* v, Py_ssize_t m, double* full, Py_ssize_t l) noexcept nogil:
@@ -296,20 +362,56 @@ cdef inline void _reduce_rows(const double[:, ::1] partial, Py_ssize_t n_rows, P
             total[j] = total[j] + partial[c, j]
 
 
-cdef inline void _softmax_lanes(double* A, Py_ssize_t m, Py_ssize_t nb, double* work) noexcept nogil:
+cdef void _fold_rows(const double* table, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t width,
+                     double* total, int n_threads) noexcept nogil:
+    """``total[j] += table[c, j]`` for the rows ``c = 0 .. n_rows - 1`` in that order.
+
+    The same left-to-right sum as ``_reduce_rows``, continued across calls: folding a table's rows wave
+    after wave gives the very bits of one fold over all of them. Columns are independent, so a wide
+    table is folded by column slabs in parallel without changing any sum.
+    """
+    cdef Py_ssize_t slab = 2048, n_slabs = (width + slab - 1) // slab, b, c, j, lo, hi
+    if width * n_rows < FOLD_PARALLEL:
+        n_threads = 1
+    for b in prange(n_slabs, num_threads=_threads_for(n_threads, n_slabs), schedule="static"):
+        lo = b * slab
+        hi = lo + slab if lo + slab < width else width
+        for c in range(n_rows):
+            for j in range(lo, hi):
+                total[j] = total[j] + table[c * stride + j]
+
+
+cdef inline void _softmax_lanes(double* A, Py_ssize_t m, Py_ssize_t nb, double* work, double* total,
+                                bint log_out) noexcept nogil:
     """Softmax down the ``m`` rows of ``A`` (row stride BLOCK) for each of ``nb`` sample lanes, in place.
 
-    Samples sit in the vector lanes, so every loop runs over ``nb`` contiguous doubles: the
-    exponentials go at the long-array rate of ``fastmoe_exp`` instead of rows of k or K entries.
+    ``A`` becomes the probabilities, or with ``log_out`` the log-probabilities ``A - max - log(sum exp)``
+    (one ``log`` per lane). Samples sit in the vector lanes, so every loop runs over ``nb`` contiguous
+    doubles: the exponentials go at the long-array rate of ``fastmoe_exp`` instead of rows of k or K
+    entries. ``work`` and ``total`` are rows of scratch (``total`` is used only with ``log_out``).
     """
     cdef Py_ssize_t j, l
-    cdef double* a
+    cdef double* a = NULL
     for l in range(nb):
         work[l] = A[l]
     for j in range(1, m):
         a = A + j * BLOCK
         for l in range(nb):
             work[l] = a[l] if a[l] > work[l] else work[l]
+    if log_out:
+        for l in range(nb):
+            total[l] = fastmoe_exp(A[l] - work[l])
+        for j in range(1, m):
+            a = A + j * BLOCK
+            for l in range(nb):
+                total[l] = total[l] + fastmoe_exp(a[l] - work[l])
+        for l in range(nb):
+            work[l] = work[l] + log(total[l])
+        for j in range(m):
+            a = A + j * BLOCK
+            for l in range(nb):
+                a[l] = a[l] - work[l]
+        return
     for j in range(m):
         a = A + j * BLOCK
         for l in range(nb):
@@ -333,7 +435,7 @@ cdef inline void _affine_lanes(const double* coef, Py_ssize_t n_out, Py_ssize_t 
     """``out[r, l] = coef[r, :] . design[:, l]`` (design row 0 is the constant 1), lanes = samples."""
     cdef Py_ssize_t r, q, l
     cdef double cq
-    cdef double* o
+    cdef double* o = NULL
     cdef const double* src
     for r in range(n_out):
         o = out + r * BLOCK
@@ -347,28 +449,103 @@ cdef inline void _affine_lanes(const double* coef, Py_ssize_t n_out, Py_ssize_t 
                 o[l] = o[l] + cq * src[l]
 
 
-cdef inline void _forward_block(const double* ZF, const double* UF, const double* LB, Py_ssize_t nb,
-                                const double* W, const double* V, Py_ssize_t k, Py_ssize_t K,
-                                Py_ssize_t dg, Py_ssize_t d, const double* Zp, const double* Xp,
-                                Py_ssize_t first, double* G, double* E, double* T, double* LL,
-                                double* work, double* lg, double* pg, double* le, double* pe,
-                                double* tau) noexcept nogil:
-    """``_forward`` for the ``nb`` samples of a block at once, samples in the vector lanes.
+cdef struct Forward:
+    # One thread's forward scratch (laid out by _forward_scratch). One sample's quantities, for the
+    # scalar fallback _forward_logspace:
+    double* lg
+    double* pg
+    double* le
+    double* pe
+    double* tau
+    # A block of BLOCK samples, feature-major (row stride BLOCK, samples in the vector lanes): the
+    # designs [1, x] (UF) and [1, z] (ZF, which is UF when Z is X), the labels (as doubles), then the
+    # gating probabilities G (k rows), expert probabilities E (k*K rows), responsibilities T (k rows),
+    # log p(y | x) (LL) and two rows of work space.
+    double* UF
+    double* ZF
+    double* LB
+    double* G
+    double* E
+    double* T
+    double* LL
+    double* work
+    double* work2
 
-    Reads the block's designs (``ZF``, ``UF``, row 0 = 1) and labels ``LB``; writes gating
-    probabilities ``G`` (k rows), expert probabilities ``E`` (k*K rows), responsibilities ``T``
-    (k rows) and ``log p(y | x)`` to ``LL``. A sample whose every ``pi_i f_i(y)`` underflows is
-    redone by the scalar log-space ``_forward``, and its lane overwritten.
+
+cdef inline Py_ssize_t _forward_size(Py_ssize_t k, Py_ssize_t K, Py_ssize_t d, Py_ssize_t dg) noexcept nogil:
+    """Doubles of one thread's ``Forward`` scratch; a pass's own block rows may follow it."""
+    return _padded(2 * k + 2 * k * K + k) + ((d + 1) + (dg + 1) + 1 + k + k * K + k + 3) * BLOCK
+
+
+cdef inline Forward _forward_scratch(double* base, Py_ssize_t k, Py_ssize_t K, Py_ssize_t d,
+                                     Py_ssize_t dg, bint same_design) noexcept nogil:
+    """Lay a ``Forward`` out over ``_forward_size`` doubles at ``base``."""
+    cdef Forward f
+    f.lg = base
+    f.pg = f.lg + k
+    f.le = f.pg + k
+    f.pe = f.le + k * K
+    f.tau = f.pe + k * K
+    f.UF = base + _padded(2 * k + 2 * k * K + k)
+    f.ZF = f.UF + (d + 1) * BLOCK
+    f.LB = f.ZF + (dg + 1) * BLOCK
+    f.G = f.LB + BLOCK
+    f.E = f.G + k * BLOCK
+    f.T = f.E + k * K * BLOCK
+    f.LL = f.T + k * BLOCK
+    f.work = f.LL + BLOCK
+    f.work2 = f.work + BLOCK
+    if same_design:
+        f.ZF = f.UF
+    return f
+
+
+cdef inline void _load_block(Forward f, const double* Xp, const double* Zp, const label_t* y,
+                             Py_ssize_t first, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t dg,
+                             bint same_design, double* UU, double* ZZ) noexcept nogil:
+    """Fill a block's designs and labels from samples ``first .. first + nb - 1``.
+
+    When ``UU`` is not NULL the triu outer products of ``[1, x]`` go there (and those of ``[1, z]`` to
+    ``ZZ`` unless Z is X), for passes that accumulate Hessians.
+    """
+    cdef Py_ssize_t l, s
+    for l in range(nb):
+        s = first + l
+        f.LB[l] = <double>y[s]
+        if UU != NULL:
+            _block_design(Xp + s * d, d, f.UF, UU, l)
+            if not same_design:
+                _block_design(Zp + s * dg, dg, f.ZF, ZZ, l)
+        else:
+            _block_full(Xp + s * d, d, f.UF, l)
+            if not same_design:
+                _block_full(Zp + s * dg, dg, f.ZF, l)
+
+
+cdef inline void _forward_block(Forward f, Py_ssize_t nb, const double* W, const double* V,
+                                Py_ssize_t k, Py_ssize_t K, Py_ssize_t dg, Py_ssize_t d,
+                                const double* Zp, const double* Xp, Py_ssize_t first) noexcept nogil:
+    """The forward pass for the ``nb`` samples of a loaded block at once, samples in the vector lanes.
+
+    Reads the block's designs ``f.ZF``, ``f.UF`` (row 0 = 1) and labels ``f.LB``; writes the gating
+    probabilities ``f.G``, expert probabilities ``f.E``, responsibilities ``f.T`` and ``log p(y | x)``
+    to ``f.LL``. Probabilities are formed directly (one ``exp`` per logit, no ``log``):
+    ``tau_i = pi_i f_i(y) / sum_j pi_j f_j(y)`` and a single ``log`` gives the log-likelihood. A sample
+    whose every ``pi_i f_i(y)`` underflows is redone by ``_forward_logspace`` (from row ``first + l``
+    of X and Z), and its lane overwritten.
     """
     cdef Py_ssize_t i, j, l, label
     cdef double total, inv, ll
-    _affine_lanes(W, k, dg + 1, ZF, nb, G)
-    _softmax_lanes(G, k, nb, work)
-    _affine_lanes(V, k * K, d + 1, UF, nb, E)
+    cdef double* G = f.G
+    cdef double* E = f.E
+    cdef double* T = f.T
+    _affine_lanes(W, k, dg + 1, f.ZF, nb, G)
+    _softmax_lanes(G, k, nb, f.work, NULL, False)
+    _affine_lanes(V, k * K, d + 1, f.UF, nb, E)
     for i in range(k):
-        _softmax_lanes(E + i * K * BLOCK, K, nb, work)
+        _softmax_lanes(E + i * K * BLOCK, K, nb, f.work, NULL, False)
     for l in range(nb):
-        label = <Py_ssize_t>LB[l]
+        label = <Py_ssize_t>f.LB[l]
         total = 0.0
         for i in range(k):
             T[i * BLOCK + l] = G[i * BLOCK + l] * E[(i * K + label) * BLOCK + l]
@@ -377,16 +554,16 @@ cdef inline void _forward_block(const double* ZF, const double* UF, const double
             inv = 1.0 / total
             for i in range(k):
                 T[i * BLOCK + l] = T[i * BLOCK + l] * inv
-            LL[l] = log(total)
+            f.LL[l] = log(total)
         else:
-            ll = _forward(Zp + (first + l) * dg, Xp + (first + l) * d, label, W, V, k, K, dg, d,
-                          lg, pg, le, pe, tau)
+            ll = _forward_logspace(Zp + (first + l) * dg, Xp + (first + l) * d, label, W, V, k, K, dg, d,
+                                   f.lg, f.pg, f.le, f.pe, f.tau)
             for i in range(k):
-                G[i * BLOCK + l] = pg[i]
-                T[i * BLOCK + l] = tau[i]
+                G[i * BLOCK + l] = f.pg[i]
+                T[i * BLOCK + l] = f.tau[i]
             for j in range(k * K):
-                E[j * BLOCK + l] = pe[j]
-            LL[l] = ll
+                E[j * BLOCK + l] = f.pe[j]
+            f.LL[l] = ll
 
 
 def e_step(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
@@ -412,49 +589,21 @@ def e_step(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
     cdef Py_ssize_t chunk = chunk_size(n), n_chunks = (n + chunk - 1) // chunk
     cdef bint weighted = sample_weight.shape[0] > 0
     cdef bint want_resp = resp_out.shape[0] > 0, want_logp = logp_out.shape[0] > 0
-    # One sample's scratch (underflow fallback), then a feature-major block of BLOCK samples: the
-    # forward pass runs with samples in the vector lanes, as in newton_pass.
-    cdef Py_ssize_t fwidth = _padded(2 * k + 2 * k * K + k)
-    cdef Py_ssize_t nrows = (d + 1) + (dg + 1) + k + k * K + k + 3
-    cdef double[:, ::1] scratch = np.empty((n_threads, fwidth + nrows * BLOCK))
+    # The forward pass runs on blocks of BLOCK samples in the vector lanes, as in newton_pass.
+    cdef double[:, ::1] scratch = np.empty((n_threads, _forward_size(k, K, d, dg)))
     cdef double[:, ::1] partial = np.zeros((n_chunks, PAD))
     cdef const double* Xp = &X[0, 0]
     cdef const double* Zp = &Z[0, 0]
     cdef const double* Wp = &W[0, 0]
     cdef const double* Vp = &V[0, 0, 0]
-    cdef bint same_design = Zp == Xp
-    cdef double* lg
-    cdef double* pg
-    cdef double* le
-    cdef double* pe
-    cdef double* tau
-    cdef double* UF
-    cdef double* ZF
-    cdef double* G
-    cdef double* E
-    cdef double* T
-    cdef double* LL
-    cdef double* LB
-    cdef double* work
+    cdef const label_t* yp = &y[0]
+    cdef bint same_design = _is_same_design(X, Z)
+    cdef Forward f
     cdef Py_ssize_t c, s, l, i, start, end, bs, be, nb
     cdef double acc, total
 
     with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
-        lg = &scratch[threadid(), 0]
-        pg = lg + k
-        le = pg + k
-        pe = le + k * K
-        tau = pe + k * K
-        UF = lg + fwidth
-        ZF = UF + (d + 1) * BLOCK
-        G = ZF + (dg + 1) * BLOCK
-        E = G + k * BLOCK
-        T = E + k * K * BLOCK
-        LL = T + k * BLOCK
-        LB = LL + BLOCK
-        work = LB + BLOCK
-        if same_design:
-            ZF = UF
+        f = _forward_scratch(&scratch[threadid(), 0], k, K, d, dg, same_design)
         for c in prange(n_chunks, schedule="static"):
             start = c * chunk
             end = start + chunk if start + chunk < n else n
@@ -463,22 +612,16 @@ def e_step(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] y,
             while bs < end:
                 be = bs + BLOCK if bs + BLOCK < end else end
                 nb = be - bs
-                for s in range(bs, be):
-                    l = s - bs
-                    LB[l] = <double>y[s]
-                    _block_full(Xp + s * d, d, UF, l)
-                    if not same_design:
-                        _block_full(Zp + s * dg, dg, ZF, l)
-                _forward_block(ZF, UF, LB, nb, Wp, Vp, k, K, dg, d, Zp, Xp, bs, G, E, T, LL, work,
-                               lg, pg, le, pe, tau)
+                _load_block(f, Xp, Zp, yp, bs, nb, d, dg, same_design, NULL, NULL)
+                _forward_block(f, nb, Wp, Vp, k, K, dg, d, Zp, Xp, bs)
                 for l in range(nb):
                     s = bs + l
                     if want_logp:
-                        logp_out[s] = LL[l]
+                        logp_out[s] = f.LL[l]
                     if want_resp:
                         for i in range(k):
-                            resp_out[s, i] = T[i * BLOCK + l]
-                    acc = acc + (sample_weight[s] * LL[l] if weighted else LL[l])
+                            resp_out[s, i] = f.T[i * BLOCK + l]
+                    acc = acc + (sample_weight[s] * f.LL[l] if weighted else f.LL[l])
                 bs = be
             partial[c, 0] = acc
     total = 0.0
@@ -520,75 +663,64 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
     cdef Py_ssize_t o_w = 1, o_gg = o_w + k, o_gh = o_gg + (k - 1) * pgd
     cdef Py_ssize_t o_eg = o_gh + ngp * mg, o_eh = o_eg + k * (K - 1) * ped
     cdef Py_ssize_t width = o_eh + k * nep * me
-    # Per-thread scratch: one sample's forward quantities (for the underflow fallback), then a block of
-    # BLOCK samples laid out feature-major ([entry][sample]): the forward pass and the coefficients
-    # run with samples in the vector lanes, and the Hessian sums are matrix products.
-    cdef Py_ssize_t fwidth = _padded(2 * k + 2 * k * K + k)
-    cdef Py_ssize_t nrows = (pgd + mg + ped + me + (k - 1) + ngp + k * (K - 1) + k * nep
-                             + k + k * K + k + 5)
-    cdef double[:, ::1] scratch = np.empty((n_threads, fwidth + nrows * BLOCK))
+    # Per-thread scratch: the forward pass's (see Forward), then this pass's rows of a block of BLOCK
+    # samples laid out feature-major ([entry][sample]): the coefficients run with samples in the
+    # vector lanes, and the Hessian sums are matrix products.
+    cdef Py_ssize_t fsize = _forward_size(k, K, d, dg)
+    cdef Py_ssize_t nrows = me + mg + (k - 1) + ngp + k * (K - 1) + k * nep + 2
+    cdef double[:, ::1] scratch = np.empty((n_threads, fsize + nrows * BLOCK))
     cdef double[:, ::1] partial = np.zeros((n_chunks, _padded(width)))
     cdef double[::1] total = np.empty(width)
     cdef const double* Xp = &X[0, 0]
     cdef const double* Zp = &Z[0, 0]
     cdef const double* Wp = &W[0, 0]
     cdef const double* Vp = &V[0, 0, 0]
+    cdef const label_t* yp = &y[0]
     # Standard gating: the gating design is the expert design, so it is built (and stored) once.
-    cdef bint same_design = Zp == Xp
-    cdef double* lg
-    cdef double* pg
-    cdef double* le
-    cdef double* pe
-    cdef double* tau
-    cdef double* ZF
-    cdef double* ZZ
-    cdef double* UF
-    cdef double* UU
-    cdef double* RG
-    cdef double* CG
-    cdef double* RE
-    cdef double* CE
-    cdef double* G
-    cdef double* E
-    cdef double* T
-    cdef double* LL
-    cdef double* LB
-    cdef double* WT
-    cdef double* TE
-    cdef double* work
-    cdef double* row
-    cdef double* gi
-    cdef double* gj
-    cdef double* ef
-    cdef double* eu
-    cdef double* dst
-    cdef Py_ssize_t c, s, l, i, j, e, t, u, pair, start, end, bs, be, nb
+    cdef bint same_design = _is_same_design(X, Z)
+    cdef Forward f
+    cdef double* ZF = NULL
+    cdef double* ZZ = NULL
+    cdef double* UF = NULL
+    cdef double* UU = NULL
+    cdef double* RG = NULL
+    cdef double* CG = NULL
+    cdef double* RE = NULL
+    cdef double* CE = NULL
+    cdef double* G = NULL
+    cdef double* E = NULL
+    cdef double* T = NULL
+    cdef double* LL = NULL
+    cdef double* LB = NULL
+    cdef double* WT = NULL
+    cdef double* TE = NULL
+    cdef double* row = NULL
+    cdef double* gi = NULL
+    cdef double* gj = NULL
+    cdef double* ef = NULL
+    cdef double* eu = NULL
+    cdef double* dst = NULL
+    cdef Py_ssize_t c, l, i, j, e, t, u, m, pair, start, end, bs, be, nb
     cdef double acc, delta
 
     with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
-        lg = &scratch[threadid(), 0]
-        pg = lg + k
-        le = pg + k
-        pe = le + k * K
-        tau = pe + k * K
-        UF = lg + fwidth
-        UU = UF + ped * BLOCK
-        ZF = UU + me * BLOCK
-        ZZ = ZF + pgd * BLOCK
+        f = _forward_scratch(&scratch[threadid(), 0], k, K, d, dg, same_design)
+        UF = f.UF
+        ZF = f.ZF
+        LB = f.LB
+        G = f.G
+        E = f.E
+        T = f.T
+        LL = f.LL
+        UU = &scratch[threadid(), fsize]
+        ZZ = UU + me * BLOCK
         RG = ZZ + mg * BLOCK
         CG = RG + (k - 1) * BLOCK
         RE = CG + ngp * BLOCK
         CE = RE + k * (K - 1) * BLOCK
-        G = CE + k * nep * BLOCK
-        E = G + k * BLOCK
-        T = E + k * K * BLOCK
-        LL = T + k * BLOCK
-        LB = LL + BLOCK
-        WT = LB + BLOCK
+        WT = CE + k * nep * BLOCK
         TE = WT + BLOCK
-        work = TE + BLOCK
         if same_design:
-            ZF = UF
             ZZ = UU
         for c in prange(n_chunks, schedule="static"):
             row = &partial[c, 0]
@@ -598,15 +730,10 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
             while bs < end:
                 be = bs + BLOCK if bs + BLOCK < end else end
                 nb = be - bs
-                for s in range(bs, be):
-                    l = s - bs
-                    WT[l] = sample_weight[s] if weighted else 1.0
-                    LB[l] = <double>y[s]
-                    _block_design(Xp + s * d, d, UF, UU, l)
-                    if not same_design:
-                        _block_design(Zp + s * dg, dg, ZF, ZZ, l)
-                _forward_block(ZF, UF, LB, nb, Wp, Vp, k, K, dg, d, Zp, Xp, bs, G, E, T, LL, work,
-                               lg, pg, le, pe, tau)
+                _load_block(f, Xp, Zp, yp, bs, nb, d, dg, same_design, UU, ZZ)
+                for l in range(nb):
+                    WT[l] = sample_weight[bs + l] if weighted else 1.0
+                _forward_block(f, nb, Wp, Vp, k, K, dg, d, Zp, Xp, bs)
                 acc = 0.0
                 for l in range(nb):
                     acc = acc + WT[l] * LL[l]
@@ -684,55 +811,65 @@ def q_values(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::1] 
 
     ``q_out[0] = sum w tau_i(old) log pi_i(new)`` and ``q_out[1 + i] = sum w tau_i(old) log f_i(y | new)``.
     Responsibilities are recomputed on the fly from (W_old, V_old), or read from ``resp_in`` when
-    it is not empty: storing them would cost n * k doubles for a pass that is rarely needed.
+    it is not empty: storing them would cost n * k doubles for a pass that is rarely needed. Blocks of
+    BLOCK samples in the vector lanes, as in e_step; the new log-probabilities by ``_softmax_lanes``.
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
     cdef Py_ssize_t k = W_old.shape[0], K = V_old.shape[1]
     cdef Py_ssize_t chunk = chunk_size(n), n_chunks = (n + chunk - 1) // chunk
     cdef bint weighted = sample_weight.shape[0] > 0
     cdef bint given_resp = resp_in.shape[0] > 0
-    cdef Py_ssize_t swidth = 2 * k + 2 * k * K + k
-    cdef double[:, ::1] scratch = np.empty((n_threads, _padded(swidth)))
+    # Per-thread scratch: the forward pass's, then the new gating and expert logits of a block.
+    cdef Py_ssize_t fsize = _forward_size(k, K, d, dg)
+    cdef double[:, ::1] scratch = np.empty((n_threads, fsize + (k + k * K + 1) * BLOCK))
     cdef double[:, ::1] partial = np.zeros((n_chunks, _padded(k + 1)))
     cdef const double* Xp = &X[0, 0]
     cdef const double* Zp = &Z[0, 0]
-    cdef double* lg
-    cdef double* pg
-    cdef double* le
-    cdef double* pe
-    cdef double* tau
-    cdef double* row
-    cdef Py_ssize_t c, s, i, start, end, label
-    cdef double w, r
+    cdef const label_t* yp = &y[0]
+    cdef bint same_design = _is_same_design(X, Z)
+    cdef Forward f
+    cdef double* A = NULL
+    cdef double* B = NULL
+    cdef double* WT = NULL
+    cdef double* row = NULL
+    cdef Py_ssize_t c, i, l, start, end, bs, be, nb, label
+    cdef double r
 
     with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
-        lg = &scratch[threadid(), 0]
-        pg = lg + k
-        le = pg + k
-        pe = le + k * K
-        tau = pe + k * K
+        f = _forward_scratch(&scratch[threadid(), 0], k, K, d, dg, same_design)
+        A = &scratch[threadid(), fsize]
+        B = A + k * BLOCK
+        WT = B + k * K * BLOCK
         for c in prange(n_chunks, schedule="static"):
             row = &partial[c, 0]
             start = c * chunk
             end = start + chunk if start + chunk < n else n
-            for s in range(start, end):
-                w = sample_weight[s] if weighted else 1.0
-                label = <Py_ssize_t>y[s]
+            bs = start
+            while bs < end:
+                be = bs + BLOCK if bs + BLOCK < end else end
+                nb = be - bs
+                _load_block(f, Xp, Zp, yp, bs, nb, d, dg, same_design, NULL, NULL)
+                for l in range(nb):
+                    WT[l] = sample_weight[bs + l] if weighted else 1.0
                 if given_resp:
                     for i in range(k):
-                        tau[i] = resp_in[s, i]
+                        for l in range(nb):
+                            f.T[i * BLOCK + l] = resp_in[bs + l, i]
                 else:
-                    _forward(Zp + s * dg, Xp + s * d, label, &W_old[0, 0], &V_old[0, 0, 0],
-                             k, K, dg, d, lg, pg, le, pe, tau)
-                _gate_logits(Zp + s * dg, &W_new[0, 0], k, dg, lg)
-                _log_softmax(lg, pg, k)
-                _expert_logits(Xp + s * d, &V_new[0, 0, 0], k * K, d, le)
-                r = 0.0
+                    _forward_block(f, nb, &W_old[0, 0], &V_old[0, 0, 0], k, K, dg, d, Zp, Xp, bs)
+                _affine_lanes(&W_new[0, 0], k, dg + 1, f.ZF, nb, A)
+                _softmax_lanes(A, k, nb, f.work, f.work2, True)
+                _affine_lanes(&V_new[0, 0, 0], k * K, d + 1, f.UF, nb, B)
                 for i in range(k):
-                    _log_softmax(le + i * K, pe + i * K, K)
-                    r = r + tau[i] * lg[i]
-                    row[1 + i] = row[1 + i] + w * tau[i] * le[i * K + label]
-                row[0] = row[0] + w * r
+                    _softmax_lanes(B + i * K * BLOCK, K, nb, f.work, f.work2, True)
+                for l in range(nb):
+                    label = <Py_ssize_t>f.LB[l]
+                    r = 0.0
+                    for i in range(k):
+                        r = r + f.T[i * BLOCK + l] * A[i * BLOCK + l]
+                        row[1 + i] = row[1 + i] + WT[l] * f.T[i * BLOCK + l] * B[(i * K + label) * BLOCK + l]
+                    row[0] = row[0] + WT[l] * r
+                bs = be
     _reduce_rows(partial, n_chunks, k + 1, &q_out[0])
 
 
@@ -745,17 +882,17 @@ def predict(const double[:, ::1] X, const double[:, ::1] Z, const double[:, ::1]
     cdef Py_ssize_t k = W.shape[0], K = V.shape[1]
     cdef Py_ssize_t n_chunks = (n + CHUNK_MIN - 1) // CHUNK_MIN  # only to size the team
     cdef bint want_gate = gate_out.shape[0] > 0
-    cdef Py_ssize_t swidth = 2 * k + 2 * k * K + k
+    cdef Py_ssize_t swidth = 2 * k + 2 * k * K + 2 * k
     cdef double[:, ::1] scratch = np.empty((n_threads, _padded(swidth)))
     cdef const double* Xp = &X[0, 0]
     cdef const double* Zp = &Z[0, 0]
     cdef const double* Wp = &W[0, 0]
     cdef const double* Vp = &V[0, 0, 0]
-    cdef double* lg
-    cdef double* pg
-    cdef double* le
-    cdef double* pe
-    cdef double* tmp
+    cdef double* lg = NULL
+    cdef double* pg = NULL
+    cdef double* le = NULL
+    cdef double* pe = NULL
+    cdef double* tmp = NULL
     cdef Py_ssize_t s, i, t
 
     with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
@@ -773,7 +910,7 @@ def predict(const double[:, ::1] X, const double[:, ::1] Z, const double[:, ::1]
             for t in range(K):
                 for i in range(k):
                     tmp[i] = lg[i] + le[i * K + t]
-                log_proba_out[s, t] = _softmax_inplace(tmp, k)
+                log_proba_out[s, t] = _log_softmax(tmp, tmp + k, k)
             if want_gate:
                 for i in range(k):
                     gate_out[s, i] = pg[i]
@@ -796,10 +933,10 @@ def sample_labels(const double[:, ::1] X, const double[:, ::1] Z, const double[:
     cdef const double* Zp = &Z[0, 0]
     cdef const double* Wp = &W[0, 0]
     cdef const double* Vp = &V[0, 0, 0]
-    cdef double* lg
-    cdef double* pg
-    cdef double* le
-    cdef double* pe
+    cdef double* lg = NULL
+    cdef double* pg = NULL
+    cdef double* le = NULL
+    cdef double* pe = NULL
     cdef Py_ssize_t s, i, t, z
     cdef double cum
 
@@ -851,9 +988,17 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
     - gating j x expert (e, s): ``-w tau_j (delta_je - tau_e) r_es z u^T``, full blocks in ``hess_ge_out``
       (k - 1, k(K-1), 1 + d_gate, 1 + d).
 
-    Gradients are those of ``newton_pass`` (the Fisher identity). Returns the log-likelihood. The
-    partial-sum table has a row per chunk of the full Hessian's size, so the number of chunks is
-    capped by that size as well (still a function of the problem alone, not of the threads).
+    Gradients are those of ``newton_pass`` (the Fisher identity). Returns the log-likelihood.
+
+    Samples run in blocks of BLOCK in the vector lanes as in newton_pass (``_forward_block``, the
+    coefficients lane by lane, one ``dgemm`` per Hessian block and block of samples). A chunk's sums
+    fill one row of the full Hessian's width; the chunks are processed in *waves* of as many rows as
+    WAVE_BUDGET allows (at least one per thread), and after each wave its rows are folded into the
+    total in chunk order (``_fold_rows``). The total is thus the sum over chunks in chunk order, exactly
+    as if every row had been kept, whatever the wave size and the thread count: bitwise
+    thread-invariant, with temporaries of max(n_threads, WAVE_BUDGET / width) rows plus per-thread
+    block scratch, independent of n. The chunks stay those of ``chunk_size(n, cap)``, the cap (fewer
+    chunks for wide rows, at least 16) limiting the rows zeroed and folded per sample.
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
     cdef Py_ssize_t k = W.shape[0], K = V.shape[1]
@@ -862,125 +1007,177 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
     cdef Py_ssize_t ngp = (k - 1) * k // 2, kr = k * (K - 1), nee = kr * (kr + 1) // 2
     cdef Py_ssize_t o_gg = 1, o_eg = o_gg + (k - 1) * pgd, o_hgg = o_eg + kr * ped
     cdef Py_ssize_t o_hee = o_hgg + ngp * mg, o_hge = o_hee + nee * me
-    cdef Py_ssize_t width = o_hge + (k - 1) * kr * pgd * ped
+    cdef Py_ssize_t width = o_hge + (k - 1) * kr * pgd * ped, stride = _padded(width)
     cdef Py_ssize_t max_chunks = (1 << 22) // width
-    cdef Py_ssize_t chunk, n_chunks
     if max_chunks > MAX_CHUNKS:
         max_chunks = MAX_CHUNKS
     if max_chunks < 16:
         max_chunks = 16
-    chunk = (n + max_chunks - 1) // max_chunks
-    if chunk < CHUNK_MIN:
-        chunk = CHUNK_MIN
-    n_chunks = (n + chunk - 1) // chunk
+    cdef Py_ssize_t chunk = chunk_size(n, max_chunks), n_chunks = (n + chunk - 1) // chunk
+    # Rows per wave: a memory budget, at least one row per thread, at most every chunk. The result does
+    # not depend on it (see the docstring), so it may depend on the thread count.
+    cdef Py_ssize_t wave = WAVE_BUDGET // stride
+    if wave < n_threads:
+        wave = n_threads
+    if wave > n_chunks:
+        wave = n_chunks
+    if wave < 1:
+        wave = 1
     cdef bint weighted = sample_weight.shape[0] > 0
-    # Per-thread scratch: one sample's forward quantities, then a block of BLOCK samples laid out
-    # feature-major, as in newton_pass, so that every Hessian block is one dgemm per block.
-    cdef Py_ssize_t fwidth = _padded(2 * k + 2 * k * K + k + kr)
-    cdef Py_ssize_t nrows = ped + me + pgd + mg + pgd * ped + (k - 1) + kr + ngp + nee + (k - 1) * kr
-    cdef double[:, ::1] scratch = np.empty((n_threads, fwidth + nrows * BLOCK))
-    cdef double[:, ::1] partial = np.zeros((n_chunks, _padded(width)))
-    cdef double[::1] total = np.empty(width)
+    # Per-thread scratch: the forward pass's (see Forward), then this pass's rows of a block.
+    cdef Py_ssize_t fsize = _forward_size(k, K, d, dg)
+    cdef Py_ssize_t nrows = me + mg + pgd * ped + kr + (k - 1) + kr + ngp + nee + (k - 1) * kr + 1
+    cdef double[:, ::1] scratch = np.empty((n_threads, fsize + nrows * BLOCK))
+    cdef double[:, ::1] table = np.empty((wave, stride))
+    cdef double[::1] total = np.zeros(width)
     cdef const double* Xp = &X[0, 0]
     cdef const double* Zp = &Z[0, 0]
     cdef const double* Wp = &W[0, 0]
     cdef const double* Vp = &V[0, 0, 0]
-    cdef double* lg
-    cdef double* pg
-    cdef double* le
-    cdef double* pe
-    cdef double* tau
-    cdef double* res
-    cdef double* UF
-    cdef double* UU
-    cdef double* ZF
-    cdef double* ZZ
-    cdef double* ZU
-    cdef double* RG
-    cdef double* RE
-    cdef double* CG
-    cdef double* CEE
-    cdef double* CGE
-    cdef double* row
-    cdef Py_ssize_t c, s, l, i, j, e, e2, t, t2, a, b, m, pair, start, end, label, bs, be, nb
-    cdef double w, coef
+    cdef const label_t* yp = &y[0]
+    cdef bint same_design = _is_same_design(X, Z)
+    cdef Forward f
+    cdef double* UU = NULL
+    cdef double* ZZ = NULL
+    cdef double* ZU = NULL
+    cdef double* RS = NULL
+    cdef double* RG = NULL
+    cdef double* RE = NULL
+    cdef double* CG = NULL
+    cdef double* CEE = NULL
+    cdef double* CGE = NULL
+    cdef double* WT = NULL
+    cdef double* row = NULL
+    cdef double* dst = NULL
+    cdef double* src = NULL
+    cdef double* gj = NULL
+    cdef double* gi = NULL
+    cdef double* tj = NULL
+    cdef double* ti = NULL
+    cdef double* te = NULL
+    cdef double* te2 = NULL
+    cdef double* ef = NULL
+    cdef double* ef2 = NULL
+    cdef double* ra = NULL
+    cdef double* rb = NULL
+    cdef Py_ssize_t first, last, c, l, i, j, e, e2, t, t2, a, b, m, pair, start, end, bs, be, nb
+    cdef double delta, delta_t, coef
 
-    with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
-        lg = &scratch[threadid(), 0]
-        pg = lg + k
-        le = pg + k
-        pe = le + k * K
-        tau = pe + k * K
-        res = tau + k
-        UF = lg + fwidth
-        UU = UF + ped * BLOCK
-        ZF = UU + me * BLOCK
-        ZZ = ZF + pgd * BLOCK
-        ZU = ZZ + mg * BLOCK
-        RG = ZU + pgd * ped * BLOCK
-        RE = RG + (k - 1) * BLOCK
-        CG = RE + kr * BLOCK
-        CEE = CG + ngp * BLOCK
-        CGE = CEE + nee * BLOCK
-        for c in prange(n_chunks, schedule="static"):
-            row = &partial[c, 0]
-            start = c * chunk
-            end = start + chunk if start + chunk < n else n
-            bs = start
-            while bs < end:
-                be = bs + BLOCK if bs + BLOCK < end else end
-                nb = be - bs
-                for s in range(bs, be):
-                    l = s - bs
-                    w = sample_weight[s] if weighted else 1.0
-                    label = <Py_ssize_t>y[s]
-                    row[0] = row[0] + w * _forward(Zp + s * dg, Xp + s * d, label, Wp, Vp, k, K, dg, d,
-                                                   lg, pg, le, pe, tau)
-                    _block_design(Xp + s * d, d, UF, UU, l)
-                    _block_design(Zp + s * dg, dg, ZF, ZZ, l)
+    for first in range(0, n_chunks, wave):
+        last = first + wave if first + wave < n_chunks else n_chunks
+        with nogil, parallel(num_threads=_threads_for(n_threads, last - first)):
+            f = _forward_scratch(&scratch[threadid(), 0], k, K, d, dg, same_design)
+            UU = &scratch[threadid(), fsize]
+            ZZ = UU + me * BLOCK
+            ZU = ZZ + mg * BLOCK
+            RS = ZU + pgd * ped * BLOCK
+            RG = RS + kr * BLOCK
+            RE = RG + (k - 1) * BLOCK
+            CG = RE + kr * BLOCK
+            CEE = CG + ngp * BLOCK
+            CGE = CEE + nee * BLOCK
+            WT = CGE + (k - 1) * kr * BLOCK
+            if same_design:
+                ZZ = UU
+            for c in prange(first, last, schedule="static"):
+                row = &table[c - first, 0]
+                for j in range(width):
+                    row[j] = 0.0
+                start = c * chunk
+                end = start + chunk if start + chunk < n else n
+                bs = start
+                while bs < end:
+                    be = bs + BLOCK if bs + BLOCK < end else end
+                    nb = be - bs
+                    _load_block(f, Xp, Zp, yp, bs, nb, d, dg, same_design, UU, ZZ)
+                    for l in range(nb):
+                        WT[l] = sample_weight[bs + l] if weighted else 1.0
+                    _forward_block(f, nb, Wp, Vp, k, K, dg, d, Zp, Xp, bs)
+                    for l in range(nb):
+                        row[0] = row[0] + WT[l] * f.LL[l]
+                    # The gating x expert design z u^T, row by row.
                     for i in range(pgd):
+                        gi = f.ZF + i * BLOCK
                         for m in range(ped):
-                            ZU[(i * ped + m) * BLOCK + l] = ZF[i * BLOCK + l] * UF[m * BLOCK + l]
+                            src = f.UF + m * BLOCK
+                            dst = ZU + (i * ped + m) * BLOCK
+                            for l in range(nb):
+                                dst[l] = gi[l] * src[l]
+                    # Residuals r_es and the expert gradients (Fisher identity: those of the Q functions).
                     for a in range(kr):
                         e = a // (K - 1)
                         t = a - e * (K - 1)
-                        res[a] = (1.0 if t == label else 0.0) - pe[e * K + t]
-                        # Gradients (Fisher identity: those of the Q functions).
-                        RE[a * BLOCK + l] = w * tau[e] * res[a]
+                        te = f.T + e * BLOCK
+                        ef = f.E + (e * K + t) * BLOCK
+                        ra = RS + a * BLOCK
+                        dst = RE + a * BLOCK
+                        for l in range(nb):
+                            ra[l] = (1.0 if f.LB[l] == t else 0.0) - ef[l]
+                            dst[l] = WT[l] * te[l] * ra[l]
                     # Gating x gating.
                     pair = 0
                     for j in range(k - 1):
-                        RG[j * BLOCK + l] = w * (tau[j] - pg[j])
+                        gj = f.G + j * BLOCK
+                        tj = f.T + j * BLOCK
+                        dst = RG + j * BLOCK
+                        for l in range(nb):
+                            dst[l] = WT[l] * (tj[l] - gj[l])
                         for i in range(j, k - 1):
-                            CG[pair * BLOCK + l] = w * (pg[j] * ((1.0 if i == j else 0.0) - pg[i])
-                                                        - tau[j] * ((1.0 if i == j else 0.0) - tau[i]))
+                            gi = f.G + i * BLOCK
+                            ti = f.T + i * BLOCK
+                            delta = 1.0 if i == j else 0.0
+                            dst = CG + pair * BLOCK
+                            for l in range(nb):
+                                dst[l] = WT[l] * (gj[l] * (delta - gi[l]) - tj[l] * (delta - ti[l]))
                             pair = pair + 1
                     # Expert x expert, over flattened rows a = (e, t) <= b = (e2, t2).
                     pair = 0
                     for a in range(kr):
                         e = a // (K - 1)
                         t = a - e * (K - 1)
+                        te = f.T + e * BLOCK
+                        ef = f.E + (e * K + t) * BLOCK
+                        ra = RS + a * BLOCK
                         for b in range(a, kr):
                             e2 = b // (K - 1)
                             t2 = b - e2 * (K - 1)
-                            coef = -tau[e] * ((1.0 if e == e2 else 0.0) - tau[e2]) * res[a] * res[b]
+                            te2 = f.T + e2 * BLOCK
+                            rb = RS + b * BLOCK
+                            dst = CEE + pair * BLOCK
+                            delta = 1.0 if e == e2 else 0.0
                             if e == e2:
-                                coef = coef + tau[e] * pe[e * K + t] * ((1.0 if t == t2 else 0.0) - pe[e * K + t2])
-                            CEE[pair * BLOCK + l] = w * coef
+                                ef2 = f.E + (e * K + t2) * BLOCK
+                                delta_t = 1.0 if t == t2 else 0.0
+                                for l in range(nb):
+                                    coef = -te[l] * (delta - te2[l]) * ra[l] * rb[l]
+                                    coef = coef + te[l] * ef[l] * (delta_t - ef2[l])
+                                    dst[l] = WT[l] * coef
+                            else:
+                                for l in range(nb):
+                                    coef = -te[l] * (delta - te2[l]) * ra[l] * rb[l]
+                                    dst[l] = WT[l] * coef
                             pair = pair + 1
                     # Gating x expert: full (1 + d_gate) x (1 + d) blocks.
                     for j in range(k - 1):
+                        tj = f.T + j * BLOCK
                         for a in range(kr):
                             e = a // (K - 1)
-                            CGE[(j * kr + a) * BLOCK + l] = -w * tau[j] * ((1.0 if j == e else 0.0) - tau[e]) * res[a]
-                _block_sums(RG, k - 1, ZF, pgd, nb, row + o_gg)
-                _block_sums(RE, kr, UF, ped, nb, row + o_eg)
-                _block_sums(CG, ngp, ZZ, mg, nb, row + o_hgg)
-                _block_sums(CEE, nee, UU, me, nb, row + o_hee)
-                _block_sums(CGE, (k - 1) * kr, ZU, pgd * ped, nb, row + o_hge)
-                bs = be
+                            te = f.T + e * BLOCK
+                            ra = RS + a * BLOCK
+                            delta = 1.0 if j == e else 0.0
+                            dst = CGE + (j * kr + a) * BLOCK
+                            for l in range(nb):
+                                dst[l] = -WT[l] * tj[l] * (delta - te[l]) * ra[l]
+                    _block_sums(RG, k - 1, f.ZF, pgd, nb, row + o_gg)
+                    _block_sums(RE, kr, f.UF, ped, nb, row + o_eg)
+                    _block_sums(CG, ngp, ZZ, mg, nb, row + o_hgg)
+                    _block_sums(CEE, nee, UU, me, nb, row + o_hee)
+                    _block_sums(CGE, (k - 1) * kr, ZU, pgd * ped, nb, row + o_hge)
+                    bs = be
+        # Chunk order across and within waves: the thread-count invariance rests on this fold.
+        with nogil:
+            _fold_rows(&table[0, 0], stride, last - first, width, &total[0], n_threads)
 
-    _reduce_rows(partial, n_chunks, width, &total[0])
     for j in range(k - 1):
         for m in range(pgd):
             grad_gate_out[j, m] = total[o_gg + j * pgd + m]

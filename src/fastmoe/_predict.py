@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import softmax
 
-from . import _kernels
+from ._dispatch import kernels as _kernels
 from ._validation import check_params, check_sample_weight, check_X, check_y, effective_n_threads
 
 __all__ = [

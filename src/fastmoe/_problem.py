@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from . import _kernels
+from ._dispatch import kernels as _kernels
 
 
 # An expert whose responsibility mass is below this fraction of the total weight has no data to fit.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _kernels
+from ._dispatch import kernels as _kernels
 from ._validation import check_params, check_positive_int, check_random_state, check_X, effective_n_threads
 
 __all__ = ["sample"]
