@@ -158,7 +158,7 @@ def test_table_columns_are_consistent(fitted):
 def test_table_from_params_result_and_estimator_agree(fitted):
     X, y, result = fitted
     labels = np.array(["no", "yes"])[y]
-    model = MixtureOfExpertsClassifier(2, init=BINARY_TRUTH, n_threads=1).fit(X, labels)
+    model = MixtureOfExpertsClassifier(2, init=BINARY_TRUTH, l2=0.0, n_threads=1).fit(X, labels)
     from_model = model.parameter_table(X, labels)
     from_result = parameter_table(result, X, y)
     from_params = parameter_table(result.params, X, y)

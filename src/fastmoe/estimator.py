@@ -11,6 +11,7 @@ scikit-learn is an optional dependency of fastmoe; importing this module require
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 
 import numpy as np
@@ -21,7 +22,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from . import _predict
 from ._fit import fit
 from ._init import INIT_METHODS
-from .params import MoEParams
+from .params import MoEParams, gate_input, n_free_params
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -46,6 +47,85 @@ def _as_generator(random_state):
     return random_state
 
 
+def _check_label_types(y):
+    """Refuse labels that mix types (``[1, "a"]`` in an object array): they cannot be ordered into ``classes_``."""
+    y = np.asarray(y)
+    if y.dtype.kind != "O":
+        return
+    kinds = {"str" if isinstance(v, str) else "number" if isinstance(v, numbers.Number) else type(v).__name__
+             for v in y.ravel()}
+    if len(kinds) > 1:
+        examples = {}
+        for v in y.ravel():
+            examples.setdefault(type(v).__name__, v)
+        raise ValueError(
+            f"y mixes label types ({', '.join(f'{t} such as {v!r}' for t, v in examples.items())}); "
+            "labels must all be numbers or all be strings"
+        )
+
+
+def _class_weights(class_weight, classes, y_codes, sample_weight):
+    """Weight of each class from ``class_weight`` (None, ``"balanced"`` or a dict), as in LogisticRegression.
+
+    ``"balanced"`` gives class ``c`` the weight ``total / (n_classes * total_c)`` where the totals sum the
+    sample weights (counts without them); a dict maps labels to weights, absent classes weigh 1.
+    """
+    n_classes = classes.shape[0]
+    if class_weight is None:
+        return np.ones(n_classes)
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {class_weight!r}")
+        totals = np.bincount(y_codes, weights=sample_weight, minlength=n_classes)
+        with np.errstate(divide="ignore"):
+            weights = totals.sum() / (n_classes * totals)
+        return np.where(totals > 0, weights, 0.0)
+    if not isinstance(class_weight, dict):
+        raise TypeError(f"class_weight must be None, 'balanced' or a dict, got {type(class_weight).__name__}")
+    known = set(classes.tolist())
+    unknown = [label for label in class_weight if label not in known]
+    if unknown:
+        raise ValueError(f"class_weight names labels {unknown} that are not in y (classes: {classes.tolist()})")
+    weights = np.array([class_weight.get(label, 1.0) for label in classes.tolist()], dtype=np.float64)
+    if not (np.isfinite(weights).all() and (weights >= 0).all()):
+        raise ValueError(f"class_weight values must be finite and >= 0, got {class_weight!r}")
+    return weights
+
+
+def _merge_rows(X, y, sample_weight):
+    """The data as its weighted empirical distribution: distinct ``(x, y)`` rows in a canonical order.
+
+    Rows of zero weight are dropped, equal rows merged (their weights added: a row given twice weighs 2)
+    and the rows sorted by a hash of their bits. A fit then depends on the data only through the
+    weighted empirical distribution: permuting the rows, repeating a row or giving it an integer weight
+    give the same fit, bit for bit, whatever the start (a data-driven start draws rows). Returns
+    ``(X, y, weights)`` with ``weights`` None when every merged weight is 1.
+
+    The hash (a 64-bit mix of each row's bits) costs a few passes over ``X`` and one sort of ``n``
+    integers; two distinct rows with equal hashes (probability about ``n^2 / 2^64``) are merely left
+    unmerged, in their given order.
+    """
+    if sample_weight is not None:
+        keep = sample_weight > 0
+        if not keep.all():
+            X, y, sample_weight = X[keep], y[keep], sample_weight[keep]
+    X = X + 0.0  # -0.0 becomes 0.0: equal values get equal bits
+    mix = np.uint64(0xBF58476D1CE4E5B9)
+    h = np.full(X.shape[0], 0x9E3779B97F4A7C15, dtype=np.uint64)
+    for column in (*X.view(np.uint64).T, y.astype(np.uint64)):
+        h ^= column
+        h *= mix  # wraps modulo 2^64 (NumPy integer arrays do not warn)
+        h ^= h >> np.uint64(31)
+    order = np.argsort(h, kind="stable")
+    h, X, y = h[order], X[order], y[order]
+    same = (h[1:] == h[:-1]) & (y[1:] == y[:-1]) & (X[1:] == X[:-1]).all(axis=1)
+    starts = np.flatnonzero(np.concatenate(([True], ~same)))
+    weights = np.ones(X.shape[0]) if sample_weight is None else sample_weight[order]
+    if starts.shape[0] < X.shape[0]:
+        X, y, weights = X[starts], y[starts], np.add.reduceat(weights, starts)
+    return np.ascontiguousarray(X), y, None if (weights == 1.0).all() else weights
+
+
 class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     """Softmax-gated multinomial-logistic mixture of experts, fitted by maximum likelihood.
 
@@ -61,10 +141,17 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     gating : {"identity", "tanh", "sigmoid"} or callable, default="identity"
         Gating transform ``M`` applied to the gating input only: ``"identity"`` is standard softmax
         gating, a bounded transform the modified softmax gating of the paper.
-    l2 : float, default=0.0
-        Ridge penalty ``l2 / 2 * ||slopes||^2`` on all slopes (intercepts are not penalised). ``0`` is
-        maximum likelihood; a positive value keeps coefficients finite on separable data, where the
-        MLE does not exist. It plays the role of ``1 / C`` in ``LogisticRegression``.
+    l2 : float, default=1.0
+        Ridge penalty ``l2 / 2 * ||slopes||^2`` on all slopes, gating and experts (intercepts are not
+        penalised), added to the summed log-likelihood. It plays the role of ``1 / C`` in
+        ``LogisticRegression``, and the default is that of ``LogisticRegression(C=1.0)``: it keeps the
+        slopes finite on separable data and on data with fewer samples than free parameters, where the
+        maximum-likelihood estimate does not exist. ``l2=0`` is maximum likelihood, the default of
+        :func:`fastmoe.fit` (standard errors of :func:`~fastmoe.parameter_table` assume it).
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes, multiplied into ``sample_weight`` as in ``LogisticRegression``: a dict
+        maps labels to weights (absent labels weigh 1); ``"balanced"`` weighs class ``c`` by
+        ``n_samples / (n_classes * n_c)`` (with sample weights, their sums).
     init : {"kmeans", "random"} or MoEParams, default="kmeans"
         Data-driven start (k-means or a random linear partition of the gating inputs, turned into
         parameters by an M-step), or explicit starting parameters.
@@ -109,7 +196,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     n_free_params_ : int
         Free parameters ``(k - 1)(d_gate + 1) + k (K - 1)(d + 1)``.
     bic_, aic_ : float
-        Information criteria of the training fit (see :meth:`bic`).
+        Information criteria of the training fit (see :meth:`bic`), with ``n`` the number of rows of ``X``.
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Only when ``X`` had string column names.
@@ -136,7 +223,8 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         n_experts=2,
         *,
         gating="identity",
-        l2=0.0,
+        l2=1.0,
+        class_weight=None,
         init="kmeans",
         n_init=1,
         max_iter=1000,
@@ -149,6 +237,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         self.n_experts = n_experts
         self.gating = gating
         self.l2 = l2
+        self.class_weight = class_weight
         self.init = init
         self.n_init = n_init
         self.max_iter = max_iter
@@ -205,20 +294,39 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             raise TypeError(f"n_experts must be an integer, got {self.n_experts!r}")
         if not (isinstance(self.init, MoEParams) or self.init in INIT_METHODS):
             raise ValueError(f"init must be one of {INIT_METHODS} or an MoEParams, got {self.init!r}")
+        _check_label_types(y)
         X, y = _validate_data(self, X, y, dtype=np.float64, order="C")
         check_classification_targets(y)
         classes, y_encoded = np.unique(y, return_inverse=True)
         if classes.shape[0] < 2:
             raise ValueError(
-                f"the data contain only one class ({classes[0]!r}); a classifier needs samples of at least 2 classes"
+                f"the data contain only one class ({classes.tolist()[0]!r}); a classifier needs samples of at least 2 classes"
             )
+        n_rows, n_classes = X.shape[0], classes.shape[0]
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        n_classes = classes.shape[0]
+            if (sample_weight < 0).any():
+                i = int(np.argmin(sample_weight))
+                raise ValueError(f"sample_weight must be non-negative; sample_weight[{i}] = {sample_weight[i]}")
+        if self.class_weight is not None:
+            per_class = _class_weights(self.class_weight, classes, y_encoded, sample_weight)
+            sample_weight = per_class[y_encoded] * (1.0 if sample_weight is None else sample_weight)
+        if sample_weight is not None:
+            weighted = np.bincount(y_encoded, weights=sample_weight, minlength=n_classes) > 0
+            if not weighted.any():
+                raise ValueError("sample_weight (times class_weight) is zero everywhere")
+            if weighted.sum() < 2:
+                raise ValueError(
+                    f"only one class ({classes[weighted].tolist()[0]!r}) has positive weight; a classifier needs samples "
+                    "of at least 2 classes"
+                )
+        X_fit, y_fit, w_fit = _merge_rows(X, y_encoded, sample_weight)
+        if self.l2 == 0:
+            self._check_enough_rows(X, X_fit.shape[0], n_rows, n_classes)
         warm = self._warm_params(n_classes, X.shape[1])
         result = fit(
-            X,
-            y_encoded,
+            X_fit,
+            y_fit,
             self.n_experts,
             n_classes=n_classes,
             gating=self.gating,
@@ -227,11 +335,13 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             max_iter=self.max_iter,
             tol=self.tol,
             l2=self.l2,
-            sample_weight=sample_weight,
+            sample_weight=w_fit,
             n_threads=self.n_threads,
             random_state=_as_generator(self.random_state),
             verbose=self.verbose,
         )
+        # n counts the rows given (as before merging), so that bic_ is that of the data as given.
+        result = dataclasses.replace(result, n_samples=n_rows)
         self.classes_ = classes
         self.fit_result_ = result
         self.params_ = result.params
@@ -245,6 +355,20 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         self.bic_ = result.bic
         self.aic_ = result.aic
         return self
+
+    def _check_enough_rows(self, X, n_distinct, n_rows, n_classes):
+        """Without a penalty the MLE needs at least as many distinct rows as free parameters."""
+        if not isinstance(self.n_experts, numbers.Integral) or self.n_experts < 1:
+            return  # fastmoe.fit names the problem
+        n_gate = X.shape[1] if isinstance(self.gating, str) else gate_input(self.gating, X[:2]).shape[1]
+        n_free = n_free_params(self.n_experts, n_classes, X.shape[1], n_gate)
+        if n_distinct < n_free:
+            distinct = "" if n_distinct == n_rows else f" of which {n_distinct} are distinct rows of positive weight"
+            raise ValueError(
+                f"X has {n_rows} samples{distinct}, but a model with {self.n_experts} experts, {n_classes} "
+                f"classes and {X.shape[1]} features has {n_free} free parameters; with l2=0 the maximum-"
+                "likelihood estimate needs at least that many (use l2 > 0)"
+            )
 
     # -- prediction -------------------------------------------------------------------------------------
     def _check_X(self, X):
