@@ -178,8 +178,42 @@ def test_doubtful_fits_are_flagged(fitted):
     with pytest.warns(UncertaintyWarning, match="did not converge"):
         parameter_table(early, X, y)
     penalised = fastmoe.fit(X, y, 2, init=BINARY_TRUTH, l2=5.0, n_threads=1)
-    with pytest.warns(UncertaintyWarning, match="penalised"):
-        parameter_table(penalised, X, y)
+    with pytest.warns(UncertaintyWarning, match="penalised likelihood.*covariance='penalised'"):
+        parameter_table(penalised, X, y, covariance="observed")
+
+
+def test_penalised_fits_get_the_penalised_covariance(fitted):
+    """With l2 > 0 the table uses the penalised information J + l2 D (issue 16: every SE was nan)."""
+    X, y, _ = fitted
+    l2 = 5.0
+    penalised = fastmoe.fit(X, y, 2, init=BINARY_TRUTH, l2=l2, n_threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: the covariance is that of the penalised objective
+        auto = parameter_table(penalised, X, y)
+        sandwich = parameter_table(penalised, X, y, covariance="sandwich")
+    J = observed_information(penalised.params, X, y)
+    slopes = np.array(["beta1" in name or name.startswith("a[") for name in auto.names], dtype=float)
+    Jp = J + l2 * np.diag(slopes)
+    np.testing.assert_allclose(auto.covariance, np.linalg.inv(Jp), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(sandwich.covariance, np.linalg.inv(Jp) @ J @ np.linalg.inv(Jp), rtol=1e-7, atol=1e-12)
+    assert auto.method == "inverse penalised Hessian (l2=5)" and sandwich.method.startswith("sandwich")
+    assert (sandwich.std_error <= auto.std_error * (1 + 1e-9)).all()  # the sandwich has no bias allowance
+    # An MoEParams carries no penalty: give l2 to get the same table.
+    by_hand = parameter_table(penalised.params, X, y, l2=l2)
+    np.testing.assert_allclose(by_hand.std_error, auto.std_error, rtol=1e-12)
+    assert parameter_table(penalised.params, X, y).method == "observed information"
+    with pytest.raises(ValueError, match="covariance must be one of"):
+        parameter_table(penalised, X, y, covariance="robust")
+
+
+def test_penalised_standard_errors_exist_on_separable_data():
+    """Separable data: the MLE does not exist and J is singular, but the ridge's objective has a maximum."""
+    X = np.linspace(-1, 1, 200)[:, None] * np.array([[1.0, 0.5]])
+    X[:, 1] += np.random.default_rng(0).normal(scale=0.1, size=200)
+    y = (X[:, 0] > 0).astype(int)
+    model = MixtureOfExpertsClassifier(1, n_threads=1).fit(X, y)  # default l2=1
+    table = parameter_table(model, X, y)
+    assert np.isfinite(table.std_error).all() and table.method.startswith("inverse penalised Hessian")
 
 
 def test_singular_information_gives_nan_standard_errors():

@@ -177,6 +177,8 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     ----------
     classes_ : ndarray of shape (n_classes,)
         Class labels; column ``s`` of :meth:`predict_proba` belongs to ``classes_[s]``.
+    class_weight_ : ndarray of shape (n_classes,)
+        The weight of each class in the fit (ones without ``class_weight``).
     params_ : MoEParams
         Fitted parameters in reference conventions; class ``s`` of the parameters is ``classes_[s]``.
     fit_result_ : FitResult
@@ -308,9 +310,9 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             if (sample_weight < 0).any():
                 i = int(np.argmin(sample_weight))
                 raise ValueError(f"sample_weight must be non-negative; sample_weight[{i}] = {sample_weight[i]}")
+        class_weight = _class_weights(self.class_weight, classes, y_encoded, sample_weight)
         if self.class_weight is not None:
-            per_class = _class_weights(self.class_weight, classes, y_encoded, sample_weight)
-            sample_weight = per_class[y_encoded] * (1.0 if sample_weight is None else sample_weight)
+            sample_weight = class_weight[y_encoded] * (1.0 if sample_weight is None else sample_weight)
         if sample_weight is not None:
             weighted = np.bincount(y_encoded, weights=sample_weight, minlength=n_classes) > 0
             if not weighted.any():
@@ -342,7 +344,11 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         )
         # n counts the rows given (as before merging), so that bic_ is that of the data as given.
         result = dataclasses.replace(result, n_samples=n_rows)
+        return self._set_fitted(result, classes, class_weight)
+
+    def _set_fitted(self, result, classes, class_weight):
         self.classes_ = classes
+        self.class_weight_ = class_weight
         self.fit_result_ = result
         self.params_ = result.params
         self.log_likelihood_ = result.loglik
@@ -355,6 +361,15 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         self.bic_ = result.bic
         self.aic_ = result.aic
         return self
+
+    def _fit_weights(self, codes, sample_weight=None):
+        """The weights a fit on labels ``codes`` uses: ``sample_weight`` times the class weights (None: ones)."""
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=np.float64)
+        if self.class_weight is None or np.all(self.class_weight_ == 1.0):
+            return sample_weight
+        weights = self.class_weight_[np.asarray(codes)]
+        return weights if sample_weight is None else weights * sample_weight
 
     def _check_enough_rows(self, X, n_distinct, n_rows, n_classes):
         """Without a penalty the MLE needs at least as many distinct rows as free parameters."""
@@ -537,13 +552,13 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         return -2.0 * self.loglik(X, y) + 2.0 * self.n_free_params_
 
     # -- uncertainty --------------------------------------------------------------------------------------
-    def parameter_table(self, X, y, *, sample_weight=None, level=0.95):
+    def parameter_table(self, X, y, *, sample_weight=None, level=0.95, covariance="auto"):
         """Estimates, standard errors and Wald intervals of the free parameters.
 
-        Uses the observed information of the log-likelihood of ``(X, y)`` (normally the training data)
-        at ``params_``; see :func:`fastmoe.uncertainty.parameter_table`. Classes are indexed as in
-        ``classes_``. Meaningful only for an unpenalised (``l2=0``), converged fit; otherwise an
-        ``UncertaintyWarning`` says so.
+        Uses the information of the log-likelihood of ``(X, y)`` (normally the training data) at
+        ``params_``; see :func:`fastmoe.uncertainty.parameter_table`. Classes are indexed as in
+        ``classes_``. With the default ridge (``l2 > 0``) the covariance is the inverse penalised
+        Hessian; ``l2=0`` gives the classical observed-information covariance of the MLE.
 
         Parameters
         ----------
@@ -552,6 +567,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         sample_weight : array-like of shape (n_samples,), default=None
         level : float, default=0.95
             Coverage of the Wald intervals.
+        covariance : {"auto", "observed", "penalised", "sandwich"}, default="auto"
 
         Returns
         -------
@@ -560,7 +576,9 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         from .uncertainty import parameter_table
 
         X = self._check_X(X)
-        return parameter_table(self, X, y, sample_weight=sample_weight, level=level, n_threads=self.n_threads)
+        return parameter_table(
+            self, X, y, sample_weight=sample_weight, level=level, covariance=covariance, n_threads=self.n_threads
+        )
 
 
 def _num_rows(X):

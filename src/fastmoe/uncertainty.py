@@ -23,8 +23,15 @@ covariance of ``grad l_ni``, couples the gating and all experts and is the "miss
 quadrature of the input law it is the population information, whose null space shows which parameters the
 data cannot pin down at first order (used in ``docs/results.md`` for the split cell of a vanishing expert).
 
-Caveats, reported rather than hidden: the intervals are asymptotic and assume a converged,
-unpenalised fit at an interior maximum of a correctly sized model. In an over-specified mixture the
+A penalised fit (ridge ``l2 / 2 ||slopes||^2``, the estimator's default) is not an MLE and ``J^{-1}`` does
+not describe it. :func:`parameter_table` then uses the *penalised* information ``J_p = J + l2 D`` (``D`` the
+diagonal slope mask), the negative Hessian of the objective the fit maximised: ``covariance="penalised"``
+(the default there) gives ``J_p^{-1}``, the posterior covariance under the Gaussian prior the ridge
+amounts to (Wood's ``V_p``; it includes an allowance for the shrinkage bias), and ``covariance="sandwich"``
+gives ``J_p^{-1} J J_p^{-1}``, the model-based variance of the penalised estimator (no bias allowance).
+
+Caveats, reported rather than hidden: the intervals are asymptotic and assume a converged fit at an
+interior maximum of a correctly sized model. In an over-specified mixture the
 information is (near) singular and the parameters of split cells converge slower than ``n^(-1/2)``
 (MODEL.md section 4), so Wald intervals do not apply to them.
 """
@@ -43,7 +50,7 @@ from ._fit import FitResult
 from ._predict import predict_proba
 from ._problem import Problem
 from ._validation import check_params, check_sample_weight, check_X, check_y, effective_n_threads
-from .params import MoEParams, free_parameter_names, free_parameters
+from .params import MoEParams, free_parameter_names, free_parameters, slope_masks
 
 __all__ = [
     "ParameterTable",
@@ -156,8 +163,11 @@ class ParameterTable:
         ``estimate -+ q std_error`` with ``q`` the standard normal ``(1 + level) / 2`` quantile.
     level : float
     information, covariance : ndarray of shape (n_free_params, n_free_params)
-        Observed information and its inverse (a pseudo-inverse on the positive eigenspace when the
-        information is singular).
+        Observed information and the covariance the standard errors come from: its inverse (a
+        pseudo-inverse on the positive eigenspace when the information is singular), or for a
+        penalised fit the penalised form named by ``method``.
+    method : str
+        How the covariance was formed, in words (e.g. ``"observed information"``).
     """
 
     names: tuple
@@ -170,6 +180,7 @@ class ParameterTable:
     level: float
     information: np.ndarray
     covariance: np.ndarray
+    method: str = "observed information"
 
     _COLUMNS = ("estimate", "std_error", "z", "p_value", "lower", "upper")
 
@@ -213,7 +224,7 @@ class ParameterTable:
         return "\n".join([fmt(header)] + [fmt(line) for line in lines])
 
     def __repr__(self):
-        return f"ParameterTable(level={self.level}, n_params={len(self)})\n{self}"
+        return f"ParameterTable(level={self.level}, n_params={len(self)}, method={self.method!r})\n{self}"
 
 
 def _covariance(information):
@@ -239,47 +250,68 @@ def _covariance(information):
     return cov, ~bad
 
 
-def _resolve_model(model, y):
-    """``(params, y_codes, problems)`` from an MoEParams, a FitResult or a fitted estimator.
+def _resolve_model(model, y, sample_weight=None):
+    """``(params, y_codes, sample_weight, l2, problems)`` from an MoEParams, a FitResult or a fitted estimator.
 
-    ``problems`` lists the reasons the fit may not be an interior, unpenalised MLE.
+    ``l2`` is the ridge the estimate maximised with (0 for an MoEParams); ``problems`` lists the reasons
+    the fit may not be an interior maximum. For an estimator the labels are encoded and its class
+    weights multiplied into ``sample_weight``, as in its fit.
     """
     if isinstance(model, MoEParams):
-        return model, y, []
+        return model, y, sample_weight, 0.0, []
     if isinstance(model, FitResult):
         problems = []
         if not model.converged:
             problems.append("the fit did not converge")
         if model.diverged:
             problems.append("its coefficients were diverging (the MLE may not exist)")
-        if model.l2 > 0:
-            problems.append("it maximised a penalised likelihood (l2 > 0), not the likelihood")
-        return model.params, y, problems
+        return model.params, y, sample_weight, model.l2, problems
     # The estimator module is loaded whenever an estimator exists; importing it here would need scikit-learn.
     estimator = sys.modules.get("fastmoe.estimator")
     if estimator is not None and isinstance(model, estimator.MixtureOfExpertsClassifier):
-        params, _, problems = _resolve_model(model.fit_result_, None)
-        return params, model.encode_labels(y), problems
+        params, _, _, l2, problems = _resolve_model(model.fit_result_, None)
+        codes = model.encode_labels(y)
+        return params, codes, model._fit_weights(codes, sample_weight), l2, problems
     raise TypeError(
         f"model must be an MoEParams, a FitResult or a fitted MixtureOfExpertsClassifier, got {type(model).__name__}"
     )
 
 
-def parameter_table(model, X, y, *, sample_weight=None, level=0.95, n_threads=None) -> ParameterTable:
+def _penalty_matrix(params, l2):
+    """``l2`` times the diagonal slope mask over the free vector: the Hessian of the ridge."""
+    gate, expert = slope_masks(params.n_experts, params.n_classes, params.n_features, params.n_gate_features)
+    return l2 * np.diag(np.concatenate([gate, np.tile(expert, params.n_experts)]))
+
+
+COVARIANCES = ("auto", "observed", "penalised", "sandwich")
+
+
+def parameter_table(
+    model, X, y, *, sample_weight=None, level=0.95, covariance="auto", l2=None, n_threads=None
+) -> ParameterTable:
     """Standard errors and Wald confidence intervals of the free parameters.
 
     Parameters
     ----------
     model : MoEParams, FitResult or fitted MixtureOfExpertsClassifier
-        The estimate (normally the MLE on ``(X, y)``). For an estimator, ``y`` holds its labels and
+        The estimate (normally the fit on ``(X, y)``). For an estimator, ``y`` holds its labels and
         class indices in the names follow ``classes_``.
     X : array-like of shape (n_samples, n_features)
         The data the estimate was fitted on.
     y : array-like of shape (n_samples,)
     sample_weight : array-like of shape (n_samples,), optional
-        The fit's weights. Read as frequency weights (the information is ``sum_n w_n J_n``).
+        The fit's weights. Read as frequency weights (the information is ``sum_n w_n J_n``). An
+        estimator's ``class_weight`` is applied on top, as in its fit.
     level : float, default=0.95
         Coverage of the intervals, in (0, 1).
+    covariance : {"auto", "observed", "penalised", "sandwich"}, default="auto"
+        ``"observed"``: ``J^{-1}``, the classical covariance of the MLE. ``"penalised"``: ``J_p^{-1}``
+        with ``J_p = J + l2 D`` the negative Hessian of the penalised objective. ``"sandwich"``:
+        ``J_p^{-1} J J_p^{-1}``. ``"auto"`` is ``"observed"`` for an unpenalised fit and ``"penalised"``
+        for a penalised one (see the module notes). The table's ``method`` says which was used.
+    l2 : float, optional
+        The ridge the estimate maximised with; by default the FitResult's or estimator's (0 for an
+        MoEParams).
     n_threads : int, optional
 
     Returns
@@ -289,37 +321,53 @@ def parameter_table(model, X, y, *, sample_weight=None, level=0.95, n_threads=No
     Warns
     -----
     UncertaintyWarning
-        When a FitResult or estimator did not converge, diverged or was penalised, or when the
-        information is not positive definite (the affected standard errors are ``nan``).
+        When a FitResult or estimator did not converge or diverged, when a penalised fit is given
+        ``covariance="observed"``, or when the information is not positive definite (the affected
+        standard errors are ``nan``).
 
     Notes
     -----
-    ``std_error = sqrt(diag(J^{-1}))`` with ``J`` the observed information (:func:`observed_information`),
-    the classical asymptotic covariance of the MLE. Gating parameters are relative to the last expert,
-    expert parameters relative to each expert's last class (reference conventions).
+    ``std_error = sqrt(diag(covariance))``. Gating parameters are relative to the last expert, expert
+    parameters relative to each expert's last class (reference conventions).
     """
     if not (np.isscalar(level) and 0.0 < level < 1.0):
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
-    params, y, problems = _resolve_model(model, y)
+    if covariance not in COVARIANCES:
+        raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+    params, y, sample_weight, fitted_l2, problems = _resolve_model(model, y, sample_weight)
+    l2 = fitted_l2 if l2 is None else l2
+    if not (np.isscalar(l2) and np.isfinite(l2) and l2 >= 0):
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    if covariance == "auto":
+        covariance = "observed" if l2 == 0 else "penalised"
+    if covariance == "observed" and l2 > 0:
+        problems.append("it maximised a penalised likelihood (l2 > 0), not the likelihood (use covariance='penalised')")
     if problems:
         warnings.warn(
-            "standard errors assume a converged, unpenalised maximum-likelihood fit, but "
-            + "; ".join(problems),
+            "standard errors assume a converged maximum of the objective, but " + "; ".join(problems),
             UncertaintyWarning,
             stacklevel=2,
         )
     information = observed_information(params, X, y, sample_weight, n_threads)
-    covariance, identified = _covariance(information)
+    if covariance == "observed":
+        cov, identified = _covariance(information)
+        method = "observed information"
+    else:
+        inverse, identified = _covariance(information + _penalty_matrix(params, l2))
+        if covariance == "penalised":
+            cov, method = inverse, f"inverse penalised Hessian (l2={l2:g})"
+        else:
+            cov, method = inverse @ information @ inverse, f"sandwich around the penalised Hessian (l2={l2:g})"
     if not identified.all():
         warnings.warn(
-            f"the observed information is not positive definite ({int((~identified).sum())} parameters load on "
-            "non-positive directions: not a strict maximum, or an over-specified/non-identified model); "
-            "their standard errors are nan",
+            f"the {'observed' if covariance == 'observed' else 'penalised'} information is not positive definite "
+            f"({int((~identified).sum())} parameters load on non-positive directions: not a strict maximum, or an "
+            "over-specified/non-identified model); their standard errors are nan",
             UncertaintyWarning,
             stacklevel=2,
         )
     estimate = free_parameters(params)
-    std_error = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    std_error = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     std_error[~identified] = np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         z = estimate / std_error
@@ -335,5 +383,6 @@ def parameter_table(model, X, y, *, sample_weight=None, level=0.95, n_threads=No
         upper=estimate + q * std_error,
         level=float(level),
         information=information,
-        covariance=covariance,
+        covariance=cov,
+        method=method,
     )
