@@ -12,6 +12,7 @@ scikit-learn is an optional dependency of fastmoe; importing this module require
 from __future__ import annotations
 
 import dataclasses
+import json
 import numbers
 
 import numpy as np
@@ -20,7 +21,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from . import _predict
-from ._fit import fit
+from ._fit import FitResult, fit
 from ._init import INIT_METHODS
 from .params import MoEParams, gate_input, n_free_params
 
@@ -362,6 +363,86 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         self.aic_ = result.aic
         return self
 
+    # -- saving and loading -----------------------------------------------------------------------------
+    def save(self, path):
+        """Write the fitted estimator as JSON: its settings, ``classes_``, feature names, ``params_`` and
+        the fit's record (``fit_result_``), so that :meth:`load` gives back an estimator that predicts
+        the same, bit for bit, and knows its labels and columns.
+
+        A callable ``gating`` or labels JSON cannot hold (not numbers, strings or booleans) cannot be
+        saved (``ValueError``). ``random_state`` is kept when it is an int or None; a Generator or
+        RandomState is saved as None (it matters only for a refit). Use pickle for those.
+
+        Parameters
+        ----------
+        path : str or path-like
+        """
+        check_is_fitted(self)
+        data = {
+            "format": _SAVE_FORMAT,
+            "format_version": _SAVE_VERSION,
+            "fastmoe_version": _fastmoe_version(),
+            "settings": self._json_settings(),
+            "classes": {"values": self.classes_.tolist(), "dtype": self.classes_.dtype.str},
+            "class_weight": self.class_weight_.tolist(),
+            "n_features_in": int(self.n_features_in_),
+            "feature_names_in": (
+                None if getattr(self, "feature_names_in_", None) is None else [str(n) for n in self.feature_names_in_]
+            ),
+            "params": self.params_.to_dict(),
+            "fit_result": _result_to_json(self.fit_result_),
+        }
+        try:
+            text = json.dumps(data, indent=1, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"this estimator cannot be saved as JSON: {exc}") from None
+        with open(path, "w") as fh:
+            fh.write(text)
+
+    @classmethod
+    def load(cls, path) -> "MixtureOfExpertsClassifier":
+        """A fitted estimator from a file written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+
+        Returns
+        -------
+        MixtureOfExpertsClassifier
+        """
+        with open(path) as fh:
+            data = json.load(fh)
+        if not isinstance(data, dict) or data.get("format") != _SAVE_FORMAT:
+            raise ValueError(f"{path} is not a saved MixtureOfExpertsClassifier (no format {_SAVE_FORMAT!r})")
+        if data.get("format_version") != _SAVE_VERSION:
+            raise ValueError(f"{path} has format version {data.get('format_version')!r}; this fastmoe reads {_SAVE_VERSION}")
+        settings = dict(data["settings"])
+        if isinstance(settings.get("init"), dict):
+            settings["init"] = MoEParams.from_dict(settings["init"]["MoEParams"])
+        if isinstance(settings.get("class_weight"), list):
+            settings["class_weight"] = {label: weight for label, weight in settings["class_weight"]}
+        model = cls(**settings)
+        params = MoEParams.from_dict(data["params"])
+        result = _result_from_json(data["fit_result"], params)
+        classes = np.array(data["classes"]["values"], dtype=np.dtype(data["classes"]["dtype"]))
+        model.n_features_in_ = int(data["n_features_in"])
+        if data["feature_names_in"] is not None:
+            model.feature_names_in_ = np.array(data["feature_names_in"], dtype=object)
+        return model._set_fitted(result, classes, np.array(data["class_weight"], dtype=np.float64))
+
+    def _json_settings(self):
+        settings = self.get_params(deep=False)
+        if not isinstance(settings["gating"], str):
+            raise ValueError("an estimator with a callable gating cannot be saved as JSON; use pickle")
+        if isinstance(settings["init"], MoEParams):
+            settings["init"] = {"MoEParams": settings["init"].to_dict()}
+        if isinstance(settings["class_weight"], dict):  # JSON keys are strings; labels need not be
+            settings["class_weight"] = [[_plain(label), float(w)] for label, w in settings["class_weight"].items()]
+        if not (settings["random_state"] is None or isinstance(settings["random_state"], numbers.Integral)):
+            settings["random_state"] = None
+        return {name: _plain(value) for name, value in settings.items()}
+
     def _fit_weights(self, codes, sample_weight=None):
         """The weights a fit on labels ``codes`` uses: ``sample_weight`` times the class weights (None: ones)."""
         if sample_weight is not None:
@@ -579,6 +660,78 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         return parameter_table(
             self, X, y, sample_weight=sample_weight, level=level, covariance=covariance, n_threads=self.n_threads
         )
+
+    def summary(self, X=None, y=None, *, sample_weight=None, level=0.95, covariance="auto"):
+        """A statsmodels-style summary: header, experts' gate shares, named coefficients, standard errors.
+
+        Coefficients are named by ``feature_names_in_`` (or ``x0, x1, ...``) and ``classes_``; the
+        reference expert and class are stated. Standard errors, intervals and gate shares need the
+        training data ``(X, y)``; without them the summary shows the estimates only.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), optional
+        y : array-like of shape (n_samples,), optional
+        sample_weight : array-like of shape (n_samples,), optional
+        level : float, default=0.95
+        covariance : {"auto", "observed", "penalised", "sandwich"}, default="auto"
+            See :func:`fastmoe.parameter_table`.
+
+        Returns
+        -------
+        fastmoe.summary.Summary
+            ``print(summary)`` for text, ``summary.to_frame()`` for a pandas DataFrame.
+        """
+        from .summary import summarize
+
+        check_is_fitted(self)
+        if X is not None:
+            X = self._check_X(X)
+        return summarize(self, X, y, sample_weight=sample_weight, level=level, covariance=covariance)
+
+
+_SAVE_FORMAT = "fastmoe.MixtureOfExpertsClassifier"
+_SAVE_VERSION = 1
+
+
+def _fastmoe_version():
+    from . import __version__
+
+    return __version__
+
+
+def _plain(value):
+    """NumPy scalars as Python numbers (JSON knows only the latter)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _result_to_json(result):
+    """A FitResult's fields but ``params`` as JSON values; arrays and tuples tagged so they come back."""
+    out = {}
+    for item in dataclasses.fields(result):
+        value = getattr(result, item.name)
+        if item.name == "params":
+            continue
+        if isinstance(value, np.ndarray):
+            value = {"ndarray": value.tolist()}
+        elif isinstance(value, tuple):
+            value = {"tuple": [_plain(v) for v in value]}
+        out[item.name] = _plain(value)
+    return out
+
+
+def _result_from_json(data, params):
+    fields = {item.name for item in dataclasses.fields(FitResult)}
+    kwargs = {"params": params}
+    for name, value in data.items():
+        if name not in fields:
+            continue  # written by another fastmoe version; not part of this FitResult
+        if isinstance(value, dict) and "ndarray" in value:
+            value = np.array(value["ndarray"], dtype=np.float64)
+        elif isinstance(value, dict) and "tuple" in value:
+            value = tuple(value["tuple"])
+        kwargs[name] = value
+    return FitResult(**kwargs)
 
 
 def _num_rows(X):
