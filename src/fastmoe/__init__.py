@@ -22,6 +22,7 @@ from .sampling import sample
 from .uncertainty import (
     ParameterTable,
     UncertaintyWarning,
+    bootstrap_table,
     expected_information,
     observed_information,
     parameter_table,
@@ -54,6 +55,7 @@ __all__ = [
     "ParameterTable",
     "SelectionResult",
     "UncertaintyWarning",
+    "bootstrap_table",
     "expected_information",
     "expert_proba",
     "fit",
