@@ -15,6 +15,17 @@ def _load(name):
     return module
 
 
+def test_real_data_writes_its_page(tmp_path):
+    pytest.importorskip("sklearn")
+    real_data = _load("real_data")
+    out = tmp_path / "real_data.md"
+    assert real_data.main(["--datasets", "iris", "--folds", "2", "--quick", "--threads", "1", "--out", str(out)]) == 0
+    page = out.read_text()
+    for model in ("LogisticRegression", "HistGradientBoosting", "MLP", "MixtureOfExperts"):
+        assert f"| {model} |" in page
+    assert "### iris (l2 = 1, n_experts = " in page and "Mixture of experts" in page
+
+
 def test_interval_coverage_writes_rows_and_resumes(tmp_path):
     pytest.importorskip("pandas")
     coverage = _load("interval_coverage")
