@@ -49,31 +49,38 @@ def one_replication(args):
     truth = fastmoe.MoEParams(**TRUTH)
     rng = np.random.default_rng([seed, replication])
     X, y = fastmoe.sample(truth, n=n, random_state=rng, n_threads=1)
+    theta_true = fastmoe.free_parameters(truth)
+    missing = np.full(theta_true.shape, np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
         warnings.simplefilter("ignore", UncertaintyWarning)
         result = fastmoe.fit(X, y, 2, init=truth, n_threads=1)
+        # A fit that diverged (an expert's class quasi-separated: the MLE does not exist) or did not
+        # converge has no interval of any kind: its row says n_failed = -1 and every interval is nan.
+        failed = not result.converged or result.diverged
         wald = fastmoe.parameter_table(result, X, y, level=level, n_threads=1)
-        boot = bootstrap_table(result, X, y, n_boot=n_boot, interval="studentized", level=level,
-                               random_state=rng, n_jobs=1)
+        boot = None
+        if not failed:
+            try:
+                boot = bootstrap_table(result, X, y, n_boot=n_boot, interval="studentized", level=level,
+                                       random_state=rng, n_jobs=1)
+            except ValueError:  # too few refits converged to form an interval
+                boot = None
     alpha = 1.0 - level
-    good = boot.replicates[np.isfinite(boot.replicates).all(axis=1)]
-    q_low, q_high = np.quantile(good, [alpha / 2, 1 - alpha / 2], axis=0)
-    intervals = {
-        "wald": (wald.lower, wald.upper),
-        "percentile": (q_low, q_high),
-        "basic": (2 * boot.estimate - q_high, 2 * boot.estimate - q_low),
-        "studentized": (boot.lower, boot.upper),
-    }
-    theta_true = fastmoe.free_parameters(truth)
+    intervals = {kind: (missing, missing) for kind in INTERVALS}
+    if not failed:
+        intervals["wald"] = (wald.lower, wald.upper)
+    if boot is not None:
+        good = boot.replicates[np.isfinite(boot.replicates).all(axis=1)]
+        q_low, q_high = np.quantile(good, [alpha / 2, 1 - alpha / 2], axis=0)
+        intervals.update(percentile=(q_low, q_high), basic=(2 * boot.estimate - q_high, 2 * boot.estimate - q_low),
+                         studentized=(boot.lower, boot.upper))
     seconds = time.perf_counter() - started
     rows = []
     for j, name in enumerate(wald.names):
         row = dict(replication=replication, n=n, parameter=name, truth=theta_true[j], estimate=wald.estimate[j],
-                   wald_se=wald.std_error[j], boot_sd=boot.std_error[j], n_failed=boot.n_failed,
-                   seconds=round(seconds, 3))
-        if not (result.converged and not result.diverged):
-            row["n_failed"] = -1  # the fit itself failed: its intervals are nan
+                   wald_se=wald.std_error[j], boot_sd=np.nan if boot is None else boot.std_error[j],
+                   n_failed=-1 if failed else (n_boot if boot is None else boot.n_failed), seconds=round(seconds, 3))
         for kind, (lower, upper) in intervals.items():
             row[f"{kind}_lower"], row[f"{kind}_upper"] = lower[j], upper[j]
         rows.append(row)
@@ -81,29 +88,39 @@ def one_replication(args):
 
 
 def coverage_table(path, level):
-    """Coverage per interval from the CSV: mean over all (replication, parameter) cells and the worst
-    parameter's, with nan intervals counted as misses; and the share of nan intervals."""
+    """Coverage per interval from the CSV, as a Markdown table and a dict.
+
+    Columns: the share of (replication, parameter) cells whose interval holds the truth, over all
+    replications (a replication whose fit diverged or did not converge has no interval: a miss) and
+    over those whose fit converged; the worst parameter's coverage over the latter; the share of nan
+    intervals there (a singular information for Wald, too few refits for the bootstrap).
+    """
     import pandas as pd
 
     data = pd.read_csv(path)
-    lines = [f"| interval | coverage (all {data['parameter'].nunique()} parameters) | worst parameter | "
-             "nan intervals |", "| --- | --- | --- | --- |"]
+    fit_ok = data["n_failed"] >= 0
+    lines = ["| interval | coverage, all replications | coverage, converged fits | worst parameter (converged fits) "
+             "| nan intervals |", "| --- | --- | --- | --- | --- |"]
     summary = {}
     for kind in INTERVALS:
         lower, upper = data[f"{kind}_lower"], data[f"{kind}_upper"]
         covered = (lower <= data["truth"]) & (data["truth"] <= upper)
-        by_parameter = covered.groupby(data["parameter"]).mean()
+        by_parameter = covered[fit_ok].groupby(data["parameter"][fit_ok]).mean()
         worst = by_parameter.idxmin()
-        summary[kind] = (covered.mean(), by_parameter.min(), worst, lower.isna().mean())
-        lines.append(f"| {kind} | {covered.mean():.3f} | {by_parameter.min():.3f} ({worst}) | "
-                     f"{lower.isna().mean():.3f} |")
-    replications = data["replication"].nunique()
-    failed = (data.groupby("replication")["n_failed"].first() > 0).mean()
+        nan_share = lower[fit_ok].isna().mean()
+        summary[kind] = dict(all=covered.mean(), converged=covered[fit_ok].mean(), worst=by_parameter.min(),
+                             worst_parameter=worst, nan=nan_share)
+        lines.append(f"| {kind} | {covered.mean():.3f} | {covered[fit_ok].mean():.3f} | "
+                     f"{by_parameter.min():.3f} ({worst}) | {nan_share:.3f} |")
+    per_replication = data.groupby("replication").first()
+    refits = per_replication["n_failed"][per_replication["n_failed"] >= 0]
     lines.append("")
-    lines.append(f"{replications} replications at n = {int(data['n'].iloc[0])}, {level:.0%} intervals; "
-                 f"mean bootstrap refits failed per replication {data.groupby('replication')['n_failed'].first().clip(lower=0).mean():.2f} "
-                 f"(replications with any: {failed:.1%}); mean seconds per replication "
-                 f"{data.groupby('replication')['seconds'].first().mean():.1f}.")
+    lines.append(
+        f"{len(per_replication)} replications at n = {int(data['n'].iloc[0])}, {level:.0%} intervals; "
+        f"fits that diverged or did not converge: {(per_replication['n_failed'] < 0).sum()}; bootstrap refits "
+        f"left out (diverged or not converged): {refits.mean():.1f} per replication on average; "
+        f"{per_replication['seconds'].mean():.1f} s per replication on average."
+    )
     return "\n".join(lines), summary
 
 
@@ -144,6 +161,10 @@ def main(argv=None):
                 fh.flush()
                 if i % 10 == 0 or i == len(todo):
                     print(f"{i}/{len(todo)} replications, {time.perf_counter() - started:.0f} s", flush=True)
+        except BaseException:
+            if pool is not None:
+                pool.terminate()  # close() would let the workers finish every queued replication
+            raise
         finally:
             if pool is not None:
                 pool.close()
