@@ -2,8 +2,8 @@
 
 For each replication: draw ``n`` samples from the truth (d = 2, K = 3, k = 2, standard gating), fit from
 the truth, form the 95% Wald intervals (``fastmoe.parameter_table``) and the bootstrap ones
-(``fastmoe.uncertainty.bootstrap_table``: percentile, basic and studentized intervals from one set of
-refits), and record for each of the 15 free parameters whether each interval holds the true value.
+(``fastmoe.bootstrap_table``: percentile and basic intervals with the failed refits kept in the
+quantiles or dropped, and studentized ones, all from one set of refits), and record for each of the 15 free parameters whether each interval holds the true value.
 
     python examples/interval_coverage.py --n 5000 --replications 400 --boot 200 --jobs 2 \\
         --out interval-coverage.csv
@@ -34,7 +34,9 @@ TRUTH = dict(
     a=[[[3.0, 1.0], [-1.0, 2.5], [0.0, 0.0]], [[-2.5, 0.0], [1.5, -2.0], [0.0, 0.0]]],
     b=[[0.5, -0.5, 0.0], [-0.3, 0.4, 0.0]],
 )
-INTERVALS = ("wald", "percentile", "basic", "studentized")
+# "percentile" and "basic" count the failed refits' last iterates in the quantiles (bootstrap_table's
+# failed="keep", its default); the "_drop" variants leave them out.
+INTERVALS = ("wald", "percentile", "basic", "percentile_drop", "basic_drop", "studentized")
 COLUMNS = ["replication", "n", "parameter", "truth", "estimate", "wald_se", "boot_sd", "n_failed", "seconds",
            *(f"{kind}_{end}" for kind in INTERVALS for end in ("lower", "upper"))]
 
@@ -71,10 +73,12 @@ def one_replication(args):
     if not failed:
         intervals["wald"] = (wald.lower, wald.upper)
     if boot is not None:
-        good = boot.replicates[np.isfinite(boot.replicates).all(axis=1)]
-        q_low, q_high = np.quantile(good, [alpha / 2, 1 - alpha / 2], axis=0)
-        intervals.update(percentile=(q_low, q_high), basic=(2 * boot.estimate - q_high, 2 * boot.estimate - q_low),
-                         studentized=(boot.lower, boot.upper))
+        intervals["studentized"] = (boot.lower, boot.upper)
+        finite = np.isfinite(boot.replicates).all(axis=1)
+        for suffix, rows_used in (("", finite), ("_drop", finite & ~boot.failed_refits)):
+            q_low, q_high = np.quantile(boot.replicates[rows_used], [alpha / 2, 1 - alpha / 2], axis=0)
+            intervals["percentile" + suffix] = (q_low, q_high)
+            intervals["basic" + suffix] = (2 * boot.estimate - q_high, 2 * boot.estimate - q_low)
     seconds = time.perf_counter() - started
     rows = []
     for j, name in enumerate(wald.names):

@@ -342,19 +342,25 @@ def test_bootstrap_intervals_come_from_the_refits(bootstrap_fit):
         # At n = 2000 a few drawn label sets are quasi-separated inside an expert: the MLE does not
         # exist, the refit diverges and is left out (and counted), with a warning past 5%.
         warnings.simplefilter("ignore", UncertaintyWarning)
-        percentile = bootstrap_table(result, X, y, interval="percentile", **kwargs)
-        basic = bootstrap_table(result, X, y, interval="basic", **kwargs)
+        percentile = bootstrap_table(result, X, y, interval="percentile", failed="drop", **kwargs)
+        basic = bootstrap_table(result, X, y, interval="basic", failed="drop", **kwargs)
+        kept = bootstrap_table(result, X, y, interval="percentile", **kwargs)  # failed="keep", the default
     assert percentile.replicates.shape == (20, result.n_free_params)
     np.testing.assert_array_equal(basic.replicates, percentile.replicates)  # same seeds, same refits
-    good = percentile.replicates[np.isfinite(percentile.replicates).all(axis=1)]
-    assert good.shape[0] == 20 - percentile.n_failed
+    np.testing.assert_array_equal(kept.replicates, percentile.replicates)
+    assert percentile.n_failed == percentile.failed_refits.sum() > 0  # this seed has failed refits
+    good = percentile.replicates[~percentile.failed_refits]
     q_low, q_high = np.quantile(good, [0.025, 0.975], axis=0)
     np.testing.assert_allclose(percentile.lower, q_low, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(percentile.upper, q_high, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(basic.lower, 2 * result.params.free_vector() - q_high, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(percentile.std_error, good.std(axis=0, ddof=1), rtol=1e-12)
     np.testing.assert_array_equal(percentile.estimate, free_parameters(result.params))
-    assert percentile.method == f"parametric bootstrap, percentile interval, {good.shape[0]} of 20 refits"
+    assert percentile.method == f"parametric bootstrap, percentile interval, {good.shape[0]} of 20 refits converged"
+    # "keep": the failed refits' last iterates count in the quantiles (the standard deviation stays on the others)
+    np.testing.assert_allclose(kept.lower, np.quantile(kept.replicates, 0.025, axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(kept.std_error, percentile.std_error)
+    assert kept.method.endswith("failed refits kept in the quantiles")
     # the bulk of the refits scatters around the estimate on the scale of the Wald standard errors (the
     # tails need not: at n = 2000 some refits lie far out along weakly determined directions)
     wald = parameter_table(result, X, y)

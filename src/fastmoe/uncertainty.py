@@ -186,9 +186,11 @@ class ParameterTable:
     method : str
         How the covariance and intervals were formed, in words (e.g. ``"observed information"``).
     replicates : ndarray of shape (n_boot, n_free_params) or None
-        A bootstrap table's refitted estimates (rows of failed refits are nan); None for a Wald table.
+        A bootstrap table's refitted estimates (a failed refit's last iterate); None for a Wald table.
     n_failed : int
-        Bootstrap refits that did not converge or diverged, left out of the intervals.
+        Bootstrap refits that did not converge or diverged.
+    failed_refits : ndarray of bool of shape (n_boot,) or None
+        Which refits failed.
     """
 
     names: tuple
@@ -204,6 +206,7 @@ class ParameterTable:
     method: str = "observed information"
     replicates: Optional[np.ndarray] = None
     n_failed: int = 0
+    failed_refits: Optional[np.ndarray] = None
 
     _COLUMNS = ("estimate", "std_error", "z", "p_value", "lower", "upper")
 
@@ -438,8 +441,8 @@ def _aligned(params, reference, max_experts=6):
 
 
 def bootstrap_table(
-    model, X, y, *, n_boot=200, interval="percentile", level=0.95, sample_weight=None, covariance="auto",
-    n_jobs=1, random_state=None, max_iter=1000, tol=1e-8,
+    model, X, y, *, n_boot=200, interval="percentile", failed="keep", level=0.95, sample_weight=None,
+    covariance="auto", n_jobs=1, random_state=None, max_iter=1000, tol=1e-8,
 ) -> ParameterTable:
     """Parametric-bootstrap intervals of the free parameters, beside the Wald ones of :func:`parameter_table`.
 
@@ -465,6 +468,12 @@ def bootstrap_table(
         of ``(theta* - theta_hat) / se*`` times the Wald standard error, with ``se*`` each refit's own
         Wald standard error (one Hessian pass per refit; replicates whose ``se*`` is undefined are left
         out). ``docs/uncertainty.md`` gives their measured coverage.
+    failed : {"keep", "drop"}, default="keep"
+        Refits that diverge (the drawn labels have no MLE: a class quasi-separated inside an expert) or
+        do not converge: ``"keep"`` counts their last iterates in the quantiles of the percentile and
+        basic intervals (they are draws of an estimator that runs off, and belong in its tails),
+        ``"drop"`` leaves them out. The standard deviation, the covariance and the studentized interval
+        always use the converged refits only.
     level : float, default=0.95
     sample_weight : array-like of shape (n_samples,), optional
         The fit's (frequency) weights; every replicate keeps them.
@@ -485,8 +494,8 @@ def bootstrap_table(
     ParameterTable
         ``estimate`` as fitted, ``std_error`` the standard deviation of the refits, ``z`` and ``p_value``
         from them, ``lower``/``upper`` the bootstrap interval, ``covariance`` the refits' covariance,
-        ``information`` the observed information at the estimate, ``replicates`` the refits and
-        ``n_failed`` the refits left out (not converged or diverged).
+        ``information`` the observed information at the estimate, ``replicates`` the refits,
+        ``n_failed`` and ``failed_refits`` the refits that did not converge or diverged.
 
     Warns
     -----
@@ -496,6 +505,8 @@ def bootstrap_table(
     """
     if interval not in BOOTSTRAP_INTERVALS:
         raise ValueError(f"interval must be one of {BOOTSTRAP_INTERVALS}, got {interval!r}")
+    if failed not in ("keep", "drop"):
+        raise ValueError(f"failed must be 'keep' or 'drop', got {failed!r}")
     if not (np.isscalar(level) and 0.0 < level < 1.0):
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     n_boot = check_positive_int(n_boot, "n_boot", minimum=2)
@@ -515,15 +526,14 @@ def bootstrap_table(
         _, y_star = sample(params, X=X, random_state=np.random.default_rng(seed), n_threads=1)
         refit = fit(X, y_star, params.n_experts, n_classes=params.n_classes, gating=params.gating, init=params,
                     max_iter=max_iter, tol=tol, l2=l2, sample_weight=weights, n_threads=1)
-        theta = np.full(theta_hat.shape, np.nan)
+        theta = _aligned(refit.params, theta_hat)  # a failed refit's last iterate, kept for failed="keep"
         se = np.full(theta_hat.shape, np.nan)
-        if refit.converged and not refit.diverged:
-            theta = _aligned(refit.params, theta_hat)
-            if studentized:
-                table = parameter_table(refit.params, X, y_star, sample_weight=weights, l2=l2,
-                                        covariance=covariance, n_threads=1)
-                se = _aligned_se(refit.params, table, theta_hat)
-        return theta, se
+        failed = not refit.converged or refit.diverged or not np.isfinite(theta).all()
+        if studentized and not failed:
+            table = parameter_table(refit.params, X, y_star, sample_weight=weights, l2=l2,
+                                    covariance=covariance, n_threads=1)
+            se = _aligned_se(refit.params, table, theta_hat)
+        return theta, se, failed
 
     with warnings.catch_warnings():
         # Failed refits are counted below; their warnings would repeat one message per replicate.
@@ -534,27 +544,32 @@ def bootstrap_table(
         else:
             with ThreadPoolExecutor(max_workers=n_jobs) as pool:
                 results = list(pool.map(replicate, seeds))
-    replicates = np.array([theta for theta, _ in results])
-    ok = np.isfinite(replicates).all(axis=1)
-    n_failed = int((~ok).sum())
+    replicates = np.array([theta for theta, _, _ in results])
+    failed_mask = np.array([bad for _, _, bad in results])
+    ok = ~failed_mask
+    n_failed = int(failed_mask.sum())
     if n_failed > 0.05 * n_boot:
         warnings.warn(
-            f"{n_failed} of {n_boot} bootstrap refits did not converge or diverged; the intervals use the others",
+            f"{n_failed} of {n_boot} bootstrap refits did not converge or diverged"
+            + ("; the intervals use the others" if failed == "drop" or studentized else ""),
             UncertaintyWarning,
             stacklevel=2,
         )
     if ok.sum() < 2:
         raise ValueError(f"only {int(ok.sum())} of {n_boot} bootstrap refits converged; no interval can be formed")
     good = replicates[ok]
+    # The quantiles of "keep" include the failed refits' last iterates: a diverging refit is a draw of an
+    # estimator that runs off, and dropping it would cut the tail it belongs to.
+    quantile_set = replicates[np.isfinite(replicates).all(axis=1)] if failed == "keep" else good
     alpha = 1.0 - level
     std_error = good.std(axis=0, ddof=1)
     if interval == "percentile":
-        lower, upper = np.quantile(good, [alpha / 2, 1 - alpha / 2], axis=0)
+        lower, upper = np.quantile(quantile_set, [alpha / 2, 1 - alpha / 2], axis=0)
     elif interval == "basic":
-        q_low, q_high = np.quantile(good, [alpha / 2, 1 - alpha / 2], axis=0)
+        q_low, q_high = np.quantile(quantile_set, [alpha / 2, 1 - alpha / 2], axis=0)
         lower, upper = 2 * theta_hat - q_high, 2 * theta_hat - q_low
     else:
-        se_star = np.array([se for _, se in results])[ok]
+        se_star = np.array([se for _, se, _ in results])[ok]
         with np.errstate(divide="ignore", invalid="ignore"):
             t_star = (good - theta_hat) / se_star
         lower, upper = np.empty_like(theta_hat), np.empty_like(theta_hat)
@@ -578,10 +593,12 @@ def bootstrap_table(
         level=float(level),
         information=wald.information,
         covariance=np.cov(good, rowvar=False),
-        method=f"parametric bootstrap, {interval} interval, {int(ok.sum())} of {n_boot} refits"
-               + (f" (studentized by {wald.method})" if studentized else ""),
+        method=f"parametric bootstrap, {interval} interval, {int(ok.sum())} of {n_boot} refits converged"
+               + (f" (studentized by {wald.method})" if studentized else "")
+               + (", failed refits kept in the quantiles" if failed == "keep" and not studentized and n_failed else ""),
         replicates=replicates,
         n_failed=n_failed,
+        failed_refits=failed_mask,
     )
 
 
