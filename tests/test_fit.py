@@ -13,7 +13,8 @@ import fastmoe
 from fastmoe import losses
 from fastmoe._problem import Problem
 
-REFERENCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "flexmix-sigmoid-n3000"
+# An R flexmix fit and its data, kept with the tests (provenance: tests/data/README.md).
+REFERENCE = pathlib.Path(__file__).resolve().parent / "data" / "flexmix-sigmoid-n3000"
 
 
 def _monotone(history, n_samples=None, rel=1e-12):

@@ -1,5 +1,7 @@
 """The parameter object: conventions, (de)serialisation, and the model's invariances."""
 
+import re
+
 import numpy as np
 import pytest
 from conftest import random_params
@@ -88,3 +90,51 @@ def test_expert_permutation_and_weight_scaling(seed, scale):
     assert fastmoe.loglik(params, X, y, sample_weight=scale * w) == pytest.approx(
         scale * fastmoe.loglik(params, X, y, sample_weight=w), rel=1e-12
     )
+
+
+def _arrays(**changes):
+    data = dict(beta0=[0.5, 0.0], beta1=[[1.0], [0.0]], a=[[[1.0], [0.0]], [[-1.0], [0.0]]], b=[[0.2, 0.0], [0.1, 0.0]])
+    return {**data, **changes}
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (_arrays(gatting="tanh"), r"unknown keys \['gatting'\]"),
+        (_arrays(gating="tanh", c=[1.0]), r"unknown keys \['c'\]"),
+        (_arrays(gating=None), "gating: null"),
+    ],
+)
+def test_from_dict_refuses_unknown_keys_and_null_gating(data, message):
+    with pytest.raises(ValueError, match=message):
+        fastmoe.MoEParams.from_dict(data)
+
+
+def test_from_dict_defaults_and_overrides_gating():
+    assert fastmoe.MoEParams.from_dict(_arrays()).gating == "identity"
+    assert fastmoe.MoEParams.from_dict(_arrays(gating="tanh")).gating == "tanh"
+    assert fastmoe.MoEParams.from_dict(_arrays(gating="tanh"), gating="sigmoid").gating == "sigmoid"
+
+
+@pytest.mark.parametrize(
+    "field, value, shown",
+    [
+        ("beta0", ["0.5", 0.0], "'0.5'"),
+        ("beta0", [True, False], "True"),
+        ("beta0", np.array([True, False]), "True"),
+        ("b", [[0.2, "0"], [0.1, 0.0]], "'0'"),
+        ("a", [[[1.0], [0.0]], [[False], [0.0]]], "False"),
+        ("beta0", np.array([0.5, "x"], dtype=object), "'x'"),
+        ("beta0", np.array([0.5 + 1j, 0.0]), "1j"),
+    ],
+)
+def test_parameter_arrays_refuse_strings_booleans_and_complex(field, value, shown):
+    """NumPy would read "0.5" and True as 0.5 and 1.0 without a word."""
+    with pytest.raises(TypeError, match=f"{field} must hold real numbers, got .*{re.escape(shown)}"):
+        fastmoe.MoEParams(**_arrays(**{field: value}))
+
+
+def test_parameter_arrays_accept_numpy_scalars_and_integers():
+    params = fastmoe.MoEParams(**_arrays(beta0=[np.float32(0.5), np.int64(0)], b=np.array([[1, 0], [2, 0]])))
+    np.testing.assert_array_equal(params.beta0, [0.5, 0.0])
+    assert params.b.dtype == np.float64

@@ -12,7 +12,13 @@ from scipy.stats import norm
 import fastmoe
 from fastmoe.estimator import MixtureOfExpertsClassifier
 from fastmoe.params import free_parameter_names, free_parameters
-from fastmoe.uncertainty import UncertaintyWarning, expected_information, observed_information, parameter_table
+from fastmoe.uncertainty import (
+    UncertaintyWarning,
+    bootstrap_table,
+    expected_information,
+    observed_information,
+    parameter_table,
+)
 
 # A truth whose parameters are all well determined at n = 3000 (binary labels with d = 1 are not:
 # a mixture of two Bernoulli logits in one variable is close to unidentified, with standard errors of
@@ -158,7 +164,7 @@ def test_table_columns_are_consistent(fitted):
 def test_table_from_params_result_and_estimator_agree(fitted):
     X, y, result = fitted
     labels = np.array(["no", "yes"])[y]
-    model = MixtureOfExpertsClassifier(2, init=BINARY_TRUTH, n_threads=1).fit(X, labels)
+    model = MixtureOfExpertsClassifier(2, init=BINARY_TRUTH, l2=0.0, n_threads=1).fit(X, labels)
     from_model = model.parameter_table(X, labels)
     from_result = parameter_table(result, X, y)
     from_params = parameter_table(result.params, X, y)
@@ -178,8 +184,42 @@ def test_doubtful_fits_are_flagged(fitted):
     with pytest.warns(UncertaintyWarning, match="did not converge"):
         parameter_table(early, X, y)
     penalised = fastmoe.fit(X, y, 2, init=BINARY_TRUTH, l2=5.0, n_threads=1)
-    with pytest.warns(UncertaintyWarning, match="penalised"):
-        parameter_table(penalised, X, y)
+    with pytest.warns(UncertaintyWarning, match="penalised likelihood.*covariance='penalised'"):
+        parameter_table(penalised, X, y, covariance="observed")
+
+
+def test_penalised_fits_get_the_penalised_covariance(fitted):
+    """With l2 > 0 the table uses the penalised information J + l2 D (issue 16: every SE was nan)."""
+    X, y, _ = fitted
+    l2 = 5.0
+    penalised = fastmoe.fit(X, y, 2, init=BINARY_TRUTH, l2=l2, n_threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: the covariance is that of the penalised objective
+        auto = parameter_table(penalised, X, y)
+        sandwich = parameter_table(penalised, X, y, covariance="sandwich")
+    J = observed_information(penalised.params, X, y)
+    slopes = np.array(["beta1" in name or name.startswith("a[") for name in auto.names], dtype=float)
+    Jp = J + l2 * np.diag(slopes)
+    np.testing.assert_allclose(auto.covariance, np.linalg.inv(Jp), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(sandwich.covariance, np.linalg.inv(Jp) @ J @ np.linalg.inv(Jp), rtol=1e-7, atol=1e-12)
+    assert auto.method == "inverse penalised Hessian (l2=5)" and sandwich.method.startswith("sandwich")
+    assert (sandwich.std_error <= auto.std_error * (1 + 1e-9)).all()  # the sandwich has no bias allowance
+    # An MoEParams carries no penalty: give l2 to get the same table.
+    by_hand = parameter_table(penalised.params, X, y, l2=l2)
+    np.testing.assert_allclose(by_hand.std_error, auto.std_error, rtol=1e-12)
+    assert parameter_table(penalised.params, X, y).method == "observed information"
+    with pytest.raises(ValueError, match="covariance must be one of"):
+        parameter_table(penalised, X, y, covariance="robust")
+
+
+def test_penalised_standard_errors_exist_on_separable_data():
+    """Separable data: the MLE does not exist and J is singular, but the ridge's objective has a maximum."""
+    X = np.linspace(-1, 1, 200)[:, None] * np.array([[1.0, 0.5]])
+    X[:, 1] += np.random.default_rng(0).normal(scale=0.1, size=200)
+    y = (X[:, 0] > 0).astype(int)
+    model = MixtureOfExpertsClassifier(1, n_threads=1).fit(X, y)  # default l2=1
+    table = parameter_table(model, X, y)
+    assert np.isfinite(table.std_error).all() and table.method.startswith("inverse penalised Hessian")
 
 
 def test_singular_information_gives_nan_standard_errors():
@@ -284,3 +324,82 @@ def test_standard_errors_match_the_spread_of_estimates():
     # The MLE is (nearly) unbiased at this n: mean error within 3 Monte Carlo standard errors of 0.
     bias = np.mean(estimates, axis=0) - truth
     assert np.all(np.abs(bias) < 3 * np.std(estimates, axis=0, ddof=1) / np.sqrt(80) + 0.02)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parametric bootstrap
+# ----------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def bootstrap_fit(well_separated):
+    X, y = fastmoe.sample(well_separated, n=2000, random_state=8)
+    return X, y, fastmoe.fit(X, y, 2, init=well_separated, n_threads=1)
+
+
+def test_bootstrap_intervals_come_from_the_refits(bootstrap_fit):
+    X, y, result = bootstrap_fit
+    kwargs = dict(n_boot=20, random_state=3)
+    with warnings.catch_warnings():
+        # At n = 2000 a few drawn label sets are quasi-separated inside an expert: the MLE does not
+        # exist, the refit diverges and is left out (and counted), with a warning past 5%.
+        warnings.simplefilter("ignore", UncertaintyWarning)
+        percentile = bootstrap_table(result, X, y, interval="percentile", failed="drop", **kwargs)
+        basic = bootstrap_table(result, X, y, interval="basic", failed="drop", **kwargs)
+        kept = bootstrap_table(result, X, y, interval="percentile", **kwargs)  # failed="keep", the default
+    assert percentile.replicates.shape == (20, result.n_free_params)
+    np.testing.assert_array_equal(basic.replicates, percentile.replicates)  # same seeds, same refits
+    np.testing.assert_array_equal(kept.replicates, percentile.replicates)
+    assert percentile.n_failed == percentile.failed_refits.sum() > 0  # this seed has failed refits
+    good = percentile.replicates[~percentile.failed_refits]
+    q_low, q_high = np.quantile(good, [0.025, 0.975], axis=0)
+    np.testing.assert_allclose(percentile.lower, q_low, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(percentile.upper, q_high, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(basic.lower, 2 * result.params.free_vector() - q_high, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(percentile.std_error, good.std(axis=0, ddof=1), rtol=1e-12)
+    np.testing.assert_array_equal(percentile.estimate, free_parameters(result.params))
+    assert percentile.method == f"parametric bootstrap, percentile interval, {good.shape[0]} of 20 refits converged"
+    # "keep": the failed refits' last iterates count in the quantiles (the standard deviation stays on the others)
+    np.testing.assert_allclose(kept.lower, np.quantile(kept.replicates, 0.025, axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(kept.std_error, percentile.std_error)
+    assert kept.method.endswith("failed refits kept in the quantiles")
+    # the bulk of the refits scatters around the estimate on the scale of the Wald standard errors (the
+    # tails need not: at n = 2000 some refits lie far out along weakly determined directions)
+    wald = parameter_table(result, X, y)
+    spread = np.median(np.abs(good - percentile.estimate), axis=0) / 0.6745
+    assert np.all(spread < 3 * wald.std_error) and np.all(spread > wald.std_error / 3)
+
+
+def test_bootstrap_is_reproducible_and_independent_of_n_jobs(bootstrap_fit):
+    X, y, result = bootstrap_fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UncertaintyWarning)  # see the test above
+        one = bootstrap_table(result, X, y, n_boot=6, interval="studentized", random_state=5, n_jobs=1)
+        two = bootstrap_table(result, X, y, n_boot=6, interval="studentized", random_state=5, n_jobs=2)
+    np.testing.assert_array_equal(one.replicates, two.replicates)
+    np.testing.assert_array_equal(one.lower, two.lower)
+    assert np.isfinite(one.lower).all() and np.all(one.lower < one.estimate) and np.all(one.estimate < one.upper)
+    assert one.method.endswith("(studentized by observed information)")
+
+
+def test_bootstrap_of_an_estimator_and_bad_arguments(bootstrap_fit, well_separated):
+    X, y, _ = bootstrap_fit
+    labels = np.array(["a", "b", "c"])[y]
+    model = MixtureOfExpertsClassifier(2, init=well_separated, n_threads=1).fit(X, labels)  # default ridge
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UncertaintyWarning)
+        table = bootstrap_table(model, X, labels, n_boot=5, random_state=0)
+    assert table.names == tuple(free_parameter_names(model.params_)) and np.isfinite(table.upper).all()
+    with pytest.raises(ValueError, match="interval must be one of"):
+        bootstrap_table(model, X, labels, interval="bca")
+    with pytest.raises(ValueError, match="n_boot must be >= 2"):
+        bootstrap_table(model, X, labels, n_boot=1)
+
+
+def test_replicates_are_aligned_to_the_estimate(well_separated):
+    """A refit whose experts come back in the other order is relabelled onto the estimate's order."""
+    from fastmoe.uncertainty import _aligned
+
+    p = well_separated
+    swapped = fastmoe.MoEParams(p.beta0[::-1], p.beta1[::-1], p.a[::-1], p.b[::-1])
+    reference = free_parameters(p)
+    assert not np.allclose(free_parameters(swapped), reference)
+    np.testing.assert_allclose(_aligned(swapped, reference), reference, atol=1e-12)

@@ -182,6 +182,59 @@ def test_gating_callable_with_wrong_output(rng):
         fastmoe.predict_proba(nan_gate, rng.normal(size=(20, 2)))
 
 
+def test_gating_callable_with_complex_output_is_refused(rng):
+    """A complex M(X) is an error, not a ComplexWarning with the imaginary part dropped (issue 17 §8)."""
+    params = fastmoe.MoEParams(np.zeros(2), np.zeros((2, 2)), np.zeros((2, 3, 2)), np.zeros((2, 3)),
+                               lambda X: X + 1j)
+    with pytest.raises(ValueError, match="gating callable returned complex values"):
+        fastmoe.predict_proba(params, rng.normal(size=(20, 2)))
+    text = fastmoe.MoEParams(np.zeros(2), np.zeros((2, 2)), np.zeros((2, 3, 2)), np.zeros((2, 3)),
+                             lambda X: X.astype(str))
+    with pytest.raises(ValueError, match="must return real numbers"):
+        fastmoe.predict_proba(text, rng.normal(size=(20, 2)))
+
+
+@pytest.mark.parametrize("X_dtype", ["Float64", "Int64"])
+def test_pandas_nullable_dtypes_are_read_as_float(data, well_separated, X_dtype):
+    """Float64/Int64/boolean columns (pd.NA for missing) are numbers, not dtype object (issue 17 §8)."""
+    pd = pytest.importorskip("pandas")
+    X, y = data
+    X = np.round(X * 10) if X_dtype == "Int64" else X
+    frame = pd.DataFrame(X, columns=["x1", "x2"]).astype(X_dtype)
+    labels = pd.Series(y, dtype="Int64")
+    weights = pd.Series(np.linspace(0.5, 1.5, len(y)), dtype="Float64")
+    expected = fastmoe.loglik(well_separated, X, y, np.linspace(0.5, 1.5, len(y)))
+    assert fastmoe.loglik(well_separated, frame, labels, weights) == pytest.approx(expected, rel=1e-12)
+    mixed = pd.DataFrame({"x1": pd.Series(X[:, 0], dtype=X_dtype), "x2": X[:, 1]})  # nullable beside float64
+    assert fastmoe.loglik(well_separated, mixed, y) == pytest.approx(fastmoe.loglik(well_separated, X, y), rel=1e-12)
+    kwargs = dict(init=well_separated, max_iter=3, tol=0.0, n_threads=1)
+    with pytest.warns(fastmoe.ConvergenceWarning, match="max_iter=3"):
+        result = fastmoe.fit(frame, labels, 2, sample_weight=weights, **kwargs)
+    with pytest.warns(fastmoe.ConvergenceWarning, match="max_iter=3"):
+        plain = fastmoe.fit(X, y, 2, sample_weight=weights.to_numpy(float), **kwargs)
+    assert result.params.allclose(plain.params, rtol=0, atol=0)
+
+
+def test_pandas_missing_values_are_reported_by_row(data):
+    pd = pytest.importorskip("pandas")
+    X, y = data
+    frame = pd.DataFrame(X, columns=["x1", "x2"]).astype("Float64")
+    frame.iloc[17, 1] = pd.NA
+    with pytest.raises(ValueError, match=r"X contains a missing value \(NA or NaN\) at row 17"):
+        fastmoe.fit(frame, y, 2)
+    labels = pd.Series(y, dtype="Int64")
+    labels.iloc[4] = pd.NA
+    with pytest.raises(ValueError, match=r"y contains a missing value \(NA or NaN\) at position 4"):
+        fastmoe.fit(X, labels, 2)
+    weights = pd.Series(np.ones(len(y)), dtype="Float64")
+    weights.iloc[9] = pd.NA
+    with pytest.raises(ValueError, match=r"sample_weight contains a missing value \(NA or NaN\) at position 9"):
+        fastmoe.fit(X, y, 2, sample_weight=weights)
+    # Non-numeric pandas columns are still refused as such.
+    with pytest.raises(ValueError, match="numeric"):
+        fastmoe.fit(pd.DataFrame({"x1": X[:, 0], "x2": pd.Series(X[:, 1]).astype(str).astype("string")}), y, 2)
+
+
 def test_sample_arguments(well_separated):
     with pytest.raises(ValueError, match="give either n"):
         fastmoe.sample(well_separated)

@@ -23,6 +23,7 @@ from .sampling import sample
 from .uncertainty import (
     ParameterTable,
     UncertaintyWarning,
+    bootstrap_table,
     expected_information,
     observed_information,
     parameter_table,
@@ -55,6 +56,7 @@ __all__ = [
     "ParameterTable",
     "SelectionResult",
     "UncertaintyWarning",
+    "bootstrap_table",
     "expected_information",
     "expert_proba",
     "fit",

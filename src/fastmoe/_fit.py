@@ -116,6 +116,17 @@ class FitResult:
             f"n_samples={self.n_samples},\n  message={self.message!r},\n  params={self.params!r})"
         )
 
+    def summary(self, X=None, y=None, *, sample_weight=None, level=0.95, covariance="auto",
+                feature_names=None, class_names=None, n_threads=None):
+        """Header, gate shares and named coefficients; with the training ``(X, y)`` also standard errors.
+
+        See :func:`fastmoe.summary.summarize`; ``print`` the result for text, ``.to_frame()`` for pandas.
+        """
+        from .summary import summarize
+
+        return summarize(self, X, y, sample_weight=sample_weight, level=level, covariance=covariance,
+                         feature_names=feature_names, class_names=class_names, n_threads=n_threads)
+
 
 def _check_init(init, gating, n_experts, n_features, n_classes):
     """Resolve ``init`` and ``gating``; return (init, gating, n_classes)."""

@@ -88,7 +88,8 @@ class QuadraticModel:
         low = max(0.0, -float(lam[0]))
 
         def excess(mu):
-            with np.errstate(divide="ignore"):
+            # Near mu = -lam_min the norm is huge or inf; inf is the right answer (far outside the radius).
+            with np.errstate(divide="ignore", over="ignore"):
                 return float(np.linalg.norm(c / (lam + mu))) - radius
 
         # lam_i + high >= ||c|| / radius for every i, so ||z(high)|| <= radius.

@@ -17,6 +17,36 @@ def _first_bad_row(arr):
     return int(np.flatnonzero(bad)[0])
 
 
+def _pandas_to_numpy(value):
+    """A pandas DataFrame or Series as a NumPy array; nullable numeric dtypes (``Float64``, ``Int64``,
+    ``boolean``) become float64 with ``pd.NA`` as NaN, so that a missing value is reported by row.
+
+    ``np.asarray`` would give such columns dtype object. Anything else (NumPy arrays, lists, pandas
+    objects with non-numeric columns) comes back as it was, for the caller's own checks.
+    """
+    dtypes = getattr(value, "dtypes", None)
+    if dtypes is None or not hasattr(value, "to_numpy"):
+        return value
+    from pandas.api.types import is_extension_array_dtype, is_numeric_dtype
+
+    dtypes = [dtypes] if not hasattr(dtypes, "__iter__") else list(dtypes)  # a Series has one dtype
+    if not any(is_extension_array_dtype(dtype) for dtype in dtypes):
+        return value
+    if not all(is_numeric_dtype(dtype) for dtype in dtypes):
+        return value
+    return value.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _missing_message(name, arr, position="row", pandas=False):
+    """``"X contains NaN at row 17"``; from a pandas object with nullable dtypes, NaN was ``pd.NA``."""
+    row = _first_bad_row(arr)
+    if not np.isnan(arr[row]).any():
+        kind = "inf"
+    else:
+        kind = "a missing value (NA or NaN)" if pandas else "NaN"
+    return f"{name} contains {kind} at {position} {row}"
+
+
 def check_X(X, name="X", n_features=None) -> np.ndarray:
     """Return ``X`` as a C-contiguous float64 (n_samples, n_features) array of finite values.
 
@@ -25,6 +55,8 @@ def check_X(X, name="X", n_features=None) -> np.ndarray:
     """
     if hasattr(X, "tocsr"):
         raise TypeError(f"{name} is a sparse matrix; fastmoe needs a dense array")
+    converted = _pandas_to_numpy(X)
+    pandas, X = converted is not X, converted
     try:
         X = np.asarray(X)
     except Exception as exc:  # ragged lists and the like
@@ -37,9 +69,7 @@ def check_X(X, name="X", n_features=None) -> np.ndarray:
         raise ValueError(f"{name} has shape {X.shape}; it needs at least one sample and one feature")
     X = np.ascontiguousarray(X, dtype=np.float64)
     if not np.isfinite(X).all():
-        row = _first_bad_row(X)
-        kind = "NaN" if np.isnan(X[row]).any() else "inf"
-        raise ValueError(f"{name} contains {kind} at row {row}")
+        raise ValueError(_missing_message(name, X, pandas=pandas))
     if n_features is not None and X.shape[1] != n_features:
         raise ValueError(f"{name} has {X.shape[1]} features but the model expects {n_features}")
     return X
@@ -51,7 +81,8 @@ def check_y(y, n_samples, n_classes=None):
     Labels must be integers (integral floats are accepted) in ``0 .. n_classes - 1``; ``n_classes``
     defaults to ``max(y) + 1`` and must be at least 2.
     """
-    y = np.asarray(y)
+    converted = _pandas_to_numpy(y)
+    pandas, y = converted is not y, np.asarray(converted)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
@@ -62,6 +93,8 @@ def check_y(y, n_samples, n_classes=None):
         y = y.astype(np.int64)
     if y.dtype.kind == "f":
         if not np.isfinite(y).all():
+            if pandas:
+                raise ValueError(_missing_message("y", y, "position", pandas=True))
             raise ValueError(f"y contains NaN or inf at position {_first_bad_row(y)}")
         if (y != np.round(y)).any():
             pos = int(np.flatnonzero(y != np.round(y))[0])
@@ -88,12 +121,18 @@ def check_sample_weight(sample_weight, n_samples):
     """Return weights as a contiguous float64 array, or an empty array meaning 'all ones'."""
     if sample_weight is None:
         return np.empty(0)
-    w = np.asarray(sample_weight, dtype=np.float64)
+    w = _pandas_to_numpy(sample_weight)
+    pandas = w is not sample_weight
+    if np.asarray(w).dtype.kind == "c":
+        raise ValueError("sample_weight must be real, got complex values")
+    w = np.asarray(w, dtype=np.float64)
     if w.ndim == 0:
         w = np.full(n_samples, float(w))
     if w.shape != (n_samples,):
         raise ValueError(f"sample_weight has shape {w.shape}, expected ({n_samples},)")
     if not np.isfinite(w).all():
+        if pandas:
+            raise ValueError(_missing_message("sample_weight", w, "position", pandas=True))
         raise ValueError(f"sample_weight contains NaN or inf at position {_first_bad_row(w)}")
     if (w < 0).any():
         raise ValueError(f"sample_weight must be non-negative; sample_weight[{int(np.argmin(w))}] = {w.min()}")

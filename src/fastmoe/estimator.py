@@ -11,6 +11,8 @@ scikit-learn is an optional dependency of fastmoe; importing this module require
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import numbers
 
 import numpy as np
@@ -19,9 +21,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from . import _predict
-from ._fit import fit
+from ._fit import FitResult, fit
 from ._init import INIT_METHODS
-from .params import MoEParams
+from .params import MoEParams, gate_input, n_free_params
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -46,6 +48,85 @@ def _as_generator(random_state):
     return random_state
 
 
+def _check_label_types(y):
+    """Refuse labels that mix types (``[1, "a"]`` in an object array): they cannot be ordered into ``classes_``."""
+    y = np.asarray(y)
+    if y.dtype.kind != "O":
+        return
+    kinds = {"str" if isinstance(v, str) else "number" if isinstance(v, numbers.Number) else type(v).__name__
+             for v in y.ravel()}
+    if len(kinds) > 1:
+        examples = {}
+        for v in y.ravel():
+            examples.setdefault(type(v).__name__, v)
+        raise ValueError(
+            f"y mixes label types ({', '.join(f'{t} such as {v!r}' for t, v in examples.items())}); "
+            "labels must all be numbers or all be strings"
+        )
+
+
+def _class_weights(class_weight, classes, y_codes, sample_weight):
+    """Weight of each class from ``class_weight`` (None, ``"balanced"`` or a dict), as in LogisticRegression.
+
+    ``"balanced"`` gives class ``c`` the weight ``total / (n_classes * total_c)`` where the totals sum the
+    sample weights (counts without them); a dict maps labels to weights, absent classes weigh 1.
+    """
+    n_classes = classes.shape[0]
+    if class_weight is None:
+        return np.ones(n_classes)
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {class_weight!r}")
+        totals = np.bincount(y_codes, weights=sample_weight, minlength=n_classes)
+        with np.errstate(divide="ignore"):
+            weights = totals.sum() / (n_classes * totals)
+        return np.where(totals > 0, weights, 0.0)
+    if not isinstance(class_weight, dict):
+        raise TypeError(f"class_weight must be None, 'balanced' or a dict, got {type(class_weight).__name__}")
+    known = set(classes.tolist())
+    unknown = [label for label in class_weight if label not in known]
+    if unknown:
+        raise ValueError(f"class_weight names labels {unknown} that are not in y (classes: {classes.tolist()})")
+    weights = np.array([class_weight.get(label, 1.0) for label in classes.tolist()], dtype=np.float64)
+    if not (np.isfinite(weights).all() and (weights >= 0).all()):
+        raise ValueError(f"class_weight values must be finite and >= 0, got {class_weight!r}")
+    return weights
+
+
+def _merge_rows(X, y, sample_weight):
+    """The data as its weighted empirical distribution: distinct ``(x, y)`` rows in a canonical order.
+
+    Rows of zero weight are dropped, equal rows merged (their weights added: a row given twice weighs 2)
+    and the rows sorted by a hash of their bits. A fit then depends on the data only through the
+    weighted empirical distribution: permuting the rows, repeating a row or giving it an integer weight
+    give the same fit, bit for bit, whatever the start (a data-driven start draws rows). Returns
+    ``(X, y, weights)`` with ``weights`` None when every merged weight is 1.
+
+    The hash (a 64-bit mix of each row's bits) costs a few passes over ``X`` and one sort of ``n``
+    integers; two distinct rows with equal hashes (probability about ``n^2 / 2^64``) are merely left
+    unmerged, in their given order.
+    """
+    if sample_weight is not None:
+        keep = sample_weight > 0
+        if not keep.all():
+            X, y, sample_weight = X[keep], y[keep], sample_weight[keep]
+    X = X + 0.0  # -0.0 becomes 0.0: equal values get equal bits
+    mix = np.uint64(0xBF58476D1CE4E5B9)
+    h = np.full(X.shape[0], 0x9E3779B97F4A7C15, dtype=np.uint64)
+    for column in (*X.view(np.uint64).T, y.astype(np.uint64)):
+        h ^= column
+        h *= mix  # wraps modulo 2^64 (NumPy integer arrays do not warn)
+        h ^= h >> np.uint64(31)
+    order = np.argsort(h, kind="stable")
+    h, X, y = h[order], X[order], y[order]
+    same = (h[1:] == h[:-1]) & (y[1:] == y[:-1]) & (X[1:] == X[:-1]).all(axis=1)
+    starts = np.flatnonzero(np.concatenate(([True], ~same)))
+    weights = np.ones(X.shape[0]) if sample_weight is None else sample_weight[order]
+    if starts.shape[0] < X.shape[0]:
+        X, y, weights = X[starts], y[starts], np.add.reduceat(weights, starts)
+    return np.ascontiguousarray(X), y, None if (weights == 1.0).all() else weights
+
+
 class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     """Softmax-gated multinomial-logistic mixture of experts, fitted by maximum likelihood.
 
@@ -61,10 +142,17 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     gating : {"identity", "tanh", "sigmoid"} or callable, default="identity"
         Gating transform ``M`` applied to the gating input only: ``"identity"`` is standard softmax
         gating, a bounded transform the modified softmax gating of the paper.
-    l2 : float, default=0.0
-        Ridge penalty ``l2 / 2 * ||slopes||^2`` on all slopes (intercepts are not penalised). ``0`` is
-        maximum likelihood; a positive value keeps coefficients finite on separable data, where the
-        MLE does not exist. It plays the role of ``1 / C`` in ``LogisticRegression``.
+    l2 : float, default=1.0
+        Ridge penalty ``l2 / 2 * ||slopes||^2`` on all slopes, gating and experts (intercepts are not
+        penalised), added to the summed log-likelihood. It plays the role of ``1 / C`` in
+        ``LogisticRegression``, and the default is that of ``LogisticRegression(C=1.0)``: it keeps the
+        slopes finite on separable data and on data with fewer samples than free parameters, where the
+        maximum-likelihood estimate does not exist. ``l2=0`` is maximum likelihood, the default of
+        :func:`fastmoe.fit` (standard errors of :func:`~fastmoe.parameter_table` assume it).
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes, multiplied into ``sample_weight`` as in ``LogisticRegression``: a dict
+        maps labels to weights (absent labels weigh 1); ``"balanced"`` weighs class ``c`` by
+        ``n_samples / (n_classes * n_c)`` (with sample weights, their sums).
     init : {"kmeans", "random"} or MoEParams, default="kmeans"
         Data-driven start (k-means or a random linear partition of the gating inputs, turned into
         parameters by an M-step), or explicit starting parameters.
@@ -90,6 +178,8 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     ----------
     classes_ : ndarray of shape (n_classes,)
         Class labels; column ``s`` of :meth:`predict_proba` belongs to ``classes_[s]``.
+    class_weight_ : ndarray of shape (n_classes,)
+        The weight of each class in the fit (ones without ``class_weight``).
     params_ : MoEParams
         Fitted parameters in reference conventions; class ``s`` of the parameters is ``classes_[s]``.
     fit_result_ : FitResult
@@ -109,7 +199,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     n_free_params_ : int
         Free parameters ``(k - 1)(d_gate + 1) + k (K - 1)(d + 1)``.
     bic_, aic_ : float
-        Information criteria of the training fit (see :meth:`bic`).
+        Information criteria of the training fit (see :meth:`bic`), with ``n`` the number of rows of ``X``.
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Only when ``X`` had string column names.
@@ -136,7 +226,8 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         n_experts=2,
         *,
         gating="identity",
-        l2=0.0,
+        l2=1.0,
+        class_weight=None,
         init="kmeans",
         n_init=1,
         max_iter=1000,
@@ -149,6 +240,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         self.n_experts = n_experts
         self.gating = gating
         self.l2 = l2
+        self.class_weight = class_weight
         self.init = init
         self.n_init = n_init
         self.max_iter = max_iter
@@ -205,20 +297,39 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             raise TypeError(f"n_experts must be an integer, got {self.n_experts!r}")
         if not (isinstance(self.init, MoEParams) or self.init in INIT_METHODS):
             raise ValueError(f"init must be one of {INIT_METHODS} or an MoEParams, got {self.init!r}")
+        _check_label_types(y)
         X, y = _validate_data(self, X, y, dtype=np.float64, order="C")
         check_classification_targets(y)
         classes, y_encoded = np.unique(y, return_inverse=True)
         if classes.shape[0] < 2:
             raise ValueError(
-                f"the data contain only one class ({classes[0]!r}); a classifier needs samples of at least 2 classes"
+                f"the data contain only one class ({classes.tolist()[0]!r}); a classifier needs samples of at least 2 classes"
             )
+        n_rows, n_classes = X.shape[0], classes.shape[0]
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        n_classes = classes.shape[0]
+            if (sample_weight < 0).any():
+                i = int(np.argmin(sample_weight))
+                raise ValueError(f"sample_weight must be non-negative; sample_weight[{i}] = {sample_weight[i]}")
+        class_weight = _class_weights(self.class_weight, classes, y_encoded, sample_weight)
+        if self.class_weight is not None:
+            sample_weight = class_weight[y_encoded] * (1.0 if sample_weight is None else sample_weight)
+        if sample_weight is not None:
+            weighted = np.bincount(y_encoded, weights=sample_weight, minlength=n_classes) > 0
+            if not weighted.any():
+                raise ValueError("sample_weight (times class_weight) is zero everywhere")
+            if weighted.sum() < 2:
+                raise ValueError(
+                    f"only one class ({classes[weighted].tolist()[0]!r}) has positive weight; a classifier needs samples "
+                    "of at least 2 classes"
+                )
+        X_fit, y_fit, w_fit = _merge_rows(X, y_encoded, sample_weight)
+        if self.l2 == 0:
+            self._check_enough_rows(X, X_fit.shape[0], n_rows, n_classes)
         warm = self._warm_params(n_classes, X.shape[1])
         result = fit(
-            X,
-            y_encoded,
+            X_fit,
+            y_fit,
             self.n_experts,
             n_classes=n_classes,
             gating=self.gating,
@@ -227,12 +338,18 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             max_iter=self.max_iter,
             tol=self.tol,
             l2=self.l2,
-            sample_weight=sample_weight,
+            sample_weight=w_fit,
             n_threads=self.n_threads,
             random_state=_as_generator(self.random_state),
             verbose=self.verbose,
         )
+        # n counts the rows given (as before merging), so that bic_ is that of the data as given.
+        result = dataclasses.replace(result, n_samples=n_rows)
+        return self._set_fitted(result, classes, class_weight)
+
+    def _set_fitted(self, result, classes, class_weight):
         self.classes_ = classes
+        self.class_weight_ = class_weight
         self.fit_result_ = result
         self.params_ = result.params
         self.log_likelihood_ = result.loglik
@@ -245,6 +362,109 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         self.bic_ = result.bic
         self.aic_ = result.aic
         return self
+
+    # -- saving and loading -----------------------------------------------------------------------------
+    def save(self, path):
+        """Write the fitted estimator as JSON: its settings, ``classes_``, feature names, ``params_`` and
+        the fit's record (``fit_result_``), so that :meth:`load` gives back an estimator that predicts
+        the same, bit for bit, and knows its labels and columns.
+
+        A callable ``gating`` or labels JSON cannot hold (not numbers, strings or booleans) cannot be
+        saved (``ValueError``). ``random_state`` is kept when it is an int or None; a Generator or
+        RandomState is saved as None (it matters only for a refit). Use pickle for those.
+
+        Parameters
+        ----------
+        path : str or path-like
+        """
+        check_is_fitted(self)
+        data = {
+            "format": _SAVE_FORMAT,
+            "format_version": _SAVE_VERSION,
+            "fastmoe_version": _fastmoe_version(),
+            "settings": self._json_settings(),
+            "classes": {"values": self.classes_.tolist(), "dtype": self.classes_.dtype.str},
+            "class_weight": self.class_weight_.tolist(),
+            "n_features_in": int(self.n_features_in_),
+            "feature_names_in": (
+                None if getattr(self, "feature_names_in_", None) is None else [str(n) for n in self.feature_names_in_]
+            ),
+            "params": self.params_.to_dict(),
+            "fit_result": _result_to_json(self.fit_result_),
+        }
+        try:
+            text = json.dumps(data, indent=1, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"this estimator cannot be saved as JSON: {exc}") from None
+        with open(path, "w") as fh:
+            fh.write(text)
+
+    @classmethod
+    def load(cls, path) -> "MixtureOfExpertsClassifier":
+        """A fitted estimator from a file written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+
+        Returns
+        -------
+        MixtureOfExpertsClassifier
+        """
+        with open(path) as fh:
+            data = json.load(fh)
+        if not isinstance(data, dict) or data.get("format") != _SAVE_FORMAT:
+            raise ValueError(f"{path} is not a saved MixtureOfExpertsClassifier (no format {_SAVE_FORMAT!r})")
+        if data.get("format_version") != _SAVE_VERSION:
+            raise ValueError(f"{path} has format version {data.get('format_version')!r}; this fastmoe reads {_SAVE_VERSION}")
+        settings = dict(data["settings"])
+        if isinstance(settings.get("init"), dict):
+            settings["init"] = MoEParams.from_dict(settings["init"]["MoEParams"])
+        if isinstance(settings.get("class_weight"), list):
+            settings["class_weight"] = {label: weight for label, weight in settings["class_weight"]}
+        model = cls(**settings)
+        params = MoEParams.from_dict(data["params"])
+        result = _result_from_json(data["fit_result"], params)
+        classes = np.array(data["classes"]["values"], dtype=np.dtype(data["classes"]["dtype"]))
+        model.n_features_in_ = int(data["n_features_in"])
+        if data["feature_names_in"] is not None:
+            model.feature_names_in_ = np.array(data["feature_names_in"], dtype=object)
+        return model._set_fitted(result, classes, np.array(data["class_weight"], dtype=np.float64))
+
+    def _json_settings(self):
+        settings = self.get_params(deep=False)
+        if not isinstance(settings["gating"], str):
+            raise ValueError("an estimator with a callable gating cannot be saved as JSON; use pickle")
+        if isinstance(settings["init"], MoEParams):
+            settings["init"] = {"MoEParams": settings["init"].to_dict()}
+        if isinstance(settings["class_weight"], dict):  # JSON keys are strings; labels need not be
+            settings["class_weight"] = [[_plain(label), float(w)] for label, w in settings["class_weight"].items()]
+        if not (settings["random_state"] is None or isinstance(settings["random_state"], numbers.Integral)):
+            settings["random_state"] = None
+        return {name: _plain(value) for name, value in settings.items()}
+
+    def _fit_weights(self, codes, sample_weight=None):
+        """The weights a fit on labels ``codes`` uses: ``sample_weight`` times the class weights (None: ones)."""
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=np.float64)
+        if self.class_weight is None or np.all(self.class_weight_ == 1.0):
+            return sample_weight
+        weights = self.class_weight_[np.asarray(codes)]
+        return weights if sample_weight is None else weights * sample_weight
+
+    def _check_enough_rows(self, X, n_distinct, n_rows, n_classes):
+        """Without a penalty the MLE needs at least as many distinct rows as free parameters."""
+        if not isinstance(self.n_experts, numbers.Integral) or self.n_experts < 1:
+            return  # fastmoe.fit names the problem
+        n_gate = X.shape[1] if isinstance(self.gating, str) else gate_input(self.gating, X[:2]).shape[1]
+        n_free = n_free_params(self.n_experts, n_classes, X.shape[1], n_gate)
+        if n_distinct < n_free:
+            distinct = "" if n_distinct == n_rows else f" of which {n_distinct} are distinct rows of positive weight"
+            raise ValueError(
+                f"X has {n_rows} samples{distinct}, but a model with {self.n_experts} experts, {n_classes} "
+                f"classes and {X.shape[1]} features has {n_free} free parameters; with l2=0 the maximum-"
+                "likelihood estimate needs at least that many (use l2 > 0)"
+            )
 
     # -- prediction -------------------------------------------------------------------------------------
     def _check_X(self, X):
@@ -413,13 +633,13 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         return -2.0 * self.loglik(X, y) + 2.0 * self.n_free_params_
 
     # -- uncertainty --------------------------------------------------------------------------------------
-    def parameter_table(self, X, y, *, sample_weight=None, level=0.95):
+    def parameter_table(self, X, y, *, sample_weight=None, level=0.95, covariance="auto"):
         """Estimates, standard errors and Wald intervals of the free parameters.
 
-        Uses the observed information of the log-likelihood of ``(X, y)`` (normally the training data)
-        at ``params_``; see :func:`fastmoe.uncertainty.parameter_table`. Classes are indexed as in
-        ``classes_``. Meaningful only for an unpenalised (``l2=0``), converged fit; otherwise an
-        ``UncertaintyWarning`` says so.
+        Uses the information of the log-likelihood of ``(X, y)`` (normally the training data) at
+        ``params_``; see :func:`fastmoe.uncertainty.parameter_table`. Classes are indexed as in
+        ``classes_``. With the default ridge (``l2 > 0``) the covariance is the inverse penalised
+        Hessian; ``l2=0`` gives the classical observed-information covariance of the MLE.
 
         Parameters
         ----------
@@ -428,6 +648,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         sample_weight : array-like of shape (n_samples,), default=None
         level : float, default=0.95
             Coverage of the Wald intervals.
+        covariance : {"auto", "observed", "penalised", "sandwich"}, default="auto"
 
         Returns
         -------
@@ -436,7 +657,81 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         from .uncertainty import parameter_table
 
         X = self._check_X(X)
-        return parameter_table(self, X, y, sample_weight=sample_weight, level=level, n_threads=self.n_threads)
+        return parameter_table(
+            self, X, y, sample_weight=sample_weight, level=level, covariance=covariance, n_threads=self.n_threads
+        )
+
+    def summary(self, X=None, y=None, *, sample_weight=None, level=0.95, covariance="auto"):
+        """A statsmodels-style summary: header, experts' gate shares, named coefficients, standard errors.
+
+        Coefficients are named by ``feature_names_in_`` (or ``x0, x1, ...``) and ``classes_``; the
+        reference expert and class are stated. Standard errors, intervals and gate shares need the
+        training data ``(X, y)``; without them the summary shows the estimates only.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), optional
+        y : array-like of shape (n_samples,), optional
+        sample_weight : array-like of shape (n_samples,), optional
+        level : float, default=0.95
+        covariance : {"auto", "observed", "penalised", "sandwich"}, default="auto"
+            See :func:`fastmoe.parameter_table`.
+
+        Returns
+        -------
+        fastmoe.summary.Summary
+            ``print(summary)`` for text, ``summary.to_frame()`` for a pandas DataFrame.
+        """
+        from .summary import summarize
+
+        check_is_fitted(self)
+        if X is not None:
+            X = self._check_X(X)
+        return summarize(self, X, y, sample_weight=sample_weight, level=level, covariance=covariance)
+
+
+_SAVE_FORMAT = "fastmoe.MixtureOfExpertsClassifier"
+_SAVE_VERSION = 1
+
+
+def _fastmoe_version():
+    from . import __version__
+
+    return __version__
+
+
+def _plain(value):
+    """NumPy scalars as Python numbers (JSON knows only the latter)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _result_to_json(result):
+    """A FitResult's fields but ``params`` as JSON values; arrays and tuples tagged so they come back."""
+    out = {}
+    for item in dataclasses.fields(result):
+        value = getattr(result, item.name)
+        if item.name == "params":
+            continue
+        if isinstance(value, np.ndarray):
+            value = {"ndarray": value.tolist()}
+        elif isinstance(value, tuple):
+            value = {"tuple": [_plain(v) for v in value]}
+        out[item.name] = _plain(value)
+    return out
+
+
+def _result_from_json(data, params):
+    fields = {item.name for item in dataclasses.fields(FitResult)}
+    kwargs = {"params": params}
+    for name, value in data.items():
+        if name not in fields:
+            continue  # written by another fastmoe version; not part of this FitResult
+        if isinstance(value, dict) and "ndarray" in value:
+            value = np.array(value["ndarray"], dtype=np.float64)
+        elif isinstance(value, dict) and "tuple" in value:
+            value = tuple(value["tuple"])
+        kwargs[name] = value
+    return FitResult(**kwargs)
 
 
 def _num_rows(X):

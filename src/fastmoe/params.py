@@ -15,6 +15,7 @@ all use it through :func:`free_vector`, :func:`from_free_vector`, :func:`free_pa
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
@@ -114,7 +115,13 @@ def gate_input(gating, X):
         if gating == "identity":
             return X
         return np.ascontiguousarray(GATING_TRANSFORMS[gating](X), dtype=np.float64)
-    Z = np.ascontiguousarray(gating(X), dtype=np.float64)
+    Z = np.asarray(gating(X))
+    if Z.dtype.kind == "c":
+        # np.asarray(..., dtype=float64) would drop the imaginary part with only a ComplexWarning.
+        raise ValueError(f"the gating callable returned complex values (dtype {Z.dtype}); M(X) must be real")
+    if Z.dtype.kind not in "fiub":
+        raise ValueError(f"the gating callable must return real numbers, got dtype {Z.dtype}")
+    Z = np.ascontiguousarray(Z, dtype=np.float64)
     if Z.ndim != 2 or Z.shape[0] != X.shape[0]:
         raise ValueError(
             f"the gating callable must map X of shape {X.shape} to an array (n_samples={X.shape[0]}, d_gate); "
@@ -125,8 +132,34 @@ def gate_input(gating, X):
     return Z
 
 
+def _non_numbers(value):
+    """The first entry of a (nested) array-like that is not a real number: a string, a boolean, a complex
+    number or another object, or None when every entry is one. NumPy would convert ``"1.5"`` and ``True``
+    to floats without a word, and keep only the real part of a complex number."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "fiu":
+            return None
+        if value.dtype.kind != "O":
+            return value.flat[0] if value.size else value.dtype
+        value = value.tolist()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple, np.ndarray)):
+            stack.extend(reversed(item.tolist() if isinstance(item, np.ndarray) else item))  # first entry first
+        elif isinstance(item, (bool, np.bool_)) or not isinstance(item, (numbers.Real, np.floating, np.integer)):
+            return item
+    return None
+
+
 def _as_float_array(name, value, ndim):
-    arr = np.array(value, dtype=np.float64, copy=True)
+    bad = _non_numbers(value)
+    if bad is not None:
+        raise TypeError(f"{name} must hold real numbers, got {bad!r} ({type(bad).__name__})")
+    try:
+        arr = np.array(value, dtype=np.float64, copy=True)
+    except ValueError as exc:  # ragged nested lists
+        raise ValueError(f"{name} cannot be read as a {ndim}-d array of numbers: {exc}") from None
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be a {ndim}-d array, got {arr.ndim}-d with shape {arr.shape}")
     if not np.isfinite(arr).all():
@@ -283,10 +316,26 @@ class MoEParams:
 
     @classmethod
     def from_dict(cls, data: dict, gating=None) -> "MoEParams":
-        """Inverse of :meth:`to_dict`; ``gating`` overrides the stored transform."""
+        """Inverse of :meth:`to_dict`; ``gating`` overrides the stored transform.
+
+        The dict holds ``beta0, beta1, a, b`` and optionally ``gating`` (a transform name; ``"identity"``
+        when left out). Any other key, usually a typo, is an error, and so is ``gating: null``.
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a dict of parameter arrays, got {type(data).__name__}")
         missing = {"beta0", "beta1", "a", "b"} - set(data)
         if missing:
             raise ValueError(f"parameter dict lacks {sorted(missing)}")
+        unknown = set(data) - {"beta0", "beta1", "a", "b", "gating"}
+        if unknown:
+            raise ValueError(
+                f"parameter dict has unknown keys {sorted(map(str, unknown))}; "
+                "expected beta0, beta1, a, b and optionally gating"
+            )
+        if "gating" in data and data["gating"] is None:
+            raise ValueError(
+                f"parameter dict has gating: null; name a transform ({sorted(GATING_TRANSFORMS)}) or leave the key out"
+            )
         return cls(
             beta0=data["beta0"],
             beta1=data["beta1"],

@@ -1,4 +1,4 @@
-"""Observed information, standard errors and Wald intervals for the free parameters.
+"""Observed information, standard errors, Wald and parametric-bootstrap intervals for the free parameters.
 
 At a maximum-likelihood estimate ``theta_hat`` of the free parameters (reference conventions, order of
 ``MODEL.md``: gating ``W[:k-1]`` row by row as ``[beta0_i, beta1_i]``, then for each expert ``i`` its
@@ -23,31 +23,55 @@ covariance of ``grad l_ni``, couples the gating and all experts and is the "miss
 quadrature of the input law it is the population information, whose null space shows which parameters the
 data cannot pin down at first order (used in ``docs/results.md`` for the split cell of a vanishing expert).
 
-Caveats, reported rather than hidden: the intervals are asymptotic and assume a converged,
-unpenalised fit at an interior maximum of a correctly sized model. In an over-specified mixture the
+A penalised fit (ridge ``l2 / 2 ||slopes||^2``, the estimator's default) is not an MLE and ``J^{-1}`` does
+not describe it. :func:`parameter_table` then uses the *penalised* information ``J_p = J + l2 D`` (``D`` the
+diagonal slope mask), the negative Hessian of the objective the fit maximised: ``covariance="penalised"``
+(the default there) gives ``J_p^{-1}``, the posterior covariance under the Gaussian prior the ridge
+amounts to (Wood's ``V_p``; it includes an allowance for the shrinkage bias), and ``covariance="sandwich"``
+gives ``J_p^{-1} J J_p^{-1}``, the model-based variance of the penalised estimator (no bias allowance).
+
+:func:`bootstrap_table` gives intervals that do not lean on the normal approximation: it draws new labels
+from the fitted model at the same inputs, refits from the estimate and reads the intervals off the refits
+(percentile, basic or studentized); ``docs/uncertainty.md`` has their measured coverage beside Wald's.
+
+Caveats, reported rather than hidden: the intervals are asymptotic and assume a converged fit at an
+interior maximum of a correctly sized model. In an over-specified mixture the
 information is (near) singular and the parameters of split cells converge slower than ``n^(-1/2)``
 (MODEL.md section 4), so Wald intervals do not apply to them.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 import warnings
 from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from scipy.stats import norm
 
-from ._fit import FitResult
+from ._fit import FitResult, fit
 from ._predict import predict_proba
 from ._problem import Problem
-from ._validation import check_params, check_sample_weight, check_X, check_y, effective_n_threads
-from .params import MoEParams, free_parameter_names, free_parameters
+from ._validation import (
+    check_params,
+    check_positive_int,
+    check_random_state,
+    check_sample_weight,
+    check_X,
+    check_y,
+    effective_n_threads,
+)
+from .exceptions import ConvergenceWarning
+from .params import MoEParams, free_parameter_names, free_parameters, slope_masks
 
 __all__ = [
     "ParameterTable",
     "UncertaintyWarning",
+    "bootstrap_table",
     "expected_information",
     "observed_information",
     "parameter_table",
@@ -156,8 +180,17 @@ class ParameterTable:
         ``estimate -+ q std_error`` with ``q`` the standard normal ``(1 + level) / 2`` quantile.
     level : float
     information, covariance : ndarray of shape (n_free_params, n_free_params)
-        Observed information and its inverse (a pseudo-inverse on the positive eigenspace when the
-        information is singular).
+        Observed information and the covariance the standard errors come from: its inverse (a
+        pseudo-inverse on the positive eigenspace when the information is singular), or for a
+        penalised fit the penalised form named by ``method``.
+    method : str
+        How the covariance and intervals were formed, in words (e.g. ``"observed information"``).
+    replicates : ndarray of shape (n_boot, n_free_params) or None
+        A bootstrap table's refitted estimates (a failed refit's last iterate); None for a Wald table.
+    n_failed : int
+        Bootstrap refits that did not converge or diverged.
+    failed_refits : ndarray of bool of shape (n_boot,) or None
+        Which refits failed.
     """
 
     names: tuple
@@ -170,6 +203,10 @@ class ParameterTable:
     level: float
     information: np.ndarray
     covariance: np.ndarray
+    method: str = "observed information"
+    replicates: Optional[np.ndarray] = None
+    n_failed: int = 0
+    failed_refits: Optional[np.ndarray] = None
 
     _COLUMNS = ("estimate", "std_error", "z", "p_value", "lower", "upper")
 
@@ -213,7 +250,7 @@ class ParameterTable:
         return "\n".join([fmt(header)] + [fmt(line) for line in lines])
 
     def __repr__(self):
-        return f"ParameterTable(level={self.level}, n_params={len(self)})\n{self}"
+        return f"ParameterTable(level={self.level}, n_params={len(self)}, method={self.method!r})\n{self}"
 
 
 def _covariance(information):
@@ -239,47 +276,68 @@ def _covariance(information):
     return cov, ~bad
 
 
-def _resolve_model(model, y):
-    """``(params, y_codes, problems)`` from an MoEParams, a FitResult or a fitted estimator.
+def _resolve_model(model, y, sample_weight=None):
+    """``(params, y_codes, sample_weight, l2, problems)`` from an MoEParams, a FitResult or a fitted estimator.
 
-    ``problems`` lists the reasons the fit may not be an interior, unpenalised MLE.
+    ``l2`` is the ridge the estimate maximised with (0 for an MoEParams); ``problems`` lists the reasons
+    the fit may not be an interior maximum. For an estimator the labels are encoded and its class
+    weights multiplied into ``sample_weight``, as in its fit.
     """
     if isinstance(model, MoEParams):
-        return model, y, []
+        return model, y, sample_weight, 0.0, []
     if isinstance(model, FitResult):
         problems = []
         if not model.converged:
             problems.append("the fit did not converge")
         if model.diverged:
             problems.append("its coefficients were diverging (the MLE may not exist)")
-        if model.l2 > 0:
-            problems.append("it maximised a penalised likelihood (l2 > 0), not the likelihood")
-        return model.params, y, problems
+        return model.params, y, sample_weight, model.l2, problems
     # The estimator module is loaded whenever an estimator exists; importing it here would need scikit-learn.
     estimator = sys.modules.get("fastmoe.estimator")
     if estimator is not None and isinstance(model, estimator.MixtureOfExpertsClassifier):
-        params, _, problems = _resolve_model(model.fit_result_, None)
-        return params, model.encode_labels(y), problems
+        params, _, _, l2, problems = _resolve_model(model.fit_result_, None)
+        codes = model.encode_labels(y)
+        return params, codes, model._fit_weights(codes, sample_weight), l2, problems
     raise TypeError(
         f"model must be an MoEParams, a FitResult or a fitted MixtureOfExpertsClassifier, got {type(model).__name__}"
     )
 
 
-def parameter_table(model, X, y, *, sample_weight=None, level=0.95, n_threads=None) -> ParameterTable:
+def _penalty_matrix(params, l2):
+    """``l2`` times the diagonal slope mask over the free vector: the Hessian of the ridge."""
+    gate, expert = slope_masks(params.n_experts, params.n_classes, params.n_features, params.n_gate_features)
+    return l2 * np.diag(np.concatenate([gate, np.tile(expert, params.n_experts)]))
+
+
+COVARIANCES = ("auto", "observed", "penalised", "sandwich")
+
+
+def parameter_table(
+    model, X, y, *, sample_weight=None, level=0.95, covariance="auto", l2=None, n_threads=None
+) -> ParameterTable:
     """Standard errors and Wald confidence intervals of the free parameters.
 
     Parameters
     ----------
     model : MoEParams, FitResult or fitted MixtureOfExpertsClassifier
-        The estimate (normally the MLE on ``(X, y)``). For an estimator, ``y`` holds its labels and
+        The estimate (normally the fit on ``(X, y)``). For an estimator, ``y`` holds its labels and
         class indices in the names follow ``classes_``.
     X : array-like of shape (n_samples, n_features)
         The data the estimate was fitted on.
     y : array-like of shape (n_samples,)
     sample_weight : array-like of shape (n_samples,), optional
-        The fit's weights. Read as frequency weights (the information is ``sum_n w_n J_n``).
+        The fit's weights. Read as frequency weights (the information is ``sum_n w_n J_n``). An
+        estimator's ``class_weight`` is applied on top, as in its fit.
     level : float, default=0.95
         Coverage of the intervals, in (0, 1).
+    covariance : {"auto", "observed", "penalised", "sandwich"}, default="auto"
+        ``"observed"``: ``J^{-1}``, the classical covariance of the MLE. ``"penalised"``: ``J_p^{-1}``
+        with ``J_p = J + l2 D`` the negative Hessian of the penalised objective. ``"sandwich"``:
+        ``J_p^{-1} J J_p^{-1}``. ``"auto"`` is ``"observed"`` for an unpenalised fit and ``"penalised"``
+        for a penalised one (see the module notes). The table's ``method`` says which was used.
+    l2 : float, optional
+        The ridge the estimate maximised with; by default the FitResult's or estimator's (0 for an
+        MoEParams).
     n_threads : int, optional
 
     Returns
@@ -289,37 +347,53 @@ def parameter_table(model, X, y, *, sample_weight=None, level=0.95, n_threads=No
     Warns
     -----
     UncertaintyWarning
-        When a FitResult or estimator did not converge, diverged or was penalised, or when the
-        information is not positive definite (the affected standard errors are ``nan``).
+        When a FitResult or estimator did not converge or diverged, when a penalised fit is given
+        ``covariance="observed"``, or when the information is not positive definite (the affected
+        standard errors are ``nan``).
 
     Notes
     -----
-    ``std_error = sqrt(diag(J^{-1}))`` with ``J`` the observed information (:func:`observed_information`),
-    the classical asymptotic covariance of the MLE. Gating parameters are relative to the last expert,
-    expert parameters relative to each expert's last class (reference conventions).
+    ``std_error = sqrt(diag(covariance))``. Gating parameters are relative to the last expert, expert
+    parameters relative to each expert's last class (reference conventions).
     """
     if not (np.isscalar(level) and 0.0 < level < 1.0):
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
-    params, y, problems = _resolve_model(model, y)
+    if covariance not in COVARIANCES:
+        raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+    params, y, sample_weight, fitted_l2, problems = _resolve_model(model, y, sample_weight)
+    l2 = fitted_l2 if l2 is None else l2
+    if not (np.isscalar(l2) and np.isfinite(l2) and l2 >= 0):
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    if covariance == "auto":
+        covariance = "observed" if l2 == 0 else "penalised"
+    if covariance == "observed" and l2 > 0:
+        problems.append("it maximised a penalised likelihood (l2 > 0), not the likelihood (use covariance='penalised')")
     if problems:
         warnings.warn(
-            "standard errors assume a converged, unpenalised maximum-likelihood fit, but "
-            + "; ".join(problems),
+            "standard errors assume a converged maximum of the objective, but " + "; ".join(problems),
             UncertaintyWarning,
             stacklevel=2,
         )
     information = observed_information(params, X, y, sample_weight, n_threads)
-    covariance, identified = _covariance(information)
+    if covariance == "observed":
+        cov, identified = _covariance(information)
+        method = "observed information"
+    else:
+        inverse, identified = _covariance(information + _penalty_matrix(params, l2))
+        if covariance == "penalised":
+            cov, method = inverse, f"inverse penalised Hessian (l2={l2:g})"
+        else:
+            cov, method = inverse @ information @ inverse, f"sandwich around the penalised Hessian (l2={l2:g})"
     if not identified.all():
         warnings.warn(
-            f"the observed information is not positive definite ({int((~identified).sum())} parameters load on "
-            "non-positive directions: not a strict maximum, or an over-specified/non-identified model); "
-            "their standard errors are nan",
+            f"the {'observed' if covariance == 'observed' else 'penalised'} information is not positive definite "
+            f"({int((~identified).sum())} parameters load on non-positive directions: not a strict maximum, or an "
+            "over-specified/non-identified model); their standard errors are nan",
             UncertaintyWarning,
             stacklevel=2,
         )
     estimate = free_parameters(params)
-    std_error = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    std_error = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     std_error[~identified] = np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         z = estimate / std_error
@@ -335,5 +409,205 @@ def parameter_table(model, X, y, *, sample_weight=None, level=0.95, n_threads=No
         upper=estimate + q * std_error,
         level=float(level),
         information=information,
-        covariance=covariance,
+        covariance=cov,
+        method=method,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parametric bootstrap
+# ----------------------------------------------------------------------------------------------------------
+BOOTSTRAP_INTERVALS = ("percentile", "basic", "studentized")
+
+
+def _aligned(params, reference, max_experts=6):
+    """The free vector of ``params`` with its experts relabelled to lie closest to ``reference`` (a free vector).
+
+    A refit started at the estimate keeps its expert labels almost always; this guards the rare swap
+    (all ``k!`` orders are tried up to ``max_experts`` experts).
+    """
+    k = params.n_experts
+    if k == 1 or k > max_experts:
+        return free_parameters(params)
+    best, best_distance = None, np.inf
+    for order in itertools.permutations(range(k)):
+        order = list(order)
+        theta = free_parameters(MoEParams(params.beta0[order], params.beta1[order], params.a[order],
+                                          params.b[order], params.gating))
+        distance = float(np.sum((theta - reference) ** 2))
+        if distance < best_distance:
+            best, best_distance = theta, distance
+    return best
+
+
+def bootstrap_table(
+    model, X, y, *, n_boot=200, interval="percentile", failed="keep", level=0.95, sample_weight=None,
+    covariance="auto", n_jobs=1, random_state=None, max_iter=1000, tol=1e-8,
+) -> ParameterTable:
+    """Parametric-bootstrap intervals of the free parameters, beside the Wald ones of :func:`parameter_table`.
+
+    Each replicate draws new labels ``y* ~ p_hat(. | x_n)`` from the fitted model at the same inputs
+    (and weights), refits from the estimate (same number of experts, gating and ridge) and records the
+    refitted free parameters, their experts relabelled onto the estimate's. The spread of the refits
+    gives the standard errors and the intervals; no normal approximation of the estimator is assumed.
+
+    Parameters
+    ----------
+    model : MoEParams, FitResult or fitted MixtureOfExpertsClassifier
+        The estimate on ``(X, y)`` (an MoEParams is treated as an unpenalised fit).
+    X : array-like of shape (n_samples, n_features)
+        The data the estimate was fitted on.
+    y : array-like of shape (n_samples,)
+        Its labels (the estimator's own labels for an estimator); they serve the studentized interval's
+        standard error at the estimate, the refits use drawn labels.
+    n_boot : int, default=200
+        Replicates (refits).
+    interval : {"percentile", "basic", "studentized"}, default="percentile"
+        ``"percentile"``: the ``(1 -+ level) / 2`` quantiles of the refits. ``"basic"``: those quantiles
+        reflected about the estimate, ``2 theta_hat - q``. ``"studentized"`` (bootstrap-t): the quantiles
+        of ``(theta* - theta_hat) / se*`` times the Wald standard error, with ``se*`` each refit's own
+        Wald standard error (one Hessian pass per refit; replicates whose ``se*`` is undefined are left
+        out). ``docs/uncertainty.md`` gives their measured coverage.
+    failed : {"keep", "drop"}, default="keep"
+        Refits that diverge (the drawn labels have no MLE: a class quasi-separated inside an expert) or
+        do not converge: ``"keep"`` counts their last iterates in the quantiles of the percentile and
+        basic intervals (they are draws of an estimator that runs off, and belong in its tails),
+        ``"drop"`` leaves them out. The standard deviation, the covariance and the studentized interval
+        always use the converged refits only.
+    level : float, default=0.95
+    sample_weight : array-like of shape (n_samples,), optional
+        The fit's (frequency) weights; every replicate keeps them.
+    covariance : {"auto", "observed", "penalised", "sandwich"}, default="auto"
+        How the Wald standard errors of the studentized interval are formed (see :func:`parameter_table`).
+    n_jobs : int, default=1
+        Refits run at once, in threads (the compiled passes release the GIL); each refit uses one
+        OpenMP thread. ``-1`` uses every core. Threads pay when the compiled passes dominate a refit
+        (large ``n``); at ``n = 5000`` the Python loop between passes holds the GIL and two threads
+        ran no faster than one on a 2-core machine.
+    random_state : None, int or numpy.random.Generator
+        Seeds the replicates; replicate ``b`` has its own stream, so the result does not depend on ``n_jobs``.
+    max_iter, tol : int, float
+        Settings of each refit (see :func:`fastmoe.fit`).
+
+    Returns
+    -------
+    ParameterTable
+        ``estimate`` as fitted, ``std_error`` the standard deviation of the refits, ``z`` and ``p_value``
+        from them, ``lower``/``upper`` the bootstrap interval, ``covariance`` the refits' covariance,
+        ``information`` the observed information at the estimate, ``replicates`` the refits,
+        ``n_failed`` and ``failed_refits`` the refits that did not converge or diverged.
+
+    Warns
+    -----
+    UncertaintyWarning
+        When more than 5% of the refits fail, or the estimate itself is doubtful (as for
+        :func:`parameter_table`).
+    """
+    if interval not in BOOTSTRAP_INTERVALS:
+        raise ValueError(f"interval must be one of {BOOTSTRAP_INTERVALS}, got {interval!r}")
+    if failed not in ("keep", "drop"):
+        raise ValueError(f"failed must be 'keep' or 'drop', got {failed!r}")
+    if not (np.isscalar(level) and 0.0 < level < 1.0):
+        raise ValueError(f"level must be a number in (0, 1), got {level!r}")
+    n_boot = check_positive_int(n_boot, "n_boot", minimum=2)
+    n_jobs = effective_n_threads(n_jobs) if n_jobs is not None else 1
+    params, y_codes, weights, l2, _ = _resolve_model(model, y, sample_weight)
+    params = check_params(params).normalized()
+    X = check_X(X, n_features=params.n_features)
+    wald = parameter_table(model, X, y, sample_weight=sample_weight, level=level, covariance=covariance, n_threads=1)
+    weights = None if weights is None else check_sample_weight(weights, X.shape[0])
+    theta_hat = wald.estimate
+    seeds = np.random.SeedSequence(check_random_state(random_state).integers(2**63)).spawn(n_boot)
+    studentized = interval == "studentized"
+
+    def replicate(seed):
+        from .sampling import sample
+
+        _, y_star = sample(params, X=X, random_state=np.random.default_rng(seed), n_threads=1)
+        refit = fit(X, y_star, params.n_experts, n_classes=params.n_classes, gating=params.gating, init=params,
+                    max_iter=max_iter, tol=tol, l2=l2, sample_weight=weights, n_threads=1)
+        theta = _aligned(refit.params, theta_hat)  # a failed refit's last iterate, kept for failed="keep"
+        se = np.full(theta_hat.shape, np.nan)
+        failed = not refit.converged or refit.diverged or not np.isfinite(theta).all()
+        if studentized and not failed:
+            table = parameter_table(refit.params, X, y_star, sample_weight=weights, l2=l2,
+                                    covariance=covariance, n_threads=1)
+            se = _aligned_se(refit.params, table, theta_hat)
+        return theta, se, failed
+
+    with warnings.catch_warnings():
+        # Failed refits are counted below; their warnings would repeat one message per replicate.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", UncertaintyWarning)
+        if n_jobs == 1:
+            results = [replicate(seed) for seed in seeds]
+        else:
+            with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+                results = list(pool.map(replicate, seeds))
+    replicates = np.array([theta for theta, _, _ in results])
+    failed_mask = np.array([bad for _, _, bad in results])
+    ok = ~failed_mask
+    n_failed = int(failed_mask.sum())
+    if n_failed > 0.05 * n_boot:
+        warnings.warn(
+            f"{n_failed} of {n_boot} bootstrap refits did not converge or diverged"
+            + ("; the intervals use the others" if failed == "drop" or studentized else ""),
+            UncertaintyWarning,
+            stacklevel=2,
+        )
+    if ok.sum() < 2:
+        raise ValueError(f"only {int(ok.sum())} of {n_boot} bootstrap refits converged; no interval can be formed")
+    good = replicates[ok]
+    # The quantiles of "keep" include the failed refits' last iterates: a diverging refit is a draw of an
+    # estimator that runs off, and dropping it would cut the tail it belongs to.
+    quantile_set = replicates[np.isfinite(replicates).all(axis=1)] if failed == "keep" else good
+    alpha = 1.0 - level
+    std_error = good.std(axis=0, ddof=1)
+    if interval == "percentile":
+        lower, upper = np.quantile(quantile_set, [alpha / 2, 1 - alpha / 2], axis=0)
+    elif interval == "basic":
+        q_low, q_high = np.quantile(quantile_set, [alpha / 2, 1 - alpha / 2], axis=0)
+        lower, upper = 2 * theta_hat - q_high, 2 * theta_hat - q_low
+    else:
+        se_star = np.array([se for _, se, _ in results])[ok]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t_star = (good - theta_hat) / se_star
+        lower, upper = np.empty_like(theta_hat), np.empty_like(theta_hat)
+        for j in range(theta_hat.shape[0]):
+            t = t_star[:, j][np.isfinite(t_star[:, j])]
+            if t.size < 2 or not np.isfinite(wald.std_error[j]):
+                lower[j] = upper[j] = np.nan
+                continue
+            t_low, t_high = np.quantile(t, [alpha / 2, 1 - alpha / 2])
+            lower[j], upper[j] = theta_hat[j] - t_high * wald.std_error[j], theta_hat[j] - t_low * wald.std_error[j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = theta_hat / std_error
+    return ParameterTable(
+        names=wald.names,
+        estimate=theta_hat,
+        std_error=std_error,
+        z=z,
+        p_value=2.0 * norm.sf(np.abs(z)),
+        lower=lower,
+        upper=upper,
+        level=float(level),
+        information=wald.information,
+        covariance=np.cov(good, rowvar=False),
+        method=f"parametric bootstrap, {interval} interval, {int(ok.sum())} of {n_boot} refits converged"
+               + (f" (studentized by {wald.method})" if studentized else "")
+               + (", failed refits kept in the quantiles" if failed == "keep" and not studentized and n_failed else ""),
+        replicates=replicates,
+        n_failed=n_failed,
+        failed_refits=failed_mask,
+    )
+
+
+def _aligned_se(params, table, reference):
+    """The standard errors of ``table`` (at ``params``) in the order :func:`_aligned` gives the estimates.
+
+    A refit started at the estimate keeps its expert labels; a replicate whose experts came back swapped
+    gets no studentized value (its gating standard errors refer to another reference expert).
+    """
+    if params.n_experts == 1 or np.array_equal(_aligned(params, reference), free_parameters(params)):
+        return table.std_error
+    return np.full_like(table.std_error, np.nan)
