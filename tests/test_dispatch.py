@@ -130,7 +130,7 @@ truth = fastmoe.MoEParams(beta0=[0.5, 0.0], beta1=[[3.0, -2.0], [0.0, 0.0]],
 X, y = fastmoe.sample(truth, n=2000, random_state=3)
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    r = fastmoe.fit(X, y, 2, random_state=0, n_threads=1, tol=1e-12)
+    r = fastmoe.fit(X, y, 2, init="kmeans", random_state=0, n_threads=1, tol=1e-12)
 print(json.dumps({"variant": _dispatch.variant, "alias": _dispatch.kernels.__name__, "loglik": r.loglik,
                   "params": np.concatenate([a.ravel() for a in r.params.packed()]).tolist()}))
 """

@@ -138,7 +138,7 @@ def test_warm_start_continues_from_the_fitted_parameters(data):
     X, y = data
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
-        model = MixtureOfExpertsClassifier(2, l2=0.0, max_iter=3, warm_start=True, random_state=0, n_threads=1)
+        model = MixtureOfExpertsClassifier(2, l2=0.0, init="kmeans", max_iter=3, warm_start=True, random_state=0, n_threads=1)
         model.fit(X, y)
         first = model.log_likelihood_
         model.fit(X, y)  # three more iterations from where the first fit stopped

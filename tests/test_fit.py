@@ -263,12 +263,16 @@ def test_n_init_keeps_the_best_and_callback_can_stop(rng, well_separated):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
+        warnings.simplefilter("ignore", fastmoe.SearchWarning)
         best = fastmoe.fit(X, y, 3, random_state=1, n_init=4, init="random", max_iter=300, tol=1e-9,
                            callback=record)
     assert len(finals) == 4
     # Same sum in another summation order (E-step pass vs fused pass): equal to rounding.
     assert best.loglik == pytest.approx(max(finals), rel=1e-13)
     assert len({round(f, 6) for f in finals}) > 1  # the restarts really started from different points
+    # The result says what every start reached and how many reached the kept maximum.
+    np.testing.assert_allclose(best.starts.objectives, finals, rtol=1e-12)
+    assert best.starts.n_best == sum(abs(f - max(finals)) <= 1e-6 * abs(max(finals)) for f in finals)
 
 
 def test_result_methods(rng, well_separated, capsys):

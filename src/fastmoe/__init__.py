@@ -7,7 +7,7 @@ identity (standard softmax gating) or a bounded transform (modified softmax gati
 from . import losses
 from ._dispatch import show_config
 from ._openmp import openmp_enabled
-from .exceptions import ConvergenceWarning, FitWarning
+from .exceptions import ConvergenceWarning, FitWarning, SearchWarning
 from ._fit import FitResult, fit
 from ._predict import (
     expert_proba,
@@ -54,6 +54,7 @@ __all__ = [
     "MixtureOfExpertsClassifier",
     "MoEParams",
     "ParameterTable",
+    "SearchWarning",
     "SelectionResult",
     "UncertaintyWarning",
     "bootstrap_table",

@@ -10,10 +10,11 @@ import numpy as np
 
 from . import _predict
 from ._em import run_em
-from ._init import INIT_METHODS, initial_parameters
+from ._init import INIT_METHODS
 from ._monitor import ConvergenceMonitor
 from ._penalty import Penalty
-from ._problem import Problem
+from ._problem import Problem, serial_blas
+from ._search import SEARCH_N_INIT, restarts, search
 from ._validation import (
     check_params,
     check_positive_int,
@@ -23,10 +24,13 @@ from ._validation import (
     check_y,
     effective_n_threads,
 )
-from .exceptions import ConvergenceWarning
+from .exceptions import ConvergenceWarning, SearchWarning
 from .params import MoEParams, gate_input, gating_name, n_free_params
 
-__all__ = ["fit", "FitResult"]
+__all__ = ["fit", "FitResult", "INIT_STRATEGIES"]
+
+#: What ``fit(init=...)`` accepts by name: the search (the default) or one kind of start.
+INIT_STRATEGIES = ("search",) + INIT_METHODS
 
 
 @dataclass(frozen=True, repr=False)
@@ -64,6 +68,10 @@ class FitResult:
         ``(expert, class)`` pairs whose fitted probability is 0 (below e^-30) wherever the data are: a
         maximum on the boundary of the model, whose class intercepts are not finite (they ran off to
         -inf; the probabilities, and ``loglik``, are fine).
+    starts : StartLog or None
+        How settled the answer is when it came from several starts: the objective each start
+        reached (``starts.objectives``; on the exploration subsample for the search), how many reached
+        the kept maximum (``starts.n_best``), which diverged; None for a fit from given parameters.
     """
 
     params: MoEParams
@@ -80,6 +88,7 @@ class FitResult:
     l2: float = 0.0
     n_newton: int = 0
     boundary: tuple = ()
+    starts: object = None
 
     @property
     def n_free_params(self) -> int:
@@ -139,8 +148,8 @@ def _check_init(init, gating, n_experts, n_features, n_classes):
         if gating is not None and init.gating_name != gating_name(gating):
             raise ValueError(f"init uses gating {init.gating_name!r} but gating={gating!r}")
         return init, init.gating, init.n_classes
-    if init not in INIT_METHODS:
-        raise ValueError(f"init must be one of {INIT_METHODS} or an MoEParams, got {init!r}")
+    if not isinstance(init, str) or init not in INIT_STRATEGIES:
+        raise ValueError(f"init must be one of {INIT_STRATEGIES} or an MoEParams, got {init!r}")
     return init, "identity" if gating is None else gating, n_classes
 
 
@@ -151,8 +160,8 @@ def fit(
     *,
     n_classes=None,
     gating=None,
-    init="kmeans",
-    n_init=1,
+    init="search",
+    n_init=None,
     max_iter=1000,
     tol=1e-8,
     l2=0.0,
@@ -181,12 +190,17 @@ def fit(
         Number of classes ``K``; defaults to ``max(y) + 1`` (or the classes of ``init``).
     gating : {"identity", "tanh", "sigmoid"} or callable, optional
         Gating transform ``M``; default ``"identity"`` (standard softmax gating), or that of ``init``.
-    init : {"kmeans", "random"} or MoEParams, default="kmeans"
-        ``"kmeans"`` partitions the gating inputs with k-means, ``"random"`` with a random linear
-        gating; either partition is turned into parameters by an M-step. An ``MoEParams`` starts
-        there (e.g. near the truth in a simulation).
-    n_init : int, default=1
-        Restarts of a data-driven ``init``; the fit with the highest objective is kept.
+    init : {"search", "kmeans", "random"} or MoEParams, default="search"
+        ``"search"`` looks for the global maximum: ``n_init`` starts explored on a subsample of
+        ``max(10 000, 50 p)`` rows (``p`` free parameters; all rows for smaller data), most of them
+        with trust-region Newton steps on the likelihood from the start, in parallel threads; the
+        best is refined on all the data (see ``fastmoe._search``). ``"kmeans"`` partitions the gating
+        inputs with k-means, ``"random"`` with a random linear gating, turns the partition into
+        parameters by an M-step and runs EM from there on all the data (``n_init`` times). An
+        ``MoEParams`` starts there (e.g. near the truth in a simulation).
+    n_init : int, optional
+        Starts; the best maximum that did not diverge is kept and ``FitResult.starts`` says how many
+        reached it. Default: 4 for ``"search"``, 1 otherwise.
     max_iter : int, default=1000
     tol : float, default=1e-8
         Stop when the objective is estimated to lie within ``tol * |objective|`` of its maximum: the
@@ -218,12 +232,14 @@ def fit(
     -----
     ConvergenceWarning
         When the fit stops before converging (iteration cap) or its coefficients diverge.
+    SearchWarning
+        When of several starts only one reached the maximum that was kept.
     """
     started = time.perf_counter()
     X = check_X(X)
     n_samples, n_features = X.shape
     n_experts = check_positive_int(n_experts, "n_experts")
-    n_init = check_positive_int(n_init, "n_init")
+    n_init = None if n_init is None else check_positive_int(n_init, "n_init")
     max_iter = check_positive_int(max_iter, "max_iter", minimum=0)
     if not (np.isscalar(tol) and np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
@@ -249,20 +265,27 @@ def fit(
         # The user's callback sees the log-likelihood and a parameter object, not the packed arrays.
         return callback(n_iter, objective + penalty.total(W, V), MoEParams.from_packed(W, V, gating))
 
-    best = None
-    for _ in range(1 if isinstance(init, MoEParams) else n_init):
+    callback_ = on_iteration if callback is not None else None
+    options = dict(tol=tol, max_iter=max_iter, newton=newton)
+    starts = None
+    # BLAS stays serial for the whole fit: its matrices are small, and the starts run on threads.
+    with serial_blas():
         if isinstance(init, MoEParams):
             W, V = init.normalized().packed()
-        else:
-            W, V = initial_parameters(problem, init, rng)
-        monitor = ConvergenceMonitor(tol, max_iter, on_iteration if callback is not None else None, verbose)
-        run = run_em(problem, W, V, penalty, monitor, newton=newton)
-        if best is None or run.objective > best.objective:
-            best = run
+            best = run_em(problem, W, V, penalty, ConvergenceMonitor(tol, max_iter, callback_, verbose), newton=newton)
+        elif init == "search" and n_experts > 1:
+            best, starts = search(problem, penalty, SEARCH_N_INIT if n_init is None else n_init, rng,
+                                  n_threads=problem.n_threads, callback=callback_, verbose=verbose, **options)
+        else:  # a mixture of one expert is a concave problem: one start is the search
+            kind, n_init = ("kmeans", 1) if init == "search" else (init, n_init or 1)
+            best, starts = restarts(problem, penalty, kind, n_init, rng,
+                                    n_threads=problem.n_threads, callback=callback_, verbose=verbose, **options)
     monitor = best.monitor
     message = monitor.message(penalised=l2 > 0, empty_experts=best.empty_experts, boundary=best.boundary)
     if monitor.reason not in ("converged", "callback"):
         warnings.warn(f"fastmoe.fit: {message}", ConvergenceWarning, stacklevel=2)
+    if starts is not None and starts.message() is not None:
+        warnings.warn(f"fastmoe.fit: {starts.message()}", SearchWarning, stacklevel=2)
     return FitResult(
         params=MoEParams.from_packed(best.W, best.V, gating),
         loglik=float(best.loglik),
@@ -271,11 +294,12 @@ def fit(
         converged=monitor.converged,
         diverged=best.diverged,
         empty_experts=best.empty_experts,
-        boundary=best.boundary,
         history=np.asarray(monitor.history),
         time=time.perf_counter() - started,
         n_samples=n_samples,
         message=message,
         l2=float(l2),
         n_newton=monitor.n_newton,
+        boundary=best.boundary,
+        starts=starts,
     )

@@ -1,9 +1,14 @@
-"""Starting points of a fit: data-driven partitions turned into parameters by an M-step.
+"""Starting points of a fit: data-driven partitions turned into parameters, and relocations of a fit.
 
 A start only needs to be roughly right, so it is computed on a subsample of at most ``INIT_SUBSAMPLE``
 rows: a partition of the data into ``k`` groups (``"kmeans"`` on the gating inputs, or ``"random"``:
 a random linear gating), softened so that no expert starts without data, then fitted by Newton
 M-steps on fixed responsibilities with a small ridge (``_mstep.m_step_from_responsibilities``).
+
+:func:`relocated_parameters` moves one expert of a converged fit elsewhere: the commonest local
+maximum of a mixture of experts has two experts sharing one region while another region is served
+badly, and no EM step leaves it. The move drops an expert and inserts a new one where the labels
+say so: an expert fitted to the labels of a half-space of the gating inputs, gated towards it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ INIT_SUBSAMPLE = 20_000
 INIT_LABEL_SMOOTHING = 0.1
 INIT_L2 = 1.0
 INIT_NEWTON_ITER = 25
+# Relocation: the new expert's half-space holds a share in RELOCATE_SHARE of the rows, and its gating
+# rises across the boundary by RELOCATE_SHARPNESS (in units of the projections' spread).
+RELOCATE_SHARE = (0.1, 0.4)
+RELOCATE_SHARPNESS = (2.0, 6.0)
 
 
 def _kmeans_labels(Z, k, rng, weights=None, n_lloyd=20):
@@ -87,3 +96,43 @@ def initial_parameters(problem: Problem, method, rng):
     resp = np.full((sub.n_samples, k), INIT_LABEL_SMOOTHING / k)
     resp[np.arange(sub.n_samples), labels] += 1.0 - INIT_LABEL_SMOOTHING
     return m_step_from_responsibilities(sub, resp, Penalty(INIT_L2, sub), INIT_NEWTON_ITER)
+
+
+def relocated_parameters(problem: Problem, W, V, rng):
+    """``(W, V)`` with one expert dropped and a new one inserted, for a start that leaves a local maximum.
+
+    The new expert serves a random half-space of the (standardised) gating inputs through a random
+    row: its class model is a ridge multinomial regression of the labels on that half-space's rows, and
+    its gating row rises across the half-space's boundary. The expert to drop is drawn at random.
+
+    Parameters
+    ----------
+    problem : Problem
+    W, V : packed parameters of a fit with ``problem.n_experts`` experts.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    W, V : packed parameters in reference conventions.
+    """
+    n, k = problem.n_samples, problem.n_experts
+    keep = np.delete(np.arange(k), rng.integers(k))
+    Z = problem.Z
+    scale = Z.std(axis=0)
+    scale[scale == 0] = 1.0
+    direction = rng.standard_normal(Z.shape[1])
+    direction /= np.linalg.norm(direction) * scale  # a unit direction in standardised coordinates
+    offset = float(Z[rng.integers(n)] @ direction)
+    projection = Z @ direction - offset
+    threshold = np.quantile(projection, 1.0 - rng.uniform(*RELOCATE_SHARE))
+    rows = np.flatnonzero(projection >= threshold)
+    inside = problem.subset(rows, n_experts=1)
+    _, V_new = m_step_from_responsibilities(inside, np.ones((rows.size, 1)), Penalty(INIT_L2, inside), INIT_NEWTON_ITER)
+    spread = float(projection.std())
+    sharpness = rng.uniform(*RELOCATE_SHARPNESS) / (spread if spread > 0.0 else 1.0)
+    W_new = np.empty((1, W.shape[1]))
+    W_new[0, 1:] = sharpness * direction  # logit sharpness * (projection - threshold)
+    W_new[0, 0] = -sharpness * (threshold + offset)
+    W_out = np.vstack([W[keep], W_new])
+    V_out = np.concatenate([V[keep], V_new], axis=0)
+    return W_out - W_out[-1], V_out - V_out[:, -1:, :]

@@ -15,11 +15,21 @@ short of the maximum at large ``n``. :func:`em_settled` extrapolates EM's linear
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 # A Newton decrement this small relative to the stopping threshold certifies convergence on its own.
 NEGLIGIBLE_DECREMENT = 1e-3
+
+#: Two starts reached the same maximum when their objectives agree to this relative tolerance (absolute
+#: in nats for objectives below 1 in size: near a saturated likelihood the relative gap means nothing).
+SAME_MAXIMUM_RTOL = 1e-6
+
+
+def same_maximum(a, b):
+    """Whether objectives ``a`` and ``b`` belong to one maximum (``SAME_MAXIMUM_RTOL``)."""
+    return abs(a - b) <= SAME_MAXIMUM_RTOL * max(abs(a), abs(b), 1.0)
 
 #: Why a run stopped: its objective is within tolerance of a maximum; the iteration cap; the user's
 #: callback asked; coefficients ran past the divergence gauge; no step could increase the objective.
@@ -189,3 +199,56 @@ class ConvergenceMonitor:
             pairs = ", ".join(f"class {c} in expert {i}" for i, c in boundary)
             parts.append(f"at a boundary of the model: probability 0 for {pairs} (those intercepts are not finite)")
         return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class StartLog:
+    """How settled the answer of a fit with several starts is.
+
+    Attributes
+    ----------
+    objectives : ndarray of shape (n_starts,)
+        The objective each start ended at (on the exploration subsample when ``subsample`` is set).
+    diverged : ndarray of bool
+        Which starts diverged (they do not compete for the best).
+    best : int
+        The start that was kept.
+    n_best : int
+        Starts whose objective is within ``SAME_MAXIMUM_RTOL`` (relative) of the kept one's: how many
+        found that maximum.
+    subsample : int or None
+        Rows of the exploration subsample, or None when the starts ran on all the data.
+    """
+
+    objectives: np.ndarray
+    diverged: np.ndarray
+    best: int
+    n_best: int
+    subsample: object
+
+    @classmethod
+    def of(cls, runs, best, subsample):
+        objectives = np.array([r.objective for r in runs])
+        diverged = np.array([r.diverged for r in runs])
+        n_best = sum(same_maximum(value, objectives[best]) for value in objectives)
+        return cls(objectives, diverged, best, n_best, subsample)
+
+    def to_dict(self) -> dict:
+        """Plain-Python form, for JSON."""
+        return {"objectives": self.objectives.tolist(), "diverged": self.diverged.tolist(), "best": int(self.best),
+                "n_best": int(self.n_best), "subsample": self.subsample}
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(np.array(data["objectives"], dtype=float), np.array(data["diverged"], dtype=bool),
+                   int(data["best"]), int(data["n_best"]), data["subsample"])
+
+    def message(self):
+        """A warning's text when the kept maximum was found by one start of several, else None."""
+        if self.objectives.size < 2 or self.n_best > 1 or self.diverged[self.best]:
+            return None
+        return (
+            f"the best maximum was reached by only 1 of {self.objectives.size} starts (objectives "
+            f"{np.array2string(np.sort(self.objectives)[::-1], precision=6, separator=', ')}): a better one may "
+            "exist; consider a larger n_init"
+        )

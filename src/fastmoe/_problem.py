@@ -34,7 +34,7 @@ def _blas():
     return ThreadpoolController().select(user_api="blas")
 
 
-def _serial_blas():
+def serial_blas():
     """Keep BLAS single-threaded inside the kernels: their dgemm calls run inside OpenMP threads,
     and a BLAS that threads them too oversubscribes the cores (measured: the d = 10 Hessian pass
     went from 1.6 to 6.7 us per sample)."""
@@ -118,13 +118,19 @@ class Problem:
         """How far below ``value`` a log-likelihood (or a Q function) may come out by rounding alone."""
         return ROUNDING_SLACK * abs(value) + self.rounding_floor
 
-    def subset(self, rows):
-        """The same problem restricted to ``rows`` (a slice or sorted indices); standard gating stays ``Z is X``."""
+    def with_threads(self, n_threads):
+        """The same data with buffers of its own, for a concurrent run (the buffers are per call site)."""
+        return Problem(self.X, self.Z, self.y, self.sample_weight, self.n_experts, self.n_classes, n_threads)
+
+    def subset(self, rows, n_experts=None):
+        """The same problem restricted to ``rows`` (a slice or sorted indices), optionally with another
+        number of experts; standard gating stays ``Z is X``."""
         X = np.ascontiguousarray(self.X[rows])
         Z = X if self.Z is self.X else np.ascontiguousarray(self.Z[rows])
         y = np.ascontiguousarray(self.y[rows])
         w = np.ascontiguousarray(self.sample_weight[rows]) if self.sample_weight.size else self.sample_weight
-        return Problem(X, Z, y, w, self.n_experts, self.n_classes, self.n_threads)
+        k = self.n_experts if n_experts is None else n_experts
+        return Problem(X, Z, y, w, k, self.n_classes, self.n_threads)
 
     def loglik(self, W, V):
         """Weighted log-likelihood at (W, V)."""
@@ -134,7 +140,7 @@ class Problem:
 
     def newton_pass(self, W, V, resp=None) -> PassResult:
         """The fused pass at (W, V); ``resp`` (n, k) replaces the responsibilities when given."""
-        with _serial_blas():
+        with serial_blas():
             loglik = _kernels.newton_pass(
                 self.X, self.Z, self.y, self.sample_weight, W, V,
                 self._no_resp if resp is None else resp,
@@ -178,7 +184,7 @@ class Problem:
         gg = np.empty(((k - 1) * k // 2, pg * (pg + 1) // 2))
         ee = np.empty((kr * (kr + 1) // 2, pe * (pe + 1) // 2))
         ge = np.empty((k - 1, kr, pg, pe))
-        with _serial_blas():
+        with serial_blas():
             loglik = _kernels.loglik_hessian_pass(
                 self.X, self.Z, self.y, self.sample_weight, W, V, grad_gate, grad_expert, gg, ee, ge,
                 self.n_threads,

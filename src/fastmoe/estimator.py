@@ -21,8 +21,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from . import _predict
-from ._fit import FitResult, fit
-from ._init import INIT_METHODS
+from ._fit import INIT_STRATEGIES, FitResult, fit
+from ._monitor import StartLog
 from .params import MoEParams, gate_input, n_free_params
 
 try:  # scikit-learn >= 1.6
@@ -153,11 +153,12 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         Weights of the classes, multiplied into ``sample_weight`` as in ``LogisticRegression``: a dict
         maps labels to weights (absent labels weigh 1); ``"balanced"`` weighs class ``c`` by
         ``n_samples / (n_classes * n_c)`` (with sample weights, their sums).
-    init : {"kmeans", "random"} or MoEParams, default="kmeans"
-        Data-driven start (k-means or a random linear partition of the gating inputs, turned into
-        parameters by an M-step), or explicit starting parameters.
-    n_init : int, default=1
-        Restarts of a data-driven ``init``; the best objective is kept.
+    init : {"search", "kmeans", "random"} or MoEParams, default="search"
+        ``"search"`` looks for the global maximum (several starts explored on a subsample, relocation
+        moves, the best refined on all the data; see :func:`fastmoe.fit`); ``"kmeans"`` or
+        ``"random"``: EM from a partition of the gating inputs; or explicit starting parameters.
+    n_init : int, default=None
+        Starts (per round, for the search); None: 4 for the search, 1 otherwise.
     max_iter : int, default=1000
         Iteration cap, EM and Newton steps together.
     tol : float, default=1e-8
@@ -228,8 +229,8 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         gating="identity",
         l2=1.0,
         class_weight=None,
-        init="kmeans",
-        n_init=1,
+        init="search",
+        n_init=None,
         max_iter=1000,
         tol=1e-8,
         warm_start=False,
@@ -295,8 +296,8 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         """
         if isinstance(self.n_experts, (bool, np.bool_)) or not isinstance(self.n_experts, numbers.Integral):
             raise TypeError(f"n_experts must be an integer, got {self.n_experts!r}")
-        if not (isinstance(self.init, MoEParams) or self.init in INIT_METHODS):
-            raise ValueError(f"init must be one of {INIT_METHODS} or an MoEParams, got {self.init!r}")
+        if not (isinstance(self.init, MoEParams) or self.init in INIT_STRATEGIES):
+            raise ValueError(f"init must be one of {INIT_STRATEGIES} or an MoEParams, got {self.init!r}")
         _check_label_types(y)
         X, y = _validate_data(self, X, y, dtype=np.float64, order="C")
         check_classification_targets(y)
@@ -715,7 +716,9 @@ def _result_to_json(result):
         if isinstance(value, np.ndarray):
             value = {"ndarray": value.tolist()}
         elif isinstance(value, tuple):
-            value = {"tuple": [_plain(v) for v in value]}
+            value = {"tuple": [v if isinstance(v, tuple) else _plain(v) for v in value]}
+        elif isinstance(value, StartLog):
+            value = {"start_log": value.to_dict()}
         out[item.name] = _plain(value)
     return out
 
@@ -729,7 +732,9 @@ def _result_from_json(data, params):
         if isinstance(value, dict) and "ndarray" in value:
             value = np.array(value["ndarray"], dtype=np.float64)
         elif isinstance(value, dict) and "tuple" in value:
-            value = tuple(value["tuple"])
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value["tuple"])
+        elif isinstance(value, dict) and "start_log" in value:
+            value = StartLog.from_dict(value["start_log"])
         kwargs[name] = value
     return FitResult(**kwargs)
 

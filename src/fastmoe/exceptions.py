@@ -17,3 +17,7 @@ class ConvergenceWarning(_BaseConvergenceWarning):
 
 class FitWarning(RuntimeWarning):
     """Something numerically wrong happened during a fit and was handled (reported, not silent)."""
+
+
+class SearchWarning(UserWarning):
+    """Of several starts only one reached the maximum that was kept: a better one may exist."""

@@ -87,6 +87,23 @@ class SelectionResult:
         return f"SelectionResult(criterion={self.criterion!r}, best_n_experts={self.best_n_experts})\n{self}"
 
 
+def _from_splits(estimator, previous, k, X, y, sample_weight, model):
+    """The best of ``model`` and fits started from ``previous`` with one expert split (repeatedly, up to k).
+
+    A split start has exactly the smaller fit's likelihood and EM never decreases it, so the result is
+    never below the fit with fewer experts.
+    """
+    best = model
+    for expert in range(previous.n_experts):
+        start = previous.params_
+        while start.n_experts < k:
+            start = start.split_expert(expert)
+        candidate = clone(estimator).set_params(n_experts=k, init=start).fit(X, y, sample_weight=sample_weight)
+        if candidate.objective_ > best.objective_:
+            best = candidate
+    return best
+
+
 def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", sample_weight=None, estimator=None,
                      **params) -> SelectionResult:
     """Fit a mixture for each candidate number of experts and choose one by BIC or AIC.
@@ -119,6 +136,12 @@ def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", sample_we
 
     Notes
     -----
+    The fits are nested: candidates are fitted from the smallest up, and when a fit ends below the
+    fit with fewer experts (a local maximum), it is replaced by the best fit started from that smaller
+    fit with one expert split in two (:meth:`MoEParams.split_expert`), which starts at the smaller
+    fit's likelihood. So the maximised objective (the log-likelihood when ``l2 = 0``) never falls as
+    ``n_experts`` grows.
+
     Candidates are compared on the unpenalised log-likelihood; with ``l2 > 0`` the criteria are only
     heuristics (the penalty shrinks the effective number of parameters).
 
@@ -145,16 +168,20 @@ def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", sample_we
     elif not isinstance(estimator, MixtureOfExpertsClassifier):
         raise TypeError(f"estimator must be a MixtureOfExpertsClassifier, got {type(estimator).__name__}")
 
-    fitted, rows = {}, []
-    for k in candidates:
-        model = clone(estimator).set_params(n_experts=k)
+    fitted, elapsed = {}, {}
+    previous = None
+    for k in sorted(candidates):  # nested: each fit knows the fit with fewer experts
         started = time.perf_counter()
-        model.fit(X, y, sample_weight=sample_weight)
-        elapsed = time.perf_counter() - started
-        fitted[k] = model
-        result = model.fit_result_
+        model = clone(estimator).set_params(n_experts=k).fit(X, y, sample_weight=sample_weight)
+        if previous is not None and model.objective_ < previous.objective_:
+            model = _from_splits(estimator, previous, k, X, y, sample_weight, model)
+        elapsed[k] = time.perf_counter() - started
+        fitted[k] = previous = model
+    rows = []
+    for k in candidates:
+        result = fitted[k].fit_result_
         rows.append((k, result.n_free_params, result.loglik, result.bic, result.aic, result.n_iter,
-                     result.converged, result.diverged, elapsed))
+                     result.converged, result.diverged, elapsed[k]))
     table = {c: np.array(values) for c, values in zip(_COLUMNS, zip(*rows))}
     admissible = table["converged"] & ~table["diverged"]
     if not admissible.any():

@@ -269,6 +269,26 @@ class MoEParams:
         """The gating design ``M(X)`` for this parameter set's transform."""
         return gate_input(self.gating, X)
 
+    def split_expert(self, expert) -> "MoEParams":
+        """The same model with one more expert: ``expert`` in two identical halves.
+
+        The copy is appended as the last expert; both halves get the gating intercept
+        ``beta0 - log 2``, so every gating share and every class probability is unchanged. A fit
+        with ``k + 1`` experts started here begins at the ``k``-expert fit's likelihood, and EM never
+        goes below it.
+        """
+        if not 0 <= expert < self.n_experts:
+            raise ValueError(f"expert must be in 0..{self.n_experts - 1}, got {expert}")
+        beta0 = np.append(self.beta0, self.beta0[expert])
+        beta0[[expert, -1]] -= np.log(2.0)
+        return MoEParams(
+            beta0=beta0,
+            beta1=np.vstack([self.beta1, self.beta1[expert]]),
+            a=np.concatenate([self.a, self.a[expert][None]]),
+            b=np.vstack([self.b, self.b[expert]]),
+            gating=self.gating,
+        ).normalized()
+
     # -- packed forms used by the engine ----------------------------------------------------------------
     def packed(self):
         """Return ``(W, V)``: ``W = [beta0 | beta1]`` (k, 1+d_gate) and ``V = [b | a]`` (k, K, 1+d)."""

@@ -1,0 +1,196 @@
+"""Starts and restarts: the search for the global maximum, run in parallel where the data are small.
+
+The likelihood of a mixture of experts has many local maxima, and EM from any one data-driven start
+usually stops at one of them (measured, issue 12: from a k-means start 0-3 of 10 seeds reached the best
+maximum, 6169 nats short at d = 10, n = 1e5). The default search (``init="search"``) therefore
+
+1. explores on a random subsample of ``max(10 000, 50 p)`` rows (all rows when there are not many
+   more): ``n_init`` starts, each a k-means or random partition of the gating inputs turned into
+   parameters (``_init``), run to a looser tolerance, most of them with trust-region Newton steps on the
+   likelihood from the start (``run_em(newton_first=True)``: joint steps in the gating and the experts
+   escape the basins EM settles in);
+   When the best maximum has been reached by only one start, another round of ``n_init`` starts
+   follows, up to ``SEARCH_ROUNDS`` rounds: a maximum found twice from independent starts is far
+   more likely the global one, and rugged likelihoods (small n per parameter) get the starts they need
+   while easy ones pay for one round;
+2. tries to leave the best maximum found: rounds of ``n_init`` relocation moves (one expert dropped
+   and a new one inserted where a half-space's labels call for it, ``_init.relocated_parameters``),
+   each run by EM; a round that finds a higher maximum is followed by another, up to
+   ``MOVE_ROUNDS`` (the split-and-merge idea of Ueda et al. 2000, with a supervised insertion);
+3. refines the best start that did not diverge on all the data, by EM and the Newton finish.
+
+The structural maxima that trap EM differ by O(n) nats, so a subsample of ten thousand rows tells them
+apart while it costs a tenth of a pass at n = 1e5; a start is the natural unit of parallel work below
+~1e5 rows, so starts run on separate threads (each with kernels on its share of the threads), and since
+every start draws from its own seed and every kernel is thread-count invariant, the result is the same
+for any number of threads.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._em import RunResult, run_em
+from ._init import initial_parameters, relocated_parameters
+from ._monitor import ConvergenceMonitor, StartLog, same_maximum
+
+# The exploration subsample: at least EXPLORE_MIN rows and EXPLORE_PER_PARAM per free parameter; data
+# with fewer than EXPLORE_WHOLE times that many rows are explored whole.
+EXPLORE_MIN = 10_000
+EXPLORE_PER_PARAM = 50
+EXPLORE_WHOLE = 1.5
+# Exploration stops at this relative tolerance (or the fit's, when looser): it only has to tell
+# maxima apart, the refinement on all the data reaches the fit's own tolerance.
+EXPLORE_TOL = 1e-7
+#: Starts of the default search, cycled: (partition of the gating inputs, Newton steps first).
+SEARCH_PLAN = (("kmeans", True), ("kmeans", False), ("random", True), ("kmeans", True))
+#: Starts per round of the default search when ``n_init`` is not given, and the most rounds of starts
+#: and of relocation moves.
+SEARCH_N_INIT = 4
+SEARCH_ROUNDS = 4
+MOVE_ROUNDS = 3
+#: Distinct maxima of the exploration refined on all the data.
+REFINE_TOP = 2
+
+
+@dataclass(frozen=True)
+class Start:
+    """One start: how its parameters are drawn and whether Newton steps come first."""
+
+    kind: str
+    newton_first: bool
+    seed: object
+    base: tuple = None  # (W, V) of the fit a relocation move starts from
+
+
+def _seeds(rng, n):
+    """Independent streams for ``n`` starts, drawn from ``rng`` in one go (so scheduling cannot matter)."""
+    return np.random.SeedSequence(rng.integers(0, 2**63, size=4)).spawn(n)
+
+
+def _run_start(problem, penalty, start, tol, max_iter, newton, callback, verbose):
+    rng = np.random.default_rng(start.seed)
+    if start.kind == "given":
+        W, V = start.base
+    elif start.kind == "relocate":
+        W, V = relocated_parameters(problem, *start.base, rng)
+    else:
+        W, V = initial_parameters(problem, start.kind, rng)
+    monitor = ConvergenceMonitor(tol, max_iter, callback, verbose)
+    return run_em(problem, W, V, penalty, monitor, newton=newton, newton_first=start.newton_first)
+
+
+def run_starts(problem, penalty, starts, *, tol, max_iter, newton, n_threads, callback=None, verbose=0):
+    """Run every start to its end; in parallel threads unless a callback or verbose output is asked for.
+
+    Returns the :class:`~fastmoe._em.RunResult` of each start, in the order of ``starts``.
+    """
+    workers = 1 if callback is not None or verbose else max(1, min(n_threads, len(starts)))
+    if workers == 1:
+        runs = []
+        for start in starts:
+            runs.append(_run_start(problem, penalty, start, tol, max_iter, newton, callback, verbose))
+            if runs[-1].monitor.reason == "callback":  # the user's stop ends the whole fit
+                break
+        return runs
+    inner = max(1, n_threads // workers)
+
+    def run(i):
+        # A Problem's buffers belong to one run at a time: each start gets its own.
+        return _run_start(problem.with_threads(inner), penalty, starts[i], tol, max_iter, newton, None, 0)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(run, range(len(starts))))
+
+
+def _best(runs):
+    """Index of the best run that did not diverge (of the best run when all diverged); a run the
+    callback stopped wins, since the user asked the fit to end there."""
+    if runs[-1].monitor.reason == "callback":
+        return len(runs) - 1
+    objectives = np.array([r.objective for r in runs])
+    finite = np.array([not r.diverged for r in runs])
+    pool = np.flatnonzero(finite) if finite.any() else np.arange(len(runs))
+    return int(pool[np.argmax(objectives[pool])])
+
+
+def restarts(problem, penalty, kind, n_init, rng, *, tol, max_iter, newton, n_threads, callback=None, verbose=0):
+    """``n_init`` EM runs on all the data from ``kind`` starts (``init="kmeans"`` or ``"random"``).
+
+    Returns ``(best RunResult, StartLog)``.
+    """
+    if n_init == 1:  # one start draws from ``rng`` itself, as fastmoe 0.2 did
+        runs = [run_em(problem, *initial_parameters(problem, kind, rng), penalty,
+                       ConvergenceMonitor(tol, max_iter, callback, verbose), newton=newton)]
+    else:
+        starts = [Start(kind, False, seed) for seed in _seeds(rng, n_init)]
+        runs = run_starts(problem, penalty, starts, tol=tol, max_iter=max_iter, newton=newton,
+                          n_threads=n_threads, callback=callback, verbose=verbose)
+    best = _best(runs)
+    return runs[best], StartLog.of(runs, best, subsample=None)
+
+
+def search(problem, penalty, n_init, rng, *, tol, max_iter, newton, n_threads, callback=None, verbose=0):
+    """The default search: explore ``n_init`` starts on a subsample, refine the best on all the data.
+
+    Returns ``(RunResult on all the data, StartLog)``.
+    """
+    n_free = penalty.mask.size
+    size = max(EXPLORE_MIN, EXPLORE_PER_PARAM * n_free)
+    whole = problem.n_samples <= EXPLORE_WHOLE * size
+    if whole:
+        explore = problem
+    else:
+        explore = problem.subset(np.sort(rng.choice(problem.n_samples, size=size, replace=False)))
+    plan = [SEARCH_PLAN[i % len(SEARCH_PLAN)] for i in range(n_init * SEARCH_ROUNDS)]
+    seeds = _seeds(rng, n_init * (SEARCH_ROUNDS + MOVE_ROUNDS))
+    starts = [Start(kind, first, seed) for (kind, first), seed in zip(plan, seeds)]
+    options = dict(tol=tol if whole else max(tol, EXPLORE_TOL), max_iter=max_iter, newton=newton,
+                   n_threads=n_threads, callback=callback if whole else None, verbose=verbose if whole else 0)
+    runs = []
+    for first in range(0, len(starts), n_init):
+        runs += run_starts(explore, penalty, starts[first:first + n_init], **options)
+        best = _best(runs)
+        if StartLog.of(runs, best, None).n_best >= 2 or runs[best].diverged or _stopped(runs):
+            break
+    move_seeds = seeds[len(plan):]
+    for first in range(0, len(move_seeds), n_init):
+        if runs[best].diverged or _stopped(runs):
+            break
+        base = (runs[best].W, runs[best].V)
+        moves = [Start("relocate", False, seed, base) for seed in move_seeds[first:first + n_init]]
+        runs += run_starts(explore, penalty, moves, **options)
+        previous, best = best, _best(runs)
+        if best == previous or same_maximum(runs[best].objective, runs[previous].objective):
+            break  # no higher maximum: stop moving
+    best = _best(runs)
+    log = StartLog.of(runs, best, subsample=None if whole else size)
+    if whole or _stopped(runs):
+        return runs[best], log
+    # The subsample's own objective ranks maxima whose gap is O(n) nats on all the data only up to
+    # the noise of its O(size) scale, where maxima that fit the subsample's own points compete. Every
+    # maximum it found is scored on all the data instead (one E-step pass each: nine tenths of the rows
+    # are new to it), and the best few are refined there.
+    candidates = [r for r in runs if not r.diverged] or runs
+    scores = [problem.loglik(r.W, r.V) - penalty.total(r.W, r.V) for r in candidates]
+    top = [candidates[i] for i in _distinct_order(scores)[:REFINE_TOP]]
+    finals = run_starts(problem, penalty, [Start("given", False, None, (r.W, r.V)) for r in top],
+                        tol=tol, max_iter=max_iter, newton=newton, n_threads=n_threads, callback=callback,
+                        verbose=verbose)
+    return finals[_best(finals)], log
+
+
+def _stopped(runs):
+    return runs[-1].monitor.reason == "callback"
+
+
+def _distinct_order(scores):
+    """Indices of ``scores`` from the highest, one per maximum (``same_maximum``)."""
+    kept = []
+    for i in np.argsort(scores)[::-1]:
+        if not any(same_maximum(scores[i], scores[j]) for j in kept):
+            kept.append(int(i))
+    return kept
