@@ -36,7 +36,7 @@ TRUTH = dict(
 )
 # "percentile" and "basic" count the failed refits' last iterates in the quantiles (bootstrap_table's
 # failed="keep", its default); the "_drop" variants leave them out.
-INTERVALS = ("wald", "percentile", "basic", "percentile_drop", "basic_drop", "studentized")
+INTERVALS = ("wald", "percentile", "basic", "bc", "percentile_drop", "basic_drop", "studentized")
 COLUMNS = ["replication", "n", "parameter", "truth", "estimate", "wald_se", "boot_sd", "n_failed", "seconds",
            *(f"{kind}_{end}" for kind in INTERVALS for end in ("lower", "upper"))]
 
@@ -45,7 +45,7 @@ def one_replication(args):
     """Rows of one replication (a list of dicts), or a one-row list saying why the fit was left out."""
     replication, n, n_boot, seed, level = args
     import fastmoe
-    from fastmoe.uncertainty import UncertaintyWarning, bootstrap_table
+    from fastmoe.uncertainty import UncertaintyWarning, _bias_corrected_quantiles, bootstrap_table
 
     started = time.perf_counter()
     truth = fastmoe.MoEParams(**TRUTH)
@@ -79,6 +79,8 @@ def one_replication(args):
             q_low, q_high = np.quantile(boot.replicates[rows_used], [alpha / 2, 1 - alpha / 2], axis=0)
             intervals["percentile" + suffix] = (q_low, q_high)
             intervals["basic" + suffix] = (2 * boot.estimate - q_high, 2 * boot.estimate - q_low)
+            if suffix == "":
+                intervals["bc"] = _bias_corrected_quantiles(boot.replicates[rows_used], boot.estimate, level)
     seconds = time.perf_counter() - started
     rows = []
     for j, name in enumerate(wald.names):

@@ -361,6 +361,18 @@ def test_bootstrap_intervals_come_from_the_refits(bootstrap_fit):
     np.testing.assert_allclose(kept.lower, np.quantile(kept.replicates, 0.025, axis=0), rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(kept.std_error, percentile.std_error)
     assert kept.method.endswith("failed refits kept in the quantiles")
+    # "bc": the percentile interval when the refits are centred on the estimate, shifted against a median bias
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UncertaintyWarning)
+        bc = bootstrap_table(result, X, y, interval="bc", **kwargs)
+    from fastmoe.uncertainty import _bias_corrected_quantiles
+
+    centred = kept.replicates - np.median(kept.replicates, axis=0) + kept.estimate
+    np.testing.assert_allclose(_bias_corrected_quantiles(centred, kept.estimate, 0.95)[0],
+                               np.quantile(centred, 0.025, axis=0), rtol=1e-10, atol=1e-10)
+    below = (kept.replicates < kept.estimate).mean(axis=0)
+    shifted = np.quantile(kept.replicates, norm.cdf(2 * norm.ppf(below) - 1.959963984540054), axis=0).diagonal()
+    np.testing.assert_allclose(bc.lower, shifted, rtol=1e-10, atol=1e-10)
     # the bulk of the refits scatters around the estimate on the scale of the Wald standard errors (the
     # tails need not: at n = 2000 some refits lie far out along weakly determined directions)
     wald = parameter_table(result, X, y)
