@@ -64,5 +64,12 @@ def test_a_class_absent_from_an_expert_is_a_boundary_not_a_divergence():
     assert result.converged and not result.diverged
     assert result.boundary and "boundary" in result.message
     for expert, cls in result.boundary:
-        assert result.params.b[expert, cls] - result.params.b[expert].max() < -30
+        assert result.params.b[expert, cls] - result.params.b[expert].max() < -15
     assert np.abs(result.params.a).max() < 10  # the slopes stay finite
+    # Runs from other starts stop at other points on the way out to the same maximum; the report of
+    # which classes are absent from which expert must not depend on that (up to relabelling experts).
+    absent = sorted(sorted(c for e, c in result.boundary if e == i) for i in range(2))
+    for seed in range(3):
+        other = fastmoe.fit(X, y, 2, l2=1.0, init="kmeans", n_init=1, random_state=seed, max_iter=3000)
+        assert other.objective == pytest.approx(result.objective, rel=1e-6)
+        assert sorted(sorted(c for e, c in other.boundary if e == i) for i in range(2)) == absent

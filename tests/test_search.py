@@ -63,7 +63,7 @@ def test_search_explores_a_subsample_and_fits_all_the_data(rng):
                               b=[[0.0, 0.0], [0.0, 0.0]])
     X, y = fastmoe.sample(truth, n=40_000, random_state=rng)
     result = _fit(X, y, 2, random_state=0)
-    assert result.starts.subsample == 10_000  # max(10 000, 50 p) rows, p = 6 here
+    assert result.starts.subsample == 10_000  # max(10 000, 25 p) rows, p = 6 here
     assert result.n_samples == 40_000 and result.converged
     # The refined fit is the maximum on all the data: a fit from the truth ends at the same place.
     oracle = _fit(X, y, 2, init=truth)

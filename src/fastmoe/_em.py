@@ -44,6 +44,11 @@ DIVERGENCE_ROWS = 4096
 # in floating point, the likelihood is numerically flat there, and no finite maximum is told apart
 # from the supremum at infinity.
 NUMERICAL_LOGIT = 709.0
+# A class whose probability inside an expert is below e^-15 on every row is absent there: its intercept
+# is running off to a boundary maximum. Lower than DIVERGENCE_LOGIT because a run stops wherever its
+# tolerance is met on the way out (e^-20 to e^-40 on the same maximum of the wine data, by the start),
+# and the report must not depend on how far it went.
+BOUNDARY_LOGIT = 15.0
 # Experts with less than this share of the responsibility mass are heading for share 0: their
 # coefficients are not gauged (the fit reports them, once empty, in ``empty_experts``).
 VANISHING_SHARE = 1e-3
@@ -51,10 +56,14 @@ VANISHING_SHARE = 1e-3
 SATURATED_LOGLIK = 1e-8
 
 # Newton on the objective is tried once EM's relative change is below NEWTON_SWITCH (and after at
-# least NEWTON_MIN_EM_ITER EM iterations); after a failed try, EM runs NEWTON_RETRY iterations first.
+# least NEWTON_MIN_EM_ITER EM iterations); after a try, EM runs NEWTON_RETRY iterations first, twice as
+# many after each try that took no step (each try costs an exact-Hessian pass: issue 13 found 18 of 26
+# such passes thrown away in a d = 2 fit with a fixed wait).
 NEWTON_SWITCH = 1e-3
 NEWTON_MIN_EM_ITER = 5
 NEWTON_RETRY = 10
+# Newton steps taken first (``newton_first``) before EM takes over.
+NEWTON_FIRST_STEPS = 25
 # Trust-region steps where the Hessian is not negative definite only once EM has settled this far:
 # EM crawling along a ridge or near a saddle.
 NEWTON_INDEFINITE_SWITCH = 1e-6
@@ -179,15 +188,15 @@ class DivergenceGauge:
         return False
 
     def boundary(self, W, V):
-        """``(expert, class)`` pairs whose probability is below e^-30 on every gauge row (a boundary maximum)."""
+        """``(expert, class)`` pairs whose probability is below e^-15 on every gauge row (a boundary maximum)."""
         logits = np.einsum("nd,ksd->nks", self.X, V[:, :, 1:]) + V[:, :, 0]
         log_prob = logits - logsumexp(logits, axis=2, keepdims=True)
         top = log_prob.max(axis=0)
-        return tuple((int(i), int(c)) for i, c in zip(*np.nonzero(top < -DIVERGENCE_LOGIT)))
+        return tuple((int(i), int(c)) for i, c in zip(*np.nonzero(top < -BOUNDARY_LOGIT)))
 
 
 def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: ConvergenceMonitor,
-                  allow_indefinite):
+                  allow_indefinite, max_steps=None):
     """Trust-region Newton steps on the (penalised) log-likelihood itself, with its exact Hessian.
 
     EM converges linearly, often slowly; near a maximum where the log-likelihood is locally concave,
@@ -213,7 +222,7 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
     radius = None
     n_steps = 0
     decrements = []
-    while monitor.iterations_left > 0:
+    while monitor.iterations_left > 0 and (max_steps is None or n_steps < max_steps):
         _, grad, neg_hess = problem.hessian_pass(W, V)
         theta = free_vector(W, V)
         grad = grad - l2 * penalty.mask * theta
@@ -289,13 +298,14 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
     objective = result.loglik - penalty.total(W, V)
     monitor.start(objective)
     gauge.diverging(W, V, result.expert_weight, 0)
-    next_newton = NEWTON_MIN_EM_ITER
+    next_newton, retry = NEWTON_MIN_EM_ITER, NEWTON_RETRY
     change = np.inf
     if newton_first and monitor.iterations_left > 0:
-        W, V, objective, n_steps = newton_finish(problem, W, V, objective, penalty, monitor, allow_indefinite=True)
+        W, V, objective, n_steps = newton_finish(problem, W, V, objective, penalty, monitor, allow_indefinite=True,
+                                                 max_steps=NEWTON_FIRST_STEPS)
         if n_steps:
             result = problem.newton_pass(W, V)
-        next_newton = monitor.n_iter + NEWTON_RETRY
+        next_newton = monitor.n_iter + retry
 
     while monitor.iterations_left > 0 and not monitor.stopped:
         active = result.expert_weight > problem.empty_expert_cut
@@ -338,7 +348,8 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
                 result = problem.newton_pass(W, V)
             if monitor.stopped:
                 break
-            next_newton = monitor.n_iter + NEWTON_RETRY
+            retry = NEWTON_RETRY if n_steps else 2 * retry
+            next_newton = monitor.n_iter + retry
             change = np.inf  # EM's ratio of changes restarts from the point Newton left
     if not monitor.stopped:
         monitor.stop("max_iter")

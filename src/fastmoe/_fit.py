@@ -192,7 +192,7 @@ def fit(
         Gating transform ``M``; default ``"identity"`` (standard softmax gating), or that of ``init``.
     init : {"search", "kmeans", "random"} or MoEParams, default="search"
         ``"search"`` looks for the global maximum: ``n_init`` starts explored on a subsample of
-        ``max(10 000, 50 p)`` rows (``p`` free parameters; all rows for smaller data), most of them
+        ``max(10 000, 25 p)`` rows (``p`` free parameters; all rows for smaller data), most of them
         with trust-region Newton steps on the likelihood from the start, in parallel threads; the
         best is refined on all the data (see ``fastmoe._search``). ``"kmeans"`` partitions the gating
         inputs with k-means, ``"random"`` with a random linear gating, turns the partition into

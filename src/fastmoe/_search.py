@@ -4,7 +4,7 @@ The likelihood of a mixture of experts has many local maxima, and EM from any on
 usually stops at one of them (measured, issue 12: from a k-means start 0-3 of 10 seeds reached the best
 maximum, 6169 nats short at d = 10, n = 1e5). The default search (``init="search"``) therefore
 
-1. explores on a random subsample of ``max(10 000, 50 p)`` rows (all rows when there are not many
+1. explores on a random subsample of ``max(10 000, 25 p)`` rows (all rows when there are not many
    more): ``n_init`` starts, each a k-means or random partition of the gating inputs turned into
    parameters (``_init``), run to a looser tolerance, most of them with trust-region Newton steps on the
    likelihood from the start (``run_em(newton_first=True)``: joint steps in the gating and the experts
@@ -40,7 +40,7 @@ from ._monitor import ConvergenceMonitor, StartLog, same_maximum
 # The exploration subsample: at least EXPLORE_MIN rows and EXPLORE_PER_PARAM per free parameter; data
 # with fewer than EXPLORE_WHOLE times that many rows are explored whole.
 EXPLORE_MIN = 10_000
-EXPLORE_PER_PARAM = 50
+EXPLORE_PER_PARAM = 25
 EXPLORE_WHOLE = 1.5
 # Exploration stops at this relative tolerance (or the fit's, when looser): it only has to tell
 # maxima apart, the refinement on all the data reaches the fit's own tolerance.
