@@ -23,7 +23,7 @@ from .definition import Experiment
 from .store import ResultStore
 
 __all__ = ["Report", "SlopeFit", "SlopeDifference", "analyse", "compare_slopes", "fit_slope", "summarize",
-           "rate_metrics", "DEFAULT_INCLUDE"]
+           "rate_metrics", "start_agreement", "wilson_interval", "DEFAULT_INCLUDE"]
 
 #: Statuses whose rows enter the means by default.
 DEFAULT_INCLUDE = ("ok", "not_converged")
@@ -244,6 +244,80 @@ def compare_slopes(records_a: Sequence[dict], records_b: Sequence[dict], metric:
                            tuple(common), confidence)
 
 
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95):
+    """Wilson score interval of a binomial proportion (NaNs without trials)."""
+    if trials <= 0:
+        return math.nan, math.nan
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + confidence / 2.0))
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _median(values) -> float:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.median(values)) if values else math.nan
+
+
+def start_agreement(records: Sequence[dict], include: Iterable[str] = DEFAULT_INCLUDE,
+                    confidence: float = 0.95) -> List[dict]:
+    """How settled the data-driven fits are, per ``n`` and over all sizes (the last row, ``n = "all"``).
+
+    For the jobs of a data-driven fit (records with ``n_starts``, see :mod:`~fastmoe.experiments.job`):
+    ``fits``, the medians of ``n_starts`` and ``n_best`` and ``single_best``, the fits whose maximum was
+    reached by one start only (fastmoe's ``SearchWarning``). For the jobs with an oracle check
+    (``fit.oracle_check``), compared when both fits have a status in ``include`` (the rest are counted in
+    ``not_compared``): ``reached`` (the data-driven fit reached the oracle-started maximum or a higher
+    one), ``same`` (the same maximum, relative 1e-6), ``higher``, the share reached with its Wilson
+    interval, the median and largest ``oracle_gap`` (nats the data-driven fit ended below the
+    oracle-started one) and the median ratio of the two fits' times.
+
+    Returns
+    -------
+    list of dict
+        Empty when no record comes from a data-driven fit.
+    """
+    include = tuple(include)
+    records = [r for r in records if "n_starts" in r or "oracle_gap" in r]
+    if not records:
+        return []
+    sizes = sorted({int(r["n"]) for r in records})
+    out = []
+    for n in sizes + ["all"]:
+        rows = records if n == "all" else [r for r in records if int(r["n"]) == n]
+        started = [r for r in rows if "n_starts" in r]
+        checked = [r for r in rows if "oracle_gap" in r]
+        compared = [r for r in checked if r["status"] in include and r["oracle_status"] in include]
+        reached = sum(bool(r["reached_oracle"]) for r in compared)
+        same = sum(bool(r["same_maximum"]) for r in compared)
+        low, high = wilson_interval(reached, len(compared), confidence)
+        gaps = [r["oracle_gap"] for r in compared]
+        out.append({
+            "n": n,
+            "fits": len(started),
+            "median_starts": _median([r["n_starts"] for r in started]),
+            "median_best": _median([r["n_best"] for r in started]),
+            "single_best": sum(r["n_best"] == 1 and r["n_starts"] > 1 for r in started),
+            "checked": len(checked),
+            "compared": len(compared),
+            "not_compared": len(checked) - len(compared),
+            "reached": reached,
+            "same": same,
+            "higher": reached - same,
+            "share_reached": reached / len(compared) if compared else math.nan,
+            "share_low": low,
+            "share_high": high,
+            "median_gap": _median(gaps),
+            "max_gap": max(gaps) if gaps else math.nan,
+            "median_time_ratio": _median([r["fit_time"] / r["oracle_fit_time"] for r in compared
+                                          if r["oracle_fit_time"] > 0]),
+        })
+    return out
+
+
 @dataclasses.dataclass
 class Report:
     """Analysis of one experiment in a store (see :func:`analyse`)."""
@@ -255,6 +329,8 @@ class Report:
     slopes: Dict[str, SlopeFit]
     summaries: Dict[str, List[dict]]
     status_counts: Dict[str, int]
+    #: :func:`start_agreement` of the records (empty for a study started near the truth).
+    agreement: List[dict] = dataclasses.field(default_factory=list)
 
     @property
     def primary(self) -> SlopeFit:
@@ -305,6 +381,38 @@ class Report:
             theory = "" if math.isnan(s.theory) else f"{s.theory:+.3f}"
             lines.append(f"{m:<14} {s.slope:>+8.3f} [{s.ci_low:>+7.3f}, {s.ci_high:>+7.3f}] {theory:>7} "
                          f"{s.n_sizes:>6} {s.n_rows:>6}")
+        if self.agreement:
+            lines += ["", self.format_agreement()]
+        return "\n".join(lines)
+
+    def format_agreement(self) -> str:
+        """The table of :func:`start_agreement`: starts of the data-driven fits and the oracle check."""
+        checked = any(row["checked"] for row in self.agreement)
+        lines = [f"data-driven fits (fit.init = {self.experiment.fit.init!r}): starts, and how many reached "
+                 "the maximum of the fit started near the truth" if checked else
+                 f"data-driven fits (fit.init = {self.experiment.fit.init!r}): starts"]
+        head = f"{'n':>9} {'fits':>5} {'starts':>6} {'best':>5} {'1best':>5}"
+        if checked:
+            head += (f" {'compared':>8} {'reached':>7} {'same':>5} {'higher':>6} {'share [95% Wilson]':>22}"
+                     f" {'median gap':>11} {'max gap':>10} {'time x':>7}")
+        lines.append(head)
+        for row in self.agreement:
+            line = (f"{row['n']:>9} {row['fits']:>5} {row['median_starts']:>6.0f} {row['median_best']:>5.0f} "
+                    f"{row['single_best']:>5}")
+            if checked:
+                share = (f"{row['share_reached']:.3f} [{row['share_low']:.2f}, {row['share_high']:.2f}]"
+                         if row["compared"] else "")
+                line += (f" {row['compared']:>8} {row['reached']:>7} {row['same']:>5} {row['higher']:>6} "
+                         f"{share:>22} {row['median_gap']:>11.3g} {row['max_gap']:>10.3g} "
+                         f"{row['median_time_ratio']:>7.1f}")
+            lines.append(line)
+        note = ("starts/best: medians of FitResult.starts' starts and of those that reached the kept maximum; "
+                "1best: fits whose maximum one start alone reached")
+        if checked:
+            note += ("; reached: the data-driven fit ended at the oracle-started maximum (same, relative 1e-6) "
+                     "or higher; gap: oracle objective - data-driven objective, nats; time x: median ratio of "
+                     "the fit times (data-driven / oracle)")
+        lines.append(note)
         return "\n".join(lines)
 
     def slope_rows(self) -> List[dict]:
@@ -347,4 +455,5 @@ def analyse(source, experiment: Optional[str] = None, *, include: Iterable[str] 
     slopes = {m: fit_slope(records, m, include=include, theory=exp.theory_slope(m), n_boot=n_boot,
                            confidence=confidence, min_n=min_n, max_n=max_n, seed=seed) for m in metrics}
     summaries = {m: summarize(records, m, include) for m in metrics}
-    return Report(exp, records, include, metrics, slopes, summaries, counts)
+    return Report(exp, records, include, metrics, slopes, summaries, counts,
+                  start_agreement(records, include, confidence))

@@ -251,6 +251,8 @@ def _report(directory, experiment=None, ok_only=False, min_n=None, max_n=None, n
                      write_parquet(report.records, out_dir / "results.parquet"),
                      _write_rows(out_dir / "slopes.csv", report.slope_rows()),
                      _write_rows(out_dir / "summary.csv", report.summary_rows())]
+        if report.agreement:
+            exported.append(_write_rows(out_dir / "agreement.csv", report.agreement))
         if plots:
             from .plots import plot_report
 

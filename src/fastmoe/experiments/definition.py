@@ -116,9 +116,9 @@ class Experiment:
             except ValueError as exc:
                 raise schema.DefinitionError(f"losses[{i}]: {exc}") from None
         set_("losses", losses)
-        if self.fit.init == "truth" and self.n_experts < self.truth.n_experts:
+        if (self.fit.init == "truth" or self.fit.oracle_check) and self.n_experts < self.truth.n_experts:
             raise schema.DefinitionError(
-                f"a start near the truth needs n_experts >= the true number of experts "
+                f"a start near the truth (fit.init = 'truth' or fit.oracle_check) needs n_experts >= the true number of experts "
                 f"({self.truth.n_experts}), got {self.n_experts}"
             )
         if self.fit.split_cells is not None:
@@ -209,8 +209,14 @@ class Experiment:
         fit = dataclasses.asdict(self.fit)
         if fit["split_cells"] is not None:
             fit["split_cells"] = list(fit["split_cells"])
+        # Fields added after definitions were first stored are left out at their defaults, so the digests of
+        # earlier definitions (and with them the stores that hold their rows) stay as they were.
         if fit["split_spread"] == 0.0:
-            del fit["split_spread"]  # the default: leaves the digests of earlier definitions unchanged
+            del fit["split_spread"]
+        if fit["n_init"] is None:  # only with init = "search": fastmoe.fit's default number of starts
+            del fit["n_init"]
+        if not fit["oracle_check"]:
+            del fit["oracle_check"]
         return {
             "name": self.name,
             "description": self.description,

@@ -13,6 +13,23 @@ recorded in the record instead of raised, so that one bad job never stops a stud
 ``warnings``
     Messages of the warnings raised during the job (``ConvergenceWarning`` included), not shown.
 
+A data-driven fit (``fit.init`` other than ``"truth"``) also records how settled its answer is:
+``n_starts`` (the starts of :attr:`fastmoe.FitResult.starts`, relocation moves included) and ``n_best``
+(how many reached the kept maximum). With ``fit.oracle_check`` the job then fits the same data again from
+the start near the truth that ``init = "truth"`` would use (same random stream, so that fit is the oracle
+preset's fit of this job) and records it under ``oracle_*`` (``oracle_objective``, ``oracle_loglik``,
+``oracle_status``, its losses, time and parameters), with the comparison:
+
+``oracle_gap``
+    ``oracle_objective - objective``: how many nats the data-driven fit ended below the oracle-started one
+    (negative when it ended higher). Objectives are penalised log-likelihoods (``loglik`` when ``l2 = 0``).
+``same_maximum``
+    ``|oracle_gap| <= 1e-6 * max(|objective|, |oracle_objective|, 1)`` (:data:`SAME_MAXIMUM_RTOL`, the
+    rule by which :class:`fastmoe.FitResult.starts` counts starts that reached one maximum, whose
+    :func:`fastmoe._monitor.same_maximum` is used here).
+``reached_oracle``
+    The same maximum or a higher one: ``oracle_gap <= 1e-6 * max(...)``.
+
 :func:`run_batch` runs a list of jobs in one task (to amortise per-task scheduling overhead) and is what
 the runner ships to worker processes: it takes the definition as JSON text, so a task is small and
 self-contained.
@@ -33,6 +50,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .. import __version__, fit, loglik, sample
+from .._monitor import same_maximum
 from .definition import Experiment
 from .scoring import score
 from .starts import init_near_truth
@@ -41,7 +59,6 @@ __all__ = ["run_job", "run_batch", "crashed_record", "STATUSES"]
 
 #: Every status a record can have, best first.
 STATUSES = ("ok", "not_converged", "diverged", "failed", "crashed")
-
 
 def _base_record(experiment: Experiment, n: int, replication: int) -> dict:
     return {
@@ -111,44 +128,62 @@ def _fit_and_score(experiment: Experiment, n: int, replication: int, n_threads: 
     X = experiment.x_law.sample(streams["x"], n, truth.n_features)
     X, y = sample(truth, X=X, random_state=streams["y"])
     opts = experiment.fit
-    if opts.init == "truth":
-        init = init_near_truth(truth, experiment.n_experts, streams["init"], opts.init_scale, opts.split_cells,
+
+    def near_truth():
+        # The oracle start (MODEL.md section 5); the "init" stream is used by nothing else, so the start is
+        # the same whether it is the job's fit or its oracle check.
+        return init_near_truth(truth, experiment.n_experts, streams["init"], opts.init_scale, opts.split_cells,
                                opts.split_spread)
-        n_init = 1
+
+    def run_fit(init, n_init):
+        return fit(X, y, experiment.n_experts, n_classes=truth.n_classes, gating=truth.gating, init=init,
+                   n_init=n_init, max_iter=opts.max_iter, tol=opts.tol, l2=opts.l2, n_threads=n_threads,
+                   random_state=streams["fit"])
+
+    if opts.init == "truth":
+        result = run_fit(near_truth(), 1)
     else:
-        init, n_init = opts.init, opts.n_init
-    result = fit(
-        X,
-        y,
-        experiment.n_experts,
-        n_classes=truth.n_classes,
-        gating=truth.gating,
-        init=init,
-        n_init=n_init,
-        max_iter=opts.max_iter,
-        tol=opts.tol,
-        l2=opts.l2,
-        n_threads=n_threads,
-        random_state=streams["fit"],
-    )
-    fitted = result.params
-    max_abs_coef = _max_abs_coef(fitted)
+        result = run_fit(opts.init, opts.n_init)  # n_init None: fastmoe.fit's default for the search
+    out = _fit_columns(experiment, result)
+    out["loglik_true"] = float(loglik(truth, X, y))
+    if result.starts is not None:
+        out["n_starts"] = int(result.starts.objectives.size)
+        out["n_best"] = int(result.starts.n_best)
+    if experiment.truth_path is not None:
+        out["path_step"] = experiment.truth_path.step(n)
+    out.update(score(result.params, truth, experiment.losses, experiment.exact_translation))
+    out["params"] = result.params.to_dict()
+    if opts.oracle_check:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            oracle = run_fit(near_truth(), 1)
+        columns = _fit_columns(experiment, oracle)
+        columns.update(score(oracle.params, truth, experiment.losses, experiment.exact_translation))
+        out.update({f"oracle_{key}": value for key, value in columns.items()})
+        out["oracle_params"] = oracle.params.to_dict()
+        out["oracle_warnings"] = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+        gap = out["oracle_objective"] - out["objective"]
+        out["oracle_gap"] = float(gap)
+        out["same_maximum"] = bool(same_maximum(out["objective"], out["oracle_objective"]))
+        out["reached_oracle"] = bool(out["same_maximum"] or gap < 0)
+    return out
+
+
+def _fit_columns(experiment: Experiment, result) -> dict:
+    """The columns that describe one fit (not its scores), its ``status`` included."""
+    max_abs_coef = _max_abs_coef(result.params)
     out = {
         "fit_time": float(result.time),
         "n_iter": int(result.n_iter),
         "converged": bool(result.converged),
         "diverged": bool(result.diverged),
-        "hit_max_iter": bool(result.n_iter >= opts.max_iter),
+        "hit_max_iter": bool(result.n_iter >= experiment.fit.max_iter),
         "n_empty_experts": len(result.empty_experts),
         "message": str(result.message),
         "loglik": float(result.loglik),
-        "loglik_true": float(loglik(truth, X, y)),
+        "objective": float(result.objective),
         "max_abs_coef": max_abs_coef,
     }
-    if experiment.truth_path is not None:
-        out["path_step"] = experiment.truth_path.step(n)
-    out.update(score(fitted, truth, experiment.losses, experiment.exact_translation))
-    out["params"] = fitted.to_dict()
     if result.diverged or not math.isfinite(max_abs_coef) or max_abs_coef > experiment.coef_limit:
         out["status"] = "diverged"
     elif not result.converged:

@@ -263,14 +263,15 @@ X_LAW = {"kind": Text(choices=("uniform", "normal")), "low": Real(), "high": Rea
 
 #: The ``[fit]`` table.
 FIT = {
-    "init": Text(choices=("truth", "kmeans", "random")),
+    "init": Text(choices=("truth", "search", "kmeans", "random")),
     "init_scale": Real(low=0),
     "split_cells": Nullable(List(Integer(0))),
     "split_spread": Real(low=0, below=1),
-    "n_init": Integer(1),
+    "n_init": Nullable(Integer(1)),
     "max_iter": Integer(1),
     "tol": Real(above=0),
     "l2": Real(low=0),
+    "oracle_check": Boolean(),
 }
 
 #: The ``[truth_path]`` table's numbers.
