@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtr, ndtri
 
 from ._fit import FitResult, fit
 from ._predict import predict_proba
@@ -397,8 +397,8 @@ def parameter_table(
     std_error[~identified] = np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         z = estimate / std_error
-    p_value = 2.0 * norm.sf(np.abs(z))
-    q = norm.ppf(0.5 + level / 2.0)
+    p_value = 2.0 * ndtr(-np.abs(z))  # = norm.sf, without importing scipy.stats (~0.4 s)
+    q = ndtri(0.5 + level / 2.0)  # = norm.ppf
     return ParameterTable(
         names=tuple(free_parameter_names(params)),
         estimate=estimate,
