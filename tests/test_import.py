@@ -28,11 +28,20 @@ def test_import_does_not_load_scipy_stats():
     assert _imported_after("import fastmoe", ["scipy.stats"]) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fastmoe._trust_region imports scipy.optimize.brentq at module level (losses no longer does); "
-    "remove this mark once that import is lazy too",
-)
 def test_import_does_not_load_scipy_optimize():
     assert _imported_after("import fastmoe", ["scipy.optimize"]) == []
 
+
+
+def test_import_does_not_load_scikit_learn_or_scipy_special():
+    # scikit-learn (~0.9 s: it loads scipy.stats and scipy.optimize) only with the estimator, model
+    # selection or fastmoe.ConvergenceWarning; scipy.special where a function needs it.
+    assert _imported_after("import fastmoe", ["sklearn", "scipy.special"]) == []
+
+
+def test_convergence_warning_is_made_once_and_is_scikit_learns():
+    code = ("import fastmoe, pickle, sklearn.exceptions as e\n"
+            "C = fastmoe.ConvergenceWarning\n"
+            "assert issubclass(C, e.ConvergenceWarning) and C is fastmoe.exceptions.ConvergenceWarning\n"
+            "assert pickle.loads(pickle.dumps(C)) is C\n")
+    assert _imported_after(code, ["sklearn"]) == ["sklearn"]

@@ -7,7 +7,7 @@ identity (standard softmax gating) or a bounded transform (modified softmax gati
 from . import losses
 from ._dispatch import show_config
 from ._openmp import openmp_enabled
-from .exceptions import ConvergenceWarning, FitWarning, SearchWarning
+from .exceptions import FitWarning, SearchWarning
 from ._fit import FitResult, fit
 from ._predict import (
     expert_proba,
@@ -29,8 +29,10 @@ from .uncertainty import (
     parameter_table,
 )
 
-# scikit-learn is optional: the estimator and model selection load on first use.
+# These load scikit-learn (about a second), so they load on first use; scikit-learn is optional for
+# the rest.
 _LAZY = {
+    "ConvergenceWarning": "exceptions",
     "MixtureOfExpertsClassifier": "estimator",
     "select_n_experts": "model_selection",
     "SelectionResult": "model_selection",

@@ -19,7 +19,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp
 
 from ._monitor import ConvergenceMonitor
 from ._mstep import halve_until_q_increases, newton_directions
@@ -190,6 +189,8 @@ class DivergenceGauge:
     def boundary(self, W, V):
         """``(expert, class)`` pairs whose probability is below e^-15 on every gauge row (a boundary maximum)."""
         logits = np.einsum("nd,ksd->nks", self.X, V[:, :, 1:]) + V[:, :, 0]
+        from scipy.special import logsumexp  # on first use: keeps ``import fastmoe`` light
+
         log_prob = logits - logsumexp(logits, axis=2, keepdims=True)
         top = log_prob.max(axis=0)
         return tuple((int(i), int(c)) for i, c in zip(*np.nonzero(top < -BOUNDARY_LOGIT)))

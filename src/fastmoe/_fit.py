@@ -24,7 +24,8 @@ from ._validation import (
     check_y,
     effective_n_threads,
 )
-from .exceptions import ConvergenceWarning, SearchWarning
+from . import exceptions
+from .exceptions import SearchWarning
 from .params import MoEParams, gate_input, gating_name, n_free_params
 
 __all__ = ["fit", "FitResult", "INIT_STRATEGIES"]
@@ -283,7 +284,7 @@ def fit(
     monitor = best.monitor
     message = monitor.message(penalised=l2 > 0, empty_experts=best.empty_experts, boundary=best.boundary)
     if monitor.reason not in ("converged", "callback"):
-        warnings.warn(f"fastmoe.fit: {message}", ConvergenceWarning, stacklevel=2)
+        warnings.warn(f"fastmoe.fit: {message}", exceptions.ConvergenceWarning, stacklevel=2)
     if starts is not None and starts.message() is not None:
         warnings.warn(f"fastmoe.fit: {starts.message()}", SearchWarning, stacklevel=2)
     return FitResult(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import softmax
 
 from ._dispatch import kernels as _kernels
 from ._validation import check_params, check_sample_weight, check_X, check_y, effective_n_threads
@@ -85,4 +84,6 @@ def expert_proba(params, X) -> np.ndarray:
     """
     X, _, _, V, _ = _prepare(params, X, 1)
     logits = np.einsum("ikd,nd->nik", V[:, :, 1:], X) + V[None, :, :, 0]
+    from scipy.special import softmax  # on first use: keeps ``import fastmoe`` light
+
     return softmax(logits, axis=2)

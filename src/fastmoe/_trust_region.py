@@ -15,7 +15,6 @@ one-dimensional root search.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import brentq
 
 # Eigenvalues below this fraction of the largest count as zero: the model is then not strictly
 # concave, and no Newton decrement certifies a maximum.
@@ -96,6 +95,8 @@ class QuadraticModel:
         high = low + float(np.linalg.norm(c)) / radius + np.finfo(float).tiny
         edge = low * (1.0 + 1e-12) + 1e-300
         if excess(edge) > 0.0:
+            from scipy.optimize import brentq  # here, not at import: scipy.optimize costs ~0.5 s to load
+
             mu = brentq(excess, edge, high, xtol=1e-14 * high, rtol=1e-12)
             return c / (lam + mu)
         # The hard case: the gradient has (almost) no component along the lowest eigenvector, so no

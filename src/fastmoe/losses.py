@@ -20,7 +20,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.special import logsumexp
 
 from .params import MoEParams
 
@@ -50,6 +49,12 @@ PER_PARAMETER_FIELDS = (
 
 
 # -- validation ----------------------------------------------------------------------------------------
+def _logsumexp(v):
+    from scipy.special import logsumexp  # on first use: keeps ``import fastmoe`` light (issue 13)
+
+    return logsumexp(v)
+
+
 def _check_pair(fitted, true):
     """Check that two parameter sets live in the same model and return them in reference conventions."""
     for name, value in (("fitted", fitted), ("true", true)):
@@ -86,10 +91,10 @@ def _closed_form_alignment(fitted, true):
     Works in log space: ``t0 = logsumexp(beta0*) - logsumexp(beta0)`` cannot overflow even when an
     unconverged fit has huge intercepts.
     """
-    log_total = logsumexp(true.beta0)
-    beta0 = fitted.beta0 - logsumexp(fitted.beta0) + log_total
+    log_total = _logsumexp(true.beta0)
+    beta0 = fitted.beta0 - _logsumexp(fitted.beta0) + log_total
     # The weights are normalised masses, so the mean does not depend on t0.
-    w_fit = np.exp(fitted.beta0 - logsumexp(fitted.beta0))
+    w_fit = np.exp(fitted.beta0 - _logsumexp(fitted.beta0))
     w_true = np.exp(true.beta0 - log_total)
     beta1 = fitted.beta1 + (w_true @ true.beta1 - w_fit @ fitted.beta1)
     return MoEParams(beta0=beta0, beta1=beta1, a=fitted.a, b=fitted.b, gating=fitted.gating)
@@ -138,8 +143,8 @@ def _exact_alignment(start, true, exponents):
         if res.fun < best_value:
             best_t, best_value = res.x, float(res.fun)
     aligned = _shifted(start, best_t)
-    log_true_mass = logsumexp(true.beta0)
-    if logsumexp(aligned.beta0) < log_true_mass - _DEGENERATE_MASS_LOG_RATIO:
+    log_true_mass = _logsumexp(true.beta0)
+    if _logsumexp(aligned.beta0) < log_true_mass - _DEGENERATE_MASS_LOG_RATIO:
         warnings.warn(
             f"exact translation alignment degenerated: the infimum over (t0, t1) sends every fitted mass to 0 "
             f"(loss {best_value:.4g}, the total true mass {np.exp(log_true_mass):.4g}), which happens "

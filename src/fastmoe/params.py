@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Union
 
 import numpy as np
-from scipy.special import expit
 
 __all__ = [
     "MoEParams",
@@ -35,9 +34,16 @@ def _identity(X):
     return X
 
 
+def _sigmoid(X):
+    # scipy.special is imported on first use: it adds ~0.1 s to ``import fastmoe`` (issue 13, item 4).
+    from scipy.special import expit
+
+    return expit(X)
+
+
 #: Built-in gating transforms. ``identity`` is the standard softmax gating; the bounded ones give the
 #: *modified* softmax gating of Nguyen et al. (ICML 2024), applied to the gating input only.
-GATING_TRANSFORMS = {"identity": _identity, "tanh": np.tanh, "sigmoid": expit}
+GATING_TRANSFORMS = {"identity": _identity, "tanh": np.tanh, "sigmoid": _sigmoid}
 
 Gating = Union[str, Callable[[np.ndarray], np.ndarray]]
 
