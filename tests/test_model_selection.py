@@ -36,8 +36,10 @@ def test_selects_the_true_number_of_experts(two_expert_data, criterion):
     X, y = two_expert_data
     with warnings.catch_warnings():
         # the over-specified candidate may run its coefficients off (its MLE need not exist): it is
-        # then reported as diverged and not admissible
+        # then reported as diverged and not admissible; its likelihood has flat ridges with near-tied
+        # maxima, of which the best may be reached by one start only (a SearchWarning)
         warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
+        warnings.simplefilter("ignore", fastmoe.SearchWarning)
         selection = select_n_experts(X, y, (1, 2, 3), criterion=criterion, n_init=2, random_state=0, n_threads=1)
     assert isinstance(selection, SelectionResult)
     scores = np.where(selection.admissible, selection.table[criterion], np.inf)
@@ -78,7 +80,8 @@ def test_template_estimator_is_cloned(two_expert_data):
 
 def test_non_converged_candidates_are_excluded_unless_all_are(two_expert_data):
     X, y = two_expert_data
-    with pytest.warns(fastmoe.ConvergenceWarning):
+    with pytest.warns(fastmoe.ConvergenceWarning), warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastmoe.SearchWarning)  # starts stopped after 2 iterations agree on nothing
         selection = select_n_experts(X, y, (1, 2), max_iter=2, random_state=0, n_threads=1)
     converged = selection.table["converged"] & ~selection.table["diverged"]
     if converged.any():

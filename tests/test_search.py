@@ -56,15 +56,20 @@ def test_start_log_counts_and_warns():
     once = StartLog(np.array([-10.0, -11.0, -12.0]), np.array([False, False, False]), 0, 1, None)
     assert "only 1 of 3 starts" in once.message()
     assert StartLog.from_dict(once.to_dict()).n_best == 1
+    # Good-Turing: maxima reached by one start only (-11 and -12; a diverged start is no maximum), over
+    # all five starts.
+    mixed = StartLog(np.array([-10.0, -10.0 - 1e-9, -11.0, -12.0, -9.0]), np.array([False] * 4 + [True]), 0, 2, None)
+    assert mixed.unseen == pytest.approx(2 / 5)
+    assert once.unseen == 1.0
 
 
 def test_search_explores_a_subsample_and_fits_all_the_data(rng):
     truth = fastmoe.MoEParams(beta0=[0.0, 0.0], beta1=[[4.0], [0.0]], a=[[[3.0], [0.0]], [[-3.0], [0.0]]],
                               b=[[0.0, 0.0], [0.0, 0.0]])
-    X, y = fastmoe.sample(truth, n=40_000, random_state=rng)
+    X, y = fastmoe.sample(truth, n=60_000, random_state=rng)
     result = _fit(X, y, 2, random_state=0)
-    assert result.starts.subsample == 10_000  # max(10 000, 25 p) rows, p = 6 here
-    assert result.n_samples == 40_000 and result.converged
+    assert result.starts.subsample == 30_000  # max(30 000, 25 p) rows, p = 6 here
+    assert result.n_samples == 60_000 and result.converged
     # The refined fit is the maximum on all the data: a fit from the truth ends at the same place.
     oracle = _fit(X, y, 2, init=truth)
     assert result.objective == pytest.approx(oracle.objective, rel=1e-9)

@@ -193,9 +193,10 @@ def fit(
         Gating transform ``M``; default ``"identity"`` (standard softmax gating), or that of ``init``.
     init : {"search", "kmeans", "random"} or MoEParams, default="search"
         ``"search"`` looks for the global maximum: ``n_init`` starts explored on a subsample of
-        ``max(10 000, 25 p)`` rows (``p`` free parameters; all rows for smaller data), most of them
-        with trust-region Newton steps on the likelihood from the start, in parallel threads; the
-        best is refined on all the data (see ``fastmoe._search``). ``"kmeans"`` partitions the gating
+        ``max(30 000, 25 p)`` rows (``p`` free parameters; all rows for smaller data), with
+        trust-region Newton steps on the likelihood first, in parallel threads, in rounds until the
+        best maximum was reached twice and a new one is unlikely; the best few are refined on all the
+        data (see ``fastmoe._search``). ``"kmeans"`` partitions the gating
         inputs with k-means, ``"random"`` with a random linear gating, turns the partition into
         parameters by an M-step and runs EM from there on all the data (``n_init`` times). An
         ``MoEParams`` starts there (e.g. near the truth in a simulation).

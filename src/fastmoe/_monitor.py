@@ -216,6 +216,10 @@ class StartLog:
     n_best : int
         Starts whose objective is within ``SAME_MAXIMUM_RTOL`` (relative) of the kept one's: how many
         found that maximum.
+    unseen : float
+        The Good-Turing estimate of the chance that one more start would end at a maximum none of these
+        reached: the maxima reached by exactly one start, over the starts (Finch, Mendell & Thode 1989;
+        diverged starts count as starts, not as maxima).
     subsample : int or None
         Rows of the exploration subsample, or None when the starts ran on all the data.
     """
@@ -232,6 +236,12 @@ class StartLog:
         diverged = np.array([r.diverged for r in runs])
         n_best = sum(same_maximum(value, objectives[best]) for value in objectives)
         return cls(objectives, diverged, best, n_best, subsample)
+
+    @property
+    def unseen(self):
+        finite = self.objectives[~self.diverged]
+        once = sum(sum(same_maximum(a, b) for b in finite) == 1 for a in finite)
+        return once / max(self.objectives.size, 1)
 
     def to_dict(self) -> dict:
         """Plain-Python form, for JSON."""

@@ -4,23 +4,32 @@ The likelihood of a mixture of experts has many local maxima, and EM from any on
 usually stops at one of them (measured, issue 12: from a k-means start 0-3 of 10 seeds reached the best
 maximum, 6169 nats short at d = 10, n = 1e5). The default search (``init="search"``) therefore
 
-1. explores on a random subsample of ``max(10 000, 25 p)`` rows (all rows when there are not many
-   more): ``n_init`` starts, each a k-means or random partition of the gating inputs turned into
-   parameters (``_init``), run to a looser tolerance, most of them with trust-region Newton steps on the
-   likelihood from the start (``run_em(newton_first=True)``: joint steps in the gating and the experts
-   escape the basins EM settles in);
-   When the best maximum has been reached by only one start, another round of ``n_init`` starts
-   follows, up to ``SEARCH_ROUNDS`` rounds: a maximum found twice from independent starts is far
-   more likely the global one, and rugged likelihoods (small n per parameter) get the starts they need
-   while easy ones pay for one round;
+1. explores on a random subsample of ``max(30 000, 25 p)`` rows (all rows when there are not many
+   more): ``n_init`` starts, alternately a k-means and a random partition of the gating inputs turned
+   into parameters (``_init``), run to a looser tolerance with trust-region Newton steps on the
+   likelihood first (``run_em(newton_first=True)``: joint steps in the gating and the experts escape
+   the basins EM settles in; on issue 12's p4 they reached the global maximum from 8 of 16 k-means
+   starts, EM from 3);
+   Another round of ``n_init`` starts follows, within a budget of explored rows (``SEARCH_ROW_BUDGET``:
+   small data, where a start is cheap and the likelihood rugged, get more rounds), until the best maximum
+   has been reached twice and the Good-Turing estimate of the chance that one more start finds a
+   maximum not seen yet (maxima reached by one start only, over the starts; Finch, Mendell & Thode
+   1989) is at most ``UNSEEN_STOP``: rugged likelihoods get the starts they need while easy ones pay
+   for one round. (Stopping as soon as the best was reached twice missed the global maximum 2 times
+   in 10 where a local one 330 nats lower has the larger basin: issue 12's benchmark, problem p4.);
 2. tries to leave the best maximum found: rounds of ``n_init`` relocation moves (one expert dropped
    and a new one inserted where a half-space's labels call for it, ``_init.relocated_parameters``),
    each run by EM; a round that finds a higher maximum is followed by another, up to
    ``MOVE_ROUNDS`` (the split-and-merge idea of Ueda et al. 2000, with a supervised insertion);
-3. refines the best start that did not diverge on all the data, by EM and the Newton finish.
+3. scores the distinct maxima found on all the data, takes ``PROBE_STEPS`` Newton steps there from the
+   best ``PROBE_TOP`` of them, and refines the best ``REFINE_TOP`` of those to the fit's tolerance, by
+   EM and the Newton finish.
 
-The structural maxima that trap EM differ by O(n) nats, so a subsample of ten thousand rows tells them
-apart while it costs a tenth of a pass at n = 1e5; a start is the natural unit of parallel work below
+The structural maxima that trap EM differ by O(n) nats, so a subsample tells them apart while it costs
+a fraction of a pass over large data; it is not smaller than 30 000 rows because a small sample has a
+rugged likelihood of its own (at 1e4 rows, maxima a few nats apart abound), whose maxima need not be
+those of all the data (issue 12's p3 at n = 1e5: explored on 1e4 rows, 2 of 10 seeds ended 7 nats
+short; on 3e4 rows both reached the best); a start is the natural unit of parallel work below
 ~1e5 rows, so starts run on separate threads (each with kernels on its share of the threads), and since
 every start draws from its own seed and every kernel is thread-count invariant, the result is the same
 for any number of threads.
@@ -39,20 +48,26 @@ from ._monitor import ConvergenceMonitor, StartLog, same_maximum
 
 # The exploration subsample: at least EXPLORE_MIN rows and EXPLORE_PER_PARAM per free parameter; data
 # with fewer than EXPLORE_WHOLE times that many rows are explored whole.
-EXPLORE_MIN = 10_000
+EXPLORE_MIN = 30_000
 EXPLORE_PER_PARAM = 25
 EXPLORE_WHOLE = 1.5
 # Exploration stops at this relative tolerance (or the fit's, when looser): it only has to tell
 # maxima apart, the refinement on all the data reaches the fit's own tolerance.
 EXPLORE_TOL = 1e-7
 #: Starts of the default search, cycled: (partition of the gating inputs, Newton steps first).
-SEARCH_PLAN = (("kmeans", True), ("kmeans", False), ("random", True), ("kmeans", True))
-#: Starts per round of the default search when ``n_init`` is not given, and the most rounds of starts
-#: and of relocation moves.
+SEARCH_PLAN = (("kmeans", True), ("random", True))
+#: Starts per round of the default search when ``n_init`` is not given; rounds of starts while all of
+#: them together explore at most SEARCH_ROW_BUDGET rows (between SEARCH_ROUNDS_MIN and _MAX rounds);
+#: the most rounds of relocation moves.
 SEARCH_N_INIT = 4
-SEARCH_ROUNDS = 4
+SEARCH_ROW_BUDGET = 480_000
+SEARCH_ROUNDS_MIN, SEARCH_ROUNDS_MAX = 4, 16
 MOVE_ROUNDS = 3
-#: Distinct maxima of the exploration refined on all the data.
+#: Rounds of starts stop when a further start is estimated to find a new maximum at most this often.
+UNSEEN_STOP = 0.1
+#: Distinct maxima of the exploration probed on all the data (Newton steps from each), and refined.
+PROBE_TOP = 4
+PROBE_STEPS = 3
 REFINE_TOP = 2
 
 
@@ -145,8 +160,9 @@ def search(problem, penalty, n_init, rng, *, tol, max_iter, newton, n_threads, c
         explore = problem
     else:
         explore = problem.subset(np.sort(rng.choice(problem.n_samples, size=size, replace=False)))
-    plan = [SEARCH_PLAN[i % len(SEARCH_PLAN)] for i in range(n_init * SEARCH_ROUNDS)]
-    seeds = _seeds(rng, n_init * (SEARCH_ROUNDS + MOVE_ROUNDS))
+    rounds = int(np.clip(SEARCH_ROW_BUDGET // (n_init * explore.n_samples), SEARCH_ROUNDS_MIN, SEARCH_ROUNDS_MAX))
+    plan = [SEARCH_PLAN[i % len(SEARCH_PLAN)] for i in range(n_init * rounds)]
+    seeds = _seeds(rng, n_init * (rounds + MOVE_ROUNDS))
     starts = [Start(kind, first, seed) for (kind, first), seed in zip(plan, seeds)]
     options = dict(tol=tol if whole else max(tol, EXPLORE_TOL), max_iter=max_iter, newton=newton,
                    n_threads=n_threads, callback=callback if whole else None, verbose=verbose if whole else 0)
@@ -154,7 +170,8 @@ def search(problem, penalty, n_init, rng, *, tol, max_iter, newton, n_threads, c
     for first in range(0, len(starts), n_init):
         runs += run_starts(explore, penalty, starts[first:first + n_init], **options)
         best = _best(runs)
-        if StartLog.of(runs, best, None).n_best >= 2 or runs[best].diverged or _stopped(runs):
+        log = StartLog.of(runs, best, None)
+        if (log.n_best >= 2 and log.unseen <= UNSEEN_STOP) or runs[best].diverged or _stopped(runs):
             break
     move_seeds = seeds[len(plan):]
     for first in range(0, len(move_seeds), n_init):
@@ -173,10 +190,18 @@ def search(problem, penalty, n_init, rng, *, tol, max_iter, newton, n_threads, c
     # The subsample's own objective ranks maxima whose gap is O(n) nats on all the data only up to
     # the noise of its O(size) scale, where maxima that fit the subsample's own points compete. Every
     # maximum it found is scored on all the data instead (one E-step pass each: nine tenths of the rows
-    # are new to it), and the best few are refined there.
+    # are new to it). A subsample's maximum is O(sqrt(p / size)) away from the data's in its basin, and
+    # its score falls short by O(p n / size) nats with a spread of its own, enough to rank a maximum a
+    # few nats lower first (issue 12's p3: 7 nats at n = 1e5); a few Newton steps on all the data
+    # converge quadratically from there, so the best few are probed so before the final ranking.
     candidates = [r for r in runs if not r.diverged] or runs
     scores = [problem.loglik(r.W, r.V) - penalty.total(r.W, r.V) for r in candidates]
-    top = [candidates[i] for i in _distinct_order(scores)[:REFINE_TOP]]
+    top = [candidates[i] for i in _distinct_order(scores)[:PROBE_TOP]]
+    if len(top) > REFINE_TOP:
+        probes = run_starts(problem, penalty, [Start("given", newton, None, (r.W, r.V)) for r in top], tol=tol,
+                            max_iter=PROBE_STEPS, newton=newton, n_threads=n_threads)
+        kept = [p for p in probes if not p.diverged] or probes
+        top = [kept[i] for i in _distinct_order([p.objective for p in kept])[:REFINE_TOP]]
     finals = run_starts(problem, penalty, [Start("given", False, None, (r.W, r.V)) for r in top],
                         tol=tol, max_iter=max_iter, newton=newton, n_threads=n_threads, callback=callback,
                         verbose=verbose)
