@@ -614,7 +614,9 @@ def free_parameter_names(params) -> list:
 
     Gating ``beta0[i]``, ``beta1[i,j]`` for experts ``i < k-1``; then for each expert ``i`` and class
     ``s < K-1``: ``b[i,s]``, ``a[i,s,j]``. The last expert's gating and every expert's last class are
-    fixed at zero (reference conventions) and have no entry.
+    fixed at zero (reference conventions) and have no entry. ``j`` counts the columns the part reads:
+    with separate inputs, ``a[i,s,j]`` is the slope on column ``expert_features[j]`` of ``X`` and
+    ``beta1[i,j]`` that on the ``j``-th gating input (:func:`fastmoe.summary.summarize` names them by column).
 
     Parameters
     ----------
