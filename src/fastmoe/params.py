@@ -5,8 +5,8 @@ and the gating transform ``M`` that maps the gating features of ``x`` to the gat
 (``d_gate`` features). The gating and the experts may read different columns of the data
 (``gating_features``, ``expert_features``; issue 15): the experts read ``X[:, expert_features]``
 (``d`` columns, possibly none: intercept-only experts) and the gating ``M(X[:, gating_features])``.
-This module owns that selection (:meth:`MoEParams.expert_input`, :meth:`MoEParams.gate_input`,
-:func:`resolve_features`); a set left at None is all of ``X``, read without a copy. The engine works on
+This module owns that selection (:func:`designs`, :meth:`MoEParams.designs`, :func:`resolve_features`);
+a set left at None is all of ``X``, read without a copy. The engine works on
 the packed forms ``W = [beta0 | beta1]`` of shape ``(k, 1 + d_gate)`` and ``V = [b | a]`` of shape
 ``(k, K, 1 + d)``: column 0 is always the intercept.
 
