@@ -168,7 +168,8 @@ class DivergenceGauge:
         live = np.flatnonzero(expert_weight >= self.vanishing)
         K = V.shape[1]
         G = W - W[int(np.argmax(expert_weight))]
-        slope_logit = max(np.abs(self.X @ V[live, : K - 1, 1:].reshape(-1, V.shape[2] - 1).T).max(initial=0.0),
+        # An explicit row count: intercept-only experts (0 slope columns) cannot infer it from -1.
+        slope_logit = max(np.abs(self.X @ V[live, : K - 1, 1:].reshape(live.size * (K - 1), V.shape[2] - 1).T).max(initial=0.0),
                           np.abs(self.Z @ G[live, 1:].T).max(initial=0.0))
         if slope_logit >= NUMERICAL_LOGIT:
             return True

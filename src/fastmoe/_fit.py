@@ -26,7 +26,7 @@ from ._validation import (
 )
 from . import exceptions
 from .exceptions import SearchWarning
-from .params import MoEParams, gate_input, gating_name, n_free_params
+from .params import MoEParams, designs, gating_name, n_free_params, resolve_features
 
 __all__ = ["fit", "FitResult", "INIT_STRATEGIES"]
 
@@ -154,6 +154,21 @@ def _check_init(init, gating, n_experts, n_features, n_classes):
     return init, "identity" if gating is None else gating, n_classes
 
 
+def _check_features(gating_features, expert_features, init, n_inputs, feature_names):
+    """The feature sets as column indices (None: all columns), from the arguments or else from ``init``."""
+    inputs = {}
+    for name, given in (("gating_features", gating_features), ("expert_features", expert_features)):
+        value = resolve_features(given, n_inputs, name, feature_names)
+        if isinstance(init, MoEParams):
+            if given is not None and value != getattr(init, name):
+                raise ValueError(f"init has {name}={getattr(init, name)} but {name}={value}")
+            value = getattr(init, name)
+        inputs[name] = value
+    if inputs["gating_features"] == ():
+        raise ValueError("gating_features is empty; the gating needs at least one feature")
+    return inputs
+
+
 def fit(
     X,
     y,
@@ -161,6 +176,8 @@ def fit(
     *,
     n_classes=None,
     gating=None,
+    gating_features=None,
+    expert_features=None,
     init="search",
     n_init=None,
     max_iter=1000,
@@ -183,6 +200,8 @@ def fit(
     Parameters
     ----------
     X : array-like of shape (n_samples, n_features)
+        Every input column; ``gating_features`` and ``expert_features`` say which of them the gating
+        and the experts read (by default all).
     y : array-like of shape (n_samples,)
         Integer labels in ``0 .. n_classes - 1``.
     n_experts : int
@@ -190,7 +209,17 @@ def fit(
     n_classes : int, optional
         Number of classes ``K``; defaults to ``max(y) + 1`` (or the classes of ``init``).
     gating : {"identity", "tanh", "sigmoid"} or callable, optional
-        Gating transform ``M``; default ``"identity"`` (standard softmax gating), or that of ``init``.
+        Gating transform ``M``, applied to the gating columns; default ``"identity"`` (standard softmax
+        gating), or that of ``init``.
+    gating_features : sequence of int, boolean mask or sequence of str, optional
+        Columns of ``X`` the gating (the concomitant model) reads: integer indices, a boolean mask, or
+        column names when ``X`` is a DataFrame; at least one. Default: all columns (or those of
+        ``init``). The gating is ``softmax(beta0 + beta1 . M(X[:, gating_features]))``.
+    expert_features : sequence of int, boolean mask or sequence of str, optional
+        Columns of ``X`` the experts read, as for ``gating_features``; ``[]`` gives intercept-only
+        experts (the covariate latent-class model: each expert a fixed class distribution, the
+        gating on covariates). Default: all columns (or those of ``init``). A set that is all of
+        ``X`` costs no copy of ``X``; a subset is copied once.
     init : {"search", "kmeans", "random"} or MoEParams, default="search"
         ``"search"`` looks for the global maximum: ``n_init`` starts explored on a subsample of
         ``max(30 000, 25 p)`` rows (``p`` free parameters; all rows for smaller data), with
@@ -238,6 +267,7 @@ def fit(
         When of several starts only one reached the maximum that was kept.
     """
     started = time.perf_counter()
+    columns = getattr(X, "columns", None)  # a DataFrame's names, for feature sets given by name
     X = check_X(X)
     n_samples, n_features = X.shape
     n_experts = check_positive_int(n_experts, "n_experts")
@@ -250,14 +280,20 @@ def fit(
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable")
     init, gating, n_classes = _check_init(init, gating, n_experts, n_features, n_classes)
+    feature_names = None if columns is None else [str(c) for c in columns]
+    inputs = _check_features(gating_features, expert_features, init, n_features, feature_names)
     y, n_classes = check_y(y, n_samples, n_classes)
     sample_weight = check_sample_weight(sample_weight, n_samples)
-    Z = gate_input(gating, X)
-    n_free = n_free_params(n_experts, n_classes, n_features, Z.shape[1])
+    # From here on X is the experts' design and Z the gating's; both are X itself when they read all of it.
+    X, Z = designs(gating, X, **inputs)
+    inputs["n_inputs"] = n_features
+    n_free = n_free_params(n_experts, n_classes, X.shape[1], Z.shape[1])
     if n_samples < n_free and l2 == 0:  # a ridge makes the penalised fit well defined
+        shape = (f"{n_features} features" if inputs["gating_features"] is None and inputs["expert_features"] is None
+                 else f"{Z.shape[1]} gating and {X.shape[1]} expert features")
         raise ValueError(
             f"X has {n_samples} samples but a model with {n_experts} experts, {n_classes} classes and "
-            f"{n_features} features has {n_free} free parameters; need at least that many samples"
+            f"{shape} has {n_free} free parameters; need at least that many samples"
         )
     rng = check_random_state(random_state)
     problem = Problem(X, Z, y, sample_weight, n_experts, n_classes, effective_n_threads(n_threads))
@@ -265,7 +301,7 @@ def fit(
 
     def on_iteration(n_iter, W, V, objective):
         # The user's callback sees the log-likelihood and a parameter object, not the packed arrays.
-        return callback(n_iter, objective + penalty.total(W, V), MoEParams.from_packed(W, V, gating))
+        return callback(n_iter, objective + penalty.total(W, V), MoEParams.from_packed(W, V, gating, **inputs))
 
     callback_ = on_iteration if callback is not None else None
     options = dict(tol=tol, max_iter=max_iter, newton=newton)
@@ -289,7 +325,7 @@ def fit(
     if starts is not None and starts.message() is not None:
         warnings.warn(f"fastmoe.fit: {starts.message()}", SearchWarning, stacklevel=2)
     return FitResult(
-        params=MoEParams.from_packed(best.W, best.V, gating),
+        params=MoEParams.from_packed(best.W, best.V, gating, **inputs),
         loglik=float(best.loglik),
         objective=float(best.objective),
         n_iter=monitor.n_iter,

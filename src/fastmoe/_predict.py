@@ -20,14 +20,15 @@ __all__ = [
 
 def _prepare(params, X, n_threads):
     params = check_params(params)
-    X = check_X(X, n_features=params.n_features)
-    Z = params.gate_input(X)
+    X = check_X(X, n_features=params.n_inputs)
+    # The kernels take the experts' design: X itself when the experts read every column.
+    X_expert, Z = params.designs(X)
     if Z.shape[1] != params.n_gate_features:
         raise ValueError(
             f"the gating transform gives {Z.shape[1]} gating features but beta1 has {params.n_gate_features}"
         )
     W, V = params.packed()
-    return X, Z, W, V, effective_n_threads(n_threads)
+    return X_expert, Z, W, V, effective_n_threads(n_threads)
 
 
 def _e_step(params, X, y, sample_weight, n_threads, resp, logp):

@@ -174,11 +174,12 @@ def check_random_state(random_state) -> np.random.Generator:
 
 
 def check_params(params, n_features=None, n_classes=None) -> MoEParams:
-    """Check that ``params`` is an ``MoEParams`` that fits data with this many features and classes."""
+    """Check that ``params`` is an ``MoEParams`` that fits data with this many features (columns of
+    ``X``: ``params.n_inputs``) and classes."""
     if not isinstance(params, MoEParams):
         raise TypeError(f"expected an MoEParams, got {type(params).__name__}")
-    if n_features is not None and params.n_features != n_features:
-        raise ValueError(f"the parameters have {params.n_features} features but X has {n_features}")
+    if n_features is not None and params.n_inputs != n_features:
+        raise ValueError(f"the parameters have {params.n_inputs} features but X has {n_features}")
     if n_classes is not None and params.n_classes != n_classes:
         raise ValueError(f"the parameters have {params.n_classes} classes but the data need {n_classes}")
     return params

@@ -23,7 +23,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from . import _predict
 from ._fit import INIT_STRATEGIES, FitResult, fit
 from ._monitor import StartLog
-from .params import MoEParams, gate_input, n_free_params
+from .params import MoEParams, gate_input, n_free_params, resolve_features
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -142,6 +142,13 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     gating : {"identity", "tanh", "sigmoid"} or callable, default="identity"
         Gating transform ``M`` applied to the gating input only: ``"identity"`` is standard softmax
         gating, a bounded transform the modified softmax gating of the paper.
+    gating_features : sequence of int, boolean mask or sequence of str, default=None
+        Columns of ``X`` the gating reads, in the manner of ``ColumnTransformer``: integer indices, a
+        boolean mask, or column names when ``X`` is a DataFrame; at least one. None: all columns.
+    expert_features : sequence of int, boolean mask or sequence of str, default=None
+        Columns of ``X`` the experts read, as for ``gating_features``; ``[]`` gives intercept-only
+        experts (a latent-class model whose class membership depends on the gating columns).
+        None: all columns. ``X`` keeps all its columns at ``predict`` time; the model selects them.
     l2 : float, default=1.0
         Ridge penalty ``l2 / 2 * ||slopes||^2`` on all slopes, gating and experts (intercepts are not
         penalised), added to the summed log-likelihood. It plays the role of ``1 / C`` in
@@ -227,6 +234,8 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         n_experts=2,
         *,
         gating="identity",
+        gating_features=None,
+        expert_features=None,
         l2=1.0,
         class_weight=None,
         init="search",
@@ -240,6 +249,8 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     ):
         self.n_experts = n_experts
         self.gating = gating
+        self.gating_features = gating_features
+        self.expert_features = expert_features
         self.l2 = l2
         self.class_weight = class_weight
         self.init = init
@@ -260,7 +271,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
     # -- fitting ----------------------------------------------------------------------------------------
-    def _warm_params(self, n_classes, n_features):
+    def _warm_params(self, n_classes, n_features, inputs):
         """``params_`` when a warm start can use them, else None."""
         params = getattr(self, "params_", None)
         if (
@@ -268,10 +279,19 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             or params is None
             or params.n_experts != self.n_experts
             or params.n_classes != n_classes
-            or params.n_features != n_features
+            or params.n_inputs != n_features
+            or (params.gating_features, params.expert_features) != inputs
         ):
             return None
         return params
+
+    def _feature_sets(self, n_features):
+        """``(gating_features, expert_features)`` as column indices (None: all), resolved against ``X``."""
+        names = getattr(self, "feature_names_in_", None)
+        return tuple(
+            resolve_features(value, n_features, name, None if names is None else list(names))
+            for name, value in (("gating_features", self.gating_features), ("expert_features", self.expert_features))
+        )
 
     def fit(self, X, y, sample_weight=None):
         """Fit the mixture by maximum likelihood (generalised EM).
@@ -324,16 +344,21 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
                     f"only one class ({classes[weighted].tolist()[0]!r}) has positive weight; a classifier needs samples "
                     "of at least 2 classes"
                 )
+        inputs = self._feature_sets(X.shape[1])
+        if inputs[0] == ():
+            raise ValueError("gating_features is empty; the gating needs at least one feature")
         X_fit, y_fit, w_fit = _merge_rows(X, y_encoded, sample_weight)
         if self.l2 == 0:
-            self._check_enough_rows(X, X_fit.shape[0], n_rows, n_classes)
-        warm = self._warm_params(n_classes, X.shape[1])
+            self._check_enough_rows(X, X_fit.shape[0], n_rows, n_classes, inputs)
+        warm = self._warm_params(n_classes, X.shape[1], inputs)
         result = fit(
             X_fit,
             y_fit,
             self.n_experts,
             n_classes=n_classes,
             gating=self.gating,
+            gating_features=inputs[0],
+            expert_features=inputs[1],
             init=self.init if warm is None else warm,
             n_init=self.n_init,
             max_iter=self.max_iter,
@@ -440,6 +465,9 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             settings["init"] = {"MoEParams": settings["init"].to_dict()}
         if isinstance(settings["class_weight"], dict):  # JSON keys are strings; labels need not be
             settings["class_weight"] = [[_plain(label), float(w)] for label, w in settings["class_weight"].items()]
+        for key in ("gating_features", "expert_features"):  # tuples and arrays as JSON lists
+            if settings[key] is not None and not isinstance(settings[key], str):
+                settings[key] = [_plain(v) for v in np.asarray(list(settings[key]), dtype=object).tolist()]
         if not (settings["random_state"] is None or isinstance(settings["random_state"], numbers.Integral)):
             settings["random_state"] = None
         return {name: _plain(value) for name, value in settings.items()}
@@ -453,17 +481,22 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         weights = self.class_weight_[np.asarray(codes)]
         return weights if sample_weight is None else weights * sample_weight
 
-    def _check_enough_rows(self, X, n_distinct, n_rows, n_classes):
+    def _check_enough_rows(self, X, n_distinct, n_rows, n_classes, inputs):
         """Without a penalty the MLE needs at least as many distinct rows as free parameters."""
         if not isinstance(self.n_experts, numbers.Integral) or self.n_experts < 1:
             return  # fastmoe.fit names the problem
-        n_gate = X.shape[1] if isinstance(self.gating, str) else gate_input(self.gating, X[:2]).shape[1]
-        n_free = n_free_params(self.n_experts, n_classes, X.shape[1], n_gate)
+        gating_features, expert_features = inputs
+        X_gate = X if gating_features is None else X[:2, list(gating_features)]
+        n_gate = X_gate.shape[1] if isinstance(self.gating, str) else gate_input(self.gating, X_gate[:2]).shape[1]
+        n_expert = X.shape[1] if expert_features is None else len(expert_features)
+        n_free = n_free_params(self.n_experts, n_classes, n_expert, n_gate)
         if n_distinct < n_free:
             distinct = "" if n_distinct == n_rows else f" of which {n_distinct} are distinct rows of positive weight"
+            shape = (f"{X.shape[1]} features" if inputs == (None, None)
+                     else f"{n_gate} gating and {n_expert} expert features")
             raise ValueError(
                 f"X has {n_rows} samples{distinct}, but a model with {self.n_experts} experts, {n_classes} "
-                f"classes and {X.shape[1]} features has {n_free} free parameters; with l2=0 the maximum-"
+                f"classes and {shape} has {n_free} free parameters; with l2=0 the maximum-"
                 "likelihood estimate needs at least that many (use l2 > 0)"
             )
 

@@ -17,6 +17,7 @@ Voronoi cells, never by index. Every function here goes through the same three s
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -68,6 +69,12 @@ def _check_pair(fitted, true):
         got, want = getattr(fitted, attr), getattr(true, attr)
         if got != want:
             raise ValueError(f"fitted has {what}={got} but true has {what}={want}")
+    # Slopes on different columns are coordinates of different models, even when the counts agree.
+    for what, attr in (("gating_features", "gating_features"), ("expert_features", "expert_features"),
+                       ("n_inputs (columns of X)", "n_inputs")):
+        got, want = getattr(fitted, attr), getattr(true, attr)
+        if got != want:
+            raise ValueError(f"fitted has {what}={got} but true has {what}={want}")
     # beta1 of a tanh gating and of a standard gating are coordinates of different models.
     if fitted.gating_name != true.gating_name:
         raise ValueError(
@@ -97,13 +104,11 @@ def _closed_form_alignment(fitted, true):
     w_fit = np.exp(fitted.beta0 - _logsumexp(fitted.beta0))
     w_true = np.exp(true.beta0 - log_total)
     beta1 = fitted.beta1 + (w_true @ true.beta1 - w_fit @ fitted.beta1)
-    return MoEParams(beta0=beta0, beta1=beta1, a=fitted.a, b=fitted.b, gating=fitted.gating)
+    return dataclasses.replace(fitted, beta0=beta0, beta1=beta1)
 
 
 def _shifted(params, t):
-    return MoEParams(
-        beta0=params.beta0 + t[0], beta1=params.beta1 + t[1:], a=params.a, b=params.b, gating=params.gating
-    )
+    return dataclasses.replace(params, beta0=params.beta0 + t[0], beta1=params.beta1 + t[1:])
 
 
 #: An exact alignment whose fitted masses add up to less than exp(-this) of the true ones has reached the

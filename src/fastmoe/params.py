@@ -1,9 +1,14 @@
 """The parameter object, its packed forms and the free-parameter vector of a softmax-gated multinomial-logistic mixture of experts.
 
 Shapes follow ``MODEL.md`` section 1: ``beta0 (k,)``, ``beta1 (k, d_gate)``, ``a (k, K, d)``, ``b (k, K)``
-and the gating transform ``M`` that maps the expert input ``x`` (``d`` features) to the gating input
-``M(x)`` (``d_gate`` features). The engine works on the packed forms ``W = [beta0 | beta1]`` of shape
-``(k, 1 + d_gate)`` and ``V = [b | a]`` of shape ``(k, K, 1 + d)``: column 0 is always the intercept.
+and the gating transform ``M`` that maps the gating features of ``x`` to the gating input ``M(x)``
+(``d_gate`` features). The gating and the experts may read different columns of the data
+(``gating_features``, ``expert_features``; issue 15): the experts read ``X[:, expert_features]``
+(``d`` columns, possibly none: intercept-only experts) and the gating ``M(X[:, gating_features])``.
+This module owns that selection (:func:`designs`, :meth:`MoEParams.designs`, :func:`resolve_features`);
+a set left at None is all of ``X``, read without a copy. The engine works on
+the packed forms ``W = [beta0 | beta1]`` of shape ``(k, 1 + d_gate)`` and ``V = [b | a]`` of shape
+``(k, K, 1 + d)``: column 0 is always the intercept.
 
 This module is the one owner of the *free-parameter vector*: the entries of ``(W, V)`` left free by the
 reference conventions (last expert's gating and every expert's last class fixed at zero), their order,
@@ -25,6 +30,7 @@ __all__ = [
     "MoEParams",
     "GATING_TRANSFORMS",
     "gate_input",
+    "resolve_features",
     "free_parameter_names",
     "free_parameters",
 ]
@@ -46,6 +52,9 @@ def _sigmoid(X):
 GATING_TRANSFORMS = {"identity": _identity, "tanh": np.tanh, "sigmoid": _sigmoid}
 
 Gating = Union[str, Callable[[np.ndarray], np.ndarray]]
+
+# The keys of a parameter dict that say which columns the gating and the experts read.
+_INPUT_KEYS = ("gating_features", "expert_features", "n_inputs")
 
 
 def _check_gating(gating):
@@ -138,6 +147,100 @@ def gate_input(gating, X):
     return Z
 
 
+def select_columns(X, features):
+    """``X[:, features]`` as a C-contiguous float64 array; ``X`` itself (no copy) when ``features`` is None."""
+    if features is None:
+        return X
+    return np.ascontiguousarray(X[:, list(features)], dtype=np.float64)
+
+
+def designs(gating, X, gating_features=None, expert_features=None):
+    """The experts' design ``X[:, expert_features]`` and the gating design ``M(X[:, gating_features])``.
+
+    A set that is None reads ``X`` itself, without a copy; and when the gating is the identity on the
+    same columns as the experts, both designs are one array (``Z is X_expert``), which the kernels
+    recognise and load once.
+
+    Returns
+    -------
+    X_expert : ndarray of shape (n_samples, d)
+    Z : ndarray of shape (n_samples, d_gate)
+    """
+    X_expert = select_columns(X, expert_features)
+    if gating_features == expert_features and isinstance(gating, str) and gating == "identity":
+        return X_expert, X_expert
+    return X_expert, gate_input(gating, select_columns(X, gating_features))
+
+
+def _check_feature_tuple(name, features):
+    """A feature set as a tuple of distinct non-negative column indices, or None (all columns)."""
+    if features is None:
+        return None
+    if isinstance(features, (str, bytes)) or not hasattr(features, "__iter__"):
+        raise TypeError(f"{name} must be None or a sequence of column indices, got {features!r}")
+    values = list(np.asarray(features, dtype=object).ravel()) if isinstance(features, np.ndarray) else list(features)
+    for value in values:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must hold integer column indices, got {value!r} ({type(value).__name__})")
+        if value < 0:
+            raise ValueError(f"{name} has a negative column index {value}; indices count from 0")
+    values = tuple(int(v) for v in values)
+    if len(set(values)) != len(values):
+        repeated = next(v for v in values if values.count(v) > 1)
+        raise ValueError(f"{name} names column {repeated} twice")
+    return values
+
+
+def resolve_features(features, n_inputs, name, feature_names=None):
+    """A user's feature set as column indices of an ``X`` with ``n_inputs`` columns.
+
+    Parameters
+    ----------
+    features : None, sequence of int, boolean mask or sequence of str
+        None keeps every column. Integer indices (negative ones count from the end, as in NumPy), a
+        boolean mask of length ``n_inputs``, or column names (with ``feature_names``, e.g. the columns
+        of a DataFrame). An empty sequence is an empty set.
+    n_inputs : int
+        Columns of ``X``.
+    name : str
+        The argument's name, for error messages.
+    feature_names : sequence of str, optional
+        Names of ``X``'s columns, to resolve string entries.
+
+    Returns
+    -------
+    tuple of int or None
+        Distinct indices in the order given; None when the set is every column in order (so that the
+        kernels read ``X`` itself, without a copy).
+    """
+    if features is None:
+        return None
+    if isinstance(features, (str, bytes)) or not hasattr(features, "__iter__"):
+        raise TypeError(f"{name} must be None or a sequence of column indices or names, got {features!r}")
+    values = np.asarray(features).ravel().tolist() if isinstance(features, np.ndarray) else list(features)
+    if values and all(isinstance(v, (bool, np.bool_)) for v in values):
+        if len(values) != n_inputs:
+            raise ValueError(f"{name} is a boolean mask of length {len(values)} but X has {n_inputs} columns")
+        values = [j for j, keep in enumerate(values) if keep]
+    elif any(isinstance(v, str) for v in values):
+        if feature_names is None:
+            raise ValueError(f"{name} names columns by string but X has no column names (pass a DataFrame or indices)")
+        names = [str(n) for n in feature_names]
+        unknown = [v for v in values if not isinstance(v, str) or v not in names]
+        if unknown:
+            raise ValueError(f"{name} names {unknown!r}, which are not columns of X (columns: {names})")
+        values = [names.index(v) for v in values]
+    checked = []
+    for value in values:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must hold column indices, names or booleans, got {value!r} ({type(value).__name__})")
+        if not -n_inputs <= value < n_inputs:
+            raise ValueError(f"{name} has column index {value} but X has {n_inputs} columns (0..{n_inputs - 1})")
+        checked.append(int(value) % n_inputs)
+    checked = _check_feature_tuple(name, checked)
+    return None if checked == tuple(range(n_inputs)) else checked
+
+
 def _non_numbers(value):
     """The first entry of a (nested) array-like that is not a real number: a string, a boolean, a complex
     number or another object, or None when every entry is one. NumPy would convert ``"1.5"`` and ``True``
@@ -187,18 +290,29 @@ class MoEParams:
     beta1 : array-like of shape (n_experts, n_gate_features)
         Gating slopes, acting on ``M(x)``.
     a : array-like of shape (n_experts, n_classes, n_features)
-        Expert slopes: ``a[i, s]`` is the slope of class ``s`` in expert ``i``.
+        Expert slopes: ``a[i, s]`` is the slope of class ``s`` in expert ``i``; ``n_features`` may be 0
+        when ``expert_features=()`` (intercept-only experts).
     b : array-like of shape (n_experts, n_classes)
         Expert intercepts.
     gating : {"identity", "tanh", "sigmoid"} or callable, default="identity"
         The gating transform ``M``. ``"identity"`` is standard softmax gating; a bounded transform gives
-        the modified softmax gating. A callable maps ``X (n, d)`` to ``M(X) (n, d_gate)``.
+        the modified softmax gating. A callable maps the gating columns ``X[:, gating_features] (n, .)``
+        to ``M (n, d_gate)``.
+    gating_features : sequence of int or None, default=None
+        Columns of ``X`` the gating reads (at least one); None: all of them.
+    expert_features : sequence of int or None, default=None
+        Columns of ``X`` the experts read; None: all of them; ``()``: none, every expert is a constant
+        class distribution (the covariate latent-class model).
+    n_inputs : int or None, default=None
+        Columns of the ``X`` the model is evaluated on. Derived when a set is None (and, for a named
+        transform, from ``beta1``); otherwise defaults to the largest index named plus one.
 
     Notes
     -----
     Softmax is invariant to a common shift of all experts' gating parameters and of all classes'
     parameters within an expert; :meth:`normalized` moves to the reference conventions (last expert
-    and last class zero) without changing the model. Arrays are stored read-only.
+    and last class zero) without changing the model. Arrays are stored read-only. A feature set equal
+    to all columns in order is stored as None.
     """
 
     beta0: np.ndarray
@@ -206,6 +320,9 @@ class MoEParams:
     a: np.ndarray
     b: np.ndarray
     gating: Gating = field(default="identity")
+    gating_features: Union[tuple, None] = None
+    expert_features: Union[tuple, None] = None
+    n_inputs: Union[int, None] = None
 
     def __post_init__(self):
         beta0 = _as_float_array("beta0", self.beta0, 1)
@@ -223,16 +340,65 @@ class MoEParams:
             raise ValueError(f"a has {a.shape[1]} classes but b has {b.shape[1]}")
         if a.shape[1] < 2:
             raise ValueError(f"the experts need at least 2 classes, got {a.shape[1]}")
-        if a.shape[2] < 1 or beta1.shape[1] < 1:
-            raise ValueError(f"need at least one feature; got a.shape={a.shape}, beta1.shape={beta1.shape}")
         gating = _check_gating(self.gating)
-        if isinstance(gating, str) and beta1.shape[1] != a.shape[2]:
+        gating_features, expert_features, n_inputs = self._check_inputs(gating, beta1, a)
+        for name, value in (("beta0", beta0), ("beta1", beta1), ("a", a), ("b", b), ("gating", gating),
+                            ("gating_features", gating_features), ("expert_features", expert_features),
+                            ("n_inputs", n_inputs)):
+            object.__setattr__(self, name, value)
+
+    def _check_inputs(self, gating, beta1, a):
+        """Check the feature sets against the slopes; return them (None for all columns) and ``n_inputs``."""
+        gating_features = _check_feature_tuple("gating_features", self.gating_features)
+        expert_features = _check_feature_tuple("expert_features", self.expert_features)
+        if gating_features == ():
+            raise ValueError("gating_features is empty; the gating needs at least one feature")
+        if beta1.shape[1] < 1:
+            raise ValueError(f"need at least one gating feature; got beta1.shape={beta1.shape}")
+        if expert_features is None and a.shape[2] < 1:
+            raise ValueError(
+                f"need at least one feature; got a.shape={a.shape} (intercept-only experts need expert_features=())"
+            )
+        if expert_features is not None and len(expert_features) != a.shape[2]:
+            raise ValueError(
+                f"expert_features names {len(expert_features)} columns but a has {a.shape[2]} slopes per class"
+            )
+        named = isinstance(gating, str)
+        if named and gating_features is not None and len(gating_features) != beta1.shape[1]:
+            raise ValueError(
+                f"gating {gating!r} keeps the number of features, so beta1 needs {len(gating_features)} columns "
+                f"(gating_features names {len(gating_features)}), got {beta1.shape[1]}"
+            )
+        if named and gating_features is None and expert_features is None and beta1.shape[1] != a.shape[2]:
             raise ValueError(
                 f"gating {gating!r} keeps the number of features, so beta1 needs {a.shape[2]} columns "
                 f"(a has {a.shape[2]} features), got {beta1.shape[1]}"
             )
-        for name, value in (("beta0", beta0), ("beta1", beta1), ("a", a), ("b", b), ("gating", gating)):
-            object.__setattr__(self, name, value)
+        # n_inputs is known exactly from a set that is all of X, at least the largest index named plus one.
+        exact = {}
+        if expert_features is None:
+            exact["a (all columns to the experts)"] = a.shape[2]
+        if gating_features is None and named:
+            exact["beta1 (all columns to the gating)"] = beta1.shape[1]
+        named_columns = (gating_features or ()) + (expert_features or ())
+        at_least = max(named_columns) + 1 if named_columns else 1
+        n_inputs = self.n_inputs
+        if n_inputs is not None:
+            if isinstance(n_inputs, (bool, np.bool_)) or not isinstance(n_inputs, numbers.Integral):
+                raise TypeError(f"n_inputs must be an integer or None, got {n_inputs!r}")
+            n_inputs = int(n_inputs)
+        for source, value in exact.items():
+            if n_inputs is None:
+                n_inputs = value
+            elif value != n_inputs:
+                raise ValueError(f"{source} gives {value} input columns but n_inputs={n_inputs}")
+        if n_inputs is None:
+            n_inputs = at_least
+        if n_inputs < at_least:
+            raise ValueError(f"the feature sets name column {at_least - 1} but n_inputs={n_inputs}")
+        everything = tuple(range(n_inputs))
+        return (None if gating_features == everything else gating_features,
+                None if expert_features == everything else expert_features, n_inputs)
 
     # -- shapes ---------------------------------------------------------------------------------------
     @property
@@ -245,6 +411,7 @@ class MoEParams:
 
     @property
     def n_features(self) -> int:
+        """Expert slopes per class, ``d``: the number of columns the experts read (0 for intercept-only)."""
         return self.a.shape[2]
 
     @property
@@ -260,6 +427,26 @@ class MoEParams:
     def gating_name(self) -> str:
         return gating_name(self.gating)
 
+    @property
+    def separate_inputs(self) -> bool:
+        """Whether the gating or the experts read a subset of the columns of ``X``."""
+        return self.gating_features is not None or self.expert_features is not None
+
+    @property
+    def inputs(self) -> dict:
+        """The keyword arguments that say which columns each part reads (``gating_features``,
+        ``expert_features``, ``n_inputs``): pass them on to build parameters of the same model."""
+        return {"gating_features": self.gating_features, "expert_features": self.expert_features,
+                "n_inputs": self.n_inputs}
+
+    def gating_columns(self) -> tuple:
+        """Columns of ``X`` the gating reads."""
+        return tuple(range(self.n_inputs)) if self.gating_features is None else self.gating_features
+
+    def expert_columns(self) -> tuple:
+        """Columns of ``X`` the experts read (empty for intercept-only experts)."""
+        return tuple(range(self.n_inputs)) if self.expert_features is None else self.expert_features
+
     # -- conventions ----------------------------------------------------------------------------------
     def normalized(self) -> "MoEParams":
         """Return the same model in the reference conventions (last expert and last class zero)."""
@@ -269,11 +456,23 @@ class MoEParams:
             a=self.a - self.a[:, -1:, :],
             b=self.b - self.b[:, -1:],
             gating=self.gating,
+            **self.inputs,
         )
 
     def gate_input(self, X) -> np.ndarray:
-        """The gating design ``M(X)`` for this parameter set's transform."""
-        return gate_input(self.gating, X)
+        """The gating design ``M(X[:, gating_features])`` for this parameter set's transform.
+
+        ``X`` itself (no copy) for standard gating on all columns.
+        """
+        return gate_input(self.gating, select_columns(X, self.gating_features))
+
+    def expert_input(self, X) -> np.ndarray:
+        """The experts' design ``X[:, expert_features]``: ``X`` itself (no copy) when they read all columns."""
+        return select_columns(X, self.expert_features)
+
+    def designs(self, X):
+        """``(X_expert, Z)``: the experts' and the gating's designs from the full ``X`` (see :func:`designs`)."""
+        return designs(self.gating, X, self.gating_features, self.expert_features)
 
     def split_expert(self, expert) -> "MoEParams":
         """The same model with one more expert: ``expert`` in two identical halves.
@@ -293,6 +492,7 @@ class MoEParams:
             a=np.concatenate([self.a, self.a[expert][None]]),
             b=np.vstack([self.b, self.b[expert]]),
             gating=self.gating,
+            **self.inputs,
         ).normalized()
 
     # -- packed forms used by the engine ----------------------------------------------------------------
@@ -307,10 +507,11 @@ class MoEParams:
         return W, V
 
     @classmethod
-    def from_packed(cls, W, V, gating="identity") -> "MoEParams":
+    def from_packed(cls, W, V, gating="identity", **inputs) -> "MoEParams":
+        """Parameters from packed ``(W, V)``; ``inputs`` are the feature sets (see :attr:`inputs`)."""
         W = np.asarray(W, dtype=np.float64)
         V = np.asarray(V, dtype=np.float64)
-        return cls(beta0=W[:, 0], beta1=W[:, 1:], a=V[:, :, 1:], b=V[:, :, 0], gating=gating)
+        return cls(beta0=W[:, 0], beta1=W[:, 1:], a=V[:, :, 1:], b=V[:, :, 0], gating=gating, **inputs)
 
     def free_vector(self):
         """The free-parameter vector of these parameters as given (see :func:`free_vector`)."""
@@ -321,6 +522,7 @@ class MoEParams:
         """Whether two parameter sets agree entry by entry (same expert order, same conventions)."""
         return (
             self.gating_name == other.gating_name
+            and self.inputs == other.inputs
             and all(
                 getattr(self, f).shape == getattr(other, f).shape
                 and np.allclose(getattr(self, f), getattr(other, f), rtol=rtol, atol=atol)
@@ -332,31 +534,41 @@ class MoEParams:
         """Plain-Python form (lists and a transform name), ready for JSON."""
         if not isinstance(self.gating, str):
             raise ValueError("parameters with a callable gating transform cannot be serialised; use a named one")
-        return {
+        data = {
             "beta0": self.beta0.tolist(),
             "beta1": self.beta1.tolist(),
             "a": self.a.tolist(),
             "b": self.b.tolist(),
             "gating": self.gating,
         }
+        # Only a model with separate inputs writes the feature sets: every other dict (and the digest of
+        # every experiment defined by one) stays as it was before feature sets existed.
+        # A set that is all of X is left out rather than written as null, which TOML cannot hold.
+        if self.separate_inputs:
+            for key in ("gating_features", "expert_features"):
+                if getattr(self, key) is not None:
+                    data[key] = list(getattr(self, key))
+            data["n_inputs"] = self.n_inputs
+        return data
 
     @classmethod
     def from_dict(cls, data: dict, gating=None) -> "MoEParams":
         """Inverse of :meth:`to_dict`; ``gating`` overrides the stored transform.
 
         The dict holds ``beta0, beta1, a, b`` and optionally ``gating`` (a transform name; ``"identity"``
-        when left out). Any other key, usually a typo, is an error, and so is ``gating: null``.
+        when left out) and ``gating_features``, ``expert_features``, ``n_inputs`` (see the class). Any
+        other key, usually a typo, is an error, and so is ``gating: null``.
         """
         if not isinstance(data, dict):
             raise TypeError(f"expected a dict of parameter arrays, got {type(data).__name__}")
         missing = {"beta0", "beta1", "a", "b"} - set(data)
         if missing:
             raise ValueError(f"parameter dict lacks {sorted(missing)}")
-        unknown = set(data) - {"beta0", "beta1", "a", "b", "gating"}
+        unknown = set(data) - {"beta0", "beta1", "a", "b", "gating", *_INPUT_KEYS}
         if unknown:
             raise ValueError(
                 f"parameter dict has unknown keys {sorted(map(str, unknown))}; "
-                "expected beta0, beta1, a, b and optionally gating"
+                "expected beta0, beta1, a, b and optionally gating, gating_features, expert_features, n_inputs"
             )
         if "gating" in data and data["gating"] is None:
             raise ValueError(
@@ -368,6 +580,7 @@ class MoEParams:
             a=data["a"],
             b=data["b"],
             gating=gating if gating is not None else data.get("gating", "identity"),
+            **{key: data[key] for key in _INPUT_KEYS if key in data},
         )
 
     def save(self, path) -> None:
@@ -386,9 +599,13 @@ class MoEParams:
                 f"  {name}={np.array2string(getattr(self, name), prefix='  ' + name + '=')}"
                 for name in ("beta0", "beta1", "a", "b")
             )
+        inputs = ""
+        if self.separate_inputs:
+            inputs = (f", gating_features={self.gating_features}, expert_features={self.expert_features}, "
+                      f"n_inputs={self.n_inputs}")
         return (
             f"MoEParams(n_experts={self.n_experts}, n_classes={self.n_classes}, "
-            f"n_features={self.n_features}, gating={self.gating_name!r},\n{body})"
+            f"n_features={self.n_features}, gating={self.gating_name!r}{inputs},\n{body})"
         )
 
 
@@ -397,7 +614,9 @@ def free_parameter_names(params) -> list:
 
     Gating ``beta0[i]``, ``beta1[i,j]`` for experts ``i < k-1``; then for each expert ``i`` and class
     ``s < K-1``: ``b[i,s]``, ``a[i,s,j]``. The last expert's gating and every expert's last class are
-    fixed at zero (reference conventions) and have no entry.
+    fixed at zero (reference conventions) and have no entry. ``j`` counts the columns the part reads:
+    with separate inputs, ``a[i,s,j]`` is the slope on column ``expert_features[j]`` of ``X`` and
+    ``beta1[i,j]`` that on the ``j``-th gating input (:func:`fastmoe.summary.summarize` names them by column).
 
     Parameters
     ----------

@@ -18,9 +18,11 @@ def sample(params, n=None, X=None, random_state=None, *, low=-1.0, high=1.0, ret
     ----------
     params : MoEParams
     n : int, optional
-        Number of samples when ``X`` is not given; then ``X ~ Uniform[low, high]^d``.
-    X : array-like of shape (n_samples, n_features), optional
-        Inputs to draw labels for.
+        Number of samples when ``X`` is not given; then ``X ~ Uniform[low, high]^d`` with
+        ``d = params.n_inputs`` (all the columns the gating and the experts read from).
+    X : array-like of shape (n_samples, params.n_inputs), optional
+        Inputs to draw labels for (the full ``X``: the parameters select the gating's and the experts'
+        columns).
     random_state : None, int or numpy.random.Generator
         The only source of randomness: the same seed gives the same draw for any thread count.
     low, high : float
@@ -30,7 +32,7 @@ def sample(params, n=None, X=None, random_state=None, *, low=-1.0, high=1.0, ret
 
     Returns
     -------
-    X : ndarray (n_samples, n_features)
+    X : ndarray (n_samples, n_inputs)
     y : ndarray of int64 (n_samples,)
     z : ndarray of int64 (n_samples,), only with ``return_latent``
         Latent expert ``z_n ~ Categorical(pi(x_n))``; ``y_n ~ Categorical(f_{z_n}(. | x_n))``.
@@ -43,15 +45,15 @@ def sample(params, n=None, X=None, random_state=None, *, low=-1.0, high=1.0, ret
         n = check_positive_int(n, "n")
         if not (np.isfinite(low) and np.isfinite(high) and low < high):
             raise ValueError(f"need finite low < high, got low={low}, high={high}")
-        X = rng.uniform(low, high, size=(n, params.n_features))
+        X = rng.uniform(low, high, size=(n, params.n_inputs))
     else:
-        X = check_X(X, n_features=params.n_features)
+        X = check_X(X, n_features=params.n_inputs)
         if n is not None and n != X.shape[0]:
             raise ValueError(f"n={n} but X has {X.shape[0]} rows")
-    Z = params.gate_input(X)
+    X_expert, Z = params.designs(X)
     W, V = params.packed()
     uniforms = rng.random((X.shape[0], 2))
     y = np.empty(X.shape[0], dtype=np.int64)
     z = np.empty(X.shape[0], dtype=np.int64)
-    _kernels.sample_labels(X, Z, W, V, uniforms, y, z, effective_n_threads(n_threads))
+    _kernels.sample_labels(X_expert, Z, W, V, uniforms, y, z, effective_n_threads(n_threads))
     return (X, y, z) if return_latent else (X, y)

@@ -48,6 +48,7 @@ HEADER = [
                         f"softmax gating on {f.gate_input_name}"),
     ("experts, classes, features", lambda f: f"k = {f.result.params.n_experts}, K = {f.result.params.n_classes}, "
                                              f"d = {f.result.params.n_features}"),
+    ("inputs", lambda f: f.inputs_line),
     ("samples", lambda f: f"n = {f.result.n_samples}"),
     ("log-likelihood", lambda f: f"{f.result.loglik:.4f}"),
     ("penalty", _penalty),
@@ -68,6 +69,7 @@ class _Fit:
     result: FitResult
     table: object
     gate_input_name: str
+    inputs_line: object = None  # which columns the gating and the experts read, when they differ
 
 
 def _number(value):
@@ -194,14 +196,14 @@ def _resolve(model, feature_names, class_names):
     """``(result, features, classes)`` of a FitResult or fitted estimator."""
     if isinstance(model, FitResult):
         params = model.params
-        features = list(feature_names) if feature_names is not None else [f"x{j}" for j in range(params.n_features)]
+        features = list(feature_names) if feature_names is not None else [f"x{j}" for j in range(params.n_inputs)]
         classes = list(class_names) if class_names is not None else list(range(params.n_classes))
         return model, features, classes
     estimator = sys.modules.get("fastmoe.estimator")  # loaded whenever an estimator exists
     if estimator is not None and isinstance(model, estimator.MixtureOfExpertsClassifier):
         result = model.fit_result_
         names = getattr(model, "feature_names_in_", None)
-        features = [f"x{j}" for j in range(result.params.n_features)] if names is None else [str(n) for n in names]
+        features = [f"x{j}" for j in range(result.params.n_inputs)] if names is None else [str(n) for n in names]
         if feature_names is not None:
             features = list(feature_names)
         classes = list(model.classes_.tolist()) if class_names is None else list(class_names)
@@ -230,7 +232,9 @@ def summarize(
         See :func:`fastmoe.parameter_table`.
     feature_names, class_names : sequence, optional
         Names to use; by default an estimator's ``feature_names_in_`` (or ``x0, x1, ...``) and
-        ``classes_``, and for a FitResult ``x0, x1, ...`` and ``0 .. K-1``.
+        ``classes_``, and for a FitResult ``x0, x1, ...`` and ``0 .. K-1``. Feature names are those of
+        every column of ``X`` (``params.n_inputs``); when the gating and the experts read different
+        columns (``gating_features``, ``expert_features``), each table names the columns it reads.
     n_threads : int, optional
 
     Returns
@@ -242,11 +246,13 @@ def summarize(
     result, features, classes = _resolve(model, feature_names, class_names)
     params = result.params
     k, K = params.n_experts, params.n_classes
-    if len(features) != params.n_features:
-        raise ValueError(f"{len(features)} feature names for {params.n_features} features")
+    if len(features) != params.n_inputs:
+        raise ValueError(f"{len(features)} feature names for {params.n_inputs} features")
     if len(classes) != K:
         raise ValueError(f"{len(classes)} class names for {K} classes")
-    gate_features = _gate_feature_names(params, features)
+    # Names are of the columns of X; the gating and the experts each name the columns they read.
+    gate_features = _gate_feature_names(params, [features[j] for j in params.gating_columns()])
+    expert_features = [features[j] for j in params.expert_columns()]
     experts = tuple(str(i) for i in range(k))
 
     rows = []
@@ -255,12 +261,12 @@ def summarize(
             rows.append({"part": "gating", "expert": experts[i], "class": None, "term": term})
     for i in range(k):
         for s in range(K - 1):
-            for term in ["intercept", *features]:
+            for term in ["intercept", *expert_features]:
                 rows.append({"part": "expert", "expert": experts[i], "class": classes[s], "term": term})
 
     table, gate_share = None, None
     if X is not None:
-        X = check_X(X, n_features=params.n_features)
+        X = check_X(X, n_features=params.n_inputs)
         w = check_sample_weight(sample_weight, X.shape[0])
         gate_share = np.average(gate_proba(params, X, n_threads), axis=0, weights=w if w.size else None)
     if y is not None:
@@ -278,7 +284,11 @@ def summarize(
         if table is not None:
             row.update({c: float(getattr(table, c)[j]) for c in _STATS})
 
-    fit = _Fit(result=result, table=table, gate_input_name=_gate_input_name(params))
+    inputs_line = None
+    if params.separate_inputs:
+        inputs_line = (f"gating reads {', '.join(features[j] for j in params.gating_columns())}; experts read "
+                       + (", ".join(expert_features) if expert_features else "none (intercept-only experts)"))
+    fit = _Fit(result=result, table=table, gate_input_name=_gate_input_name(params), inputs_line=inputs_line)
     header = tuple((label, text) for label, line in HEADER if (text := line(fit)) is not None)
     return Summary(header=header, experts=experts, gate_share=gate_share, classes=tuple(classes),
                    rows=tuple(rows), level=float(level))

@@ -108,10 +108,10 @@ def observed_information(params, X, y, sample_weight=None, n_threads=None) -> np
         :func:`free_parameter_names`.
     """
     params = check_params(params)
-    X = check_X(X, n_features=params.n_features)
+    X = check_X(X, n_features=params.n_inputs)
     y, _ = check_y(y, X.shape[0], params.n_classes)
     w = check_sample_weight(sample_weight, X.shape[0])
-    problem = Problem(X, params.gate_input(X), y, w, params.n_experts, params.n_classes,
+    problem = Problem(*params.designs(X), y, w, params.n_experts, params.n_classes,
                       effective_n_threads(n_threads))
     return problem.hessian_pass(*params.normalized().packed())[2]
 
@@ -148,7 +148,7 @@ def expected_information(params, X, sample_weight=None, n_threads=None) -> np.nd
     class with weight ``w_n p_theta(s | x_n)``; memory grows with ``n_samples * n_classes``.
     """
     params = check_params(params)
-    X = check_X(X, n_features=params.n_features)
+    X = check_X(X, n_features=params.n_inputs)
     w = check_sample_weight(sample_weight, X.shape[0])
     n, K = X.shape[0], params.n_classes
     proba = predict_proba(params, X, n_threads=n_threads)
@@ -451,7 +451,7 @@ def _aligned(params, reference, max_experts=6):
     for order in itertools.permutations(range(k)):
         order = list(order)
         theta = free_parameters(MoEParams(params.beta0[order], params.beta1[order], params.a[order],
-                                          params.b[order], params.gating))
+                                          params.b[order], params.gating, **params.inputs))
         distance = float(np.sum((theta - reference) ** 2))
         if distance < best_distance:
             best, best_distance = theta, distance
@@ -532,7 +532,7 @@ def bootstrap_table(
     n_jobs = effective_n_threads(n_jobs) if n_jobs is not None else 1
     params, y_codes, weights, l2, _ = _resolve_model(model, y, sample_weight)
     params = check_params(params).normalized()
-    X = check_X(X, n_features=params.n_features)
+    X = check_X(X, n_features=params.n_inputs)
     wald = parameter_table(model, X, y, sample_weight=sample_weight, level=level, covariance=covariance, n_threads=1)
     weights = None if weights is None else check_sample_weight(weights, X.shape[0])
     theta_hat = wald.estimate

@@ -156,6 +156,9 @@ class Experiment:
                 raise schema.DefinitionError(
                     f"truth_path.direction.{name} has shape {getattr(direction, name).shape}, "
                     f"the truth's {name} {getattr(truth, name).shape}")
+        if direction.inputs != truth.inputs:
+            raise schema.DefinitionError(
+                f"truth_path.direction reads the columns {direction.inputs}, the truth {truth.inputs}")
         if self.fit.split_spread > 0:
             raise schema.DefinitionError("fit.split_spread places split cells of a fixed vanishing truth; it "
                                          "does not combine with truth_path")
@@ -165,6 +168,9 @@ class Experiment:
         truth = self.truth
         line = (f"k*={truth.n_experts}, k={self.n_experts}, gating={truth.gating_name}, d={truth.n_features}, "
                 f"K={truth.n_classes}")
+        if truth.separate_inputs:
+            line += (f" (gating on columns {list(truth.gating_columns())}, experts on {list(truth.expert_columns())}"
+                     f" of {truth.n_inputs})")
         path = self.truth_path
         if path is not None and path.exponent > 0:
             line += f", truth moves by t = {path.scale:.4g} n^-{path.exponent:g} along a path"
@@ -244,7 +250,8 @@ class Experiment:
                           required=("name", "truth", "n_experts", "sample_sizes", "n_replications"))
         data["truth"] = schema.check_parameters("truth", data["truth"])
         if data.get("truth_path") is not None and not isinstance(data["truth_path"], TruthPath):
-            data["truth_path"] = TruthPath.from_dict(data["truth_path"], gating=data["truth"].gating)
+            data["truth_path"] = TruthPath.from_dict(data["truth_path"], gating=data["truth"].gating,
+                                                     inputs=data["truth"].inputs)
         for key, sub in (("x_law", XLaw), ("fit", FitOptions)):
             if key in data and not isinstance(data[key], sub):
                 table = schema.check_table(key, data[key])

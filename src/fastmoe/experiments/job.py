@@ -125,7 +125,7 @@ def run_job(experiment: Experiment, n: int, replication: int, n_threads: int = 1
 def _fit_and_score(experiment: Experiment, n: int, replication: int, n_threads: int) -> dict:
     truth = experiment.truth_at(n)
     streams = experiment.streams(n, replication)
-    X = experiment.x_law.sample(streams["x"], n, truth.n_features)
+    X = experiment.x_law.sample(streams["x"], n, truth.n_inputs)  # every column; the truth selects its own
     X, y = sample(truth, X=X, random_state=streams["y"])
     opts = experiment.fit
 
@@ -136,7 +136,8 @@ def _fit_and_score(experiment: Experiment, n: int, replication: int, n_threads: 
                                opts.split_spread)
 
     def run_fit(init, n_init):
-        return fit(X, y, experiment.n_experts, n_classes=truth.n_classes, gating=truth.gating, init=init,
+        return fit(X, y, experiment.n_experts, n_classes=truth.n_classes, gating=truth.gating,
+                   gating_features=truth.gating_features, expert_features=truth.expert_features, init=init,
                    n_init=n_init, max_iter=opts.max_iter, tol=opts.tol, l2=opts.l2, n_threads=n_threads,
                    random_state=streams["fit"])
 

@@ -29,7 +29,7 @@ import numpy as np
 from ..params import GATING_TRANSFORMS, MoEParams
 
 __all__ = ["DefinitionError", "EXPERIMENT", "FIT", "MAX_COUNT", "MAX_SAMPLE_SIZE", "MAX_SEED", "PARAMETER_ARRAYS",
-           "TRUTH_PATH", "X_LAW", "check_fields", "check_parameters", "check_table"]
+           "PARAMETER_INPUTS", "TRUTH_PATH", "X_LAW", "check_fields", "check_parameters", "check_table"]
 
 #: Largest count (experts, replications, iterations, restarts): a C ``int``, far beyond any study.
 MAX_COUNT = 2**31 - 1
@@ -216,21 +216,28 @@ def check_keys(name: str, data: Mapping, known, required=()) -> None:
         raise DefinitionError(f"{name} lacks {', '.join(repr(key) for key in missing)}")
 
 
-def check_parameters(name: str, data, gating: Optional[str] = None) -> MoEParams:
+def check_parameters(name: str, data, gating: Optional[str] = None, inputs: Optional[Mapping] = None) -> MoEParams:
     """A parameter table (``[truth]``, ``[truth_path.direction]``) as :class:`~fastmoe.MoEParams`.
 
-    ``gating`` given: the table holds the four arrays only and takes that transform; otherwise it may name
-    one of :data:`fastmoe.GATING_TRANSFORMS` under ``gating`` (``"identity"`` when left out).
+    ``gating`` given: the table holds the four arrays only and takes that transform and the input columns
+    ``inputs`` (:attr:`MoEParams.inputs` of the truth); otherwise it may name one of
+    :data:`fastmoe.GATING_TRANSFORMS` under ``gating`` (``"identity"`` when left out) and the columns the
+    gating and the experts read (:data:`PARAMETER_INPUTS`; all of X when left out).
     """
     if isinstance(data, MoEParams):
         return data
     data = check_table(name, data)
-    known = list(PARAMETER_ARRAYS) + ([] if gating is not None else ["gating"])
+    known = list(PARAMETER_ARRAYS) + ([] if gating is not None else ["gating", *PARAMETER_INPUTS])
     check_keys(name, data, known, required=list(PARAMETER_ARRAYS))
     for key, rule in PARAMETER_ARRAYS.items():
         rule(f"{name}.{key}", data[key])
     if "gating" in data:
         Text(choices=tuple(GATING_TRANSFORMS))(f"{name}.gating", data["gating"])
+    for key, rule in PARAMETER_INPUTS.items():
+        if key in data:
+            data[key] = rule(f"{name}.{key}", data[key])
+    if gating is not None and inputs is not None:
+        data.update({key: value for key, value in inputs.items() if value is not None})
     try:
         return MoEParams.from_dict(data, gating=gating)
     except (TypeError, ValueError) as exc:  # shapes that do not fit together
@@ -279,3 +286,7 @@ TRUTH_PATH = {"scale": Real(), "exponent": Real(low=0)}
 
 #: The arrays of a parameter table (``[truth]``, ``[truth_path.direction]``), by name.
 PARAMETER_ARRAYS = {"beta0": Array(1), "beta1": Array(2), "a": Array(3), "b": Array(2)}
+#: The optional input columns of a truth (issue 15): which columns of X the gating and the experts read,
+#: and how many X has. Left out, both read all of X.
+PARAMETER_INPUTS = {"gating_features": List(Integer(0), min_len=1, unique=True),
+                    "expert_features": List(Integer(0), unique=True), "n_inputs": Integer(1)}

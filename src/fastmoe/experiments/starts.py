@@ -104,5 +104,6 @@ def init_near_truth(truth, n_experts, rng, scale=0.1, split_cells=None, split_sp
         a = a + scale * rng.standard_normal(a.shape)
         b = b + scale * rng.standard_normal(b.shape)
     order = rng.permutation(n_experts)
-    start = MoEParams(beta0=beta0[order], beta1=beta1[order], a=a[order], b=b[order], gating=true.gating)
+    start = MoEParams(beta0=beta0[order], beta1=beta1[order], a=a[order], b=b[order], gating=true.gating,
+                      **true.inputs)
     return start.normalized()

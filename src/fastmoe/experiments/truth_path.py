@@ -51,13 +51,16 @@ class TruthPath:
 
     def to_dict(self) -> dict:
         direction = self.direction.to_dict()
-        del direction["gating"]  # the truth's transform applies
+        for key in ("gating", *schema.PARAMETER_INPUTS):  # the truth's transform and input columns apply
+            direction.pop(key, None)
         return {"scale": self.scale, "exponent": self.exponent, "direction": direction}
 
     @classmethod
-    def from_dict(cls, data: Mapping, gating: str) -> "TruthPath":
-        """Inverse of :meth:`to_dict`; the direction takes the truth's ``gating``."""
+    def from_dict(cls, data: Mapping, gating: str, inputs: Mapping = None) -> "TruthPath":
+        """Inverse of :meth:`to_dict`; the direction takes the truth's ``gating`` and input columns
+        (``inputs``, the truth's :attr:`~fastmoe.MoEParams.inputs`)."""
         data = schema.check_table("truth_path", data)
         schema.check_keys("truth_path", data, ("direction", "scale", "exponent"), required=("direction",))
-        direction = schema.check_parameters("truth_path.direction", data.pop("direction"), gating=gating)
+        direction = schema.check_parameters("truth_path.direction", data.pop("direction"), gating=gating,
+                                            inputs=inputs)
         return cls(direction=direction, **data)

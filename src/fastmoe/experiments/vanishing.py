@@ -104,11 +104,12 @@ def pde_direction(params, i, j, u) -> MoEParams:
     beta1[i], beta1[j] = w_j * u, -w_i * u
     a[i], a[j] = alpha, alpha
     return MoEParams(beta0=np.zeros_like(params.beta0), beta1=beta1, a=a, b=np.zeros_like(params.b),
-                     gating=params.gating)
+                     gating=params.gating, **params.inputs)
 
 
 def along(params, direction, t) -> MoEParams:
     """``params`` moved by ``t`` times ``direction`` (every array, in the coordinates ``params`` is written
-    in), with ``params``'s gating transform."""
+    in), with ``params``'s gating transform and input columns."""
     fields = ("beta0", "beta1", "a", "b")
-    return MoEParams(*(getattr(params, f) + t * getattr(direction, f) for f in fields), gating=params.gating)
+    return MoEParams(*(getattr(params, f) + t * getattr(direction, f) for f in fields), gating=params.gating,
+                     **params.inputs)
