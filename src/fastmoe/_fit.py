@@ -264,7 +264,7 @@ def fit(
     ConvergenceWarning
         When the fit stops before converging (iteration cap) or its coefficients diverge.
     SearchWarning
-        When of several starts only one reached the maximum that was kept.
+        When of several starts only one reached the maximum that was kept (and the fit converged).
     """
     started = time.perf_counter()
     columns = getattr(X, "columns", None)  # a DataFrame's names, for feature sets given by name
@@ -322,7 +322,9 @@ def fit(
     message = monitor.message(penalised=l2 > 0, empty_experts=best.empty_experts, boundary=best.boundary)
     if monitor.reason not in ("converged", "callback"):
         warnings.warn(f"fastmoe.fit: {message}", exceptions.ConvergenceWarning, stacklevel=2)
-    if starts is not None and starts.message() is not None:
+    # A fit stopped before converging already warns; the starts then agree on nothing, so saying so too
+    # would only repeat it.
+    if starts is not None and monitor.converged and starts.message() is not None:
         warnings.warn(f"fastmoe.fit: {starts.message()}", SearchWarning, stacklevel=2)
     return FitResult(
         params=MoEParams.from_packed(best.W, best.V, gating, **inputs),
