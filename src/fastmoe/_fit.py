@@ -26,7 +26,7 @@ from ._validation import (
 )
 from . import exceptions
 from .exceptions import SearchWarning
-from .params import MoEParams, gate_input, gating_name, n_free_params
+from .params import Bounds, MoEParams, free_parameter_names, free_vector, gate_input, gating_name, n_free_params
 
 __all__ = ["fit", "FitResult", "INIT_STRATEGIES"]
 
@@ -73,6 +73,12 @@ class FitResult:
         How settled the answer is when it came from several starts: the objective each start
         reached (``starts.objectives``; on the exploration subsample for the search), how many reached
         the kept maximum (``starts.n_best``), which diverged; None for a fit from given parameters.
+    bounds : Bounds or None
+        The box the fit was constrained to (``fit(bounds=...)``), or None.
+    active_bounds : tuple of str
+        Names (:func:`fastmoe.free_parameter_names`) of the free parameters that ended on their bound:
+        the constrained maximum lies on the box's surface there, and their standard errors are not
+        valid (the fitted value is not an interior maximum). Empty without a box.
     """
 
     params: MoEParams
@@ -90,6 +96,8 @@ class FitResult:
     n_newton: int = 0
     boundary: tuple = ()
     starts: object = None
+    bounds: object = None
+    active_bounds: tuple = ()
 
     @property
     def n_free_params(self) -> int:
@@ -166,6 +174,7 @@ def fit(
     max_iter=1000,
     tol=1e-8,
     l2=0.0,
+    bounds=None,
     newton=True,
     sample_weight=None,
     n_threads=None,
@@ -212,6 +221,18 @@ def fit(
         whole nats short of the maximum at large ``n``.
     l2 : float, default=0.0
         Optional ridge penalty ``l2 / 2 * ||slopes||^2`` (intercepts are not penalised); off by default.
+    bounds : float, mapping or Bounds, optional
+        Maximise over a box, the compact parameter space of the theory: a positive number ``B`` bounds
+        every free parameter, ``|theta_j| <= B``; a mapping (or :class:`fastmoe.Bounds`) with keys
+        ``gate_slope``, ``gate_intercept``, ``expert_slope``, ``expert_intercept`` bounds each group on
+        its own (a missing key, None or ``inf`` leaves that group free). The box is on the
+        reference-normalised free parameters (:func:`fastmoe.free_parameter_names`: the last expert's
+        gating and every expert's last class are 0), which is the compact set the theory means. The
+        M-steps become projected Newton steps and the Newton finish a trust-region step on the
+        coordinates not held by their bound, so the objective still never decreases; the starts are
+        projected into the box. With every parameter bounded the maximum exists on any data and no fit
+        is reported diverged: one whose maximum lies on the box's surface has converged at a bound, and
+        ``FitResult.active_bounds`` (and the message) name the parameters held there.
     newton : bool, default=True
         Once EM has settled, switch to Newton steps on the log-likelihood itself (exact Hessian, one
         fused pass per step), guarded so that the objective never decreases and falling back to EM
@@ -248,19 +269,21 @@ def fit(
         raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable")
+    bounds = Bounds.coerce(bounds)
     init, gating, n_classes = _check_init(init, gating, n_experts, n_features, n_classes)
     y, n_classes = check_y(y, n_samples, n_classes)
     sample_weight = check_sample_weight(sample_weight, n_samples)
     Z = gate_input(gating, X)
     n_free = n_free_params(n_experts, n_classes, n_features, Z.shape[1])
-    if n_samples < n_free and l2 == 0:  # a ridge makes the penalised fit well defined
+    # A ridge, or a box on every parameter, makes the fit well defined.
+    if n_samples < n_free and l2 == 0 and not (bounds is not None and bounds.compact):
         raise ValueError(
             f"X has {n_samples} samples but a model with {n_experts} experts, {n_classes} classes and "
             f"{n_features} features has {n_free} free parameters; need at least that many samples"
         )
     rng = check_random_state(random_state)
     problem = Problem(X, Z, y, sample_weight, n_experts, n_classes, effective_n_threads(n_threads))
-    penalty = Penalty(l2, problem)
+    penalty = Penalty(l2, problem, bounds)
 
     def on_iteration(n_iter, W, V, objective):
         # The user's callback sees the log-likelihood and a parameter object, not the packed arrays.
@@ -282,13 +305,17 @@ def fit(
             best, starts = restarts(problem, penalty, kind, n_init, rng,
                                     n_threads=problem.n_threads, callback=callback_, verbose=verbose, **options)
     monitor = best.monitor
-    message = monitor.message(penalised=l2 > 0, empty_experts=best.empty_experts, boundary=best.boundary)
+    params = MoEParams.from_packed(best.W, best.V, gating)
+    held = penalty.at_bound(free_vector(best.W, best.V))
+    active_bounds = tuple(name for name, side in zip(free_parameter_names(params), held) if side != 0)
+    message = monitor.message(penalised=l2 > 0, empty_experts=best.empty_experts, boundary=best.boundary,
+                              active_bounds=active_bounds)
     if monitor.reason not in ("converged", "callback"):
         warnings.warn(f"fastmoe.fit: {message}", exceptions.ConvergenceWarning, stacklevel=2)
     if starts is not None and starts.message() is not None:
         warnings.warn(f"fastmoe.fit: {starts.message()}", SearchWarning, stacklevel=2)
     return FitResult(
-        params=MoEParams.from_packed(best.W, best.V, gating),
+        params=params,
         loglik=float(best.loglik),
         objective=float(best.objective),
         n_iter=monitor.n_iter,
@@ -303,4 +330,6 @@ def fit(
         n_newton=monitor.n_newton,
         boundary=best.boundary,
         starts=starts,
+        bounds=bounds,
+        active_bounds=active_bounds,
     )
