@@ -197,6 +197,13 @@ def test_standard_errors_warn_at_a_bound(rng):
                for w in caught)
 
 
+def test_the_summary_header_states_the_box(rng):
+    X, y = _data(rng, n=300)
+    result = fastmoe.fit(X, y, 2, bounds={"expert_slope": 1.0}, random_state=0)
+    text = str(result.summary())
+    assert f"|expert_slope| <= 1; {len(result.active_bounds)} free parameters on it" in text
+
+
 def test_the_estimator_passes_bounds_through(rng, tmp_path):
     pytest.importorskip("sklearn")
     X, y = _data(rng)
@@ -208,3 +215,52 @@ def test_the_estimator_passes_bounds_through(rng, tmp_path):
     assert loaded.fit_result_.bounds == model.fit_result_.bounds
     assert loaded.active_bounds_ == model.active_bounds_
 
+
+# -- rate studies in a box ------------------------------------------------------------------------------
+def test_definitions_take_a_box_and_keep_old_digests(tmp_path):
+    from fastmoe.experiments import Experiment, get_preset
+    from fastmoe.experiments.schema import DefinitionError
+
+    base = get_preset("over-fit")
+    assert "bounds" not in base.to_dict()["fit"]  # left out at its default: the pinned digests stay
+    bounded = get_preset("over-fit-bounded")
+    assert bounded.fit.bounds == 10.0 and bounded.fit.l2 == 0.0
+    # The variant differs from over-fit in its fit (box instead of ridge) and its name only.
+    a, b = base.to_dict(), bounded.to_dict()
+    assert b["fit"].pop("bounds") == 10.0 and b["fit"].pop("l2") == 0.0 and a["fit"].pop("l2") == 0.03
+    for d in (a, b):
+        del d["name"], d["description"]
+    assert a == b
+    data = base.to_dict()
+    data["fit"]["bounds"] = {"expert_slope": 5.0, "gate_slope": 8}
+    table = Experiment.from_dict(data)
+    path = tmp_path / "boxed.toml"
+    table.save(path)
+    assert Experiment.load(path) == table and Experiment.load(path).fit.bounds == {"expert_slope": 5.0, "gate_slope": 8}
+    assert table.model_digest() != base.model_digest()
+    for bad, match in [(0.0, "fit.bounds"), ({"slope": 1.0}, "unknown fit.bounds keys"),
+                       ({"expert_slope": float("inf")}, "fit.bounds.expert_slope"), ("10", "fit.bounds")]:
+        data["fit"]["bounds"] = bad
+        with pytest.raises(DefinitionError, match=match):
+            Experiment.from_dict(data)
+
+
+def test_a_bounded_job_records_its_active_bounds_and_the_report_counts_them(tmp_path):
+    from fastmoe.experiments import Experiment, ResultStore, analyse, get_preset, run_job
+
+    data = get_preset("over-fit-bounded").with_grid(sample_sizes=[400, 600], n_replications=1).to_dict()
+    data["fit"]["bounds"] = 0.5  # tight: the true slopes reach 2.91
+    data["fit"]["max_iter"] = 300
+    exp = Experiment.from_dict(data)
+    records = [run_job(exp, n, 0) for n in exp.sample_sizes]
+    for record in records:
+        assert record["status"] in ("ok", "not_converged"), record["message"]
+        assert record["bound_active"] and record["active_bounds"] and record["max_abs_coef"] <= 0.5
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        store.register(exp)
+        for record in records:
+            store.add(record)
+    table = analyse(tmp_path / "results.sqlite", n_boot=20).format_table()
+    header, first = [line for line in table.splitlines() if line.strip().startswith(("n ", "400"))][:2]
+    assert first.split()[header.split().index("bnd")] == "1"
+    assert "bnd: some parameter ended on the box" in table
