@@ -108,6 +108,19 @@ def test_separable_data_converge_at_the_bound_instead_of_diverging(rng):
     assert result.converged and not result.diverged
 
 
+@pytest.mark.parametrize("bounds", [{"expert_slope": 2.0}, {"gate_slope": 2.0}])
+def test_a_box_on_some_slopes_leaves_the_others_gauged(rng, bounds):
+    X = rng.standard_normal((400, 3))
+    y = (X @ np.array([1.0, -2.0, 0.5]) > 0).astype(int)
+    with pytest.warns(fastmoe.ConvergenceWarning, match="bounds="):
+        result = fastmoe.fit(X, y, 2, bounds=bounds, random_state=0)
+    assert result.diverged and not result.converged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastmoe.ConvergenceWarning)
+        both = fastmoe.fit(X, y, 2, bounds={"gate_slope": 2.0, "expert_slope": 2.0}, random_state=0)
+    assert both.converged and not both.diverged and both.active_bounds
+
+
 def test_same_or_better_than_bounded_lbfgs_from_the_same_start(rng):
     optimize = pytest.importorskip("scipy.optimize")
     truth = fastmoe.MoEParams(beta0=[0.3, 0.0], beta1=[[4.0], [0.0]], a=[[[3.0], [0.0]], [[-2.5], [0.0]]],

@@ -52,6 +52,7 @@ class FitResult:
         Whether the objective was judged within ``tol * |objective|`` of its maximum (see ``tol``).
     diverged : bool
         Whether coefficients were running off to infinity (quasi-separation: the MLE need not exist).
+        Never with ``bounds`` on every free parameter: the maximum over a compact box exists.
     empty_experts : tuple of int
         Experts left without responsibility mass at the end.
     history : ndarray

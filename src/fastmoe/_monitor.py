@@ -194,7 +194,7 @@ class ConvergenceMonitor:
                 "the intercepts run off to infinity (a class that never occurs, or gets no probability in "
                 "some expert): the penalised maximum does not exist" if penalised else
                 "coefficients run off to infinity (separable data, or a class that never occurs): "
-                "the MLE does not exist; consider l2 > 0"
+                "the MLE does not exist; consider l2 > 0 or a box on every slope (bounds=...)"
             )
         if empty_experts:
             parts.append(f"experts {list(empty_experts)} have no responsibility mass")
