@@ -248,18 +248,18 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
         A = neg_hess + np.diag(l2 * penalty.mask)
         if not (np.isfinite(A).all() and np.isfinite(grad).all()):
             return W, V, objective, n_steps
-        free = ~penalty.binding(theta, grad) if boxed else np.ones(theta.size, dtype=bool)
-        if not free.any():  # every coordinate held by its bound: a vertex of the box satisfying KKT
+        free = ~penalty.binding(theta, grad) if boxed else None
+        if boxed and not free.any():  # every coordinate held by its bound: a vertex of the box satisfying KKT
             monitor.stop("converged")
             return W, V, objective, n_steps
-        model = QuadraticModel(grad[free], A[np.ix_(free, free)])
+        model = QuadraticModel(grad[free], A[np.ix_(free, free)]) if boxed else QuadraticModel(grad, A)
 
         def trial(step):
             """The (projected) trial point of a model step on the free coordinates, and its predicted gain."""
+            if not boxed:
+                return theta + step, None
             full = np.zeros_like(theta)
             full[free] = step
-            if not boxed:
-                return theta + full, None
             theta_try = penalty.project_free(theta + full)
             taken = theta_try - theta
             return theta_try, float(grad @ taken - 0.5 * taken @ A @ taken)
