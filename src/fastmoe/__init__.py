@@ -18,7 +18,7 @@ from ._predict import (
     predict_proba,
     responsibilities,
 )
-from .params import GATING_TRANSFORMS, MoEParams, free_parameter_names, free_parameters
+from .params import GATING_TRANSFORMS, Bounds, MoEParams, free_parameter_names, free_parameters
 from .sampling import sample
 from .uncertainty import (
     ParameterTable,
@@ -49,6 +49,7 @@ def __getattr__(name):
 __version__ = "0.2.0"
 
 __all__ = [
+    "Bounds",
     "ConvergenceWarning",
     "FitResult",
     "FitWarning",

@@ -11,6 +11,12 @@ case costs a single pass per iteration.
 Once EM has slowed down, :func:`newton_finish` takes trust-region Newton steps on the objective itself
 with its exact Hessian. Every accepted iteration of either phase is booked with the
 :class:`~fastmoe._monitor.ConvergenceMonitor`, which owns the stopping rules and the stop reason.
+
+In a box (``fit(bounds=...)``, the penalty's box) the start is projected into it, the M-steps are projected
+Newton steps (``_mstep``) and the Newton finish solves its trust-region model on the coordinates that
+their bound does not hold, projecting every trial point. A box on every slope makes divergence
+impossible, so the gauge is off; a box on every parameter makes the maximum exist on any data, and no
+run in it is reported diverged: one that ends on the box's surface has converged at a bound.
 """
 
 from __future__ import annotations
@@ -103,7 +109,7 @@ class DivergenceGauge:
     outside the model: the MLE does not exist. An expert whose share of the responsibility mass is
     below ``VANISHING_SHARE`` is heading for share 0 and is not gauged; gating rows are measured
     against the heaviest expert, so that the reference expert's vanishing does not count. With a ridge
-    (``l2 > 0``) the slopes cannot run off, and nothing is gauged.
+    (``l2 > 0``) or a box on every slope they cannot run off, and nothing is gauged.
 
     Parameters
     ----------
@@ -115,7 +121,12 @@ class DivergenceGauge:
         rows = np.unique(np.linspace(0, problem.n_samples - 1, min(problem.n_samples, DIVERGENCE_ROWS)).astype(int))
         self.X = problem.X[rows]
         self.Z = self.X if problem.Z is problem.X else problem.Z[rows]
-        self.active = penalty.l2 == 0.0
+        self.active = penalty.l2 == 0.0 and not penalty.slopes_bounded
+        # With a box on one group of slopes only, sharpening that group would leave the box: the
+        # saturation test sharpens the free group alone.
+        bounds = penalty.bounds
+        self.sharpen_experts = bounds is None or not np.isfinite(bounds.expert_slope)
+        self.sharpen_gate = bounds is None or not np.isfinite(bounds.gate_slope)
         self.vanishing = VANISHING_SHARE * problem.total_weight
         self.iterations = []
         self.norms = []
@@ -175,7 +186,7 @@ class DivergenceGauge:
             return True
         base = problem.loglik(W, V)
         slack = problem.slack(base)
-        for i in live:
+        for i in live if self.sharpen_experts else ():
             logits = self.X @ V[i, : K - 1, 1:].T + V[i, : K - 1, 0]
             if np.abs(logits).max(initial=0.0) >= DIVERGENCE_LOGIT:
                 sharper = V.copy()
@@ -183,7 +194,8 @@ class DivergenceGauge:
                 if problem.loglik(W, sharper) >= base - slack:
                     return True
         gate = self.Z @ G[live, 1:].T + G[live, 0]
-        if np.abs(gate).max(initial=0.0) >= DIVERGENCE_LOGIT and problem.loglik(2.0 * W, V) >= base - slack:
+        if (self.sharpen_gate and np.abs(gate).max(initial=0.0) >= DIVERGENCE_LOGIT
+                and problem.loglik(2.0 * W, V) >= base - slack):
             return True
         return False
 
@@ -214,6 +226,11 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
     step is small. It gives up, leaving the parameters where its last accepted step put them, when no
     trial gains: the caller then goes back to EM.
 
+    In a box the model is restricted to the coordinates that their bound does not hold (``Penalty.binding``:
+    on the bound with the gradient pointing out), every trial is projected into the box, and the gain
+    the model predicts is that of the projected step. The decrement is then the reduced model's: at a
+    point where the held coordinates satisfy the KKT sign conditions, what is left to gain on the face.
+
     Returns
     -------
     W, V, objective, n_steps
@@ -221,6 +238,7 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
         run must stop (converged, callback, iteration cap reached is left to the caller).
     """
     l2 = penalty.l2
+    boxed = penalty.bounds is not None
     radius = None
     n_steps = 0
     decrements = []
@@ -231,12 +249,27 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
         A = neg_hess + np.diag(l2 * penalty.mask)
         if not (np.isfinite(A).all() and np.isfinite(grad).all()):
             return W, V, objective, n_steps
-        model = QuadraticModel(grad, A)
+        free = ~penalty.binding(theta, grad) if boxed else None
+        if boxed and not free.any():  # every coordinate held by its bound: a vertex of the box satisfying KKT
+            monitor.stop("converged")
+            return W, V, objective, n_steps
+        model = QuadraticModel(grad[free], A[np.ix_(free, free)]) if boxed else QuadraticModel(grad, A)
+
+        def trial(step):
+            """The (projected) trial point of a model step on the free coordinates, and its predicted gain."""
+            if not boxed:
+                return theta + step, None
+            full = np.zeros_like(theta)
+            full[free] = step
+            theta_try = penalty.project_free(theta + full)
+            taken = theta_try - theta
+            return theta_try, float(grad @ taken - 0.5 * taken @ A @ taken)
+
         if not model.concave and not allow_indefinite:
             return W, V, objective, n_steps
         decrements.append(model.decrement())
         if monitor.newton_settled(decrements, objective):
-            W_try, V_try = from_free_vector(theta + model.step(np.inf)[0], W, V)
+            W_try, V_try = from_free_vector(trial(model.step(np.inf)[0])[0], W, V)
             objective_try = problem.loglik(W_try, V_try) - penalty.total(W_try, V_try)
             if objective_try > objective:
                 n_steps += 1
@@ -250,7 +283,10 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
         slack = problem.slack(objective)
         for _ in range(TRUST_MAX_SHRINK):
             step, predicted, length = model.step(radius)
-            W_try, V_try = from_free_vector(theta + step, W, V)
+            theta_try, projected_gain = trial(step)
+            if projected_gain is not None:
+                predicted = projected_gain
+            W_try, V_try = from_free_vector(theta_try, W, V)
             objective_try = problem.loglik(W_try, V_try) - penalty.total(W_try, V_try)
             gain = objective_try - objective
             ratio = gain / predicted if predicted > 0 else 0.0
@@ -293,7 +329,7 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
     -------
     RunResult
     """
-    W, V = W.copy(), V.copy()
+    W, V = penalty.project(W.copy(), V.copy())  # a start outside the box (any data-driven one) goes onto it
     gauge = DivergenceGauge(problem, penalty)
 
     result = problem.newton_pass(W, V)
@@ -312,7 +348,7 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
     while monitor.iterations_left > 0 and not monitor.stopped:
         active = result.expert_weight > problem.empty_expert_cut
         dW, dV = newton_directions(result, W, V, penalty, active)
-        W_new, V_new = W + dW, V + dV
+        W_new, V_new = penalty.project(W + dW, V + dV)
         result_new = problem.newton_pass(W_new, V_new)
         objective_new = result_new.loglik - penalty.total(W_new, V_new)
         slack = problem.slack(objective)
@@ -358,13 +394,14 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
     # One verdict. The gauge judges the final point too (a run whose gains vanished while its slopes
     # ran off has converged only to a supremum at infinity); the supremum is also at infinity when the
     # likelihood is saturated at 1 (separable data: every label predicted with certainty) or when a
-    # class never occurs (its intercepts head to -inf).
-    diverged = (
+    # class never occurs (its intercepts head to -inf). In a compact box the maximum exists: the run
+    # has converged at a bound, whatever the data.
+    diverged = not penalty.compact and (
         monitor.reason == "diverging"
         or gauge.diverging(W, V, result.expert_weight, monitor.n_iter)
         or gauge.saturated(problem, W, V, result.expert_weight)
         or result.loglik > -SATURATED_LOGLIK * problem.total_weight
-        or bool((problem.class_weight == 0).any())
+        or (bool((problem.class_weight == 0).any()) and not penalty.intercepts_bounded)
     )
     if diverged:
         monitor.judge_diverging()
@@ -377,6 +414,8 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
         loglik=result.loglik,
         diverged=diverged,
         empty_experts=empty,
-        boundary=tuple(pair for pair in gauge.boundary(W, V) if pair[0] not in empty),
+        # A bounded expert intercept cannot run off: a class it starves is reported as a bound held instead.
+        boundary=() if penalty.bounds is not None and np.isfinite(penalty.bounds.expert_intercept)
+        else tuple(pair for pair in gauge.boundary(W, V) if pair[0] not in empty),
         monitor=monitor,
     )

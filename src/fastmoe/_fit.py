@@ -26,7 +26,7 @@ from ._validation import (
 )
 from . import exceptions
 from .exceptions import SearchWarning
-from .params import MoEParams, designs, gating_name, n_free_params, resolve_features
+from .params import Bounds, MoEParams, designs, free_parameter_names, free_vector, gating_name, n_free_params, resolve_features
 
 __all__ = ["fit", "FitResult", "INIT_STRATEGIES"]
 
@@ -52,6 +52,7 @@ class FitResult:
         Whether the objective was judged within ``tol * |objective|`` of its maximum (see ``tol``).
     diverged : bool
         Whether coefficients were running off to infinity (quasi-separation: the MLE need not exist).
+        Never with ``bounds`` on every free parameter: the maximum over a compact box exists.
     empty_experts : tuple of int
         Experts left without responsibility mass at the end.
     history : ndarray
@@ -73,6 +74,12 @@ class FitResult:
         How settled the answer is when it came from several starts: the objective each start
         reached (``starts.objectives``; on the exploration subsample for the search), how many reached
         the kept maximum (``starts.n_best``), which diverged; None for a fit from given parameters.
+    bounds : Bounds or None
+        The box the fit was constrained to (``fit(bounds=...)``), or None.
+    active_bounds : tuple of str
+        Names (:func:`fastmoe.free_parameter_names`) of the free parameters that ended on their bound:
+        the constrained maximum lies on the box's surface there, and their standard errors are not
+        valid (the fitted value is not an interior maximum). Empty without a box.
     """
 
     params: MoEParams
@@ -90,6 +97,8 @@ class FitResult:
     n_newton: int = 0
     boundary: tuple = ()
     starts: object = None
+    bounds: object = None
+    active_bounds: tuple = ()
 
     @property
     def n_free_params(self) -> int:
@@ -183,6 +192,7 @@ def fit(
     max_iter=1000,
     tol=1e-8,
     l2=0.0,
+    bounds=None,
     newton=True,
     sample_weight=None,
     n_threads=None,
@@ -242,6 +252,18 @@ def fit(
         whole nats short of the maximum at large ``n``.
     l2 : float, default=0.0
         Optional ridge penalty ``l2 / 2 * ||slopes||^2`` (intercepts are not penalised); off by default.
+    bounds : float, mapping or Bounds, optional
+        Maximise over a box, the compact parameter space of the theory: a positive number ``B`` bounds
+        every free parameter, ``|theta_j| <= B``; a mapping (or :class:`fastmoe.Bounds`) with keys
+        ``gate_slope``, ``gate_intercept``, ``expert_slope``, ``expert_intercept`` bounds each group on
+        its own (a missing key, None or ``inf`` leaves that group free). The box is on the
+        reference-normalised free parameters (:func:`fastmoe.free_parameter_names`: the last expert's
+        gating and every expert's last class are 0), which is the compact set the theory means. The
+        M-steps become projected Newton steps and the Newton finish a trust-region step on the
+        coordinates not held by their bound, so the objective still never decreases; the starts are
+        projected into the box. With every parameter bounded the maximum exists on any data and no fit
+        is reported diverged: one whose maximum lies on the box's surface has converged at a bound, and
+        ``FitResult.active_bounds`` (and the message) name the parameters held there.
     newton : bool, default=True
         Once EM has settled, switch to Newton steps on the log-likelihood itself (exact Hessian, one
         fused pass per step), guarded so that the objective never decreases and falling back to EM
@@ -279,6 +301,7 @@ def fit(
         raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable")
+    bounds = Bounds.coerce(bounds)
     init, gating, n_classes = _check_init(init, gating, n_experts, n_features, n_classes)
     feature_names = None if columns is None else [str(c) for c in columns]
     inputs = _check_features(gating_features, expert_features, init, n_features, feature_names)
@@ -288,7 +311,8 @@ def fit(
     X, Z = designs(gating, X, **inputs)
     inputs["n_inputs"] = n_features
     n_free = n_free_params(n_experts, n_classes, X.shape[1], Z.shape[1])
-    if n_samples < n_free and l2 == 0:  # a ridge makes the penalised fit well defined
+    # A ridge, or a box on every parameter, makes the fit well defined.
+    if n_samples < n_free and l2 == 0 and not (bounds is not None and bounds.compact):
         shape = (f"{n_features} features" if inputs["gating_features"] is None and inputs["expert_features"] is None
                  else f"{Z.shape[1]} gating and {X.shape[1]} expert features")
         raise ValueError(
@@ -297,7 +321,7 @@ def fit(
         )
     rng = check_random_state(random_state)
     problem = Problem(X, Z, y, sample_weight, n_experts, n_classes, effective_n_threads(n_threads))
-    penalty = Penalty(l2, problem)
+    penalty = Penalty(l2, problem, bounds)
 
     def on_iteration(n_iter, W, V, objective):
         # The user's callback sees the log-likelihood and a parameter object, not the packed arrays.
@@ -319,7 +343,11 @@ def fit(
             best, starts = restarts(problem, penalty, kind, n_init, rng,
                                     n_threads=problem.n_threads, callback=callback_, verbose=verbose, **options)
     monitor = best.monitor
-    message = monitor.message(penalised=l2 > 0, empty_experts=best.empty_experts, boundary=best.boundary)
+    params = MoEParams.from_packed(best.W, best.V, gating, **inputs)
+    held = penalty.at_bound(free_vector(best.W, best.V))
+    active_bounds = tuple(name for name, side in zip(free_parameter_names(params), held) if side != 0)
+    message = monitor.message(penalised=l2 > 0, empty_experts=best.empty_experts, boundary=best.boundary,
+                              active_bounds=active_bounds)
     if monitor.reason not in ("converged", "callback"):
         warnings.warn(f"fastmoe.fit: {message}", exceptions.ConvergenceWarning, stacklevel=2)
     # A fit stopped before converging already warns; the starts then agree on nothing, so saying so too
@@ -327,7 +355,7 @@ def fit(
     if starts is not None and monitor.converged and starts.message() is not None:
         warnings.warn(f"fastmoe.fit: {starts.message()}", SearchWarning, stacklevel=2)
     return FitResult(
-        params=MoEParams.from_packed(best.W, best.V, gating, **inputs),
+        params=params,
         loglik=float(best.loglik),
         objective=float(best.objective),
         n_iter=monitor.n_iter,
@@ -342,4 +370,6 @@ def fit(
         n_newton=monitor.n_newton,
         boundary=best.boundary,
         starts=starts,
+        bounds=bounds,
+        active_bounds=active_bounds,
     )

@@ -31,6 +31,8 @@ def same_maximum(a, b):
     """Whether objectives ``a`` and ``b`` belong to one maximum (``SAME_MAXIMUM_RTOL``)."""
     return abs(a - b) <= SAME_MAXIMUM_RTOL * max(abs(a), abs(b), 1.0)
 
+#: Names of parameters held by their bound that a message lists before it says "...".
+MESSAGE_NAMES = 8
 #: Why a run stopped: its objective is within tolerance of a maximum; the iteration cap; the user's
 #: callback asked; coefficients ran past the divergence gauge; no step could increase the objective.
 STOP_REASONS = ("converged", "max_iter", "callback", "diverging", "no_increase")
@@ -171,11 +173,12 @@ class ConvergenceMonitor:
     def converged(self):
         return self.reason == "converged"
 
-    def message(self, penalised=False, empty_experts=(), boundary=()):
+    def message(self, penalised=False, empty_experts=(), boundary=(), active_bounds=()):
         """The sentence that says how the run ended.
 
         ``penalised``: the fit had a ridge; ``empty_experts``: experts without responsibility mass;
-        ``boundary``: ``(expert, class)`` pairs with probability 0 (their intercepts ran off).
+        ``boundary``: ``(expert, class)`` pairs with probability 0 (their intercepts ran off);
+        ``active_bounds``: names of the free parameters on their bound in a box-constrained fit.
         """
         n = self.n_iter
         parts = [{
@@ -191,13 +194,17 @@ class ConvergenceMonitor:
                 "the intercepts run off to infinity (a class that never occurs, or gets no probability in "
                 "some expert): the penalised maximum does not exist" if penalised else
                 "coefficients run off to infinity (separable data, or a class that never occurs): "
-                "the MLE does not exist; consider l2 > 0"
+                "the MLE does not exist; consider l2 > 0 or a box on every slope (bounds=...)"
             )
         if empty_experts:
             parts.append(f"experts {list(empty_experts)} have no responsibility mass")
         if boundary:
             pairs = ", ".join(f"class {c} in expert {i}" for i, c in boundary)
             parts.append(f"at a boundary of the model: probability 0 for {pairs} (those intercepts are not finite)")
+        if active_bounds:
+            shown = ", ".join(active_bounds[:MESSAGE_NAMES]) + (", ..." if len(active_bounds) > MESSAGE_NAMES else "")
+            parts.append(f"at a bound: {len(active_bounds)} free parameter(s) on the box ({shown}); "
+                         "their standard errors are not valid")
         return "; ".join(parts)
 
 

@@ -4,6 +4,12 @@ The M-step splits into k + 1 concave problems (MODEL.md section 2): the gating b
 one block ``V[i, :K-1]`` per expert. Each gets its own Newton direction ``d = (-H)^{-1} g`` from the
 fused pass (``Problem.newton_pass``), and its step is halved until its own Q function increases.
 :func:`m_step_from_responsibilities` iterates such steps to fit fixed responsibilities (the starts).
+
+In a box (``fit(bounds=...)``) each block takes a *projected* Newton step (Bertsekas, "Projected Newton
+methods for optimization problems with simple constraints", SIAM J. Control Optim. 20, 1982): the
+coordinates held by their bound (on it, the gradient pointing out) stay put, the Newton system is solved
+on the others, and every trial point is projected back into the box. Projection is what the halving
+then tries, so each accepted block step still increases its Q: the EM objective never decreases.
 """
 
 from __future__ import annotations
@@ -60,6 +66,45 @@ def _cholesky_with_ridge(A):
     return None
 
 
+def _box_directions(A, g, theta, limit, penalty):
+    """Projected Newton directions of stacked blocks in a box (see the module docstring).
+
+    Coordinates held by their bound get a zero direction: their rows and columns of ``A`` are replaced
+    by the identity and their gradient by 0, so the blocks still stack for one Cholesky each. A free
+    coordinate on its bound whose Newton component points out of the box is clipped by every projected
+    trial, so its component is zeroed here; what is left is an ascent direction for small steps unless
+    its slope ``g.d`` is not positive (a Newton step coupled to the held coordinates), and then the
+    block falls back to the diagonally scaled gradient, whose slope is positive away from a KKT point.
+    Either way step halving finds a Q increase, which keeps the EM objective monotone.
+    """
+    side = penalty.at_bound(theta, limit)
+    held = side * g > 0.0
+    diag = np.abs(np.diagonal(A, axis1=1, axis2=2))
+    if held.any():
+        keep = (~held).astype(float)
+        A = A * keep[:, :, None] * keep[:, None, :]
+        idx = np.arange(A.shape[1])
+        A[:, idx, idx] = np.where(held, 1.0, A[:, idx, idx])
+        g = np.where(held, 0.0, g)
+    d = solve_pd(A, g)
+    d = np.where(side * d > 0.0, 0.0, d)
+    slope = np.sum(g * d, axis=1)
+    fallback = (slope <= 0.0) & (np.abs(g).max(axis=1) > 0.0)
+    if fallback.any():
+        floor = np.finfo(float).tiny + 1e-12 * diag.max(axis=1, keepdims=True)
+        scaled = g / np.maximum(diag, floor)
+        scaled = np.where(side * scaled > 0.0, 0.0, scaled)
+        d[fallback] = scaled[fallback]
+    return d
+
+
+def _solve(A, g, theta, limit, penalty):
+    """Newton directions of stacked blocks; projected ones when there is a box."""
+    if limit is None:
+        return solve_pd(A, g)
+    return _box_directions(A, g, theta, limit, penalty)
+
+
 def newton_directions(result, W, V, penalty, active):
     """Newton directions of the (penalised) gating and expert Q functions at (W, V).
 
@@ -67,7 +112,8 @@ def newton_directions(result, W, V, penalty, active):
     ----------
     result : PassResult of the fused pass at (W, V).
     penalty : Penalty
-        The ridge ``l2 / 2 * ||slopes||^2`` (intercepts are not penalised).
+        The ridge ``l2 / 2 * ||slopes||^2`` (intercepts are not penalised) and the box, if any: then
+        the directions are projected Newton directions (:func:`_box_directions`).
     active : bool array (k,)
         Experts to update; an empty expert (no responsibility mass) keeps its parameters, its gating
         row included.
@@ -80,12 +126,14 @@ def newton_directions(result, W, V, penalty, active):
     l2 = penalty.l2
     dW = np.zeros_like(W)
     dV = np.zeros_like(V)
+    boxed = penalty.bounds is not None
     rows = np.flatnonzero(active[: k - 1])
     if rows.size == k - 1 and k > 1:
         theta = W[: k - 1].ravel()
         g = result.grad_gate - l2 * penalty.gate_mask * theta
         A = result.neg_hess_gate + np.diag(l2 * penalty.gate_mask)
-        dW[: k - 1] = solve_pd(A[None], g[None])[0].reshape(k - 1, -1)
+        limit = penalty.limit_W[: k - 1].ravel()[None] if boxed else None
+        dW[: k - 1] = _solve(A[None], g[None], theta[None], limit, penalty)[0].reshape(k - 1, -1)
     elif rows.size:
         # An empty expert's gating row is frozen with the rest of it: its Hessian rows are ~0, and a
         # Newton step on them would fling the row anywhere (and could revive the expert on a handful of
@@ -94,12 +142,14 @@ def newton_directions(result, W, V, penalty, active):
         theta = W[rows].ravel()
         g = result.grad_gate[free] - l2 * penalty.gate_mask[free] * theta
         A = result.neg_hess_gate[np.ix_(free, free)] + np.diag(l2 * penalty.gate_mask[free])
-        dW[rows] = solve_pd(A[None], g[None])[0].reshape(rows.size, -1)
+        limit = penalty.limit_W[rows].ravel()[None] if boxed else None
+        dW[rows] = _solve(A[None], g[None], theta[None], limit, penalty)[0].reshape(rows.size, -1)
     if active.any():
         theta = V[active, : K - 1].reshape(int(active.sum()), -1)
         g = result.grad_expert[active] - l2 * penalty.expert_mask * theta
         A = result.neg_hess_expert[active] + l2 * np.diag(penalty.expert_mask)
-        dV[active, : K - 1] = solve_pd(A, g).reshape(int(active.sum()), K - 1, -1)
+        limit = penalty.limit_V[active, : K - 1].reshape(theta.shape) if boxed else None
+        dV[active, : K - 1] = _solve(A, g, theta, limit, penalty).reshape(int(active.sum()), K - 1, -1)
     return dW, dV
 
 
@@ -108,7 +158,9 @@ def halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty, resp=None):
 
     Each block's Q depends on that block alone, so one kernel pass evaluates every block's current
     trial at once. A block whose Q has not increased after ``MAX_HALVINGS`` halvings stays at its old
-    value. By the EM inequality, a Q increase in every moved block increases the log-likelihood.
+    value. By the EM inequality, a Q increase in every moved block increases the log-likelihood. In a
+    box every trial is projected into it (coordinate-wise, so block by block): the halving then
+    searches along the projection arc of a projected Newton step.
 
     Parameters
     ----------
@@ -127,8 +179,7 @@ def halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty, resp=None):
     pending[1:] = dV.reshape(k, -1).any(axis=1)
     n_rounds = 0
     while pending.any():
-        W_try = W + scale[0] * dW
-        V_try = V + scale[1:, None, None] * dV
+        W_try, V_try = penalty.project(W + scale[0] * dW, V + scale[1:, None, None] * dV)
         q_try = problem.q_values(W, V, W_try, V_try, resp) - penalty.blocks(W_try, V_try)
         n_rounds += 1
         # At a fixed point the comparison is pure rounding.
@@ -138,7 +189,7 @@ def halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty, resp=None):
             break
         scale[pending] *= 0.5
     scale[pending] = 0.0
-    return W + scale[0] * dW, V + scale[1:, None, None] * dV
+    return penalty.project(W + scale[0] * dW, V + scale[1:, None, None] * dV)
 
 
 def m_step_from_responsibilities(problem, resp, penalty, max_iter):

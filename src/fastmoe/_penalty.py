@@ -1,19 +1,25 @@
-"""The optional ridge ``l2 / 2 * ||slopes||^2``: its value per M-step block and on the free vector.
+"""What the objective is penalised or constrained by: the optional ridge ``l2 / 2 * ||slopes||^2`` and the
+optional box ``|theta_j| <= limit_j`` on the free parameters (its projection, its binding set, which
+coordinates sit on it).
 
 Intercepts are never penalised: the ridge exists to keep slopes finite on separable data, and an
 intercept shift is what lets a class or an expert take any share. With ``l2 = 0`` every method returns
-zeros, so the plain likelihood goes through the same code.
+zeros, so the plain likelihood goes through the same code; without a box every projection is the identity.
+
+The box (:class:`fastmoe.params.Bounds`, issue 14) makes the parameter space compact, as the theory
+assumes: the maximum exists on any data. It is symmetric about 0 on the reference-normalised free
+coordinates, so the reference entries (0) are inside it and projection is one clip of the packed arrays.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .params import slope_masks
+from .params import free_vector, slope_masks
 
 
 class Penalty:
-    """The ridge of one fit, for a problem's shapes.
+    """The ridge and the box of one fit, for a problem's shapes.
 
     Parameters
     ----------
@@ -21,6 +27,8 @@ class Penalty:
         Ridge strength (>= 0).
     problem : Problem
         Gives the shapes (experts, classes, features, gating features).
+    bounds : Bounds or None
+        The box on the free parameters; None for none.
 
     Attributes
     ----------
@@ -28,15 +36,27 @@ class Penalty:
         1.0 where a free parameter of the gating block, or of one expert's block, is a slope.
     mask : ndarray of shape (n_free_params,)
         The same over the whole free vector (:func:`fastmoe.params.free_vector` order).
+    bounds : Bounds or None
+    limit_W, limit_V : ndarray or None
+        The box's limits shaped like the packed ``W`` and ``V``.
+    limit : ndarray of shape (n_free_params,) or None
+        The same over the free vector.
     """
 
-    def __init__(self, l2, problem):
+    def __init__(self, l2, problem, bounds=None):
         self.l2 = float(l2)
         self.n_experts = problem.n_experts
         self.gate_mask, self.expert_mask = slope_masks(
             problem.n_experts, problem.n_classes, problem.n_features, problem.n_gate_features
         )
         self.mask = np.concatenate([self.gate_mask, np.tile(self.expert_mask, problem.n_experts)])
+        self.bounds = bounds
+        if bounds is None:
+            self.limit_W = self.limit_V = self.limit = None
+        else:
+            self.limit_W, self.limit_V = bounds.packed(
+                problem.n_experts, problem.n_classes, problem.n_features, problem.n_gate_features)
+            self.limit = free_vector(self.limit_W, self.limit_V)
 
     def blocks(self, W, V):
         """The penalty of each M-step block: ``[gating, expert 1, ..., expert k]``."""
@@ -49,3 +69,60 @@ class Penalty:
     def total(self, W, V):
         """The whole penalty at (W, V)."""
         return self.blocks(W, V).sum()
+
+    # The box. -------------------------------------------------------------------------------------
+
+    @property
+    def slopes_bounded(self):
+        """Every slope is bounded: no run can diverge along a separating direction."""
+        return self.bounds is not None and self.bounds.slopes_bounded
+
+    @property
+    def compact(self):
+        """Every free parameter is bounded: the constrained maximum exists on any data."""
+        return self.bounds is not None and self.bounds.compact
+
+    @property
+    def intercepts_bounded(self):
+        """Every intercept is bounded: none can run off to a boundary maximum of the model."""
+        return (self.bounds is not None and np.isfinite(self.bounds.gate_intercept)
+                and np.isfinite(self.bounds.expert_intercept))
+
+    def project(self, W, V):
+        """The nearest point of the box to packed ``(W, V)`` (the arrays themselves when there is no box)."""
+        if self.bounds is None:
+            return W, V
+        return np.clip(W, -self.limit_W, self.limit_W), np.clip(V, -self.limit_V, self.limit_V)
+
+    def project_free(self, theta):
+        """:meth:`project` on a free vector."""
+        if self.bounds is None:
+            return theta
+        return np.clip(theta, -self.limit, self.limit)
+
+    def at_bound(self, theta, limit=None):
+        """Sign of the bound each free coordinate sits on: +1 at ``+limit``, -1 at ``-limit``, 0 inside.
+
+        Projection puts a coordinate exactly on its bound, so equality is the test; ``limit`` defaults
+        to the whole free vector's (pass a block's limits for a block).
+        """
+        limit = self.limit if limit is None else limit
+        if limit is None:
+            return np.zeros(np.shape(theta))
+        return np.where(theta >= limit, 1.0, 0.0) - np.where(theta <= -limit, 1.0, 0.0)
+
+    def binding(self, theta, grad, limit=None):
+        """Coordinates held by their bound: on it, with the (ascent) gradient pointing out of the box.
+
+        These are the coordinates a projected Newton step leaves where they are (Bertsekas 1982, the
+        active set with epsilon = 0, since projection lands exactly on the bound); the Newton system is
+        solved on the rest.
+        """
+        side = self.at_bound(theta, limit)
+        return side * grad > 0.0
+
+    def projected_gradient(self, theta, grad):
+        """The gradient with the components that push a coordinate out of the box zeroed: 0 at a KKT point."""
+        if self.bounds is None:
+            return grad
+        return np.where(self.binding(theta, grad), 0.0, grad)

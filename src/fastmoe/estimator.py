@@ -23,7 +23,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from . import _predict
 from ._fit import INIT_STRATEGIES, FitResult, fit
 from ._monitor import StartLog
-from .params import MoEParams, gate_input, n_free_params, resolve_features
+from .params import Bounds, MoEParams, gate_input, n_free_params, resolve_features
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -156,6 +156,11 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         slopes finite on separable data and on data with fewer samples than free parameters, where the
         maximum-likelihood estimate does not exist. ``l2=0`` is maximum likelihood, the default of
         :func:`fastmoe.fit` (standard errors of :func:`~fastmoe.parameter_table` assume it).
+    bounds : float, dict or Bounds, default=None
+        A box on the reference-normalised free parameters, the compact parameter space of the theory
+        (see :func:`fastmoe.fit`): a positive number bounds every one, a dict (or
+        :class:`fastmoe.Bounds`) bounds the groups ``gate_slope``, ``gate_intercept``, ``expert_slope``,
+        ``expert_intercept`` separately. ``active_bounds_`` names the parameters that end on it.
     class_weight : dict, "balanced" or None, default=None
         Weights of the classes, multiplied into ``sample_weight`` as in ``LogisticRegression``: a dict
         maps labels to weights (absent labels weigh 1); ``"balanced"`` weighs class ``c`` by
@@ -202,6 +207,8 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         Whether the objective was judged within ``tol`` of its maximum.
     diverged_ : bool
         Whether coefficients were running off to infinity (the MLE may not exist; try ``l2 > 0``).
+    active_bounds_ : tuple of str
+        Free parameters on their bound (with ``bounds``; empty otherwise).
     empty_experts_ : tuple of int
         Experts left without responsibility mass.
     n_free_params_ : int
@@ -237,6 +244,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         gating_features=None,
         expert_features=None,
         l2=1.0,
+        bounds=None,
         class_weight=None,
         init="search",
         n_init=None,
@@ -252,6 +260,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         self.gating_features = gating_features
         self.expert_features = expert_features
         self.l2 = l2
+        self.bounds = bounds
         self.class_weight = class_weight
         self.init = init
         self.n_init = n_init
@@ -348,7 +357,8 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         if inputs[0] == ():
             raise ValueError("gating_features is empty; the gating needs at least one feature")
         X_fit, y_fit, w_fit = _merge_rows(X, y_encoded, sample_weight)
-        if self.l2 == 0:
+        box = Bounds.coerce(self.bounds)
+        if self.l2 == 0 and not (box is not None and box.compact):  # else the maximum exists anyway
             self._check_enough_rows(X, X_fit.shape[0], n_rows, n_classes, inputs)
         warm = self._warm_params(n_classes, X.shape[1], inputs)
         result = fit(
@@ -364,6 +374,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             max_iter=self.max_iter,
             tol=self.tol,
             l2=self.l2,
+            bounds=box,
             sample_weight=w_fit,
             n_threads=self.n_threads,
             random_state=_as_generator(self.random_state),
@@ -383,6 +394,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
         self.diverged_ = result.diverged
+        self.active_bounds_ = result.active_bounds
         self.empty_experts_ = result.empty_experts
         self.n_free_params_ = result.n_free_params
         self.bic_ = result.bic
@@ -463,6 +475,9 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError("an estimator with a callable gating cannot be saved as JSON; use pickle")
         if isinstance(settings["init"], MoEParams):
             settings["init"] = {"MoEParams": settings["init"].to_dict()}
+        if settings["bounds"] is not None and not isinstance(settings["bounds"], numbers.Real):
+            box = Bounds.coerce(settings["bounds"])  # a Bounds or a mapping, its infinite limits left out
+            settings["bounds"] = None if box is None else box.to_dict()
         if isinstance(settings["class_weight"], dict):  # JSON keys are strings; labels need not be
             settings["class_weight"] = [[_plain(label), float(w)] for label, w in settings["class_weight"].items()]
         for key in ("gating_features", "expert_features"):  # tuples and arrays as JSON lists
@@ -752,6 +767,8 @@ def _result_to_json(result):
             value = {"tuple": [v if isinstance(v, tuple) else _plain(v) for v in value]}
         elif isinstance(value, StartLog):
             value = {"start_log": value.to_dict()}
+        elif isinstance(value, Bounds):
+            value = {"bounds": value.to_dict()}
         out[item.name] = _plain(value)
     return out
 
@@ -768,6 +785,8 @@ def _result_from_json(data, params):
             value = tuple(tuple(v) if isinstance(v, list) else v for v in value["tuple"])
         elif isinstance(value, dict) and "start_log" in value:
             value = StartLog.from_dict(value["start_log"])
+        elif isinstance(value, dict) and "bounds" in value:
+            value = Bounds(**value["bounds"])
         kwargs[name] = value
     return FitResult(**kwargs)
 

@@ -14,7 +14,8 @@ This module is the one owner of the *free-parameter vector*: the entries of ``(W
 reference conventions (last expert's gating and every expert's last class fixed at zero), their order,
 their names and which of them are slopes. The Newton finish, the information matrix and the ridge
 all use it through :func:`free_vector`, :func:`from_free_vector`, :func:`free_parameter_names` and
-:func:`slope_masks`.
+:func:`slope_masks`. :class:`Bounds`, the box of a box-constrained fit, is stated on the same free
+coordinates (:meth:`Bounds.packed` gives its limits shaped like ``W`` and ``V``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Callable, Union
 import numpy as np
 
 __all__ = [
+    "Bounds",
     "MoEParams",
     "GATING_TRANSFORMS",
     "gate_input",
@@ -118,6 +120,104 @@ def slope_masks(n_experts, n_classes, n_features, n_gate_features):
     expert = np.ones((n_classes - 1, n_features + 1))
     expert[:, 0] = 0.0
     return gate.ravel(), expert.ravel()
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The box of a box-constrained fit: ``|theta_j| <= limit`` for every free parameter ``theta_j``.
+
+    The theory of the model (MODEL.md; Nguyen et al., ICML 2024) takes the maximum likelihood over a
+    *compact* parameter space; a box on the free parameters is such a space, and in it the maximum
+    always exists (no quasi-separation can send coefficients to infinity). The box is stated on the
+    **reference-normalised** coordinates (:func:`free_parameter_names`: the last expert's gating and
+    every expert's last class are 0), which is what a compact set of identified parameters means: the
+    raw ``(beta0, beta1)`` or ``(a, b)`` of an un-normalised parameter are only defined up to a shift.
+    The box is symmetric about 0, so it always holds the reference entries (0) and the zero start.
+
+    Parameters
+    ----------
+    gate_slope, gate_intercept, expert_slope, expert_intercept : float, default=inf
+        Positive limits for the gating slopes ``beta1``, gating intercepts ``beta0``, expert slopes ``a``
+        and expert intercepts ``b``; ``inf`` leaves that group free.
+
+    Examples
+    --------
+    ``fit(..., bounds=10.0)`` is ``Bounds.uniform(10.0)``; ``fit(..., bounds={"expert_slope": 5.0})``
+    bounds the expert slopes only.
+    """
+
+    gate_slope: float = np.inf
+    gate_intercept: float = np.inf
+    expert_slope: float = np.inf
+    expert_intercept: float = np.inf
+
+    GROUPS = ("gate_slope", "gate_intercept", "expert_slope", "expert_intercept")
+
+    def __post_init__(self):
+        for name in self.GROUPS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (float(value) > 0.0):
+                raise ValueError(f"bounds.{name} must be a positive number (or inf for none), got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+    @classmethod
+    def uniform(cls, limit) -> "Bounds":
+        """The same limit for every free parameter."""
+        return cls(limit, limit, limit, limit)
+
+    @classmethod
+    def coerce(cls, value):
+        """``bounds`` as :func:`fastmoe.fit` takes it: None, a positive number, a mapping or a ``Bounds``.
+
+        Returns None when nothing is bounded (None, or every limit infinite).
+        """
+        if value is None:
+            return None
+        if isinstance(value, Bounds):
+            bounds = value
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            bounds = cls.uniform(value)
+        elif isinstance(value, dict) or hasattr(value, "keys"):
+            unknown = set(value) - set(cls.GROUPS)
+            if unknown:
+                raise ValueError(f"bounds has unknown keys {sorted(map(str, unknown))}; expected some of {list(cls.GROUPS)}")
+            bounds = cls(**{key: (np.inf if limit is None else limit) for key, limit in value.items()})
+        else:
+            raise TypeError(
+                f"bounds must be a positive number, a mapping of {list(cls.GROUPS)} or a fastmoe.Bounds, "
+                f"got {type(value).__name__}")
+        return None if bounds.unbounded else bounds
+
+    @property
+    def unbounded(self) -> bool:
+        """Every limit is infinite."""
+        return all(np.isinf(getattr(self, name)) for name in self.GROUPS)
+
+    @property
+    def slopes_bounded(self) -> bool:
+        """Every slope (gating and expert) is bounded: no coefficient can run off along a separating direction."""
+        return bool(np.isfinite(self.gate_slope) and np.isfinite(self.expert_slope))
+
+    @property
+    def compact(self) -> bool:
+        """Every free parameter is bounded: the box is compact and the constrained maximum exists."""
+        return not any(np.isinf(getattr(self, name)) for name in self.GROUPS)
+
+    def packed(self, n_experts, n_classes, n_features, n_gate_features):
+        """The limits shaped like the packed ``W`` (``(k, 1 + d_gate)``) and ``V`` (``(k, K, 1 + d)``).
+
+        Column 0 holds the intercepts' limit, the rest the slopes'. The reference entries get limits too
+        (they are 0, inside any box), so that projection is one clip of the whole arrays.
+        """
+        W = np.full((n_experts, n_gate_features + 1), self.gate_slope)
+        W[:, 0] = self.gate_intercept
+        V = np.full((n_experts, n_classes, n_features + 1), self.expert_slope)
+        V[:, :, 0] = self.expert_intercept
+        return W, V
+
+    def to_dict(self) -> dict:
+        """The finite limits by group (JSON-ready)."""
+        return {name: getattr(self, name) for name in self.GROUPS if np.isfinite(getattr(self, name))}
 
 
 def gate_input(gating, X):

@@ -52,6 +52,9 @@ HEADER = [
     ("samples", lambda f: f"n = {f.result.n_samples}"),
     ("log-likelihood", lambda f: f"{f.result.loglik:.4f}"),
     ("penalty", _penalty),
+    ("box", lambda f: None if f.result.bounds is None else
+            ", ".join(f"|{group}| <= {limit:g}" for group, limit in f.result.bounds.to_dict().items())
+            + f"; {len(f.result.active_bounds)} free parameters on it"),
     ("AIC, BIC", lambda f: f"{f.result.aic:.2f}, {f.result.bic:.2f} ({f.result.n_free_params} free parameters)"),
     ("stopped", lambda f: f.result.message),
     ("converged, diverged", lambda f: f"{_yes(f.result.converged)}, {_yes(f.result.diverged)}"),

@@ -290,6 +290,13 @@ def _resolve_model(model, y, sample_weight=None):
             problems.append("the fit did not converge")
         if model.diverged:
             problems.append("its coefficients were diverging (the MLE may not exist)")
+        if model.active_bounds:
+            # At a bound the maximum is not a stationary point: the curvature there says nothing about
+            # the estimate's spread, and its law is not normal (a mass sits on the bound).
+            problems.append(
+                f"{len(model.active_bounds)} free parameter(s) ended on their bound "
+                f"({', '.join(model.active_bounds[:8])}{', ...' if len(model.active_bounds) > 8 else ''}): "
+                "standard errors are not valid for them, and the others are conditional on the bound")
         return model.params, y, sample_weight, model.l2, problems
     # The estimator module is loaded whenever an estimator exists; importing it here would need scikit-learn.
     estimator = sys.modules.get("fastmoe.estimator")
@@ -300,6 +307,12 @@ def _resolve_model(model, y, sample_weight=None):
     raise TypeError(
         f"model must be an MoEParams, a FitResult or a fitted MixtureOfExpertsClassifier, got {type(model).__name__}"
     )
+
+
+def _fitted_bounds(model):
+    """The box a FitResult or fitted estimator was constrained to (None for an MoEParams or no box)."""
+    result = getattr(model, "fit_result_", model)
+    return getattr(result, "bounds", None) if isinstance(result, FitResult) else None
 
 
 def _penalty_matrix(params, l2):
@@ -346,7 +359,8 @@ def parameter_table(
     Warns
     -----
     UncertaintyWarning
-        When a FitResult or estimator did not converge or diverged, when a penalised fit is given
+        When a FitResult or estimator did not converge or diverged, ended with parameters on the
+        bound of its box (``bounds``: their standard errors are not valid), when a penalised fit is given
         ``covariance="observed"``, or when the information is not positive definite (the affected
         standard errors are ``nan``).
 
@@ -531,6 +545,7 @@ def bootstrap_table(
     n_boot = check_positive_int(n_boot, "n_boot", minimum=2)
     n_jobs = effective_n_threads(n_jobs) if n_jobs is not None else 1
     params, y_codes, weights, l2, _ = _resolve_model(model, y, sample_weight)
+    bounds = _fitted_bounds(model)  # refits maximise over the estimate's own box
     params = check_params(params).normalized()
     X = check_X(X, n_features=params.n_inputs)
     wald = parameter_table(model, X, y, sample_weight=sample_weight, level=level, covariance=covariance, n_threads=1)
@@ -544,7 +559,7 @@ def bootstrap_table(
 
         _, y_star = sample(params, X=X, random_state=np.random.default_rng(seed), n_threads=1)
         refit = fit(X, y_star, params.n_experts, n_classes=params.n_classes, gating=params.gating, init=params,
-                    max_iter=max_iter, tol=tol, l2=l2, sample_weight=weights, n_threads=1)
+                    max_iter=max_iter, tol=tol, l2=l2, bounds=bounds, sample_weight=weights, n_threads=1)
         theta = _aligned(refit.params, theta_hat)  # a failed refit's last iterate, kept for failed="keep"
         se = np.full(theta_hat.shape, np.nan)
         failed = not refit.converged or refit.diverged or not np.isfinite(theta).all()

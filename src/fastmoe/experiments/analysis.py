@@ -355,7 +355,9 @@ class Report:
             stored += f" (and {len(self.records) - in_grid} of an earlier, larger grid, analysed too)"
         lines = [f"experiment {exp.name}: {exp.outline()}; {stored}; means over statuses {list(self.include)}"]
         losses = list(exp.losses)
-        head = f"{'n':>9} {'rows':>5} {'ok':>4} {'cap':>4} {'div':>4} {'fail':>4} {'iters':>7} {'time/s':>7}"
+        boxed = exp.fit.bounds is not None
+        head = f"{'n':>9} {'rows':>5} {'ok':>4} {'cap':>4} {'div':>4} {'fail':>4}"
+        head += f" {'bnd':>4}" * boxed + f" {'iters':>7} {'time/s':>7}"
         head += "".join(f" {'mean ' + m:>13} {'sd':>9}" for m in losses)
         lines += ["", head]
         by_n = self.status_by_n()
@@ -365,13 +367,17 @@ class Report:
             fit_time = np.mean([r["fit_time"] for r in rows]) if rows else math.nan
             line = (f"{n:>9} {sum(counts.values()):>5} {counts.get('ok', 0):>4} "
                     f"{counts.get('not_converged', 0):>4} {counts.get('diverged', 0):>4} "
-                    f"{counts.get('failed', 0) + counts.get('crashed', 0):>4} {iters:>7.0f} {fit_time:>7.3f}")
+                    f"{counts.get('failed', 0) + counts.get('crashed', 0):>4}")
+            if boxed:  # fits that ended on the box, among all rows of this n (kept in the means)
+                line += f" {sum(bool(r.get('bound_active')) for r in self.records if int(r['n']) == n):>4}"
+            line += f" {iters:>7.0f} {fit_time:>7.3f}"
             for m in losses:
                 s = next(row for row in self.summaries[m] if row["n"] == n)
                 line += f" {s['mean']:>13.4g} {s['std']:>9.3g}"
             lines.append(line)
         lines += ["", "ok: converged; cap: EM hit max_iter (kept); div: diverged coefficients (left out); "
-                      "fail: fit raised or worker died (left out)", ""]
+                      "fail: fit raised or worker died (left out)"
+                      + ("; bnd: some parameter ended on the box of fit.bounds (kept)" if boxed else ""), ""]
         pct = int(round(100 * next(iter(self.slopes.values())).confidence)) if self.slopes else 95
         lines.append(f"{'metric':<14} {'slope':>8} {f'{pct}% CI':>19} {'theory':>7} {'sizes':>6} {'rows':>6}")
         for m in self.metrics:

@@ -223,6 +223,8 @@ class Experiment:
             del fit["n_init"]
         if not fit["oracle_check"]:
             del fit["oracle_check"]
+        if fit["bounds"] is None:
+            del fit["bounds"]
         return {
             "name": self.name,
             "description": self.description,

@@ -12,6 +12,10 @@ recorded in the record instead of raised, so that one bad job never stops a stud
     for a job that killed its worker process.
 ``warnings``
     Messages of the warnings raised during the job (``ConvergenceWarning`` included), not shown.
+``bound_active``, ``active_bounds``
+    Whether some free parameter ended on the box of ``fit.bounds`` (false without a box), and their
+    names (:attr:`fastmoe.FitResult.active_bounds`). A fit in a box on every parameter is never
+    ``diverged`` (the constrained maximum exists); one at a bound is counted by the report instead.
 
 A data-driven fit (``fit.init`` other than ``"truth"``) also records how settled its answer is:
 ``n_starts`` (the starts of :attr:`fastmoe.FitResult.starts`, relocation moves included) and ``n_best``
@@ -138,7 +142,8 @@ def _fit_and_score(experiment: Experiment, n: int, replication: int, n_threads: 
     def run_fit(init, n_init):
         return fit(X, y, experiment.n_experts, n_classes=truth.n_classes, gating=truth.gating,
                    gating_features=truth.gating_features, expert_features=truth.expert_features, init=init,
-                   n_init=n_init, max_iter=opts.max_iter, tol=opts.tol, l2=opts.l2, n_threads=n_threads,
+                   n_init=n_init, max_iter=opts.max_iter, tol=opts.tol, l2=opts.l2, bounds=opts.bounds,
+                   n_threads=n_threads,
                    random_state=streams["fit"])
 
     if opts.init == "truth":
@@ -184,6 +189,8 @@ def _fit_columns(experiment: Experiment, result) -> dict:
         "loglik": float(result.loglik),
         "objective": float(result.objective),
         "max_abs_coef": max_abs_coef,
+        "bound_active": bool(result.active_bounds),
+        "active_bounds": list(result.active_bounds),
     }
     if result.diverged or not math.isfinite(max_abs_coef) or max_abs_coef > experiment.coef_limit:
         out["status"] = "diverged"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -82,6 +82,12 @@ class FitOptions:
         ``tol * |objective|`` of its maximum.
     l2 : float, default=0.0
         Ridge penalty passed to :func:`fastmoe.fit`.
+    bounds : float, table or None, default=None
+        A box on the free parameters passed to :func:`fastmoe.fit` (the compact parameter space of the
+        theory, issue 14): one positive number bounds every free parameter, a table bounds the groups
+        ``gate_slope``, ``gate_intercept``, ``expert_slope``, ``expert_intercept`` it names. Jobs record
+        ``bound_active`` (some parameter ended on the box) and which. Left out of the definition (and so
+        of its digest) when None.
     oracle_check : bool, default=False
         With a data-driven ``init``: every job also fits from the start near the truth (the start ``truth``
         would use, from the same random stream) and records both maxima, whether they are the same
@@ -98,6 +104,7 @@ class FitOptions:
     max_iter: int = 2000
     tol: float = 1e-8
     l2: float = 0.0
+    bounds: Optional[Union[float, Mapping[str, float]]] = None
     oracle_check: bool = False
 
     def __post_init__(self):
@@ -109,6 +116,7 @@ class FitOptions:
         if checked["n_init"] is None and self.init != "search":
             checked["n_init"] = 1  # what it always meant there (and what earlier definitions wrote)
         object.__setattr__(self, "oracle_check", checked["oracle_check"])
+        object.__setattr__(self, "bounds", checked["bounds"])
         object.__setattr__(self, "split_cells", checked["split_cells"])
         object.__setattr__(self, "n_init", checked["n_init"])
         object.__setattr__(self, "max_iter", checked["max_iter"])

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..params import GATING_TRANSFORMS, MoEParams
+from ..params import GATING_TRANSFORMS, Bounds, MoEParams
 
 __all__ = ["DefinitionError", "EXPERIMENT", "FIT", "MAX_COUNT", "MAX_SAMPLE_SIZE", "MAX_SEED", "PARAMETER_ARRAYS",
            "PARAMETER_INPUTS", "TRUTH_PATH", "X_LAW", "check_fields", "check_parameters", "check_table"]
@@ -177,6 +177,22 @@ class Table:
 
 
 @dataclass(frozen=True)
+class BoxBounds:
+    """A box for ``fastmoe.fit(bounds=...)``: one positive finite number, or a table of them keyed by
+    :attr:`fastmoe.Bounds.GROUPS` (``gate_slope``, ``gate_intercept``, ``expert_slope``, ``expert_intercept``)."""
+
+    def __call__(self, name: str, value):
+        if isinstance(value, Mapping):
+            table = check_table(name, value)
+            check_keys(name, table, Bounds.GROUPS)
+            return {key: Real(above=0)(f"{name}.{key}", limit) for key, limit in table.items()}
+        if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+            return Real(above=0)(name, value)
+        raise DefinitionError(f"{name} must be a positive number or a table of {list(Bounds.GROUPS)}, "
+                              f"got {value!r} ({_kind(value)})")
+
+
+@dataclass(frozen=True)
 class Array:
     """A nested list of finite numbers, ``ndim`` deep (a parameter array as a definition writes it)."""
 
@@ -278,6 +294,7 @@ FIT = {
     "max_iter": Integer(1),
     "tol": Real(above=0),
     "l2": Real(low=0),
+    "bounds": Nullable(BoxBounds()),
     "oracle_check": Boolean(),
 }
 

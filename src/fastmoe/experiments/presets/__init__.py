@@ -5,9 +5,11 @@ The four settings of ``MODEL.md`` section 5 (Nguyen, Akbarian, Nguyen & Ho, ICML
 ``Uniform[-1, 1]^2``, the ``vanishing-*`` presets on ``Uniform[-3, 3]^2`` (on ``[-1, 1]`` tanh and sigmoid are
 nearly linear, so modified and standard gating can hardly differ there); ``vanishing-*-spread`` start the
 split vanishing cell off the centre of its non-identifiable set, ``vanishing-*-local`` move the truth
-towards that degenerate point as ``n`` grows (``truth_path``). ``separate-inputs`` is the exact-fit
-setting with the gating on one column of a 3-column ``X`` and the experts on the two others (issue 15).
-Each file says why its true parameter was chosen. ``fastmoe rates presets`` lists them.
+towards that degenerate point as ``n`` grows (``truth_path``); ``over-fit-bounded`` is ``over-fit`` maximised
+over a box on the free parameters (``fit.bounds``, the compact parameter space of the theory) instead of with
+a ridge. ``separate-inputs`` is the exact-fit setting with the gating on one column of a 3-column ``X`` and
+the experts on the two others (issue 15). Each file says why its true parameter was chosen.
+``fastmoe rates presets`` lists them.
 """
 
 from __future__ import annotations
