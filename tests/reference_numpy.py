@@ -534,7 +534,7 @@ def em_fit(W, V, X, Z, y, w=None, tol=1e-8, max_iter=1000, aitken=False):
         if t > 0 and aitken:
             c = ll - history[-2]
             c_prev = history[-2] - history[-3] if t > 1 else np.inf
-            r = c / c_prev if c_prev > 0 else np.inf
+            r = c / c_prev if 0 < c_prev < np.inf else np.inf  # a ratio needs two changes
             if c <= 0 or (c <= tol * abs(ll) and r < 1 and c * r / (1 - r) <= tol * abs(ll)):
                 converged = True
                 break
