@@ -9,6 +9,7 @@ from ._dispatch import show_config
 from ._openmp import openmp_enabled
 from .exceptions import FitWarning, SearchWarning
 from ._fit import FitResult, fit
+from ._dendrogram import Dendrogram, dendrogram
 from ._predict import (
     expert_proba,
     gate_proba,
@@ -50,6 +51,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "ConvergenceWarning",
+    "Dendrogram",
     "FitResult",
     "FitWarning",
     "GATING_TRANSFORMS",
@@ -60,6 +62,7 @@ __all__ = [
     "SelectionResult",
     "UncertaintyWarning",
     "bootstrap_table",
+    "dendrogram",
     "expected_information",
     "expert_proba",
     "fit",
