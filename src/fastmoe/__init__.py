@@ -41,6 +41,10 @@ _LAZY = {
 
 
 def __getattr__(name):
+    if name == "plot":  # the pictures need matplotlib, imported by the module's functions on use
+        import importlib
+
+        return importlib.import_module(".plot", __name__)
     if name in _LAZY:
         import importlib
 
@@ -75,6 +79,7 @@ __all__ = [
     "observed_information",
     "openmp_enabled",
     "parameter_table",
+    "plot",
     "predict_log_proba",
     "predict_proba",
     "responsibilities",
