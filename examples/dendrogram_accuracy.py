@@ -19,6 +19,9 @@ appended as jobs finish; a rerun skips the jobs already in the file, so the scri
 resumed, or rerun with more seeds.
 
     python examples/dendrogram_accuracy.py --seeds 0-9 --n 2000 10000 --out docs/data/dendrogram_accuracy.csv
+    python examples/dendrogram_accuracy.py --report --out docs/data/dendrogram_accuracy.csv
+
+Cells of the table: the share of seeds whose chosen k is k*, and the mean chosen k in brackets.
 """
 
 from __future__ import annotations
@@ -136,6 +139,42 @@ def _seeds(text):
     return out
 
 
+def report(path):
+    """Markdown tables from the CSV: share of correct choices (and mean chosen k), and median seconds."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    cells = sorted({(float(r["contamination"]), int(r["n"]), int(r["kstar"])) for r in rows})
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    lines = ["| contamination | n | k* | seeds | " + " | ".join(methods) + " |",
+             "| --- | --- | --- | --- | " + " | ".join("---" for _ in methods) + " |"]
+    for eps, n, kstar in cells:
+        here = [r for r in rows if (float(r["contamination"]), int(r["n"]), int(r["kstar"])) == (eps, n, kstar)]
+        out = []
+        for m in methods:
+            chosen = np.array([int(r["chosen"]) for r in here if r["method"] == m])
+            out.append(f"{np.mean(chosen == kstar):.0%} ({chosen.mean():.1f})" if chosen.size else "")
+        seeds = len({r["seed"] for r in here})
+        lines.append(f"| {eps:g} | {n} | {kstar} | {seeds} | " + " | ".join(out) + " |")
+    lines += ["", "| contamination | n | jobs (k* = 2, 3, 4) | " + " | ".join(methods) + " |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in methods) + " |"]
+    for eps, n in sorted({(c[0], c[1]) for c in cells}):
+        here = [r for r in rows if (float(r["contamination"]), int(r["n"])) == (eps, n)]
+        out = []
+        for m in methods:
+            hits = [int(r["correct"]) for r in here if r["method"] == m]
+            out.append(f"{np.mean(hits):.0%}")
+        jobs = len({(r["seed"], r["kstar"]) for r in here})
+        lines.append(f"| {eps:g} | {n} | {jobs} | " + " | ".join(out) + " |")
+    lines += ["", "| n | k* | dendrogram: one fit + tree (s) | BIC/AIC sweep k = 1..k*+2 (s) | ratio |",
+              "| --- | --- | --- | --- | --- |"]
+    for n, kstar in sorted({(c[1], c[2]) for c in cells}):
+        here = [r for r in rows if (int(r["n"]), int(r["kstar"])) == (n, kstar)]
+        tree = np.median([float(r["seconds"]) for r in here if r["method"] == "dendrogram"])
+        sweep = np.median([float(r["seconds"]) for r in here if r["method"] == "bic"])
+        lines.append(f"| {n} | {kstar} | {tree:.1f} | {sweep:.1f} | {sweep / tree:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0-9", help="e.g. 0-9 or 0,3,5-7")
@@ -144,7 +183,11 @@ def main(argv=None):
     parser.add_argument("--contamination", type=float, nargs="+", default=[0.0, 0.05])
     parser.add_argument("--out", default="docs/data/dendrogram_accuracy.csv")
     parser.add_argument("--n-threads", type=int, default=1)
+    parser.add_argument("--report", action="store_true", help="print the tables of --out and stop")
     args = parser.parse_args(argv)
+    if args.report:
+        print(report(args.out))
+        return
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     done = _done(args.out)
     new_file = not os.path.exists(args.out)
