@@ -37,3 +37,18 @@ def test_interval_coverage_writes_rows_and_resumes(tmp_path):
     assert len(out.read_text().splitlines()) == len(lines)
     table, summary = coverage.coverage_table(out, 0.95)
     assert set(summary) == set(coverage.INTERVALS) and "| wald |" in table
+
+
+def test_dendrogram_accuracy_writes_rows_and_resumes(tmp_path):
+    pytest.importorskip("sklearn")
+    study = _load("dendrogram_accuracy")
+    out = tmp_path / "accuracy.csv"
+    args = ["--seeds", "0", "--n", "2000", "--kstar", "2", "--contamination", "0.05", "--out", str(out)]
+    study.main(args)
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1 + len(study.METHODS)  # header, then one row per method
+    study.main(args)  # nothing left to do
+    assert out.read_text().splitlines() == lines
+    rows = [dict(zip(lines[0].split(","), line.split(","))) for line in lines[1:]]
+    assert {r["method"] for r in rows} == set(study.METHODS)
+    assert all(1 <= int(r["chosen"]) <= 4 and r["correct"] == str(int(int(r["chosen"]) == 2)) for r in rows)

@@ -9,6 +9,7 @@ from ._dispatch import show_config
 from ._openmp import openmp_enabled
 from .exceptions import FitWarning, SearchWarning
 from ._fit import FitResult, fit
+from ._dendrogram import Dendrogram, dendrogram
 from ._predict import (
     expert_proba,
     gate_proba,
@@ -40,6 +41,10 @@ _LAZY = {
 
 
 def __getattr__(name):
+    if name == "plot":  # the pictures need matplotlib, imported by the module's functions on use
+        import importlib
+
+        return importlib.import_module(".plot", __name__)
     if name in _LAZY:
         import importlib
 
@@ -51,6 +56,7 @@ __version__ = "0.2.0"
 __all__ = [
     "Bounds",
     "ConvergenceWarning",
+    "Dendrogram",
     "FitResult",
     "FitWarning",
     "GATING_TRANSFORMS",
@@ -61,6 +67,7 @@ __all__ = [
     "SelectionResult",
     "UncertaintyWarning",
     "bootstrap_table",
+    "dendrogram",
     "expected_information",
     "expert_proba",
     "fit",
@@ -73,6 +80,7 @@ __all__ = [
     "observed_information",
     "openmp_enabled",
     "parameter_table",
+    "plot",
     "predict_log_proba",
     "predict_proba",
     "responsibilities",

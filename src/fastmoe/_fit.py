@@ -66,6 +66,9 @@ class FitResult:
         The ridge penalty the fit maximised with (0 for the plain likelihood).
     n_newton : int
         How many of the ``n_iter`` iterations were Newton steps on the log-likelihood itself.
+    newton_iterations : tuple of int
+        Which iterations those were (1-based: ``history[i]`` is the objective after iteration ``i``);
+        the others were EM iterations. ``fastmoe.plot.history`` marks the two phases with it.
     boundary : tuple of (int, int)
         ``(expert, class)`` pairs whose fitted probability is 0 (below e^-30) wherever the data are: a
         maximum on the boundary of the model, whose class intercepts are not finite (they ran off to
@@ -95,6 +98,7 @@ class FitResult:
     message: str
     l2: float = 0.0
     n_newton: int = 0
+    newton_iterations: tuple = ()
     boundary: tuple = ()
     starts: object = None
     bounds: object = None
@@ -368,6 +372,7 @@ def fit(
         message=message,
         l2=float(l2),
         n_newton=monitor.n_newton,
+        newton_iterations=tuple(monitor.newton_iterations),
         boundary=best.boundary,
         starts=starts,
         bounds=bounds,

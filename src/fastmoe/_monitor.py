@@ -100,6 +100,10 @@ class ConvergenceMonitor:
         The objective at the start and after every iteration (never decreasing).
     n_iter, n_newton : int
         Iterations so far, and how many of them were Newton steps on the objective itself.
+    newton_iterations : list of int
+        Which iterations (1-based, so ``history[i]`` is the objective after iteration ``i``) were
+        Newton steps on the objective itself; the others were EM iterations. Kept so that a plot of
+        the history can mark the phases.
     reason : str or None
         One of :data:`STOP_REASONS` once the run has stopped.
     """
@@ -112,6 +116,7 @@ class ConvergenceMonitor:
         self.history = []
         self.n_iter = 0
         self.n_newton = 0
+        self.newton_iterations = []
         self.reason = None
         self._clock = time.perf_counter()
 
@@ -133,6 +138,8 @@ class ConvergenceMonitor:
         self.history.append(objective)
         self.n_iter += 1
         self.n_newton += bool(newton)
+        if newton:
+            self.newton_iterations.append(self.n_iter)
         if self.verbose and (self.verbose > 1 or self.n_iter % 10 == 0):
             print(
                 f"[fastmoe] iter {self.n_iter:5d}  objective {objective:.12g}  change {change:.3e}  "

@@ -1,7 +1,10 @@
-"""Choosing the number of experts by an information criterion.
+"""Choosing the number of experts: an information criterion over a sweep, or a dendrogram of one fit.
 
 :func:`select_n_experts` fits one :class:`~fastmoe.estimator.MixtureOfExpertsClassifier` per candidate
-``n_experts`` on the same data and keeps the one with the lowest BIC (or AIC):
+``n_experts`` on the same data and keeps the one with the lowest BIC (or AIC); with
+``method="dendrogram"`` it fits once with the largest candidate and reads the choice off the
+dendrogram of that fit's mixing measure (:func:`fastmoe.dendrogram`, ``docs/dendrogram.md``). The
+criteria of the sweep:
 
     BIC = -2 loglik + p log n,        AIC = -2 loglik + 2 p,
 
@@ -23,9 +26,12 @@ from sklearn.base import clone
 from ._validation import check_positive_int
 from .estimator import MixtureOfExpertsClassifier
 
-__all__ = ["SelectionResult", "select_n_experts", "CRITERIA"]
+__all__ = ["SelectionResult", "select_n_experts", "CRITERIA", "METHODS"]
 
 CRITERIA = ("bic", "aic")
+#: How :func:`select_n_experts` chooses: a fit per candidate compared by ``criterion``, or one fit
+#: with the largest candidate and its dendrogram.
+METHODS = ("sweep", "dendrogram")
 
 _COLUMNS = ("n_experts", "n_free_params", "loglik", "bic", "aic", "n_iter", "converged", "diverged", "time")
 
@@ -36,7 +42,8 @@ class SelectionResult:
 
     Attributes
     ----------
-    criterion : {"bic", "aic"}
+    criterion : {"bic", "aic", "dendrogram"}
+        What chose: the sweep's criterion, or ``"dendrogram"`` for ``method="dendrogram"``.
     best_n_experts : int
         The candidate with the lowest criterion among the admissible fits.
     best_estimator : MixtureOfExpertsClassifier
@@ -46,8 +53,13 @@ class SelectionResult:
     table : dict of str to ndarray
         One entry per column (``n_experts, n_free_params, loglik, bic, aic, n_iter, converged,
         diverged, time``), one row per candidate in the order given.
+        With ``method="dendrogram"`` the rows are the tree's levels among the candidates: the
+        log-likelihood, BIC and AIC of each merged model (not refitted); ``n_iter``, ``converged``,
+        ``diverged`` and ``time`` are those of the one fit (``n_iter`` and ``time`` on its row only).
     admissible : ndarray of bool
         Rows that could be chosen: converged and not diverging fits (all rows if there are none).
+    dendrogram : Dendrogram or None
+        The tree, with ``method="dendrogram"``.
     """
 
     criterion: str
@@ -56,6 +68,7 @@ class SelectionResult:
     estimators: dict
     table: dict
     admissible: np.ndarray
+    dendrogram: object = None
 
     def rows(self) -> list:
         """The table as a list of dicts, one per candidate."""
@@ -104,9 +117,9 @@ def _from_splits(estimator, previous, k, X, y, sample_weight, model):
     return best
 
 
-def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", sample_weight=None, estimator=None,
-                     **params) -> SelectionResult:
-    """Fit a mixture for each candidate number of experts and choose one by BIC or AIC.
+def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", method="sweep", sample_weight=None,
+                     estimator=None, **params) -> SelectionResult:
+    """Choose the number of experts: BIC or AIC over a fit per candidate, or a dendrogram of one fit.
 
     Parameters
     ----------
@@ -116,6 +129,14 @@ def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", sample_we
     n_experts : iterable of int, default=(1, 2, 3, 4)
         Candidate numbers of experts (distinct, >= 1).
     criterion : {"bic", "aic"}, default="bic"
+        The sweep's criterion (ignored with ``method="dendrogram"``).
+    method : {"sweep", "dendrogram"}, default="sweep"
+        ``"sweep"`` fits every candidate (nested, see Notes) and keeps the lowest ``criterion``.
+        ``"dendrogram"`` fits once with ``max(n_experts)`` experts, merges its atoms bottom-up
+        (:func:`fastmoe.dendrogram`) and keeps the level, among the candidates, with the largest
+        dendrogram selection criterion; ``best_estimator`` is then refitted from that level's merged
+        parameters (the top level's fit itself when it is chosen). ``docs/dendrogram.md`` says what
+        the method assumes and how it compares with BIC and AIC.
     sample_weight : array-like of shape (n_samples,), optional
         Passed to every fit; the criteria then use the weighted log-likelihood and ``n = n_samples``.
     estimator : MixtureOfExpertsClassifier, optional
@@ -156,6 +177,8 @@ def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", sample_we
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     candidates = [check_positive_int(k, "n_experts") for k in n_experts]
     if not candidates:
         raise ValueError("n_experts is empty; give at least one candidate")
@@ -167,6 +190,8 @@ def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", sample_we
         raise TypeError(f"give either estimator or estimator settings, not both (got {sorted(params)})")
     elif not isinstance(estimator, MixtureOfExpertsClassifier):
         raise TypeError(f"estimator must be a MixtureOfExpertsClassifier, got {type(estimator).__name__}")
+    if method == "dendrogram":
+        return _select_by_dendrogram(estimator, candidates, X, y, sample_weight)
 
     fitted, elapsed = {}, {}
     previous = None
@@ -195,4 +220,42 @@ def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", sample_we
         estimators=fitted,
         table=table,
         admissible=admissible,
+    )
+
+
+def _select_by_dendrogram(estimator, candidates, X, y, sample_weight) -> SelectionResult:
+    """One fit with the largest candidate, its dendrogram, the chosen level refitted from its merge."""
+    from ._dendrogram import dendrogram
+
+    k_max = max(candidates)
+    started = time.perf_counter()
+    model = clone(estimator).set_params(n_experts=k_max).fit(X, y, sample_weight=sample_weight)
+    # The tree scores merged models on the data as the fit saw them: integer codes, weights times
+    # class weights.
+    codes = model.encode_labels(y)
+    tree = dendrogram(model.fit_result_, model._check_X(X), codes,
+                      sample_weight=model._fit_weights(codes, sample_weight), n_threads=model.n_threads)
+    elapsed = time.perf_counter() - started
+    best, params = tree.select(candidates)
+    fitted = {k_max: model}
+    if best != k_max:
+        fitted[best] = clone(estimator).set_params(n_experts=best, init=params).fit(X, y, sample_weight=sample_weight)
+    n_rows = model.fit_result_.n_samples
+    rows = []
+    for k in candidates:
+        level = tree.params[k]
+        loglik = tree.loglik[k]
+        p = level.n_free_params
+        rows.append((k, p, loglik, -2 * loglik + p * np.log(n_rows), -2 * loglik + 2 * p,
+                     model.n_iter_ if k == k_max else 0, model.converged_, model.diverged_,
+                     elapsed if k == k_max else 0.0))
+    table = {c: np.array(values) for c, values in zip(_COLUMNS, zip(*rows))}
+    return SelectionResult(
+        criterion="dendrogram",
+        best_n_experts=int(best),
+        best_estimator=fitted[best],
+        estimators=fitted,
+        table=table,
+        admissible=np.ones(len(candidates), dtype=bool),
+        dendrogram=tree,
     )
