@@ -26,7 +26,9 @@ maximum, 6169 nats short at d = 10, n = 1e5). The default search (``init="search
    best ``PROBE_TOP`` of them, and refines the best ``REFINE_TOP`` of those to the fit's tolerance, by
    EM and the Newton finish.
 
-The structural maxima that trap EM differ by O(n) nats, so a subsample tells them apart while it costs
+Maxima closer than the subsample can tell apart (on a mirror-symmetric two-expert truth at n = 6e4, two
+maxima 0.005 nats apart) may be confused: the search then keeps either. The structural maxima that trap
+EM differ by O(n) nats, so a subsample tells them apart while it costs
 a fraction of a pass over large data; it is not smaller than 30 000 rows because a small sample has a
 rugged likelihood of its own (at 1e4 rows, maxima a few nats apart abound), whose maxima need not be
 those of all the data (issue 12's p3 at n = 1e5: explored on 1e4 rows, 2 of 10 seeds ended 7 nats
