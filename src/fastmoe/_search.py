@@ -16,8 +16,9 @@ maximum, 6169 nats short at d = 10, n = 1e5). The default search (``init="search
    maximum not seen yet (maxima reached by one start only, over the starts; Finch, Mendell & Thode
    1989) is at most ``UNSEEN_STOP``, after two rounds at least (four starts are too few for that
    estimate: on issue 12's p9, two local maxima reached twice each ended the search 3300 nats short in
-   2 of 10 seeds): rugged likelihoods get the starts they need while easy ones pay for two rounds. (Stopping as soon as the best was reached twice missed the global maximum 2 times
-   in 10 where a local one 330 nats lower has the larger basin: issue 12's benchmark, problem p4.);
+   2 of 10 seeds): rugged likelihoods get the starts they need while easy ones pay for two rounds.
+   (Stopping as soon as the best was reached twice missed the global maximum 2 times in 10 where a
+   local one 330 nats lower has the larger basin: issue 12's benchmark, problem p4.)
 2. tries to leave the best maximum found: rounds of ``n_init`` relocation moves (one expert dropped
    and a new one inserted where a half-space's labels call for it, ``_init.relocated_parameters``),
    each run by EM; a round that finds a higher maximum is followed by another, up to
@@ -28,8 +29,8 @@ maximum, 6169 nats short at d = 10, n = 1e5). The default search (``init="search
 
 Maxima closer than the subsample can tell apart (on a mirror-symmetric two-expert truth at n = 6e4, two
 maxima 0.005 nats apart) may be confused: the search then keeps either. The structural maxima that trap
-EM differ by O(n) nats, so a subsample tells them apart while it costs
-a fraction of a pass over large data; it is not smaller than 30 000 rows because a small sample has a
+EM differ by O(n) nats, so a subsample tells them apart while it costs a fraction of a pass over large
+data; it is not smaller than 30 000 rows because a small sample has a
 rugged likelihood of its own (at 1e4 rows, maxima a few nats apart abound), whose maxima need not be
 those of all the data (issue 12's p3 at n = 1e5: explored on 1e4 rows, 2 of 10 seeds ended 7 nats
 short; on 3e4 rows both reached the best); a start is the natural unit of parallel work below
