@@ -9,20 +9,23 @@ maximum, 6169 nats short at d = 10, n = 1e5). The default search (``init="search
    into parameters (``_init``), run to a looser tolerance with trust-region Newton steps on the
    likelihood first (``run_em(newton_first=True)``: joint steps in the gating and the experts escape
    the basins EM settles in; on issue 12's p4 they reached the global maximum from 8 of 16 k-means
-   starts, EM from 3);
-   Another round of ``n_init`` starts follows, within a budget of explored rows (``SEARCH_ROW_BUDGET``:
-   small data, where a start is cheap and the likelihood rugged, get more rounds), until the best maximum
-   has been reached twice and the Good-Turing estimate of the chance that one more start finds a
-   maximum not seen yet (maxima reached by one start only, over the starts; Finch, Mendell & Thode
-   1989) is at most ``UNSEEN_STOP``, after two rounds at least (four starts are too few for that
-   estimate: on issue 12's p9, two local maxima reached twice each ended the search 3300 nats short in
-   2 of 10 seeds): rugged likelihoods get the starts they need while easy ones pay for two rounds.
-   (Stopping as soon as the best was reached twice missed the global maximum 2 times in 10 where a
-   local one 330 nats lower has the larger basin: issue 12's benchmark, problem p4.)
+   starts, EM from 3).
+   Another round of ``n_init`` starts follows, in half the budget of explored rows at most
+   (``SEARCH_ROW_BUDGET``: small data, where a run is cheap and the likelihood rugged, get more runs),
+   until the best maximum has been reached twice and the Good-Turing estimate of the chance that one
+   more start finds a maximum not seen yet (maxima reached by one start only, over the starts; Finch,
+   Mendell & Thode 1989) is at most ``UNSEEN_STOP``, after two rounds at least (four starts are too
+   few for that estimate: on issue 12's p9, two local maxima reached twice each ended the search 3300
+   nats short in 2 of 10 seeds). (Stopping as soon as the best was reached twice missed the global
+   maximum 2 times in 10 where a local one 330 nats lower has the larger basin: issue 12's p4.)
 2. tries to leave the best maximum found: rounds of ``n_init`` relocation moves (one expert dropped
    and a new one inserted where a half-space's labels call for it, ``_init.relocated_parameters``),
-   each run by EM; a round that finds a higher maximum is followed by another, up to
-   ``MOVE_ROUNDS`` (the split-and-merge idea of Ueda et al. 2000, with a supervised insertion);
+   each run Newton-first like a start, until ``MOVE_PATIENCE`` moves in a row found no higher
+   maximum or the budget is spent (the split-and-merge idea of Ueda et al. 2000, with a supervised
+   insertion). Where the global maximum's basin is small, moves find it more often than starts do: on
+   issue 12's p2 (tanh gating, n = 1e4) 2-5 of 32 moves from the commonest maximum reached the best,
+   against 0 of 48 k-means and 3 of 48 random starts; Newton-first moves cost a fifth of EM moves there
+   (25 against 315 iterations) and reach it as often; on p6 (d = 10) three fifths of the time;
 3. scores the distinct maxima found on all the data, takes ``PROBE_STEPS`` Newton steps there from the
    best ``PROBE_TOP`` of them, and refines the best ``REFINE_TOP`` of those to the fit's tolerance, by
    EM and the Newton finish.
@@ -60,13 +63,13 @@ EXPLORE_WHOLE = 1.5
 EXPLORE_TOL = 1e-7
 #: Starts of the default search, cycled: (partition of the gating inputs, Newton steps first).
 SEARCH_PLAN = (("kmeans", True), ("random", True))
-#: Starts per round of the default search when ``n_init`` is not given; rounds of starts while all of
-#: them together explore at most SEARCH_ROW_BUDGET rows (between SEARCH_ROUNDS_MIN and _MAX rounds);
-#: the most rounds of relocation moves.
+#: Starts per round of the default search when ``n_init`` is not given. Starts and moves together
+#: explore at most SEARCH_ROW_BUDGET rows, in between SEARCH_ROUNDS_MIN and SEARCH_ROUNDS_MAX rounds
+#: of ``n_init`` runs; moves stop after MOVE_PATIENCE moves in a row find no higher maximum.
 SEARCH_N_INIT = 4
 SEARCH_ROW_BUDGET = 480_000
-SEARCH_ROUNDS_MIN, SEARCH_ROUNDS_MAX = 4, 16
-MOVE_ROUNDS = 3
+SEARCH_ROUNDS_MIN, SEARCH_ROUNDS_MAX = 3, 16
+MOVE_PATIENCE = 16
 #: Rounds of starts stop when a further start is estimated to find a new maximum at most this often.
 UNSEEN_STOP = 0.1
 #: Distinct maxima of the exploration probed on all the data (Newton steps from each), and refined.
@@ -164,30 +167,34 @@ def search(problem, penalty, n_init, rng, *, tol, max_iter, newton, n_threads, c
         explore = problem
     else:
         explore = problem.subset(np.sort(rng.choice(problem.n_samples, size=size, replace=False)))
-    rounds = int(np.clip(SEARCH_ROW_BUDGET // (n_init * explore.n_samples), SEARCH_ROUNDS_MIN, SEARCH_ROUNDS_MAX))
-    plan = [SEARCH_PLAN[i % len(SEARCH_PLAN)] for i in range(n_init * rounds)]
-    seeds = _seeds(rng, n_init * (rounds + MOVE_ROUNDS))
-    starts = [Start(kind, first, seed) for (kind, first), seed in zip(plan, seeds)]
+    budget = n_init * int(np.clip(SEARCH_ROW_BUDGET // (n_init * explore.n_samples), SEARCH_ROUNDS_MIN,
+                                  SEARCH_ROUNDS_MAX))
+    seeds = _seeds(rng, budget)
     options = dict(tol=tol if whole else max(tol, EXPLORE_TOL), max_iter=max_iter, newton=newton,
                    n_threads=n_threads, callback=callback if whole else None, verbose=verbose if whole else 0)
     runs = []
-    for first in range(0, len(starts), n_init):
-        runs += run_starts(explore, penalty, starts[first:first + n_init], **options)
+    # Rounds of starts, in half the budget at most: moves from a good maximum find the best more often
+    # than new starts once the starts' maxima are known (issue 12's p2: 2-5 moves in 32 against 3 starts in 48).
+    while len(runs) + n_init <= max(budget // 2, n_init):
+        plan = [SEARCH_PLAN[(len(runs) + i) % len(SEARCH_PLAN)] for i in range(n_init)]
+        runs += run_starts(explore, penalty, [Start(kind, first, seed) for (kind, first), seed in
+                                               zip(plan, seeds[len(runs):len(runs) + n_init])], **options)
         best = _best(runs)
         log = StartLog.of(runs, best, None)
-        settled = first > 0 and log.n_best >= 2 and log.unseen <= UNSEEN_STOP  # after 2 rounds at least
+        settled = len(runs) > n_init and log.n_best >= 2 and log.unseen <= UNSEEN_STOP  # after 2 rounds at least
         if settled or runs[best].diverged or _stopped(runs):
             break
-    move_seeds = seeds[len(plan):]
-    for first in range(0, len(move_seeds), n_init):
+    # Rounds of moves from the best maximum so far, until MOVE_PATIENCE moves in a row found none higher.
+    since_higher = 0
+    while len(runs) + n_init <= budget and since_higher < MOVE_PATIENCE:
         if runs[best].diverged or _stopped(runs):
             break
         base = (runs[best].W, runs[best].V)
-        moves = [Start("relocate", False, seed, base) for seed in move_seeds[first:first + n_init]]
-        runs += run_starts(explore, penalty, moves, **options)
+        runs += run_starts(explore, penalty, [Start("relocate", True, seed, base)
+                                              for seed in seeds[len(runs):len(runs) + n_init]], **options)
         previous, best = best, _best(runs)
-        if best == previous or same_maximum(runs[best].objective, runs[previous].objective):
-            break  # no higher maximum: stop moving
+        higher = best != previous and not same_maximum(runs[best].objective, runs[previous].objective)
+        since_higher = 0 if higher else since_higher + n_init
     best = _best(runs)
     log = StartLog.of(runs, best, subsample=None if whole else size)
     if whole or _stopped(runs):
