@@ -55,6 +55,27 @@ def test_trust_region_step_satisfies_the_optimality_conditions(rng, n_negative, 
     assert np.max(trial @ g - 0.5 * np.einsum("ij,jk,ik->i", trial, A, trial)) <= gain * (1 + 1e-9)
 
 
+@pytest.mark.parametrize("curvature", [3e-16, -3e-16, -2e-12])
+def test_trust_region_step_on_a_flat_model_far_from_its_maximum(rng, curvature):
+    # Eigenvalues far below ||g|| / radius: in floating point the bracket's upper end came out an ulp
+    # outside the radius and the root search raised (found in a real-data grid search, issue 16).
+    for _ in range(200):
+        Q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+        A = (Q * (curvature * rng.uniform(0.9, 1.1, 4))) @ Q.T
+        g = rng.standard_normal(4) * 10.0 ** rng.uniform(-3, 3)
+        radius = 10.0 ** rng.uniform(-8, 2)
+        p, gain, length = QuadraticModel(g, A).step(radius)
+        assert length <= radius * (1 + 1e-9) and gain >= 0.0
+        # no feasible point does better: the boundary point along the (scaled) gradient, nor random ones
+        s = np.sqrt(np.abs(np.diag(A)))
+        trial = rng.standard_normal((500, 4))
+        trial[0] = g / s
+        trial *= radius / np.linalg.norm(trial, axis=1, keepdims=True)
+        trial /= s
+        best = np.max(trial @ g - 0.5 * np.einsum("ij,jk,ik->i", trial, A, trial))
+        assert best <= gain * (1 + 1e-9) + 1e-12 * abs(gain)
+
+
 def test_concave_model_gives_the_newton_step_and_decrement(rng):
     A, g = _random_model(rng, 6, 0)
     model = QuadraticModel(g, A)

@@ -91,8 +91,12 @@ class QuadraticModel:
             with np.errstate(divide="ignore", over="ignore"):
                 return float(np.linalg.norm(c / (lam + mu))) - radius
 
-        # lam_i + high >= ||c|| / radius for every i, so ||z(high)|| <= radius.
+        # lam_i + high >= ||c|| / radius for every i, so ||z(high)|| <= radius in exact arithmetic. In
+        # floating point it can come out an ulp above (eigenvalues far below ||c|| / radius: a flat model
+        # far from its maximum), and then no root lies in [edge, high]: widen until the sign is right.
         high = low + float(np.linalg.norm(c)) / radius + np.finfo(float).tiny
+        while excess(high) > 0.0:
+            high *= 2.0
         edge = low * (1.0 + 1e-12) + 1e-300
         if excess(edge) > 0.0:
             from scipy.optimize import brentq  # here, not at import: scipy.optimize costs ~0.5 s to load
