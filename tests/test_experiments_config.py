@@ -7,8 +7,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from fastmoe.experiments import (Experiment, ResultStore, compare_slopes, fit_slope, get_preset,
-                                 preset_names)
+from fastmoe.experiments import (Experiment, ResultStore, compare_slopes, fit_slope, get_preset, holm,
+                                 preset_names, summarize)
 from fastmoe.experiments.cli import build_parser, main
 from fastmoe.experiments.seeds import job_streams
 from fastmoe.experiments.scoring import Loss, parse_loss, score
@@ -283,6 +283,55 @@ def test_slope_difference_detects_a_rate_change_and_only_that():
     assert not same.significant and same.ci_low < 0 < same.ci_high
 
 
+def test_slope_statistics_match_an_independent_computation():
+    exp = small_experiment()
+    sizes = (1000, 3000, 10000, 30000, 100000)
+    records = power_law_records(exp, -0.5, sizes, 21, seed=6, noise=0.8)
+    by_n = {n: np.array([r["D1"] for r in records if r["n"] == n]) for n in sizes}
+    from scipy.stats import trim_mean
+
+    reference = {"median": np.median, "mean": np.mean, "trimmed": lambda v: trim_mean(v, 0.1)}
+    for statistic, centre in reference.items():
+        expected = np.polyfit(np.log(sizes), np.log([centre(by_n[n]) for n in sizes]), 1)[0]
+        assert fit_slope(records, "D1", n_boot=10, statistic=statistic).slope == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="statistic"):
+        fit_slope(records, "D1", n_boot=10, statistic="mode")
+    rows = summarize(records, "D1", n_boot=400)
+    for row in rows:
+        v = by_n[row["n"]]
+        assert row["median"] == pytest.approx(np.median(v)) and row["trimmed"] == pytest.approx(trim_mean(v, 0.1))
+        assert row["median_low"] <= row["median"] <= row["median_high"]
+
+
+def test_median_slope_resists_a_few_wandering_fits():
+    # Two of 20 fits per n wander along a flat direction (errors 30-300 times the rest) at the largest
+    # sizes: the slope of the means bends, the slope of the medians does not.
+    exp = small_experiment()
+    sizes = (1000, 3000, 10000, 30000, 100000)
+    records = power_law_records(exp, -0.5, sizes, 20, seed=7)
+    for r in records:
+        if r["n"] >= 30000 and r["replication"] < 2:
+            r["D1"] *= 30.0 if r["n"] == 30000 else 300.0
+    median = fit_slope(records, "D1", n_boot=500)
+    mean = fit_slope(records, "D1", n_boot=500, statistic="mean")
+    assert median.statistic == "median" and median.ci_low < -0.5 < median.ci_high
+    assert mean.slope > -0.2 and not mean.ci_low < -0.5 < mean.ci_high
+
+
+def test_slope_differences_carry_p_values_and_holm_adjusts_a_family():
+    exp = small_experiment()
+    sizes = (1000, 3000, 10000, 30000, 100000)
+    fast = power_law_records(exp, -0.5, sizes, 20, seed=1)
+    slow = power_law_records(exp, -0.25, sizes, 20, seed=2)
+    also_fast = power_law_records(exp, -0.5, sizes, 20, seed=3)
+    assert compare_slopes(slow, fast, "D1", n_boot=1000).p_value <= 2 / 1001
+    assert compare_slopes(fast, also_fast, "D1", n_boot=1000).p_value > 0.05
+    # Holm by hand: m = 3 finite p-values 0.01, 0.03, 0.04 -> 3 * 0.01, max(0.03, 2 * 0.03), max(0.06, 0.04).
+    adjusted = holm([0.01, 0.04, 0.03, float("nan")])
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(adjusted[3])
+    assert holm([0.5, 0.9]).tolist() == [1.0, 1.0]
+
+
 def test_slope_difference_uses_the_common_sizes_only():
     exp = small_experiment()
     # The first law bends at n = 1e4: over its whole grid its slope differs from the slope on the shared part.
@@ -340,6 +389,8 @@ def test_cli_compares_two_runs(capsys, tmp_path):
     line = next(row for row in out.splitlines() if row.startswith("D1"))
     slow_slope, fast_slope, difference = (float(v) for v in line.split()[1:4])
     assert line.split()[-2:] == ["*", "5"]  # significant, on the 5 common sizes
+    p_value, p_holm = (float(v) for v in line.split()[-4:-2])
+    assert p_value == p_holm <= 2 / 501  # a family of one: Holm leaves its p-value as it is
     assert abs(slow_slope + 0.25) < 0.1 and abs(fast_slope + 0.5) < 0.1
     assert difference == pytest.approx(fast_slope - slow_slope, abs=2e-3)
     assert plot.stat().st_size > 0

@@ -27,7 +27,7 @@ One concern per module:
 Plotting needs matplotlib, the progress bar tqdm, a cluster dask.distributed (the ``experiments`` extra).
 """
 
-from .analysis import Report, SlopeDifference, SlopeFit, analyse, compare_slopes, fit_slope
+from .analysis import STATISTICS, Report, SlopeDifference, SlopeFit, analyse, compare_slopes, fit_slope, holm, summarize
 from .definition import Experiment
 from .job import run_job
 from .options import FitOptions, XLaw
@@ -39,6 +39,7 @@ from .store import ResultStore
 from .truth_path import TruthPath
 
 __all__ = [
+    "STATISTICS",
     "Experiment",
     "FitOptions",
     "Report",
@@ -52,10 +53,12 @@ __all__ = [
     "compare_slopes",
     "fit_slope",
     "get_preset",
+    "holm",
     "init_near_truth",
     "job_seed",
     "load_experiment",
     "preset_names",
     "run_experiment",
     "run_job",
+    "summarize",
 ]

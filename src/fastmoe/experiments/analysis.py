@@ -1,10 +1,16 @@
 """Rates from stored job records: per-n summaries, log-log slopes with bootstrap intervals, a text table.
 
 For every metric (the Voronoi losses and the per-parameter errors of each true atom) and every sample size
-``n`` the summary gives the mean, standard deviation, median and 10%/90% quantiles over replications. The
-rate is the least-squares slope of ``log(mean metric)`` on ``log(n)``; its confidence interval comes from a
-bootstrap over replications (resample the replications of every ``n`` with replacement, recompute the means
-and the slope).
+``n`` the summary gives the median with a bootstrap interval, the 10% trimmed mean, the mean, the standard
+deviation and the 10%/90% quantiles over replications. The rate is the least-squares slope of
+``log(statistic)`` on ``log(n)``, the statistic being the **median** by default (``STATISTICS``): the
+errors are heavy-tailed (a few fits wander along flat directions of the likelihood, and D2's standard
+deviation exceeds its mean at most sizes), a mean follows those few fits, and the theory's rates are
+statements in probability, which a median tracks. The slope of the means is kept beside it
+(``Report.mean_slopes``). Confidence intervals come from a bootstrap over replications (resample the
+replications of every ``n`` with replacement, recompute the statistic and the slope). Differences of
+slopes between experiments carry a bootstrap p-value, and a family of them is corrected by Holm's
+step-down method (:func:`holm`).
 
 Bad fits are not averaged silently: by default the rows with status ``ok`` and ``not_converged`` (EM hit the
 iteration cap but the estimate is finite) enter the means, while ``diverged``, ``failed`` and ``crashed``
@@ -22,11 +28,16 @@ import numpy as np
 from .definition import Experiment
 from .store import ResultStore
 
-__all__ = ["Report", "SlopeFit", "SlopeDifference", "analyse", "compare_slopes", "fit_slope", "summarize",
-           "rate_metrics", "start_agreement", "wilson_interval", "DEFAULT_INCLUDE"]
+__all__ = ["Report", "SlopeFit", "SlopeDifference", "analyse", "compare_slopes", "fit_slope", "holm", "summarize",
+           "rate_metrics", "start_agreement", "wilson_interval", "DEFAULT_INCLUDE", "STATISTICS"]
 
 #: Statuses whose rows enter the means by default.
 DEFAULT_INCLUDE = ("ok", "not_converged")
+
+#: How the replications at one ``n`` are summarised for a rate: the median (the default), the mean of the
+#: central 80% (``TRIM`` cut from each end, as ``scipy.stats.trim_mean`` cuts), or the mean.
+STATISTICS = ("median", "trimmed", "mean")
+TRIM = 0.1
 
 #: Per-parameter error fields fitted for a rate (see :data:`fastmoe.losses.PER_PARAMETER_FIELDS`).
 PARAMETER_FIELDS = ("mass_err", "beta1_max", "a_max", "b_max", "beta1_mean", "a_mean", "b_mean")
@@ -55,16 +66,40 @@ def _values_by_n(records, metric, include) -> Dict[int, np.ndarray]:
     return {n: np.asarray(v) for n, v in sorted(by_n.items())}
 
 
-def summarize(records: Sequence[dict], metric: str, include: Iterable[str] = DEFAULT_INCLUDE) -> List[dict]:
+def _statistic(values: np.ndarray, statistic: str) -> np.ndarray:
+    """The ``statistic`` (one of ``STATISTICS``) of ``values`` along its last axis."""
+    if statistic == "median":
+        return np.median(values, axis=-1)
+    if statistic == "mean":
+        return values.mean(axis=-1)
+    if statistic == "trimmed":
+        m = values.shape[-1]
+        cut = int(TRIM * m)
+        return np.sort(values, axis=-1)[..., cut:m - cut].mean(axis=-1)
+    raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+
+
+def summarize(records: Sequence[dict], metric: str, include: Iterable[str] = DEFAULT_INCLUDE, *,
+              n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> List[dict]:
     """Per-``n`` statistics of ``metric`` over the included rows.
+
+    Parameters
+    ----------
+    records, metric, include
+        See :func:`fit_slope`.
+    n_boot : int, default=1000
+        Bootstrap resamples for the interval of the median (0: no interval).
+    confidence : float, default=0.95
+    seed : int, default=0
 
     Returns
     -------
     list of dict
-        One per sample size (ascending): ``n, count, mean, std, median, q10, q90`` and ``status_<s>``
-        counts over all rows of that ``n`` (included or not).
+        One per sample size (ascending): ``n, count, median, median_low, median_high, trimmed, mean, std,
+        q10, q90`` and ``status_<s>`` counts over all rows of that ``n`` (included or not).
     """
     include = tuple(include)
+    rng = np.random.default_rng(seed)
     statuses: Dict[int, Dict[str, int]] = {}
     for r in records:
         counts = statuses.setdefault(int(r["n"]), {})
@@ -76,10 +111,14 @@ def summarize(records: Sequence[dict], metric: str, include: Iterable[str] = DEF
         row = {"metric": metric, "n": n, "count": int(v.size)}
         if v.size:
             q10, median, q90 = np.quantile(v, [0.1, 0.5, 0.9])
-            row.update(mean=float(v.mean()), std=float(v.std(ddof=1)) if v.size > 1 else 0.0,
-                       median=float(median), q10=float(q10), q90=float(q90))
+            low, high = (_interval(_statistic(v[rng.integers(v.size, size=(n_boot, v.size))], "median"), confidence)
+                         if n_boot > 0 else (math.nan, math.nan))
+            row.update(median=float(median), median_low=low, median_high=high,
+                       trimmed=float(_statistic(v, "trimmed")), mean=float(v.mean()),
+                       std=float(v.std(ddof=1)) if v.size > 1 else 0.0, q10=float(q10), q90=float(q90))
         else:
-            row.update(mean=math.nan, std=math.nan, median=math.nan, q10=math.nan, q90=math.nan)
+            row.update({key: math.nan for key in ("median", "median_low", "median_high", "trimmed", "mean", "std",
+                                                  "q10", "q90")})
         row.update({f"status_{s}": c for s, c in sorted(statuses[n].items())})
         out.append(row)
     return out
@@ -87,7 +126,7 @@ def summarize(records: Sequence[dict], metric: str, include: Iterable[str] = DEF
 
 @dataclasses.dataclass(frozen=True)
 class SlopeFit:
-    """Least-squares fit ``log(mean metric) = intercept + slope * log(n)``."""
+    """Least-squares fit ``log(statistic of the metric) = intercept + slope * log(n)``."""
 
     metric: str
     slope: float
@@ -96,11 +135,12 @@ class SlopeFit:
     ci_high: float
     theory: float
     n_sizes: int  #: sample sizes that entered the fit
-    n_rows: int  #: rows that entered the means
+    n_rows: int  #: rows that entered the statistics
     confidence: float
+    statistic: str = "median"  #: one of ``STATISTICS``
 
     def line(self, n) -> np.ndarray:
-        """The fitted mean metric at sample sizes ``n``."""
+        """The fitted statistic of the metric at sample sizes ``n``."""
         return np.exp(self.intercept + self.slope * np.log(np.asarray(n, dtype=float)))
 
 
@@ -114,8 +154,9 @@ def _ols_slopes(log_n: np.ndarray, log_y: np.ndarray):
 
 def fit_slope(records: Sequence[dict], metric: str, *, include: Iterable[str] = DEFAULT_INCLUDE,
               theory: float = math.nan, n_boot: int = 2000, confidence: float = 0.95,
-              min_n: Optional[int] = None, max_n: Optional[int] = None, seed: int = 0) -> SlopeFit:
-    """Slope of ``log(mean metric)`` on ``log(n)`` with a bootstrap interval over replications.
+              min_n: Optional[int] = None, max_n: Optional[int] = None, seed: int = 0,
+              statistic: str = "median") -> SlopeFit:
+    """Slope of ``log(statistic of the metric)`` on ``log(n)`` with a bootstrap interval over replications.
 
     Parameters
     ----------
@@ -124,7 +165,7 @@ def fit_slope(records: Sequence[dict], metric: str, *, include: Iterable[str] = 
     metric : str
         Record key, e.g. ``"D1"`` or ``"a_max_1"``.
     include : iterable of str
-        Statuses whose rows enter the means.
+        Statuses whose rows enter the statistics.
     theory : float
         Theoretical slope, carried along for the report.
     n_boot : int, default=2000
@@ -135,40 +176,46 @@ def fit_slope(records: Sequence[dict], metric: str, *, include: Iterable[str] = 
         Leave sample sizes below ``min_n`` or above ``max_n`` out of the fit.
     seed : int, default=0
         Seed of the bootstrap.
+    statistic : {"median", "trimmed", "mean"}, default="median"
+        What summarises the replications of one ``n`` (``STATISTICS``).
 
     Returns
     -------
     SlopeFit
-        NaN slope when fewer than two sample sizes have a positive mean.
+        NaN slope when fewer than two sample sizes have a positive statistic.
     """
-    values = _slope_values(records, metric, include, min_n, max_n)
+    values = _slope_values(records, metric, include, min_n, max_n, statistic)
     n_rows = int(sum(v.size for v in values.values()))
     if len(values) < 2:
-        return SlopeFit(metric, math.nan, math.nan, math.nan, math.nan, theory, len(values), n_rows, confidence)
+        return SlopeFit(metric, math.nan, math.nan, math.nan, math.nan, theory, len(values), n_rows, confidence,
+                        statistic)
     log_n = np.log(np.array(sorted(values), dtype=float))
-    means = np.array([values[n].mean() for n in sorted(values)])
-    slope, intercept = _ols_slopes(log_n, np.log(means))
-    low, high = _interval(_bootstrap_slopes(values, n_boot, np.random.default_rng(seed)), confidence)
+    centres = np.array([_statistic(values[n], statistic) for n in sorted(values)])
+    slope, intercept = _ols_slopes(log_n, np.log(centres))
+    low, high = _interval(_bootstrap_slopes(values, n_boot, np.random.default_rng(seed), statistic), confidence)
     return SlopeFit(metric, float(slope), float(intercept), low, high, float(theory),
-                    len(values), n_rows, confidence)
+                    len(values), n_rows, confidence, statistic)
 
 
-def _slope_values(records, metric, include, min_n=None, max_n=None) -> Dict[int, np.ndarray]:
-    """The per-``n`` values a slope is fitted on: the sizes in ``[min_n, max_n]`` with a positive mean."""
+def _slope_values(records, metric, include, min_n=None, max_n=None, statistic="median") -> Dict[int, np.ndarray]:
+    """The per-``n`` values a slope is fitted on: the sizes in ``[min_n, max_n]`` with a positive statistic."""
+    _statistic(np.ones(1), statistic)  # an unknown statistic is an error even without rows
     return {n: v for n, v in _values_by_n(records, metric, tuple(include)).items()
-            if v.size and v.mean() > 0 and (min_n is None or n >= min_n) and (max_n is None or n <= max_n)}
+            if v.size and _statistic(v, statistic) > 0 and (min_n is None or n >= min_n)
+            and (max_n is None or n <= max_n)}
 
 
-def _bootstrap_slopes(values: Dict[int, np.ndarray], n_boot: int, rng: np.random.Generator) -> np.ndarray:
+def _bootstrap_slopes(values: Dict[int, np.ndarray], n_boot: int, rng: np.random.Generator,
+                      statistic: str = "median") -> np.ndarray:
     """Slopes of ``n_boot`` resamples: the replications of every ``n`` drawn with replacement."""
     sizes = sorted(values)
-    boot_means = np.empty((n_boot, len(sizes)))
+    boot = np.empty((n_boot, len(sizes)))
     for col, n in enumerate(sizes):
         v = values[n]
-        boot_means[:, col] = v[rng.integers(v.size, size=(n_boot, v.size))].mean(axis=1)
+        boot[:, col] = _statistic(v[rng.integers(v.size, size=(n_boot, v.size))], statistic)
     with np.errstate(divide="ignore"):
-        slopes, _ = _ols_slopes(np.log(np.array(sizes, dtype=float)), np.log(boot_means))
-    return slopes  # -inf/nan only if a resampled mean is 0; _interval drops them
+        slopes, _ = _ols_slopes(np.log(np.array(sizes, dtype=float)), np.log(boot))
+    return slopes  # -inf/nan only if a resampled statistic is 0; _interval drops them
 
 
 def _interval(samples: np.ndarray, confidence: float):
@@ -193,23 +240,29 @@ class SlopeDifference:
     ci_high: float
     sizes: tuple  #: the common sample sizes the slopes were fitted on
     confidence: float
+    #: Two-sided bootstrap p-value of "no difference": twice the smaller share of resampled differences
+    #: on either side of 0, as (count + 1) / (resamples + 1) (Davison & Hinkley 1997, section 4.4).
+    p_value: float = math.nan
+    statistic: str = "median"
 
     @property
     def significant(self) -> bool:
-        """Whether the interval of the difference excludes 0."""
+        """Whether the interval of the difference excludes 0 (uncorrected: see :func:`holm` for a family)."""
         return bool(self.ci_low > 0 or self.ci_high < 0)
 
 
 def compare_slopes(records_a: Sequence[dict], records_b: Sequence[dict], metric: str, *,
                    include: Iterable[str] = DEFAULT_INCLUDE, n_boot: int = 2000, confidence: float = 0.95,
-                   min_n: Optional[int] = None, max_n: Optional[int] = None, seed: int = 0) -> SlopeDifference:
+                   min_n: Optional[int] = None, max_n: Optional[int] = None, seed: int = 0,
+                   statistic: str = "median") -> SlopeDifference:
     """Difference of the rates of ``metric`` between two experiments, with a bootstrap interval.
 
     The question it answers is, e.g., "does the split-cell error fall faster with modified gating than with
     standard gating?". Both slopes are fitted on the sample sizes the two experiments share (a rate that is
     not a pure power law changes with the range of ``n``, so slopes over different grids are not comparable).
     The experiments are independent, so each is resampled on its own (replications within every ``n``, as in
-    :func:`fit_slope`) and the interval is the percentile interval of the resampled differences.
+    :func:`fit_slope`), the interval is the percentile interval of the resampled differences and the
+    p-value their two-sided share beyond 0.
 
     Parameters
     ----------
@@ -217,31 +270,50 @@ def compare_slopes(records_a: Sequence[dict], records_b: Sequence[dict], metric:
         Job records of the two experiments.
     metric : str
         A record key both experiments carry.
-    include, n_boot, confidence, min_n, max_n, seed
+    include, n_boot, confidence, min_n, max_n, seed, statistic
         See :func:`fit_slope`.
 
     Returns
     -------
     SlopeDifference
-        NaN slopes when fewer than two common sample sizes have a positive mean in both.
+        NaN slopes when fewer than two common sample sizes have a positive statistic in both.
     """
     include = tuple(include)
-    first = _slope_values(records_a, metric, include, min_n, max_n)
-    second = _slope_values(records_b, metric, include, min_n, max_n)
+    first = _slope_values(records_a, metric, include, min_n, max_n, statistic)
+    second = _slope_values(records_b, metric, include, min_n, max_n, statistic)
     common = sorted(set(first) & set(second))
     if len(common) < 2:
         return SlopeDifference(metric, math.nan, math.nan, math.nan, math.nan, math.nan, tuple(common),
-                               confidence)
+                               confidence, math.nan, statistic)
     first = {n: first[n] for n in common}
     second = {n: second[n] for n in common}
     log_n = np.log(np.array(common, dtype=float))
-    slope_a, _ = _ols_slopes(log_n, np.log([first[n].mean() for n in common]))
-    slope_b, _ = _ols_slopes(log_n, np.log([second[n].mean() for n in common]))
+    slope_a, _ = _ols_slopes(log_n, np.log([_statistic(first[n], statistic) for n in common]))
+    slope_b, _ = _ols_slopes(log_n, np.log([_statistic(second[n], statistic) for n in common]))
     rng = np.random.default_rng(seed)
-    boot = _bootstrap_slopes(second, n_boot, rng) - _bootstrap_slopes(first, n_boot, rng)
+    boot = _bootstrap_slopes(second, n_boot, rng, statistic) - _bootstrap_slopes(first, n_boot, rng, statistic)
     low, high = _interval(boot, confidence)
+    boot = boot[np.isfinite(boot)]
+    p_value = (min(1.0, 2.0 * (min(np.sum(boot <= 0), np.sum(boot >= 0)) + 1) / (boot.size + 1))
+               if boot.size else math.nan)
     return SlopeDifference(metric, float(slope_a), float(slope_b), float(slope_b - slope_a), low, high,
-                           tuple(common), confidence)
+                           tuple(common), confidence, float(p_value), statistic)
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (Holm 1979); NaNs stay NaN and do not count.
+
+    The k-th smallest of m p-values is multiplied by m - k + 1, and the adjusted values are made
+    non-decreasing in that order; rejecting where the adjusted value is below alpha controls the
+    family-wise error rate at alpha under any dependence between the tests.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, math.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = order.size
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95):
@@ -326,11 +398,18 @@ class Report:
     records: List[dict]
     include: tuple
     metrics: List[str]
-    slopes: Dict[str, SlopeFit]
+    slopes: Dict[str, SlopeFit]  #: by the report's statistic (the median by default)
     summaries: Dict[str, List[dict]]
     status_counts: Dict[str, int]
     #: :func:`start_agreement` of the records (empty for a study started near the truth).
     agreement: List[dict] = dataclasses.field(default_factory=list)
+    #: Slopes of the means, the secondary column (empty when the report's statistic is the mean).
+    mean_slopes: Dict[str, SlopeFit] = dataclasses.field(default_factory=dict)
+
+    @property
+    def statistic(self) -> str:
+        """What summarises the replications of one ``n`` in :attr:`slopes`."""
+        return next(iter(self.slopes.values())).statistic if self.slopes else "median"
 
     @property
     def primary(self) -> SlopeFit:
@@ -353,18 +432,19 @@ class Report:
         stored = f"{in_grid}/{exp.n_jobs} jobs stored"
         if len(self.records) > in_grid:  # the latest run had a smaller grid than an earlier one
             stored += f" (and {len(self.records) - in_grid} of an earlier, larger grid, analysed too)"
-        lines = [f"experiment {exp.name}: {exp.outline()}; {stored}; means over statuses {list(self.include)}"]
+        stat = self.statistic
+        lines = [f"experiment {exp.name}: {exp.outline()}; {stored}; statistics over statuses {list(self.include)}"]
         losses = list(exp.losses)
         boxed = exp.fit.bounds is not None
         head = f"{'n':>9} {'rows':>5} {'ok':>4} {'cap':>4} {'div':>4} {'fail':>4}"
         head += f" {'bnd':>4}" * boxed + f" {'iters':>7} {'time/s':>7}"
-        head += "".join(f" {'mean ' + m:>13} {'sd':>9}" for m in losses)
+        head += "".join(f" {'median ' + m:>13} {'95% CI':>19} {'mean':>9}" for m in losses)
         lines += ["", head]
         by_n = self.status_by_n()
         for i, (n, counts) in enumerate(by_n.items()):
             rows = [r for r in self.records if int(r["n"]) == n and r["status"] in self.include]
-            iters = np.mean([r["n_iter"] for r in rows]) if rows else math.nan
-            fit_time = np.mean([r["fit_time"] for r in rows]) if rows else math.nan
+            iters = np.median([r["n_iter"] for r in rows]) if rows else math.nan
+            fit_time = np.median([r["fit_time"] for r in rows]) if rows else math.nan
             line = (f"{n:>9} {sum(counts.values()):>5} {counts.get('ok', 0):>4} "
                     f"{counts.get('not_converged', 0):>4} {counts.get('diverged', 0):>4} "
                     f"{counts.get('failed', 0) + counts.get('crashed', 0):>4}")
@@ -373,20 +453,29 @@ class Report:
             line += f" {iters:>7.0f} {fit_time:>7.3f}"
             for m in losses:
                 s = next(row for row in self.summaries[m] if row["n"] == n)
-                line += f" {s['mean']:>13.4g} {s['std']:>9.3g}"
+                line += f" {s['median']:>13.4g} [{s['median_low']:>8.3g}, {s['median_high']:>8.3g}] {s['mean']:>9.3g}"
             lines.append(line)
         lines += ["", "ok: converged; cap: EM hit max_iter (kept); div: diverged coefficients (left out); "
                       "fail: fit raised or worker died (left out)"
-                      + ("; bnd: some parameter ended on the box of fit.bounds (kept)" if boxed else ""), ""]
+                      + ("; bnd: some parameter ended on the box of fit.bounds (kept)" if boxed else "")
+                      + "; iters, time/s: medians; 95% CI: bootstrap interval of the median", ""]
         pct = int(round(100 * next(iter(self.slopes.values())).confidence)) if self.slopes else 95
-        lines.append(f"{'metric':<14} {'slope':>8} {f'{pct}% CI':>19} {'theory':>7} {'sizes':>6} {'rows':>6}")
+        secondary = bool(self.mean_slopes)
+        lines.append(f"slopes of log({stat}) on log(n)" + ("; 'of means': the slope of log(mean), for comparison"
+                                                            if secondary else ""))
+        lines.append(f"{'metric':<14} {'slope':>8} {f'{pct}% CI':>19} {'theory':>7} {'sizes':>6} {'rows':>6}"
+                     + f" {'of means':>9} {f'{pct}% CI':>19}" * secondary)
         for m in self.metrics:
             if not all_metrics and m.startswith(("beta1_mean", "a_mean", "b_mean")):
                 continue
             s = self.slopes[m]
             theory = "" if math.isnan(s.theory) else f"{s.theory:+.3f}"
-            lines.append(f"{m:<14} {s.slope:>+8.3f} [{s.ci_low:>+7.3f}, {s.ci_high:>+7.3f}] {theory:>7} "
-                         f"{s.n_sizes:>6} {s.n_rows:>6}")
+            line = (f"{m:<14} {s.slope:>+8.3f} [{s.ci_low:>+7.3f}, {s.ci_high:>+7.3f}] {theory:>7} "
+                    f"{s.n_sizes:>6} {s.n_rows:>6}")
+            if secondary:
+                t = self.mean_slopes[m]
+                line += f" {t.slope:>+9.3f} [{t.ci_low:>+7.3f}, {t.ci_high:>+7.3f}]"
+            lines.append(line)
         if self.agreement:
             lines += ["", self.format_agreement()]
         return "\n".join(lines)
@@ -422,8 +511,9 @@ class Report:
         return "\n".join(lines)
 
     def slope_rows(self) -> List[dict]:
-        """Slopes as plain rows (for CSV/JSON)."""
-        return [dataclasses.asdict(self.slopes[m]) for m in self.metrics]
+        """Slopes as plain rows (for CSV/JSON): the report's statistic's, then the means' (column ``statistic``)."""
+        return [dataclasses.asdict(table[m]) for table in (self.slopes, self.mean_slopes) if table
+                for m in self.metrics]
 
     def summary_rows(self) -> List[dict]:
         """Per-``n`` statistics of every metric as plain rows."""
@@ -432,7 +522,7 @@ class Report:
 
 def analyse(source, experiment: Optional[str] = None, *, include: Iterable[str] = DEFAULT_INCLUDE,
             n_boot: int = 2000, confidence: float = 0.95, min_n: Optional[int] = None,
-            max_n: Optional[int] = None, seed: int = 0) -> Report:
+            max_n: Optional[int] = None, seed: int = 0, statistic: str = "median") -> Report:
     """Analyse the records of one experiment.
 
     Parameters
@@ -441,8 +531,8 @@ def analyse(source, experiment: Optional[str] = None, *, include: Iterable[str] 
         A run directory, a store file or an open store.
     experiment : str, optional
         Experiment name; may be left out when the store holds one experiment.
-    include, n_boot, confidence, min_n, max_n, seed
-        See :func:`fit_slope`.
+    include, n_boot, confidence, min_n, max_n, seed, statistic
+        See :func:`fit_slope`; the slopes of the means are computed too when ``statistic`` is another.
 
     Returns
     -------
@@ -458,8 +548,14 @@ def analyse(source, experiment: Optional[str] = None, *, include: Iterable[str] 
         if store is not source:
             store.close()
     metrics = rate_metrics(exp, records)
-    slopes = {m: fit_slope(records, m, include=include, theory=exp.theory_slope(m), n_boot=n_boot,
-                           confidence=confidence, min_n=min_n, max_n=max_n, seed=seed) for m in metrics}
-    summaries = {m: summarize(records, m, include) for m in metrics}
+
+    def slopes_of(stat):
+        return {m: fit_slope(records, m, include=include, theory=exp.theory_slope(m), n_boot=n_boot,
+                             confidence=confidence, min_n=min_n, max_n=max_n, seed=seed, statistic=stat)
+                for m in metrics}
+
+    slopes = slopes_of(statistic)
+    summaries = {m: summarize(records, m, include, n_boot=min(n_boot, 1000), confidence=confidence, seed=seed)
+                 for m in metrics}
     return Report(exp, records, include, metrics, slopes, summaries, counts,
-                  start_agreement(records, include, confidence))
+                  start_agreement(records, include, confidence), {} if statistic == "mean" else slopes_of("mean"))

@@ -37,6 +37,8 @@ import threading
 from pathlib import Path
 from typing import List, Optional
 
+from .analysis import STATISTICS
+
 __all__ = ["main", "build_parser"]
 
 
@@ -95,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--min-n", type=int, default=None, help="fit slopes on n >= this only")
     report.add_argument("--max-n", type=int, default=None, help="fit slopes on n <= this only")
     report.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
+    report.add_argument("--statistic", choices=STATISTICS, default="median",
+                        help="what summarises the replications of one n for the slopes (default: median; the "
+                             "slopes of the means are listed beside)")
     report.add_argument("--all", action="store_true", help="also list the mass-weighted mean errors")
     report.add_argument("--no-plots", action="store_true", help="skip the plots")
 
@@ -113,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--min-n", type=int, default=None, help="fit slopes on n >= this only")
     compare.add_argument("--max-n", type=int, default=None, help="fit slopes on n <= this only")
     compare.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
+    compare.add_argument("--statistic", choices=STATISTICS, default="median",
+                         help="what summarises the replications of one n (default: median)")
     compare.add_argument("--plot", type=Path, default=None,
                          help="also draw the metrics (default: the first run's primary loss) on common axes")
 
@@ -177,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _report_args(args) -> int:
     return _report(args.dir, experiment=args.experiment, ok_only=args.ok_only, min_n=args.min_n,
                    max_n=args.max_n, n_boot=args.bootstrap, all_metrics=args.all, plots=not args.no_plots,
-                   out=args.out)
+                   out=args.out, statistic=args.statistic)
 
 
 def _presets(args) -> int:
@@ -232,14 +239,14 @@ def _run(args) -> int:
 
 
 def _report(directory, experiment=None, ok_only=False, min_n=None, max_n=None, n_boot=2000, all_metrics=False,
-            plots=True, out=None) -> int:
+            plots=True, out=None, statistic="median") -> int:
     from .analysis import DEFAULT_INCLUDE, analyse
     from .store import StoreError, store_path, write_csv, write_parquet
 
     directory = Path(directory)
     try:
         report = analyse(directory, experiment, include=("ok",) if ok_only else DEFAULT_INCLUDE,
-                         n_boot=n_boot, min_n=min_n, max_n=max_n)
+                         n_boot=n_boot, min_n=min_n, max_n=max_n, statistic=statistic)
     except (OSError, KeyError, ValueError, StoreError, sqlite3.DatabaseError) as exc:
         return _fail("report", exc)
     print(report.format_table(all_metrics=all_metrics))
@@ -268,7 +275,7 @@ def _report(directory, experiment=None, ok_only=False, min_n=None, max_n=None, n
 
 
 def _compare(args) -> int:
-    from .analysis import DEFAULT_INCLUDE, analyse, compare_slopes
+    from .analysis import DEFAULT_INCLUDE, analyse, compare_slopes, holm
     from .store import StoreError
 
     if len(args.dirs) < 2:
@@ -283,8 +290,8 @@ def _compare(args) -> int:
     try:
         # The runs' own slope intervals only label the plot; the differences are bootstrapped below.
         n_boot = args.bootstrap if args.plot is not None else 0
-        reports = [analyse(d, name, include=include, n_boot=n_boot, min_n=args.min_n, max_n=args.max_n)
-                   for d, name in zip(args.dirs, chosen)]
+        reports = [analyse(d, name, include=include, n_boot=n_boot, min_n=args.min_n, max_n=args.max_n,
+                           statistic=args.statistic) for d, name in zip(args.dirs, chosen)]
     except (OSError, KeyError, ValueError, StoreError, sqlite3.DatabaseError) as exc:
         return _fail("compare", exc)
     base, others = reports[0], reports[1:]
@@ -297,21 +304,24 @@ def _compare(args) -> int:
         metrics = [m for m in base.metrics if all(m in r.metrics for r in others)]
     names = [f"{r.experiment.name} ({r.experiment.truth.gating_name})" for r in reports]
     print("runs: " + "; ".join(f"[{i}] {name}" for i, name in enumerate(names)))
-    print("slopes of log(mean metric) on log(n) over the sample sizes (count in 'sizes') that run [i] shares "
-          "with run [0] (slope[0]: those it shares with [1]); difference = slope[i] - slope[0] with its 95% "
-          "bootstrap interval, * where it excludes 0\n")
+    print(f"slopes of log({args.statistic} metric) on log(n) over the sample sizes (count in 'sizes') that run [i] "
+          "shares with run [0] (slope[0]: those it shares with [1]); difference = slope[i] - slope[0] with its "
+          "95% bootstrap interval and two-sided bootstrap p-value; Holm: the p-value adjusted by Holm's method "
+          "over every difference in this table (* where it is below 0.05)\n")
     head = f"{'metric':<14} {'slope[0]':>9}"
     for i in range(1, len(reports)):
-        head += f" {f'slope[{i}]':>9} {f'[{i}] - [0]':>10} {'95% CI':>18}   {'sizes':>5}"
+        head += f" {f'slope[{i}]':>9} {f'[{i}] - [0]':>10} {'95% CI':>18} {'p':>7} {'Holm':>7}   {'sizes':>5}"
     print(head)
-    for metric in metrics:
-        diffs = [compare_slopes(base.records, other.records, metric, include=include, n_boot=args.bootstrap,
-                                min_n=args.min_n, max_n=args.max_n) for other in others]
+    table = [[compare_slopes(base.records, other.records, metric, include=include, n_boot=args.bootstrap,
+                             min_n=args.min_n, max_n=args.max_n, statistic=args.statistic) for other in others]
+             for metric in metrics]
+    adjusted = holm([d.p_value for row in table for d in row]).reshape(len(metrics), len(others))
+    for metric, diffs, held in zip(metrics, table, adjusted):
         line = f"{metric:<14} {diffs[0].slope_a:>+9.3f}"
-        for d in diffs:
-            flag = "*" if d.significant else " "
-            line += (f" {d.slope_b:>+9.3f} {d.difference:>+10.3f} [{d.ci_low:>+7.3f}, {d.ci_high:>+7.3f}] {flag}"
-                     f" {len(d.sizes):>5}")
+        for d, p_holm in zip(diffs, held):
+            flag = "*" if p_holm < 0.05 else " "
+            line += (f" {d.slope_b:>+9.3f} {d.difference:>+10.3f} [{d.ci_low:>+7.3f}, {d.ci_high:>+7.3f}]"
+                     f" {d.p_value:>7.4f} {p_holm:>7.4f} {flag} {len(d.sizes):>5}")
         print(line)
     if args.plot is not None:
         from .plots import plot_comparison

@@ -4,8 +4,8 @@ Figures are drawn on matplotlib's Agg canvas directly (``matplotlib.figure.Figur
 ``FigureCanvasAgg``), so plotting never touches pyplot's global state or needs a display. Files are written
 atomically (:mod:`~fastmoe.experiments._atomic`): a killed report leaves the old figure or the new one.
 
-Each panel shows, per metric, the mean over replications at every ``n`` with a bar from the 10% to the 90%
-quantile, the least-squares line of the report and, dashed, a line of the theoretical slope drawn through
+Each panel shows, per metric, the report's statistic over replications (the median by default) at every
+``n`` with a bar from the 10% to the 90% quantile, the least-squares line of the report and, dashed, a line of the theoretical slope drawn through
 the fitted line's value at the geometric middle of the grid.
 """
 
@@ -24,15 +24,17 @@ __all__ = ["plot_report", "plot_comparison"]
 
 
 def _series(report: Report, metric: str):
-    """``(n, mean, lower bar, upper bar)`` of a metric's positive means (10-90% bars), or None."""
-    rows = [r for r in report.summaries.get(metric, []) if r["count"] and r["mean"] > 0]
+    """``(n, centre, lower bar, upper bar)`` of a metric's positive centres (the report's statistic; 10-90%
+    bars), or None."""
+    stat = report.statistic
+    rows = [r for r in report.summaries.get(metric, []) if r["count"] and r[stat] > 0]
     if not rows:
         return None
     n = np.array([r["n"] for r in rows], dtype=float)
-    mean = np.array([r["mean"] for r in rows])
-    low = np.clip(mean - np.array([r["q10"] for r in rows]), 0, None)
-    high = np.clip(np.array([r["q90"] for r in rows]) - mean, 0, None)
-    return n, mean, low, high
+    centre = np.array([r[stat] for r in rows])
+    low = np.clip(centre - np.array([r["q10"] for r in rows]), 0, None)
+    high = np.clip(np.array([r["q90"] for r in rows]) - centre, 0, None)
+    return n, centre, low, high
 
 
 def _panel(ax, report: Report, metrics: Sequence[str], title: str) -> None:
@@ -101,7 +103,7 @@ def plot_report(report: Report, out_dir, formats: Sequence[str] = ("png", "pdf")
     fig = Figure(figsize=(6.4, 4.8), constrained_layout=True)
     FigureCanvasAgg(fig)
     _panel(fig.add_subplot(1, 1, 1), report, list(exp.losses), subtitle)
-    fig.axes[0].set_ylabel("mean Voronoi loss")
+    fig.axes[0].set_ylabel(f"{report.statistic} Voronoi loss")
     written += _save(fig, out_dir / f"{exp.name}-losses", formats, dpi)
 
     k_true = exp.truth.n_experts
@@ -116,7 +118,7 @@ def plot_report(report: Report, out_dir, formats: Sequence[str] = ("png", "pdf")
                        if m in report.summaries]
             _panel(ax, report, metrics, f"true atom {j}: {label} error in the cell")
             if j == 0:
-                ax.set_ylabel(f"mean of the {label} error")
+                ax.set_ylabel(f"{report.statistic} of the {label} error")
     fig.suptitle(subtitle, fontsize=10)
     written += _save(fig, out_dir / f"{exp.name}-parameters", formats, dpi)
     return written
