@@ -145,6 +145,23 @@ def test_extreme_logits_stay_finite(rng):
     np.testing.assert_allclose(r.loglik, ref.loglik(W, V, X, Z, y), rtol=1e-10)
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_kernels_leave_the_callers_subnormals_alone(rng, n_threads):
+    # The kernels flush subnormals to zero inside their parallel regions (a slow microcode path
+    # otherwise: fastmoe_flush_subnormals) and must give the caller's floating-point mode back: the
+    # calling thread is one of the kernel's threads.
+    params = random_params(rng, 3, 3, 2, scale=1e3)  # probabilities far below 1e-308 on many rows
+    X, Z, y = _data(rng, params, 500)
+    W, V = params.packed()
+    problem = _problem(X, Z, y, 3, 3, n_threads=n_threads)
+    problem.newton_pass(W, V)
+    problem.hessian_pass(W, V)
+    fastmoe.predict_proba(params, X)
+    tiny = np.array([2.2250738585072014e-308])  # the smallest normal double
+    assert (tiny / 4.0)[0] > 0.0  # a subnormal result is kept (no flush to zero)
+    assert (tiny / 4.0 * 4.0)[0] == tiny[0]  # and read as itself (no denormals-are-zero)
+
+
 def test_sample_labels_follow_the_model(rng, well_separated):
     X = rng.uniform(-1, 1, size=(200_000, 2))
     _, y, z = fastmoe.sample(well_separated, X=X, random_state=1, return_latent=True)

@@ -179,7 +179,7 @@ def search(problem, penalty, n_init, rng, *, tol, max_iter, newton, n_threads, c
     # against 3 starts in 48). On a subsample, in all of it but one round of moves: there the answer is
     # the best of the distinct maxima found, scored on all the data, and moves from the subsample's best
     # mostly return to it, while that maximum need not be the data's best (issue 12's p5, n = 1e5 on 3e4
-    # rows: with half the budget for starts 4 of 10 seeds reached the best).
+    # rows: with half the budget for starts 4 of 10 seeds reached the best, with all but a round 6 of 10).
     start_budget = budget // 2 if whole else budget - n_init
     while len(runs) + n_init <= max(start_budget, n_init):
         plan = [SEARCH_PLAN[(len(runs) + i) % len(SEARCH_PLAN)] for i in range(n_init)]
