@@ -270,12 +270,37 @@ class StartLog:
         return cls(np.array(data["objectives"], dtype=float), np.array(data["diverged"], dtype=bool),
                    int(data["best"]), int(data["n_best"]), data["subsample"])
 
+    @property
+    def higher_diverged(self) -> int:
+        """Diverged starts that ended above the kept (finite) maximum, on the same rows.
+
+        A diverged start's objective is a value the likelihood takes on its way to infinity, so one above
+        the kept maximum shows that the likelihood's supremum is not attained there: along that start's
+        direction it rises without bound, and no finite maximum is the MLE (issue 12's benchmark
+        problems p1, p5 and p8 at n = 1e4 to 1e5).
+        """
+        if self.diverged[self.best]:
+            return 0
+        kept = self.objectives[self.best]
+        return int(sum(bool(d) and v > kept and not same_maximum(v, kept)
+                       for v, d in zip(self.objectives, self.diverged)))
+
     def message(self):
-        """A warning's text when the kept maximum was found by one start of several, else None."""
-        if self.objectives.size < 2 or self.n_best > 1 or self.diverged[self.best]:
-            return None
-        return (
-            f"the best maximum was reached by only 1 of {self.objectives.size} starts (objectives "
-            f"{np.array2string(np.sort(self.objectives)[::-1], precision=6, separator=', ')}): a better one may "
-            "exist; consider a larger n_init"
-        )
+        """A warning's text when the kept maximum was found by one start of several, or when a start
+        diverged to a higher likelihood; else None."""
+        parts = []
+        if self.objectives.size >= 2 and self.n_best == 1 and not self.diverged[self.best]:
+            parts.append(
+                f"the best maximum was reached by only 1 of {self.objectives.size} starts (objectives "
+                f"{np.array2string(np.sort(self.objectives)[::-1], precision=6, separator=', ')}): a better one "
+                "may exist; consider a larger n_init")
+        higher = self.higher_diverged
+        if higher:
+            gap = float(self.objectives[self.diverged].max() - self.objectives[self.best])
+            rows = f"the {self.subsample} explored rows" if self.subsample else "the data"
+            parts.append(
+                f"{higher} of {self.objectives.size} starts diverged (coefficients running off to infinity) to a "
+                f"higher likelihood than the kept maximum's, by up to {gap:.4g} on {rows}: the likelihood's "
+                "supremum is not attained and no MLE exists; the result is the best finite maximum found. "
+                "A ridge (l2 > 0) or bounds make the problem well posed")
+        return "; ".join(parts) or None

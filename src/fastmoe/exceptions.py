@@ -11,7 +11,8 @@ class FitWarning(RuntimeWarning):
 
 
 class SearchWarning(UserWarning):
-    """Of several starts only one reached the maximum that was kept: a better one may exist."""
+    """Of several starts only one reached the maximum that was kept (a better one may exist), or some
+    diverged to a higher likelihood (no MLE exists)."""
 
 
 def _make_convergence_warning():
