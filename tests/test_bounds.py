@@ -212,7 +212,11 @@ def test_standard_errors_warn_at_a_bound(rng):
 
 def test_the_summary_header_states_the_box(rng):
     X, y = _data(rng, n=300)
-    result = fastmoe.fit(X, y, 2, bounds={"expert_slope": 1.0}, random_state=0)
+    with warnings.catch_warnings():
+        # With the gating's slopes free, starts may diverge to a higher likelihood at n = 300 (the
+        # search says so): what is tested here is the header.
+        warnings.simplefilter("ignore", fastmoe.SearchWarning)
+        result = fastmoe.fit(X, y, 2, bounds={"expert_slope": 1.0}, random_state=0)
     text = str(result.summary())
     assert f"|expert_slope| <= 1; {len(result.active_bounds)} free parameters on it" in text
 

@@ -302,5 +302,5 @@ class StartLog:
                 f"{higher} of {self.objectives.size} starts diverged (coefficients running off to infinity) to a "
                 f"higher likelihood than the kept maximum's, by up to {gap:.4g} on {rows}: the likelihood's "
                 "supremum is not attained and no MLE exists; the result is the best finite maximum found. "
-                "A ridge (l2 > 0) or bounds make the problem well posed")
+                "A ridge (l2 > 0) or bounds on every slope make the problem well posed")
         return "; ".join(parts) or None
