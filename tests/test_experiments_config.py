@@ -277,10 +277,11 @@ def test_slope_difference_detects_a_rate_change_and_only_that():
     also_fast = power_law_records(exp, -0.5, sizes, 20, seed=3)
     diff = compare_slopes(slow, fast, "D1", n_boot=1000)
     assert diff.significant and diff.ci_low < -0.25 < diff.ci_high
+    assert diff.p_value <= 2 / 1001  # no resampled difference on the far side of 0
     assert diff.difference == pytest.approx(diff.slope_b - diff.slope_a)
     assert diff.slope_a == pytest.approx(fit_slope(slow, "D1", n_boot=10).slope)
     same = compare_slopes(fast, also_fast, "D1", n_boot=1000)
-    assert not same.significant and same.ci_low < 0 < same.ci_high
+    assert not same.significant and same.ci_low < 0 < same.ci_high and same.p_value > 0.05
 
 
 def test_slope_statistics_match_an_independent_computation():
@@ -318,14 +319,7 @@ def test_median_slope_resists_a_few_wandering_fits():
     assert mean.slope > -0.2 and not mean.ci_low < -0.5 < mean.ci_high
 
 
-def test_slope_differences_carry_p_values_and_holm_adjusts_a_family():
-    exp = small_experiment()
-    sizes = (1000, 3000, 10000, 30000, 100000)
-    fast = power_law_records(exp, -0.5, sizes, 20, seed=1)
-    slow = power_law_records(exp, -0.25, sizes, 20, seed=2)
-    also_fast = power_law_records(exp, -0.5, sizes, 20, seed=3)
-    assert compare_slopes(slow, fast, "D1", n_boot=1000).p_value <= 2 / 1001
-    assert compare_slopes(fast, also_fast, "D1", n_boot=1000).p_value > 0.05
+def test_holm_adjusts_a_family_of_p_values():
     # Holm by hand: m = 3 finite p-values 0.01, 0.03, 0.04 -> 3 * 0.01, max(0.03, 2 * 0.03), max(0.06, 0.04).
     adjusted = holm([0.01, 0.04, 0.03, float("nan")])
     assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(adjusted[3])
