@@ -10,6 +10,7 @@ import pytest
 from fastmoe.experiments import (Experiment, ResultStore, compare_slopes, fit_slope, get_preset, holm,
                                  preset_names, summarize)
 from fastmoe.experiments.cli import build_parser, main
+from fastmoe.experiments.schema import DefinitionError
 from fastmoe.experiments.seeds import job_streams
 from fastmoe.experiments.scoring import Loss, parse_loss, score
 from fastmoe.experiments.starts import init_near_truth, split_assignment
@@ -24,6 +25,37 @@ def small_experiment(**changes):
 
 
 # -- definitions ----------------------------------------------------------------------------------------
+def test_planned_comparisons_round_trip_and_leave_the_digest_alone(tmp_path):
+    exp = small_experiment()
+    planned = small_experiment(planned=["a_mean_1 < vanishing-standard", "D1 != over-fit"])
+    assert planned.planned == ("a_mean_1 < vanishing-standard", "D1 != over-fit")
+    assert planned.model_digest() == exp.model_digest()  # a plan changes no job's numbers
+    assert "planned" not in exp.to_dict()  # earlier definitions' files stay as they were
+    for suffix in (".toml", ".json"):
+        planned.save(tmp_path / f"p{suffix}")
+        assert Experiment.load(tmp_path / f"p{suffix}") == planned
+    assert planned.planned_against("vanishing-standard") == [("a_mean_1", "greater")]
+    assert planned.planned_against("over-fit") == [("D1", "two-sided")]
+    for bad in (["D1 << over-fit"], ["D1 < over-fit", "D1 < over-fit"], "D1 < over-fit", [f"D1 > {exp.name}"]):
+        with pytest.raises(DefinitionError):
+            small_experiment(planned=bad)
+
+
+def test_one_sided_p_values_follow_the_declared_direction():
+    exp = small_experiment()
+    sizes = (1000, 3000, 10000, 30000, 100000)
+    fast = power_law_records(exp, -0.5, sizes, 20, seed=1)
+    slightly = power_law_records(exp, -0.45, sizes, 20, seed=2)
+    two = compare_slopes(slightly, fast, "D1", n_boot=2000)
+    less = compare_slopes(slightly, fast, "D1", n_boot=2000, alternative="less")
+    greater = compare_slopes(slightly, fast, "D1", n_boot=2000, alternative="greater")
+    # the same resamples: the one-sided p-value on the side of the difference is half the two-sided one
+    assert two.difference < 0 and less.p_value == pytest.approx(min(1.0, two.p_value / 2), abs=1e-3)
+    assert greater.p_value > 0.5 and less.alternative == "less"
+    with pytest.raises(ValueError, match="alternative"):
+        compare_slopes(slightly, fast, "D1", n_boot=10, alternative="bigger")
+
+
 def test_presets_cover_the_paper_settings():
     assert PAPER_SETTINGS <= set(preset_names())
     for name in PAPER_SETTINGS:
@@ -47,6 +79,8 @@ def test_spread_presets_differ_from_their_base_only_in_the_start():
     for gating in ("standard", "tanh", "sigmoid"):
         base, variant = get_preset(f"vanishing-{gating}").to_dict(), get_preset(f"vanishing-{gating}-spread").to_dict()
         assert variant["fit"].pop("split_spread") == 0.4
+        # a modified gating's planned comparisons name the standard gating's preset of the same start
+        assert variant.pop("planned", []) == [p.replace("standard", "standard-spread") for p in base.pop("planned", [])]
         for d in (base, variant):
             del d["name"], d["description"]
         assert variant == base
@@ -390,3 +424,24 @@ def test_cli_compares_two_runs(capsys, tmp_path):
     assert plot.stat().st_size > 0
     assert main(["rates", "compare", str(tmp_path / "slow")]) == 2
     assert main(["rates", "compare", str(tmp_path / "slow"), str(tmp_path / "fast"), "--metrics", "nope"]) == 2
+
+
+def test_cli_reads_a_planned_comparison_on_its_own(capsys, tmp_path):
+    # "fast" declares before running that its D1 falls faster than "slow"'s: that row gets a one-sided
+    # p-value, read without Holm's adjustment.
+    exp = small_experiment()
+    sizes = (1000, 3000, 10000, 30000, 100000)
+    for name, exponent, seed, planned in (("slow", -0.25, 1, []), ("fast", -0.5, 2, ["D1 < slow"])):
+        run = exp.with_grid(sample_sizes=sizes, n_replications=20)
+        run = Experiment.from_dict({**run.to_dict(), "name": name, "planned": planned})
+        with ResultStore(tmp_path / name) as store:
+            store.register(run)
+            run_id = store.start_run(name, "local", 1, 1)
+            for record in power_law_records(run, exponent, sizes, 20, seed):
+                store.add(record, run_id)
+    for order, mark in (((tmp_path / "slow", tmp_path / "fast"), "<"), ((tmp_path / "fast", tmp_path / "slow"), ">")):
+        assert main(["rates", "compare", *map(str, order), "--metrics", "D1", "--bootstrap", "500"]) == 0
+        line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("D1"))
+        tokens = line.split()  # ... plan, p, Holm ("-": not adjusted), significant, sizes
+        assert (tokens[-5], tokens[-3], tokens[-2:]) == (mark, "-", ["*", "5"])
+        assert float(tokens[-4]) <= round(1 / 501, 4)  # one-sided: no resample on the far side of 0

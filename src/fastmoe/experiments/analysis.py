@@ -240,10 +240,12 @@ class SlopeDifference:
     ci_high: float
     sizes: tuple  #: the common sample sizes the slopes were fitted on
     confidence: float
-    #: Two-sided bootstrap p-value of "no difference": twice the smaller share of resampled differences
-    #: on either side of 0, as (count + 1) / (resamples + 1) (Davison & Hinkley 1997, section 4.4).
+    #: Bootstrap p-value of "no difference" against ``alternative``: the share of resampled differences
+    #: on the far side of 0 (twice the smaller share for a two-sided one), as (count + 1) / (resamples + 1)
+    #: (Davison & Hinkley 1997, section 4.4).
     p_value: float = math.nan
     statistic: str = "median"
+    alternative: str = "two-sided"  #: or "less" / "greater": the difference expected below / above 0
 
     @property
     def significant(self) -> bool:
@@ -254,7 +256,7 @@ class SlopeDifference:
 def compare_slopes(records_a: Sequence[dict], records_b: Sequence[dict], metric: str, *,
                    include: Iterable[str] = DEFAULT_INCLUDE, n_boot: int = 2000, confidence: float = 0.95,
                    min_n: Optional[int] = None, max_n: Optional[int] = None, seed: int = 0,
-                   statistic: str = "median") -> SlopeDifference:
+                   statistic: str = "median", alternative: str = "two-sided") -> SlopeDifference:
     """Difference of the rates of ``metric`` between two experiments, with a bootstrap interval.
 
     The question it answers is, e.g., "does the split-cell error fall faster with modified gating than with
@@ -272,19 +274,24 @@ def compare_slopes(records_a: Sequence[dict], records_b: Sequence[dict], metric:
         A record key both experiments carry.
     include, n_boot, confidence, min_n, max_n, seed, statistic
         See :func:`fit_slope`.
+    alternative : {"two-sided", "less", "greater"}, default="two-sided"
+        What the p-value tests against: a difference ``slope_b - slope_a`` of either sign, below 0 or
+        above 0 (a planned, directional comparison).
 
     Returns
     -------
     SlopeDifference
         NaN slopes when fewer than two common sample sizes have a positive statistic in both.
     """
+    if alternative not in ("two-sided", "less", "greater"):
+        raise ValueError(f"alternative must be 'two-sided', 'less' or 'greater', got {alternative!r}")
     include = tuple(include)
     first = _slope_values(records_a, metric, include, min_n, max_n, statistic)
     second = _slope_values(records_b, metric, include, min_n, max_n, statistic)
     common = sorted(set(first) & set(second))
     if len(common) < 2:
         return SlopeDifference(metric, math.nan, math.nan, math.nan, math.nan, math.nan, tuple(common),
-                               confidence, math.nan, statistic)
+                               confidence, math.nan, statistic, alternative)
     first = {n: first[n] for n in common}
     second = {n: second[n] for n in common}
     log_n = np.log(np.array(common, dtype=float))
@@ -294,10 +301,12 @@ def compare_slopes(records_a: Sequence[dict], records_b: Sequence[dict], metric:
     boot = _bootstrap_slopes(second, n_boot, rng, statistic) - _bootstrap_slopes(first, n_boot, rng, statistic)
     low, high = _interval(boot, confidence)
     boot = boot[np.isfinite(boot)]
-    p_value = (min(1.0, 2.0 * (min(np.sum(boot <= 0), np.sum(boot >= 0)) + 1) / (boot.size + 1))
-               if boot.size else math.nan)
+    beyond = {"less": np.sum(boot >= 0), "greater": np.sum(boot <= 0),
+              "two-sided": min(np.sum(boot <= 0), np.sum(boot >= 0))}[alternative]
+    sides = 2.0 if alternative == "two-sided" else 1.0
+    p_value = min(1.0, sides * (beyond + 1) / (boot.size + 1)) if boot.size else math.nan
     return SlopeDifference(metric, float(slope_a), float(slope_b), float(slope_b - slope_a), low, high,
-                           tuple(common), confidence, float(p_value), statistic)
+                           tuple(common), confidence, float(p_value), statistic, alternative)
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:

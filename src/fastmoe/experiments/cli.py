@@ -306,22 +306,41 @@ def _compare(args) -> int:
     print("runs: " + "; ".join(f"[{i}] {name}" for i, name in enumerate(names)))
     print(f"slopes of log({args.statistic} metric) on log(n) over the sample sizes (count in 'sizes') that run [i] "
           "shares with run [0] (slope[0]: those it shares with [1]); difference = slope[i] - slope[0] with its "
-          "95% bootstrap interval and two-sided bootstrap p-value; Holm: the p-value adjusted by Holm's method "
-          "over every difference in this table (* where it is below 0.05)\n")
+          "95% bootstrap interval and bootstrap p-value. plan: a comparison one of the two definitions "
+          "declared ('planned'): its p-value is one-sided where a direction was declared and is read on its own; "
+          "Holm: the other p-values adjusted by Holm's method over all of them in this table; * where the "
+          "p-value read (planned) or adjusted (the rest) is below 0.05\n")
     head = f"{'metric':<14} {'slope[0]':>9}"
     for i in range(1, len(reports)):
-        head += f" {f'slope[{i}]':>9} {f'[{i}] - [0]':>10} {'95% CI':>18} {'p':>7} {'Holm':>7}   {'sizes':>5}"
+        head += (f" {f'slope[{i}]':>9} {f'[{i}] - [0]':>10} {'95% CI':>18} {'plan':>4} {'p':>7} {'Holm':>7}"
+                 f"   {'sizes':>5}")
     print(head)
+
+    def plan(other):
+        """``{metric: alternative}`` for slope(other) - slope(base), from either definition."""
+        out = dict(base.experiment.planned_against(other.experiment.name))
+        flip = {"less": "greater", "greater": "less", "two-sided": "two-sided"}
+        for metric, alternative in other.experiment.planned_against(base.experiment.name):
+            out.setdefault(metric, flip[alternative])
+        return out
+
+    plans = [plan(other) for other in others]
     table = [[compare_slopes(base.records, other.records, metric, include=include, n_boot=args.bootstrap,
-                             min_n=args.min_n, max_n=args.max_n, statistic=args.statistic) for other in others]
-             for metric in metrics]
-    adjusted = holm([d.p_value for row in table for d in row]).reshape(len(metrics), len(others))
-    for metric, diffs, held in zip(metrics, table, adjusted):
+                             min_n=args.min_n, max_n=args.max_n, statistic=args.statistic,
+                             alternative=planned.get(metric, "two-sided"))
+              for other, planned in zip(others, plans)] for metric in metrics]
+    unplanned = [[metric not in planned for planned in plans] for metric in metrics]
+    family = [d.p_value for row, free in zip(table, unplanned) for d, f in zip(row, free) if f]
+    adjusted = iter(holm(family))
+    for metric, diffs, free in zip(metrics, table, unplanned):
         line = f"{metric:<14} {diffs[0].slope_a:>+9.3f}"
-        for d, p_holm in zip(diffs, held):
-            flag = "*" if p_holm < 0.05 else " "
+        for d, f in zip(diffs, free):
+            p_holm = next(adjusted) if f else float("nan")
+            mark = {"two-sided": "!=", "less": "<", "greater": ">"}[d.alternative] if not f else ""
+            flag = "*" if (p_holm if f else d.p_value) < 0.05 else " "
+            holm_text = f"{p_holm:>7.4f}" if f else f"{'-':>7}"
             line += (f" {d.slope_b:>+9.3f} {d.difference:>+10.3f} [{d.ci_low:>+7.3f}, {d.ci_high:>+7.3f}]"
-                     f" {d.p_value:>7.4f} {p_holm:>7.4f} {flag} {len(d.sizes):>5}")
+                     f" {mark:>4} {d.p_value:>7.4f} {holm_text} {flag} {len(d.sizes):>5}")
         print(line)
     if args.plot is not None:
         from .plots import plot_comparison

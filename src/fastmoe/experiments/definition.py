@@ -77,6 +77,13 @@ class Experiment:
     truth_path : TruthPath or None, default=None
         Truths that move with ``n`` (:meth:`truth_at`); ``truth`` is then the start of the path. Stored in
         the definition only when set.
+    planned : tuple of str, default=()
+        Comparisons of slopes with other experiments that this one is run to make, declared before it
+        runs: ``"a_mean_1 < vanishing-standard"`` (this experiment's slope of ``a_mean_1`` is below,
+        i.e. steeper than, ``vanishing-standard``'s), ``">"``, or ``"!="`` for a two-sided question.
+        ``fastmoe rates compare`` tests a planned comparison on its own, one-sided where a direction is
+        declared, and corrects the unplanned rest for multiplicity (Holm). Not part of
+        :meth:`model_digest`: a plan changes no job's numbers.
     """
 
     name: str
@@ -94,6 +101,7 @@ class Experiment:
     coef_limit: float = 50.0
     description: str = ""
     truth_path: Optional[TruthPath] = None
+    planned: Tuple[str, ...] = ()
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -142,6 +150,9 @@ class Experiment:
                                              "experts (a*_j = 0), and the truth has none")
             for j in vanishing:
                 check_split_spread(true.b[j], self.fit.split_spread)
+        for entry in self.planned:
+            if schema.PLANNED.match(entry).group(3) == self.name:
+                raise schema.DefinitionError(f"planned {entry!r} compares the experiment with itself")
         primary = self.primary_loss if self.primary_loss is not None else losses[0]
         if primary not in losses:
             raise schema.DefinitionError(f"primary_loss {primary!r} is not among losses {losses}")
@@ -241,6 +252,7 @@ class Experiment:
             "fit": fit,
             "truth": self.truth.to_dict(),
             **({"truth_path": self.truth_path.to_dict()} if self.truth_path is not None else {}),
+            **({"planned": list(self.planned)} if self.planned else {}),
         }
 
     @classmethod
@@ -292,8 +304,21 @@ class Experiment:
         data = self.to_dict()
         for key in ("sample_sizes", "n_replications", "description"):
             data.pop(key)
+        data.pop("planned", None)
         canonical = json.dumps(data, sort_keys=True, default=float)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def planned_against(self, other: str):
+        """The planned comparisons with experiment ``other``: ``[(metric, alternative)]``, the alternative
+        being about ``slope(other) - slope(self)``: ``"greater"`` for ``"METRIC < other"``, ``"less"``
+        for ``">"``, ``"two-sided"`` for ``"!="``."""
+        side = {"<": "greater", ">": "less", "!=": "two-sided"}
+        out = []
+        for entry in self.planned:
+            metric, op, name = schema.PLANNED.match(entry).groups()
+            if name == other:
+                out.append((metric, side[op]))
+        return out
 
     def theory_slope(self, metric: str) -> float:
         """Theoretical slope of ``metric`` from :attr:`theory` (NaN when no key matches)."""

@@ -267,6 +267,10 @@ def check_fields(obj, rules: Mapping[str, Any], prefix: str = "") -> dict:
 
 LOSS_NAMES = List(Text(what="a loss name"), min_len=1)
 
+#: A planned comparison: ``"METRIC < EXPERIMENT"`` (this experiment's slope of METRIC is below, i.e.
+#: steeper than, EXPERIMENT's), ``"METRIC > EXPERIMENT"`` or ``"METRIC != EXPERIMENT"`` (two-sided).
+PLANNED = re.compile(r"^([A-Za-z0-9_]+) (<|>|!=) ([A-Za-z0-9_.-]+)$")
+
 #: Top-level fields of an experiment (the truth and the tables are checked on their own).
 EXPERIMENT = {
     "name": Text(pattern=r"^[A-Za-z0-9_.-]+$", what="letters, digits, '_', '.', '-'"),
@@ -279,6 +283,8 @@ EXPERIMENT = {
     "exact_translation": Boolean(),
     "coef_limit": Real(above=0),
     "description": Text(),
+    "planned": List(Text(pattern=PLANNED.pattern, what="'METRIC < EXPERIMENT', 'METRIC > EXPERIMENT' or "
+                                                     "'METRIC != EXPERIMENT'"), unique=True),
 }
 
 #: The ``[x_law]`` table (ranges that depend on ``kind`` are checked by :class:`~.options.XLaw`).
