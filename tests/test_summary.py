@@ -150,7 +150,11 @@ def test_save_and_load_keep_classes_feature_names_and_predictions(frame, tmp_pat
     # the loaded estimator checks columns and labels like the fitted one
     with pytest.raises(ValueError, match="feature names"):
         loaded.predict(X.rename(columns={"age": "height"}))
-    assert str(loaded.summary(X, labels)).startswith("Mixture of experts")
+    with warnings.catch_warnings():
+        # With class_weight the penalised maximum on these data lies at a boundary (class 'dog' absent
+        # from expert 0: 3 nats above the interior maximum), whose intercept has no standard error.
+        warnings.simplefilter("ignore", fastmoe.UncertaintyWarning)
+        assert str(loaded.summary(X, labels)).startswith("Mixture of experts")
     # and can be refitted with the same settings
     assert MixtureOfExpertsClassifier.load(tmp_path / "model.json").fit(X, labels).params_.allclose(
         model.params_, rtol=0, atol=0
