@@ -2,8 +2,8 @@
 
 For each replication: draw ``n`` samples from the truth (d = 2, K = 3, k = 2, standard gating), fit from
 the truth, form the 95% Wald intervals (``fastmoe.parameter_table``) and the bootstrap ones
-(``fastmoe.bootstrap_table``: percentile and basic intervals with the failed refits kept in the
-quantiles or dropped, and studentized ones, all from one set of refits), and record for each of the 15 free parameters whether each interval holds the true value.
+(``fastmoe.bootstrap_table``: the normal interval from the converged refits' standard deviation,
+percentile and basic intervals with the failed refits kept in the quantiles or dropped, and studentized ones, all from one set of refits), and record for each of the 15 free parameters whether each interval holds the true value.
 
     python examples/interval_coverage.py --n 5000 --replications 400 --boot 200 --jobs 2 \\
         --out interval-coverage.csv
@@ -36,7 +36,7 @@ TRUTH = dict(
 )
 # "percentile" and "basic" count the failed refits' last iterates in the quantiles (bootstrap_table's
 # failed="keep", its default); the "_drop" variants leave them out.
-INTERVALS = ("wald", "percentile", "basic", "bc", "percentile_drop", "basic_drop", "studentized")
+INTERVALS = ("wald", "normal", "percentile", "basic", "bc", "percentile_drop", "basic_drop", "studentized")
 COLUMNS = ["replication", "n", "parameter", "truth", "estimate", "wald_se", "boot_sd", "n_failed", "seconds",
            *(f"{kind}_{end}" for kind in INTERVALS for end in ("lower", "upper"))]
 
@@ -44,6 +44,8 @@ COLUMNS = ["replication", "n", "parameter", "truth", "estimate", "wald_se", "boo
 def one_replication(args):
     """Rows of one replication (a list of dicts), or a one-row list saying why the fit was left out."""
     replication, n, n_boot, seed, level = args
+    from scipy.special import ndtri
+
     import fastmoe
     from fastmoe.uncertainty import UncertaintyWarning, _bias_corrected_quantiles, bootstrap_table
 
@@ -74,6 +76,8 @@ def one_replication(args):
         intervals["wald"] = (wald.lower, wald.upper)
     if boot is not None:
         intervals["studentized"] = (boot.lower, boot.upper)
+        q = float(ndtri(0.5 + level / 2.0))  # the normal interval: the Wald form with the refits' sd
+        intervals["normal"] = (boot.estimate - q * boot.std_error, boot.estimate + q * boot.std_error)
         finite = np.isfinite(boot.replicates).all(axis=1)
         for suffix, rows_used in (("", finite), ("_drop", finite & ~boot.failed_refits)):
             q_low, q_high = np.quantile(boot.replicates[rows_used], [alpha / 2, 1 - alpha / 2], axis=0)

@@ -373,6 +373,14 @@ def test_bootstrap_intervals_come_from_the_refits(bootstrap_fit):
     below = (kept.replicates < kept.estimate).mean(axis=0)
     shifted = np.quantile(kept.replicates, norm.cdf(2 * norm.ppf(below) - 1.959963984540054), axis=0).diagonal()
     np.testing.assert_allclose(bc.lower, shifted, rtol=1e-10, atol=1e-10)
+    # "normal" (the default): the estimate -+ the normal quantile times the converged refits' sd
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UncertaintyWarning)
+        normal = bootstrap_table(result, X, y, **kwargs)
+    np.testing.assert_array_equal(normal.replicates, percentile.replicates)
+    np.testing.assert_allclose(normal.upper, normal.estimate + norm.ppf(0.975) * good.std(axis=0, ddof=1), rtol=1e-12)
+    np.testing.assert_allclose(normal.estimate - normal.lower, normal.upper - normal.estimate, rtol=1e-12)
+    assert normal.method.startswith("parametric bootstrap, normal interval")
     # the bulk of the refits scatters around the estimate on the scale of the Wald standard errors (the
     # tails need not: at n = 2000 some refits lie far out along weakly determined directions)
     wald = parameter_table(result, X, y)

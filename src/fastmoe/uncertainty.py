@@ -432,7 +432,7 @@ def parameter_table(
 # ----------------------------------------------------------------------------------------------------------
 # Parametric bootstrap
 # ----------------------------------------------------------------------------------------------------------
-BOOTSTRAP_INTERVALS = ("percentile", "basic", "bc", "studentized")
+BOOTSTRAP_INTERVALS = ("normal", "percentile", "basic", "bc", "studentized")
 
 
 def _bias_corrected_quantiles(replicates, estimate, level):
@@ -473,7 +473,7 @@ def _aligned(params, reference, max_experts=6):
 
 
 def bootstrap_table(
-    model, X, y, *, n_boot=200, interval="percentile", failed="keep", level=0.95, sample_weight=None,
+    model, X, y, *, n_boot=200, interval="normal", failed="keep", level=0.95, sample_weight=None,
     covariance="auto", n_jobs=1, random_state=None, max_iter=1000, tol=1e-8,
 ) -> ParameterTable:
     """Parametric-bootstrap intervals of the free parameters, beside the Wald ones of :func:`parameter_table`.
@@ -481,7 +481,7 @@ def bootstrap_table(
     Each replicate draws new labels ``y* ~ p_hat(. | x_n)`` from the fitted model at the same inputs
     (and weights), refits from the estimate (same number of experts, gating and ridge) and records the
     refitted free parameters, their experts relabelled onto the estimate's. The spread of the refits
-    gives the standard errors and the intervals; no normal approximation of the estimator is assumed.
+    gives the standard errors and the intervals.
 
     Parameters
     ----------
@@ -494,7 +494,11 @@ def bootstrap_table(
         standard error at the estimate, the refits use drawn labels.
     n_boot : int, default=200
         Replicates (refits).
-    interval : {"percentile", "basic", "bc", "studentized"}, default="percentile"
+    interval : {"normal", "percentile", "basic", "bc", "studentized"}, default="normal"
+        ``"normal"``: ``estimate -+ q sd``, the Wald form with the refits' standard deviation ``sd`` in
+        place of the inverse information's (Efron & Tibshirani 1993, section 13.2; the default: on the
+        README's truth at n = 5000 it covered 0.956 of the converged fits' parameters, where Wald covered
+        0.904 and the other bootstrap intervals 0.87-0.93, docs/uncertainty.md).
         ``"percentile"``: the ``(1 -+ level) / 2`` quantiles of the refits. ``"basic"``: those quantiles
         reflected about the estimate, ``2 theta_hat - q``. ``"bc"``: Efron's bias-corrected percentile
         interval (quantile levels shifted by the share of refits below the estimate). ``"studentized"`` (bootstrap-t): the quantiles
@@ -506,7 +510,7 @@ def bootstrap_table(
         do not converge: ``"keep"`` counts their last iterates in the quantiles of the percentile and
         basic intervals (they are draws of an estimator that runs off, and belong in its tails),
         ``"drop"`` leaves them out. The standard deviation, the covariance and the studentized interval
-        always use the converged refits only.
+        (and so the normal interval) always use the converged refits only.
     level : float, default=0.95
     sample_weight : array-like of shape (n_samples,), optional
         The fit's (frequency) weights; every replicate keeps them.
@@ -597,7 +601,12 @@ def bootstrap_table(
     quantile_set = replicates[np.isfinite(replicates).all(axis=1)] if failed == "keep" else good
     alpha = 1.0 - level
     std_error = good.std(axis=0, ddof=1)
-    if interval == "percentile":
+    if interval == "normal":
+        from scipy.special import ndtri
+
+        q = float(ndtri(0.5 + level / 2.0))
+        lower, upper = theta_hat - q * std_error, theta_hat + q * std_error
+    elif interval == "percentile":
         lower, upper = np.quantile(quantile_set, [alpha / 2, 1 - alpha / 2], axis=0)
     elif interval == "basic":
         q_low, q_high = np.quantile(quantile_set, [alpha / 2, 1 - alpha / 2], axis=0)
@@ -633,7 +642,8 @@ def bootstrap_table(
         covariance=np.cov(good, rowvar=False),
         method=f"parametric bootstrap, {interval} interval, {int(ok.sum())} of {n_boot} refits converged"
                + (f" (studentized by {wald.method})" if studentized else "")
-               + (", failed refits kept in the quantiles" if failed == "keep" and not studentized and n_failed else ""),
+               + (", failed refits kept in the quantiles"
+                  if failed == "keep" and interval in ("percentile", "basic", "bc") and n_failed else ""),
         replicates=replicates,
         n_failed=n_failed,
         failed_refits=failed_mask,
