@@ -191,3 +191,17 @@ def test_save_refuses_what_json_cannot_hold(data, tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"beta0": [0.0]}))
     with pytest.raises(ValueError, match="not a saved MixtureOfExpertsClassifier"):
         MixtureOfExpertsClassifier.load(tmp_path / "other.json")
+
+
+def test_summary_takes_its_standard_errors_from_the_bootstrap_when_asked(data, well_separated):
+    X, y = data
+    result = fastmoe.fit(X, y, 2, init=well_separated, n_threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastmoe.UncertaintyWarning)  # a few refits of n = 3000 may fail
+        summary = result.summary(X, y, n_boot=12, random_state=4)
+        table = fastmoe.bootstrap_table(result, X, y, n_boot=12, random_state=4)
+    frame = summary.to_frame()
+    np.testing.assert_allclose(frame["std_error"].to_numpy(), table.std_error, rtol=1e-12)
+    np.testing.assert_allclose(frame["upper"].to_numpy(), table.upper, rtol=1e-12)
+    assert "parametric bootstrap, normal interval" in str(summary)
+    assert "Wald" not in str(summary).split("standard errors", 1)[1].splitlines()[0]

@@ -140,15 +140,17 @@ class FitResult:
         )
 
     def summary(self, X=None, y=None, *, sample_weight=None, level=0.95, covariance="auto",
-                feature_names=None, class_names=None, n_threads=None):
-        """Header, gate shares and named coefficients; with the training ``(X, y)`` also standard errors.
+                feature_names=None, class_names=None, n_threads=None, n_boot=None, random_state=None):
+        """Header, gate shares and named coefficients; with the training ``(X, y)`` also standard errors
+        (Wald, or from ``n_boot`` bootstrap refits).
 
         See :func:`fastmoe.summary.summarize`; ``print`` the result for text, ``.to_frame()`` for pandas.
         """
         from .summary import summarize
 
         return summarize(self, X, y, sample_weight=sample_weight, level=level, covariance=covariance,
-                         feature_names=feature_names, class_names=class_names, n_threads=n_threads)
+                         feature_names=feature_names, class_names=class_names, n_threads=n_threads,
+                         n_boot=n_boot, random_state=random_state)
 
 
 def _check_init(init, gating, n_experts, n_features, n_classes):

@@ -710,7 +710,8 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             self, X, y, sample_weight=sample_weight, level=level, covariance=covariance, n_threads=self.n_threads
         )
 
-    def summary(self, X=None, y=None, *, sample_weight=None, level=0.95, covariance="auto"):
+    def summary(self, X=None, y=None, *, sample_weight=None, level=0.95, covariance="auto", n_boot=None,
+                random_state=None):
         """A statsmodels-style summary: header, experts' gate shares, named coefficients, standard errors.
 
         Coefficients are named by ``feature_names_in_`` (or ``x0, x1, ...``) and ``classes_``; the
@@ -725,6 +726,11 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         level : float, default=0.95
         covariance : {"auto", "observed", "penalised", "sandwich"}, default="auto"
             See :func:`fastmoe.parameter_table`.
+        n_boot : int, optional
+            Standard errors and intervals from this many parametric-bootstrap refits instead of Wald's
+            (see :func:`fastmoe.summary.summarize`).
+        random_state : None, int or numpy.random.Generator
+            Seeds the bootstrap.
 
         Returns
         -------
@@ -736,7 +742,8 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         if X is not None:
             X = self._check_X(X)
-        return summarize(self, X, y, sample_weight=sample_weight, level=level, covariance=covariance)
+        return summarize(self, X, y, sample_weight=sample_weight, level=level, covariance=covariance,
+                         n_boot=n_boot, random_state=random_state)
 
 
 _SAVE_FORMAT = "fastmoe.MixtureOfExpertsClassifier"

@@ -60,7 +60,8 @@ HEADER = [
     ("converged, diverged", lambda f: f"{_yes(f.result.converged)}, {_yes(f.result.diverged)}"),
     ("iterations", lambda f: f"{f.result.n_iter} ({f.result.n_newton} Newton steps), {f.result.time:.2f} s"),
     ("empty experts", lambda f: ", ".join(map(str, f.result.empty_experts)) if f.result.empty_experts else None),
-    ("standard errors", lambda f: f"{f.table.method}; Wald {f.table.level:.0%} intervals" if f.table is not None
+    ("standard errors", lambda f: f"{f.table.method}; {'' if f.table.replicates is not None else 'Wald '}"
+                                  f"{f.table.level:.0%} intervals" if f.table is not None
                                   else "not computed (pass the training X and y)"),
 ]
 
@@ -216,7 +217,7 @@ def _resolve(model, feature_names, class_names):
 
 def summarize(
     model, X=None, y=None, *, sample_weight=None, level=0.95, covariance="auto",
-    feature_names=None, class_names=None, n_threads=None,
+    feature_names=None, class_names=None, n_threads=None, n_boot=None, random_state=None,
 ) -> Summary:
     """The summary of a fit; what ``FitResult.summary`` and ``MixtureOfExpertsClassifier.summary`` return.
 
@@ -230,9 +231,16 @@ def summarize(
     sample_weight : array-like of shape (n_samples,), optional
         The fit's weights.
     level : float, default=0.95
-        Coverage of the Wald intervals.
+        Coverage of the intervals.
     covariance : {"auto", "observed", "penalised", "sandwich"}, default="auto"
         See :func:`fastmoe.parameter_table`.
+    n_boot : int, optional
+        With it, standard errors and intervals from ``n_boot`` parametric-bootstrap refits
+        (:func:`fastmoe.bootstrap_table`, its default normal interval) instead of the Wald ones: at
+        moderate ``n`` the Wald intervals cover less than they say (0.90 for 95% at n = 5000 on the
+        README's truth, the bootstrap's 0.96; docs/uncertainty.md).
+    random_state : None, int or numpy.random.Generator
+        Seeds the bootstrap's refits.
     feature_names, class_names : sequence, optional
         Names to use; by default an estimator's ``feature_names_in_`` (or ``x0, x1, ...``) and
         ``classes_``, and for a FitResult ``x0, x1, ...`` and ``0 .. K-1``. Feature names are those of
@@ -272,7 +280,12 @@ def summarize(
         X = check_X(X, n_features=params.n_inputs)
         w = check_sample_weight(sample_weight, X.shape[0])
         gate_share = np.average(gate_proba(params, X, n_threads), axis=0, weights=w if w.size else None)
-    if y is not None:
+    if y is not None and n_boot is not None:
+        from .uncertainty import bootstrap_table
+
+        table = bootstrap_table(model, X, y, n_boot=n_boot, level=level, sample_weight=sample_weight,
+                                covariance=covariance, random_state=random_state)
+    elif y is not None:
         table = parameter_table(model, X, y, sample_weight=sample_weight, level=level, covariance=covariance,
                                 n_threads=n_threads)
     names = table.names if table is not None else None
