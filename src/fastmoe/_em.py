@@ -271,12 +271,18 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
             taken = theta_try - theta
             return theta_try, float(grad @ taken - 0.5 * taken @ A @ taken)
 
+        def evaluate(step, predicted):
+            """The (projected) trial point of a model step and its objective, with the gain predicted for it."""
+            theta_try, projected_gain = trial(step)
+            W_try, V_try = from_free_vector(theta_try, W, V)
+            objective_try = problem.loglik(W_try, V_try) - penalty.total(W_try, V_try)
+            return W_try, V_try, objective_try, predicted if projected_gain is None else projected_gain
+
         if not model.concave and not allow_indefinite:
             return W, V, objective, n_steps
         decrements.append(model.decrement())
         if monitor.newton_settled(decrements, objective):
-            W_try, V_try = from_free_vector(trial(model.step(np.inf)[0])[0], W, V)
-            objective_try = problem.loglik(W_try, V_try) - penalty.total(W_try, V_try)
+            W_try, V_try, objective_try, _ = evaluate(model.step(np.inf)[0], 0.0)
             if objective_try > objective:
                 n_steps += 1
                 W, V, change, objective = W_try, V_try, objective_try - objective, objective_try
@@ -289,11 +295,7 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
         slack = problem.slack(objective)
         for _ in range(TRUST_MAX_SHRINK):
             step, predicted, length = model.step(radius)
-            theta_try, projected_gain = trial(step)
-            if projected_gain is not None:
-                predicted = projected_gain
-            W_try, V_try = from_free_vector(theta_try, W, V)
-            objective_try = problem.loglik(W_try, V_try) - penalty.total(W_try, V_try)
+            W_try, V_try, objective_try, predicted = evaluate(step, predicted)
             gain = objective_try - objective
             ratio = gain / predicted if predicted > 0 else 0.0
             if ratio < 0.25:
@@ -307,17 +309,13 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
         for _ in range(TRUST_EXPAND):
             if not (ratio > 0.75 and length >= 0.99 * radius / 2.0):  # radius was doubled above
                 break
-            step, predicted, length_more = model.step(radius)
+            step, predicted_more, length_more = model.step(radius)
             if length_more <= length * (1.0 + 1e-9):  # the model's maximiser lies inside: nothing further
                 break
-            theta_more, projected_gain = trial(step)
-            if projected_gain is not None:
-                predicted = projected_gain
-            W_more, V_more = from_free_vector(theta_more, W, V)
-            objective_more = problem.loglik(W_more, V_more) - penalty.total(W_more, V_more)
+            W_more, V_more, objective_more, predicted_more = evaluate(step, predicted_more)
             if not objective_more > objective_try + slack:  # also rejects NaN
                 break
-            W_try, V_try, objective_try, length = W_more, V_more, objective_more, length_more
+            W_try, V_try, objective_try, length, predicted = W_more, V_more, objective_more, length_more, predicted_more
             gain = objective_try - objective
             ratio = gain / predicted if predicted > 0 else 0.0
             radius = 2.0 * radius

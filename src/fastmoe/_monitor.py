@@ -277,7 +277,7 @@ class StartLog:
         A diverged start's objective is a value the likelihood takes on its way to infinity, so one above
         the kept maximum shows that the likelihood's supremum is not attained there: along that start's
         direction it rises without bound, and no finite maximum is the MLE (issue 12's benchmark
-        problems p1, p5 and p8 at n = 1e4 to 1e5).
+        problems p1, p2, p5 and p8 at n = 1e4 to 1e5).
         """
         if self.diverged[self.best]:
             return 0
