@@ -66,17 +66,26 @@ def _values_by_n(records, metric, include) -> Dict[int, np.ndarray]:
     return {n: np.asarray(v) for n, v in sorted(by_n.items())}
 
 
+def _check_statistic(statistic: str) -> None:
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+
+
 def _statistic(values: np.ndarray, statistic: str) -> np.ndarray:
     """The ``statistic`` (one of ``STATISTICS``) of ``values`` along its last axis."""
+    _check_statistic(statistic)
     if statistic == "median":
         return np.median(values, axis=-1)
     if statistic == "mean":
         return values.mean(axis=-1)
-    if statistic == "trimmed":
-        m = values.shape[-1]
-        cut = int(TRIM * m)
-        return np.sort(values, axis=-1)[..., cut:m - cut].mean(axis=-1)
-    raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+    m = values.shape[-1]
+    cut = int(TRIM * m)
+    return np.sort(values, axis=-1)[..., cut:m - cut].mean(axis=-1)
+
+
+def _resampled(values: np.ndarray, n_boot: int, rng: np.random.Generator, statistic: str) -> np.ndarray:
+    """The ``statistic`` of ``n_boot`` resamples of ``values`` drawn with replacement."""
+    return _statistic(values[rng.integers(values.size, size=(n_boot, values.size))], statistic)
 
 
 def summarize(records: Sequence[dict], metric: str, include: Iterable[str] = DEFAULT_INCLUDE, *,
@@ -111,7 +120,7 @@ def summarize(records: Sequence[dict], metric: str, include: Iterable[str] = DEF
         row = {"metric": metric, "n": n, "count": int(v.size)}
         if v.size:
             q10, median, q90 = np.quantile(v, [0.1, 0.5, 0.9])
-            low, high = (_interval(_statistic(v[rng.integers(v.size, size=(n_boot, v.size))], "median"), confidence)
+            low, high = (_interval(_resampled(v, n_boot, rng, "median"), confidence)
                          if n_boot > 0 else (math.nan, math.nan))
             row.update(median=float(median), median_low=low, median_high=high,
                        trimmed=float(_statistic(v, "trimmed")), mean=float(v.mean()),
@@ -199,7 +208,7 @@ def fit_slope(records: Sequence[dict], metric: str, *, include: Iterable[str] = 
 
 def _slope_values(records, metric, include, min_n=None, max_n=None, statistic="median") -> Dict[int, np.ndarray]:
     """The per-``n`` values a slope is fitted on: the sizes in ``[min_n, max_n]`` with a positive statistic."""
-    _statistic(np.ones(1), statistic)  # an unknown statistic is an error even without rows
+    _check_statistic(statistic)  # an error even without rows
     return {n: v for n, v in _values_by_n(records, metric, tuple(include)).items()
             if v.size and _statistic(v, statistic) > 0 and (min_n is None or n >= min_n)
             and (max_n is None or n <= max_n)}
@@ -212,7 +221,7 @@ def _bootstrap_slopes(values: Dict[int, np.ndarray], n_boot: int, rng: np.random
     boot = np.empty((n_boot, len(sizes)))
     for col, n in enumerate(sizes):
         v = values[n]
-        boot[:, col] = _statistic(v[rng.integers(v.size, size=(n_boot, v.size))], statistic)
+        boot[:, col] = _resampled(v, n_boot, rng, statistic)
     with np.errstate(divide="ignore"):
         slopes, _ = _ols_slopes(np.log(np.array(sizes, dtype=float)), np.log(boot))
     return slopes  # -inf/nan only if a resampled statistic is 0; _interval drops them
