@@ -27,9 +27,10 @@ maximum, 6169 nats short at d = 10, n = 1e5). The default search (``init="search
    issue 12's p2 (tanh gating, n = 1e4) 2-5 of 32 moves from the commonest maximum reached the best,
    against 0 of 48 k-means and 3 of 48 random starts; Newton-first moves cost a fifth of EM moves there
    (25 against 315 iterations) and reach it as often; on p6 (d = 10) three fifths of the time;
-3. scores the distinct maxima found on all the data, takes ``PROBE_STEPS`` Newton steps there from the
-   best ``PROBE_TOP`` of them, and refines the best ``REFINE_TOP`` of those to the fit's tolerance, by
-   EM and the Newton finish.
+3. scores the distinct maxima found on all the data and runs the best of them to the fit's tolerance
+   there, by the Newton finish and EM, then the next ones while they could still overtake it: up to
+   ``FINAL_TOP``, while a candidate's score is within ``FINAL_MARGIN`` expected gains of a subsample's
+   maximum on all the data below the best objective reached.
 
 Maxima closer than the subsample can tell apart (on a mirror-symmetric two-expert truth at n = 6e4, two
 maxima 0.005 nats apart) may be confused: the search then keeps either. The structural maxima that trap
@@ -73,10 +74,11 @@ SEARCH_ROUNDS_MIN, SEARCH_ROUNDS_MAX = 3, 16
 MOVE_PATIENCE = 16
 #: Rounds of starts stop when a further start is estimated to find a new maximum at most this often.
 UNSEEN_STOP = 0.1
-#: Distinct maxima of the exploration probed on all the data (Newton steps from each), and refined.
-PROBE_TOP = 4
-PROBE_STEPS = 3
-REFINE_TOP = 2
+#: Distinct maxima of the exploration run on all the data at most, and how many expected gains (of a
+#: subsample's maximum on all the data) below the best objective reached a candidate may score and
+#: still be run.
+FINAL_TOP = 4
+FINAL_MARGIN = 4.0
 
 
 @dataclass(frozen=True)
@@ -208,23 +210,30 @@ def search(problem, penalty, n_init, rng, *, tol, max_iter, newton, n_threads, c
     # The subsample's own objective ranks maxima whose gap is O(n) nats on all the data only up to
     # the noise of its O(size) scale, where maxima that fit the subsample's own points compete. Every
     # maximum it found is scored on all the data instead (one E-step pass each: nine tenths of the rows
-    # are new to it). A subsample's maximum is O(sqrt(p / size)) away from the data's in its basin, and
-    # its score falls short by O(p n / size) nats with a spread of its own, enough to rank a maximum a
-    # few nats lower first (issue 12's p3: 7 nats at n = 1e5); a few Newton steps on all the data
-    # converge quadratically from there, so the best few are probed so before the final ranking.
+    # are new to it), and the best few are run to the fit's tolerance there, from the highest score.
     candidates = [r for r in runs if not r.diverged] or runs
     scores = [problem.loglik(r.W, r.V) - penalty.total(r.W, r.V) for r in candidates]
-    top = [candidates[i] for i in _distinct_order(scores)[:PROBE_TOP]]
-    if len(top) > REFINE_TOP:
-        probes = run_starts(problem, penalty, [Start("given", newton, None, (r.W, r.V)) for r in top], tol=tol,
-                            max_iter=PROBE_STEPS, newton=newton, n_threads=n_threads)
-        kept = [p for p in probes if not p.diverged] or probes
-        top = [kept[i] for i in _distinct_order([p.objective for p in kept])[:REFINE_TOP]]
-    # Newton first here too: near a maximum its decrements certify convergence, where EM's changes on a
-    # flat ridge can look settled 0.02 nats short of it.
-    finals = run_starts(problem, penalty, [Start("given", newton, None, (r.W, r.V)) for r in top],
-                        tol=tol, max_iter=max_iter, newton=newton, n_threads=n_threads, callback=callback,
-                        verbose=verbose)
+    # A subsample's maximum sits O(sqrt(p / size)) from the data's in its basin, so its score falls
+    # short of the maximum it leads to by about (n / size - 1) chi2_p / 2 nats (the subsample's
+    # estimate is the data's plus noise of covariance (1 / size - 1 / n) times the inverse
+    # information): 244 expected, 230-275 seen, on issue 12's p6 (p = 209, 3e4 of 1e5 rows). A
+    # candidate scored more than FINAL_MARGIN such gains (or the largest gain seen, when larger) below
+    # the best objective reached cannot overtake it and is not run: on p6 the runner-up scored 1350
+    # nats below, and running it cost as much as the winner; on p3 (p = 24) maxima 4 nats apart are
+    # all run.
+    expected_gain = 0.5 * (problem.total_weight / explore.total_weight - 1.0) * n_free
+    finals, gains = [], [expected_gain]
+    for i in _distinct_order(scores)[:FINAL_TOP]:
+        if finals and scores[i] + FINAL_MARGIN * max(gains) < finals[_best(finals)].objective:
+            break  # the rest scored lower still
+        # Newton first: near a maximum its decrements certify convergence, where EM's changes on a
+        # flat ridge can look settled 0.02 nats short of it.
+        finals += run_starts(problem, penalty, [Start("given", newton, None, (candidates[i].W, candidates[i].V))],
+                             tol=tol, max_iter=max_iter, newton=newton, n_threads=n_threads, callback=callback,
+                             verbose=verbose)
+        gains.append(finals[-1].objective - scores[i])
+        if _stopped(finals):
+            break
     return finals[_best(finals)], log
 
 
