@@ -293,9 +293,10 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
         if radius is None:
             radius = model.newton_length() if model.concave else 1.0
         slack = problem.slack(objective)
+        tried = {}  # radius -> evaluated trial: the expansion below may come back to a radius tried here
         for _ in range(TRUST_MAX_SHRINK):
             step, predicted, length = model.step(radius)
-            W_try, V_try, objective_try, predicted = evaluate(step, predicted)
+            W_try, V_try, objective_try, predicted = tried[radius] = evaluate(step, predicted)
             gain = objective_try - objective
             ratio = gain / predicted if predicted > 0 else 0.0
             if ratio < 0.25:
@@ -312,7 +313,8 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
             step, predicted_more, length_more = model.step(radius)
             if length_more <= length * (1.0 + 1e-9):  # the model's maximiser lies inside: nothing further
                 break
-            W_more, V_more, objective_more, predicted_more = evaluate(step, predicted_more)
+            W_more, V_more, objective_more, predicted_more = (tried[radius] if radius in tried
+                                                              else evaluate(step, predicted_more))
             if not objective_more > objective_try + slack:  # also rejects NaN
                 break
             W_try, V_try, objective_try, length, predicted = W_more, V_more, objective_more, length_more, predicted_more
