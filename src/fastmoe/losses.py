@@ -13,6 +13,10 @@ Voronoi cells, never by index. Every function here goes through the same three s
    gating is identified only up to a common shift ``(t0, t1)``, and the fitted reference expert may sit
    in another cell than the true one, so the fitted reference convention is not the right one to compare.
 3. **Cells and loss** (:func:`voronoi_cells`, :func:`voronoi_loss`, :func:`per_parameter_errors`).
+
+:func:`D2q` is :func:`D2` with the one part quotiented out that the data cannot determine (issue 14): the
+intercepts of the individual atoms of a split cell whose true expert vanishes (``MODEL.md`` section 4,
+"Known trap"), replaced by the cell's pooled class probabilities, which the data do determine.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ __all__ = [
     "D1",
     "D2",
     "D2r",
+    "D2q",
     "per_parameter_errors",
     "flat",
     "PER_PARAMETER_FIELDS",
@@ -46,6 +51,7 @@ PER_PARAMETER_FIELDS = (
     "a_mean",
     "b_max",
     "b_mean",
+    "bpool",
 )
 
 
@@ -116,7 +122,7 @@ def _shifted(params, t):
 _DEGENERATE_MASS_LOG_RATIO = np.log(1e6)
 
 
-def _exact_alignment(start, true, exponents):
+def _exact_alignment(start, true, exponents, quotient=False):
     """Minimise the loss over ``(t0, t1)`` from the closed-form alignment ``start``.
 
     The loss is only piecewise smooth (absolute values, cells that switch as ``t1`` moves), so a
@@ -127,7 +133,7 @@ def _exact_alignment(start, true, exponents):
     def objective(t):
         # A wild simplex vertex may overflow exp(beta0 + t0); treat it as a bad point, not an error.
         with np.errstate(over="ignore", invalid="ignore"):
-            value = _loss(_shifted(start, t), true, *exponents)
+            value = _loss(_shifted(start, t), true, *exponents, quotient=quotient)
         return value if np.isfinite(value) else np.inf
 
     # Imported here: scipy.optimize costs ~0.4 s, paid only by exact alignment (issue 13, item 4).
@@ -160,7 +166,7 @@ def _exact_alignment(start, true, exponents):
     return aligned
 
 
-def align_translation(fitted, true, exact=False, r_beta=1.0, r_a=1.0, r_b=1.0):
+def align_translation(fitted, true, exact=False, r_beta=1.0, r_a=1.0, r_b=1.0, quotient=False):
     """Bring the fitted gating onto the translation of the true one.
 
     Parameters
@@ -179,6 +185,9 @@ def align_translation(fitted, true, exact=False, r_beta=1.0, r_a=1.0, r_b=1.0):
         therefore use the closed form.
     r_beta, r_a, r_b : float, default=1.0
         Exponents of the loss that ``exact=True`` minimises (ignored otherwise).
+    quotient : bool, default=False
+        Whether the loss that ``exact=True`` minimises is the quotient form (see :func:`voronoi_loss`);
+        ignored otherwise.
 
     Returns
     -------
@@ -190,7 +199,7 @@ def align_translation(fitted, true, exact=False, r_beta=1.0, r_a=1.0, r_b=1.0):
     aligned = _closed_form_alignment(fitted, true)
     if exact:
         exponents = tuple(_check_exponent(n, r) for n, r in (("r_beta", r_beta), ("r_a", r_a), ("r_b", r_b)))
-        aligned = _exact_alignment(aligned, true, exponents)
+        aligned = _exact_alignment(aligned, true, exponents, quotient=bool(quotient))
     return aligned
 
 
@@ -218,8 +227,41 @@ def _pieces(fitted, true):
     return cell, mass, err_beta, err_a, err_b
 
 
-def _loss(fitted, true, r_beta, r_a, r_b):
-    """The general loss on parameters that are already normalised and aligned."""
+def _vanishing(true):
+    """Mask of the true atoms whose expert vanishes (``a*_j = 0``), on normalised parameters.
+
+    An exact zero test, not a tolerance: a vanishing expert is a property the truth is built with (the
+    presets write ``a*_j = 0``), and a truth with a small but nonzero ``a*_j`` (a local alternative moved
+    off the degenerate point) is identifiable, so :func:`D2`'s terms are the right ones for it; any
+    tolerance would be a scale in the units of ``a`` that nothing here fixes. In reference conventions
+    ``a*_j - a*_{K-1,j}`` of an expert with equal class rows is exactly 0 in floating point. With
+    intercept-only experts (``d = 0``) every expert is constant in ``x``, and every atom vanishes.
+    """
+    return np.all(true.a == 0, axis=(1, 2))
+
+
+def _pooled_intercept_errors(fitted, true, cell):
+    """Per true atom ``j``: ``||bbar_j - b*_j||``, ``bbar_j`` the intercepts of the cell's pooled class
+    probabilities (see :func:`D2q`); NaN for an empty cell. On normalised (and aligned) parameters.
+
+    ``bbar_j = log m_j - log m_{j,K-1}`` with ``m_j(y) = sum_{i in A_j} exp(beta0_i) softmax(b_i)_y``:
+    the normaliser ``sum_i exp(beta0_i)`` of the pooled probabilities cancels, so no translation of the
+    gating (``t0``, ``t1``) enters. Computed in log space, as the alignment is: a diverged fit's huge
+    ``beta0`` or ``b`` must not overflow.
+    """
+    from scipy.special import log_softmax, logsumexp  # on first use, as in _logsumexp (issue 13)
+
+    log_class_mass = fitted.beta0[:, None] + log_softmax(fitted.b, axis=1)  # log(w_i softmax(b_i)_y)
+    err = np.full(true.n_experts, np.nan)
+    for j in np.unique(cell):
+        log_m = logsumexp(log_class_mass[cell == j], axis=0)
+        err[j] = np.linalg.norm(log_m - log_m[-1] - true.b[j])
+    return err
+
+
+def _loss(fitted, true, r_beta, r_a, r_b, quotient=False):
+    """The general loss on parameters that are already normalised and aligned (``quotient``: see
+    :func:`voronoi_loss`)."""
     cell, mass, err_beta, err_a, err_b = _pieces(fitted, true)
     k_true = true.n_experts
     cell_mass = np.bincount(cell, weights=mass, minlength=k_true)
@@ -228,8 +270,18 @@ def _loss(fitted, true, r_beta, r_a, r_b):
     mass_term = np.abs(cell_mass - np.exp(true.beta0)).sum()
     split = cell_size[cell] > 1
     first_order = err_beta + err_a + err_b
-    split_order = err_beta**r_beta + err_a**r_a + err_b**r_b
-    return float(mass_term + mass @ np.where(split, split_order, first_order))
+    if not quotient:
+        split_order = err_beta**r_beta + err_a**r_a + err_b**r_b
+        return float(mass_term + mass @ np.where(split, split_order, first_order))
+    # Split cells of vanishing true atoms: the atoms' own intercepts are not identifiable, so their b term
+    # is dropped and the cell's pooled intercepts enter once, weighted by the cell mass, exponent 1.
+    pooled_cells = _vanishing(true) & (cell_size > 1)
+    pooled_atom = pooled_cells[cell]
+    split_order = err_beta**r_beta + err_a**r_a + np.where(pooled_atom, 0.0, err_b**r_b)
+    pooled_term = 0.0
+    if pooled_cells.any():
+        pooled_term = cell_mass[pooled_cells] @ _pooled_intercept_errors(fitted, true, cell)[pooled_cells]
+    return float(mass_term + mass @ np.where(split, split_order, first_order) + pooled_term)
 
 
 def voronoi_cells(fitted, true, exact_translation=False):
@@ -252,13 +304,15 @@ def voronoi_cells(fitted, true, exact_translation=False):
     return _cells(aligned, true.normalized())
 
 
-def voronoi_loss(fitted, true, r_beta=2.0, r_a=2.0, r_b=2.0, exact_translation=False):
+def voronoi_loss(fitted, true, r_beta=2.0, r_a=2.0, r_b=2.0, exact_translation=False, quotient=False):
     """General Voronoi loss ``D(G, G*)`` of ``MODEL.md`` section 4.
 
     ``sum_j |sum_{i in A_j} exp(beta0_i) - exp(beta0*_j)|``
     ``+ sum_{|A_j| = 1} exp(beta0_i) (|dbeta_ij| + |da_ij| + |db_ij|)``
     ``+ sum_{|A_j| > 1} sum_{i in A_j} exp(beta0_i) (|dbeta_ij|^r_beta + |da_ij|^r_a + |db_ij|^r_b)``,
-    with Euclidean norms (Frobenius for ``a``), after translation alignment.
+    with Euclidean norms (Frobenius for ``a``), after translation alignment. With ``quotient=True``, in
+    the split cells of vanishing true atoms the ``|db_ij|^r_b`` terms are replaced by one pooled term
+    (see :func:`D2q`).
 
     Parameters
     ----------
@@ -269,14 +323,19 @@ def voronoi_loss(fitted, true, r_beta=2.0, r_a=2.0, r_b=2.0, exact_translation=F
         cells always use exponent 1.
     exact_translation : bool, default=False
         Use the infimum over gating translations (found numerically) instead of the closed-form alignment.
+    quotient : bool, default=False
+        Quotient out the intercepts of the atoms of split vanishing cells (:func:`D2q`); the exact
+        alignment then minimises this loss.
 
     Returns
     -------
     float
     """
     exponents = tuple(_check_exponent(n, r) for n, r in (("r_beta", r_beta), ("r_a", r_a), ("r_b", r_b)))
-    aligned = align_translation(fitted, true, exact=exact_translation, r_beta=r_beta, r_a=r_a, r_b=r_b)
-    return _loss(aligned, true.normalized(), *exponents)
+    quotient = bool(quotient)
+    aligned = align_translation(fitted, true, exact=exact_translation, r_beta=r_beta, r_a=r_a, r_b=r_b,
+                                quotient=quotient)
+    return _loss(aligned, true.normalized(), *exponents, quotient=quotient)
 
 
 def D1(fitted, true, exact_translation=False):
@@ -308,6 +367,85 @@ def D2r(fitted, true, r, exact_translation=False):
     return voronoi_loss(fitted, true, r, r, r, exact_translation=exact_translation)
 
 
+def D2q(fitted, true, r=2.0, exact_translation=False):
+    """``D2q``: :func:`D2` with the non-identifiable intercepts of split vanishing cells quotiented out.
+
+    For a true atom ``j`` whose expert vanishes (``a*_j = 0`` exactly: its class probabilities
+    ``p*_j = softmax(b*_j)`` do not depend on ``x``) and whose Voronoi cell ``A_j`` holds two or more fitted
+    atoms, the terms ``exp(beta0_i) ||db_ij||^r`` of :func:`D2` are replaced by one term
+
+    ``W_j ||bbar_j - b*_j||``,  ``W_j = sum_{i in A_j} exp(beta0_i)``,
+
+    where ``bbar_j`` (reference class last) are the intercepts of the cell's pooled class probabilities
+    ``q_j = sum_{i in A_j} exp(beta0_i) softmax(b_i) / W_j``: ``softmax(bbar_j) = q_j``. Every other term
+    (cell masses, single-atom cells, ``beta1`` and ``a`` of split cells, ``b`` of split cells whose true
+    expert does not vanish) is :func:`D2`'s, so ``D2q == D2`` when no true expert vanishes or no
+    vanishing cell is split.
+
+    Parameters
+    ----------
+    fitted, true : MoEParams
+        Same ``d``, ``d_gate``, ``K`` and gating transform; any numbers of experts.
+    r : float, default=2.0
+        Exponent of ``beta1``, ``a`` and ``b`` in split cells, as in :func:`D2`. The pooled term always has
+        exponent 1 (see Notes).
+    exact_translation : bool, default=False
+        Use the infimum of this loss over gating translations instead of the closed-form alignment.
+
+    Returns
+    -------
+    float
+
+    Notes
+    -----
+    **What the data determine.** A vanishing true atom contributes, for each class ``y``, the gating term
+    ``exp(beta0*_j + beta1*_j . M(x)) p*_j(y)``. Fitted atoms with constant experts and the true gating
+    slope reproduce it whenever their *class masses* ``m_j(y) = sum_{i in A_j} exp(beta0_i) softmax(b_i)_y``
+    equal ``exp(beta0*_j) p*_j(y)``, whatever the individual ``b_i`` (``MODEL.md`` section 4, "Known
+    trap"). So the law fixes ``m_j``, i.e. the cell mass ``W_j`` (already in the mass term) and ``q_j``,
+    and nothing else of the ``b_i``; ``q_j`` is constant on the set of parameters that reproduce the true
+    law, and ``D2q`` is 0 at every such parameter whose atoms fall in their true atom's cell, where
+    :func:`D2` is not.
+
+    **Why the atoms' own ``a_i`` and ``beta1_i`` do not enter ``q_j``** (the experts are taken at
+    ``x = 0``, the weights are the measure's masses, not the gate at some ``x``). Expanding the cell's
+    contribution to the law in ``dbeta_i . M(x)`` and ``a_i x`` (the fitted ``a_i`` are the errors
+    ``da_ij``), ``m_j(y) - exp(beta0*_j) p*_j(y)`` is the coefficient of the one term that is constant in
+    ``x`` (times ``exp(beta1*_j . M(x))``); every other term carries a power of ``dbeta_i . M(x)`` or of
+    ``a_i x``. Averaging ``softmax(a_i x + b_i)`` over an input law instead would fold the ``a`` errors
+    into the pooled term (at first order when the law's mean is not 0, at second order otherwise), so it
+    would inherit their slow rate, which the ``a`` term already measures; and the losses know no input
+    law. With ``a_i = 0`` and ``beta1_i = beta1*_j`` both choices agree.
+
+    **Exponent 1 and the expected rate.** ``m_j(y)`` is the mass of a "class-``y`` sub-cell", and plays
+    the role the cell mass plays in :func:`D2`: there the mass term has exponent 1 and converges at
+    ``n^(-1/2)`` (up to ``log n``) wherever D2's theory holds. The pooled term is a smooth function of
+    the parameters that the law identifies, so at the parametric rate ``n^(-1/2)`` the right exponent is
+    1 (exponent ``r`` would make it ``n^(-r/2)``, hidden under the other terms). How sure: that ``q_j``
+    is identified is exact algebra (and tested). That it converges at ``n^(-1/2)`` is a heuristic, not a
+    proof: it rests on the coefficient argument above, i.e. on the inequality ``|m_j - m*_j| <= C
+    ||p_G - p_G*||`` near a degenerate truth, which is not proved here. It is expected under modified
+    gating (where D2's theory gives the cell mass ``n^(-1/2)``); under standard gating with a vanishing
+    expert the paper's lower bound is for ``D2r`` as a whole and says nothing of the pooled quantity, and
+    on the local alternatives near such a truth even the measured cell masses did not decay
+    (docs/results.md): there the rate is unknown. Fit the slope of ``bpool_j`` (:func:`per_parameter_errors`) before relying on it. ``D2q``
+    as a whole keeps D2's ``beta1`` and ``a`` terms, so it is no faster than they are.
+
+    **Invariances.** ``bbar_j`` depends on the masses only through their ratios within the cell, so the
+    gating's common translation ``(t0, t1)`` does not enter it; its weight ``W_j`` is aligned as every
+    mass of :func:`D2` is (:func:`align_translation`). Like every term, it does not depend on the order of
+    the fitted atoms. The cells are :func:`D2`'s Voronoi cells, which use the ``b_i`` to assign atoms: a
+    vanishing cell's atom whose intercepts wander far enough can land in another cell, which the
+    quotient does not undo.
+
+    **Units.** The pooled error is measured in intercepts (logits), the units of the ``db`` terms it
+    replaces: when every atom of the cell has the same ``b_i = b``, ``bbar_j = b`` and the term is
+    ``W_j ||b - b*_j||``, D2's single-atom ``b`` term. Near ``p*_j`` (interior of the simplex) the
+    logit and probability errors are equivalent, so the rate is the same in either.
+    """
+    return voronoi_loss(fitted, true, r, r, r, exact_translation=exact_translation, quotient=True)
+
+
 # -- per-parameter errors ------------------------------------------------------------------------------
 def per_parameter_errors(fitted, true, exact_translation=False):
     """Errors per true atom, so rates can be fitted parameter by parameter.
@@ -327,7 +465,11 @@ def per_parameter_errors(fitted, true, exact_translation=False):
         - ``cell_size``: ``|A_j|`` (int);
         - ``mass_err``: ``|sum_{i in A_j} exp(beta0_i) - exp(beta0*_j)|`` (``exp(beta0*_j)`` if empty);
         - ``beta1_max``, ``a_max``, ``b_max``: the largest error over the atoms of the cell;
-        - ``beta1_mean``, ``a_mean``, ``b_mean``: the mass-weighted mean error over the cell.
+        - ``beta1_mean``, ``a_mean``, ``b_mean``: the mass-weighted mean error over the cell;
+        - ``bpool``: for a vanishing true atom (``a*_j = 0``), ``||bbar_j - b*_j||``, the error of the
+          intercepts of the cell's pooled class probabilities (the identifiable part of the cell's ``b``,
+          see :func:`D2q`; equal to ``b_max`` when the cell holds one atom); NaN for a true atom that does
+          not vanish, whose ``b`` errors are identifiable and reported by ``b_max`` and ``b_mean``.
 
         Parameter errors are NaN for an empty cell. Use :func:`flat` for ``name_j -> float`` records.
     """
@@ -349,6 +491,7 @@ def per_parameter_errors(fitted, true, exact_translation=False):
                 mean[j] = mass[in_cell] @ err[in_cell] / mass[in_cell].sum()
         out[f"{name}_max"] = worst
         out[f"{name}_mean"] = mean
+    out["bpool"] = np.where(_vanishing(true), _pooled_intercept_errors(aligned, true, cell), np.nan)
     return out
 
 
