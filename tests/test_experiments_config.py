@@ -132,7 +132,10 @@ def test_loss_names():
     assert parse_loss("D2") == Loss("D2", "D2", None)
     assert parse_loss("D2r4") == Loss("D2r4", "D2r", 4.0)
     assert parse_loss("D2r1.5") == Loss("D2r1.5", "D2r", 1.5)
-    for bad in ("D3", "d1", "D2r", "D2r-1", "D2r4 "):
+    assert parse_loss("D2q") == Loss("D2q", "D2q", None)
+    assert parse_loss("D2q4") == Loss("D2q4", "D2q", 4.0)
+    assert parse_loss("D2q1.5") == Loss("D2q1.5", "D2q", 1.5)
+    for bad in ("D3", "d1", "D2r", "D2r-1", "D2r4 ", "D2q-1", "D2qr4", "D2rq", "d2q", "D2q "):
         with pytest.raises(ValueError, match="unknown loss"):
             parse_loss(bad)
 
@@ -150,6 +153,59 @@ def test_each_loss_name_is_computed_by_its_function():
         assert scores["D2r1.5"] == losses.D2r(fitted, truth, 1.5, exact_translation=exact)
         errors = losses.flat(losses.per_parameter_errors(fitted, truth, exact_translation=exact))
         assert list(scores) == ["D1", "D2", "D2r4", "D2r1.5", *errors]
+
+
+def test_quotient_loss_names_are_computed_by_d2q():
+    # A vanishing truth with its vanishing cell split: D2q differs from D2, and the records carry the
+    # pooled-intercept error of the vanishing atom only.
+    from fastmoe import losses
+
+    truth = get_preset("vanishing-tanh").truth
+    fitted = init_near_truth(truth, 3, np.random.default_rng(0), scale=0.2, split_cells=[1])
+    scores = score(fitted, truth, ["D2q", "D2q4", "D2"])
+    assert scores["D2q"] == losses.D2q(fitted, truth)
+    assert scores["D2q4"] == losses.D2q(fitted, truth, r=4.0)
+    assert scores["D2q"] != scores["D2"]
+    assert scores["cell_size_1"] == 2 and math.isfinite(scores["bpool_1"]) and math.isnan(scores["bpool_0"])
+    # Over-fit's truth has no vanishing expert: D2q is D2.
+    truth = get_preset("over-fit").truth
+    fitted = init_near_truth(truth, 3, np.random.default_rng(0), scale=0.2, split_cells=[0])
+    assert score(fitted, truth, ["D2q"])["D2q"] == losses.D2(fitted, truth)
+
+
+def test_reports_carry_d2q_and_bpool_of_vanishing_atoms_only(tmp_path):
+    from fastmoe.experiments.analysis import analyse, rate_metrics
+
+    base = get_preset("vanishing-tanh").with_grid(sample_sizes=[1000, 4000, 16000], n_replications=4)
+    exp = Experiment.from_dict({**base.to_dict(), "losses": ["D2q", "D2"], "primary_loss": "D2q",
+                                "theory": {"bpool_1": -0.5}})
+    assert exp.losses == ("D2q", "D2")
+    rng = np.random.default_rng(3)
+    records = []
+    for n in exp.sample_sizes:
+        for rep in range(exp.n_replications):
+            record = fake_record(exp, n, rep)
+            noise = lambda: float(n**-0.5 * rng.lognormal(0, 0.2))  # noqa: E731
+            record.update(D2q=noise(), D2=noise(), mass_err_0=noise(), mass_err_1=noise(), bpool_0=math.nan,
+                          bpool_1=noise())
+            records.append(record)
+    metrics = rate_metrics(exp, records)
+    assert metrics[:2] == ["D2q", "D2"]
+    assert "bpool_1" in metrics and "bpool_0" not in metrics  # atom 0 does not vanish: NaN throughout
+    with ResultStore(tmp_path / "run") as store:
+        store.register(exp)
+        run = store.start_run(exp.name, "local", 1, 1)
+        for record in records:
+            store.add(record, run)
+    report = analyse(tmp_path / "run", n_boot=20)
+    table = report.format_table()
+    assert "median D2q" in table and "bpool_1" in table and "bpool_0" not in table
+    assert report.slopes["bpool_1"].theory == -0.5
+    assert report.slopes["bpool_1"].slope == pytest.approx(-0.5, abs=0.2)
+    pytest.importorskip("matplotlib")
+    from fastmoe.experiments.plots import plot_report
+
+    assert all(p.stat().st_size > 0 for p in plot_report(report, tmp_path / "plots", formats=("png",), dpi=30))
 
 
 def test_job_streams_depend_on_base_seed_n_and_replication_only():

@@ -40,16 +40,26 @@ STATISTICS = ("median", "trimmed", "mean")
 TRIM = 0.1
 
 #: Per-parameter error fields fitted for a rate (see :data:`fastmoe.losses.PER_PARAMETER_FIELDS`).
-PARAMETER_FIELDS = ("mass_err", "beta1_max", "a_max", "b_max", "beta1_mean", "a_mean", "b_mean")
+PARAMETER_FIELDS = ("mass_err", "beta1_max", "a_max", "b_max", "beta1_mean", "a_mean", "b_mean", "bpool")
+
+#: Fields defined for some true atoms only (NaN for the others): listed for an atom only where a record
+#: has a value. ``bpool_j`` exists for vanishing true atoms (:func:`fastmoe.losses.per_parameter_errors`).
+_SOMETIMES_DEFINED = ("bpool",)
 
 
 def rate_metrics(experiment: Experiment, records: Sequence[dict], mean_fields: bool = True) -> List[str]:
     """Metrics with a rate: the experiment's losses, then per true atom the per-parameter errors."""
     present = set().union(*(r.keys() for r in records)) if records else set()
     fields = PARAMETER_FIELDS if mean_fields else tuple(f for f in PARAMETER_FIELDS if not f.endswith("_mean"))
+
+    def defined(key):
+        # Otherwise every report would carry a row of NaNs per true atom that does not vanish.
+        return any(isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) for r in records)
+
     metrics = [m for m in experiment.losses]
     for j in range(experiment.truth.n_experts):
-        metrics += [f"{f}_{j}" for f in fields if f"{f}_{j}" in present]
+        metrics += [f"{f}_{j}" for f in fields if f"{f}_{j}" in present
+                    and (f not in _SOMETIMES_DEFINED or defined(f"{f}_{j}"))]
     return metrics
 
 

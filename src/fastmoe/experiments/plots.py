@@ -114,8 +114,10 @@ def plot_report(report: Report, out_dir, formats: Sequence[str] = ("png", "pdf")
     for row, (kind, label) in enumerate((("max", "worst"), ("mean", "mass-weighted mean"))):
         for j in range(k_true):
             ax = fig.add_subplot(2, k_true, row * k_true + j + 1)
-            metrics = [m for m in (f"mass_err_{j}", f"beta1_{kind}_{j}", f"a_{kind}_{j}", f"b_{kind}_{j}")
-                       if m in report.summaries]
+            # bpool_j (the pooled intercepts of a vanishing cell) is a cell-level error, drawn in both rows
+            # as the mass error is; it is in the summaries only for vanishing true atoms.
+            metrics = [m for m in (f"mass_err_{j}", f"beta1_{kind}_{j}", f"a_{kind}_{j}", f"b_{kind}_{j}",
+                                   f"bpool_{j}") if m in report.summaries]
             _panel(ax, report, metrics, f"true atom {j}: {label} error in the cell")
             if j == 0:
                 ax.set_ylabel(f"{report.statistic} of the {label} error")
