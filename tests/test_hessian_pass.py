@@ -42,11 +42,11 @@ def _unpack(blocks, size):
     return full
 
 
-def hessian_pass(X, Z, y, W, V, w=None, n_threads=1):
+def hessian_pass(X, Z, y, W, V, w=None, n_threads=1, single=False):
     """(loglik, gradient, Hessian) over the free parameters in ``ref.pack_free`` order."""
     k, K, d, dg = W.shape[0], V.shape[1], X.shape[1], Z.shape[1]
     out = _outputs(k, K, dg, d)
-    loglik = _kernels.loglik_hessian_pass(X, Z, y, np.empty(0) if w is None else w, W, V, *out, n_threads)
+    loglik = _kernels.loglik_hessian_pass(X, Z, y, np.empty(0) if w is None else w, W, V, *out, n_threads, single)
     grad_gate, grad_expert, gg, ee, ge = out
     n_gate = (k - 1) * (dg + 1)
     neg = np.zeros((n_gate + k * (K - 1) * (d + 1),) * 2)
@@ -90,13 +90,32 @@ def test_hessian_pass_at_extreme_logits(rng):
     np.testing.assert_allclose(hess, H_ref, rtol=1e-9, atol=1e-10 * np.abs(H_ref).max())
 
 
+@pytest.mark.parametrize("gating", ["identity", "tanh"])
+@pytest.mark.parametrize("k, K, d", SHAPES)
+def test_single_precision_products_agree_with_the_reference(rng, k, K, d, gating):
+    """``single=True`` (the search's exploration): the Hessian within single precision's reach of the
+    NumPy reference, the log-likelihood and the gradient exactly those of the double pass."""
+    params = random_params(rng, k, K, d, gating)
+    X, Z, y = _data(rng, params, 3001)
+    W, V = params.packed()
+    w = rng.uniform(0.5, 2.0, size=X.shape[0])
+    _, H_ref = ref.full_loglik_grad_hess(W, V, X, Z, y, w)
+    loglik, grad, hess = hessian_pass(X, Z, y, W, V, w, single=True)
+    loglik_d, grad_d, hess_d = hessian_pass(X, Z, y, W, V, w)
+    assert loglik == loglik_d and np.array_equal(grad, grad_d)
+    np.testing.assert_allclose(hess, H_ref, rtol=0, atol=1e-6 * np.abs(H_ref).max())
+    np.testing.assert_array_equal(hess, hess.T)
+    assert not np.array_equal(hess, hess_d)  # the single-precision products did run
+
+
+@pytest.mark.parametrize("single", [False, True])
 @pytest.mark.parametrize("n", [13, 10003])
-def test_hessian_pass_identical_for_any_thread_count(rng, n):
+def test_hessian_pass_identical_for_any_thread_count(rng, n, single):
     params = random_params(rng, 3, 3, 2, "tanh")
     X, Z, y = _data(rng, params, n)
     W, V = params.packed()
     w = rng.uniform(0.5, 2.0, size=n)
-    runs = [hessian_pass(X, Z, y, W, V, w, n_threads) for n_threads in (1, 2, 7)]
+    runs = [hessian_pass(X, Z, y, W, V, w, n_threads, single) for n_threads in (1, 2, 7)]
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             assert np.array_equal(a, b)  # bitwise

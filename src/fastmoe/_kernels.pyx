@@ -48,7 +48,7 @@ array of size n * k * K is ever formed.
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport exp, log, INFINITY
 from libc.stdint cimport int32_t, int64_t
-from scipy.linalg.cython_blas cimport dgemm
+from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 import numpy as np
 
@@ -376,6 +376,35 @@ cdef inline void _block_sums(double* coef, Py_ssize_t n_coef, double* design, Py
     if n_coef == 0 or nb == 0:
         return
     dgemm(b"T", b"N", &M, &P, &L, &one, design, &ld, coef, &ld, &one, out, &M)
+
+
+cdef inline void _block_sums_single(double* coef, Py_ssize_t n_coef, double* design, Py_ssize_t n_design,
+                                    Py_ssize_t nb, double* out, float* work) noexcept nogil:
+    """:func:`_block_sums` with the block's products in single precision, added to ``out`` in double.
+
+    For Hessians that only steer a search (``loglik_hessian_pass(single=True)``): sgemm does twice the
+    work of dgemm per vector instruction, and a block's 64-term sums carry a relative rounding of
+    about 1e-6, far below what a trust-region model needs. The sums over blocks stay in double, in the
+    same fixed order, so the result is still bitwise independent of the thread count. ``work`` holds
+    ``(n_coef + n_design) * BLOCK + n_coef * n_design`` floats.
+    """
+    cdef int M = <int>n_design, P = <int>n_coef, L = <int>nb, ld = <int>BLOCK
+    cdef float one = 1.0, zero = 0.0
+    cdef float* c32 = work
+    cdef float* d32 = work + n_coef * BLOCK
+    cdef float* o32 = d32 + n_design * BLOCK
+    cdef Py_ssize_t i, l
+    if n_coef == 0 or nb == 0:
+        return
+    for i in range(n_coef):
+        for l in range(nb):
+            c32[i * BLOCK + l] = <float>coef[i * BLOCK + l]
+    for i in range(n_design):
+        for l in range(nb):
+            d32[i * BLOCK + l] = <float>design[i * BLOCK + l]
+    sgemm(b"T", b"N", &M, &P, &L, &one, d32, &ld, c32, &ld, &zero, o32, &M)
+    for i in range(n_design * n_coef):
+        out[i] = out[i] + o32[i]
 
 
 cdef inline void _reduce_rows(const double[:, ::1] partial, Py_ssize_t n_rows, Py_ssize_t width,
@@ -1014,7 +1043,7 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
                         const double[::1] sample_weight, const double[:, ::1] W, const double[:, :, ::1] V,
                         double[:, ::1] grad_gate_out, double[:, :, ::1] grad_expert_out,
                         double[:, ::1] hess_gg_out, double[:, ::1] hess_ee_out,
-                        double[:, :, :, ::1] hess_ge_out, int n_threads):
+                        double[:, :, :, ::1] hess_ge_out, int n_threads, bint single=False):
     """Gradient and negative Hessian of the marginal log-likelihood itself, in one pass.
 
     Per sample, with ``phi_i = log pi_i + log f_i(y)`` and responsibilities ``tau``, the Hessian of
@@ -1032,6 +1061,9 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
       summed.
 
     Gradients are those of ``newton_pass`` (the Fisher identity). Returns the log-likelihood.
+    ``single=True`` forms each block's Hessian products in single precision (``_block_sums_single``:
+    relative error about 1e-6, for the Newton steps of a search's exploration); the log-likelihood and
+    the gradients are always double.
 
     Samples run in blocks of BLOCK in the vector lanes as in newton_pass (``_forward_block``, the
     coefficients lane by lane, one ``dgemm`` per Hessian block and block of samples). A chunk's sums
@@ -1075,6 +1107,10 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
     cdef Py_ssize_t fsize = _forward_size(k, K, d, dg)
     cdef Py_ssize_t nrows = me + mg + pgd * ped + kr + (k - 1) + kr + ngp + nee + (k - 1) * kr + 1
     cdef double[:, ::1] scratch = np.empty((n_threads, fsize + nrows * BLOCK))
+    # Single-precision block scratch (single=True): the widest coefficient rows, design and product.
+    cdef Py_ssize_t n_coef_max = max(ngp, nee, (k - 1) * kr), n_design_max = max(mg, me, mge)
+    cdef Py_ssize_t fwork = (n_coef_max + n_design_max) * BLOCK + n_coef_max * n_design_max
+    cdef float[:, ::1] work32 = np.empty((n_threads, fwork if single else 1), dtype=np.float32)
     cdef double[:, ::1] table = np.empty((wave, stride))
     cdef double[::1] total = np.zeros(width)
     cdef const double* Xp = &X[0, 0]
@@ -1218,9 +1254,15 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
                                 dst[l] = -WT[l] * tj[l] * (delta - te[l]) * ra[l]
                     _block_sums(RG, k - 1, f.ZF, pgd, nb, row + o_gg)
                     _block_sums(RE, kr, f.UF, ped, nb, row + o_eg)
-                    _block_sums(CG, ngp, ZZ, mg, nb, row + o_hgg)
-                    _block_sums(CEE, nee, UU, me, nb, row + o_hee)
-                    _block_sums(CGE, (k - 1) * kr, UU if same_design else ZU, mge, nb, row + o_hge)
+                    if single:
+                        _block_sums_single(CG, ngp, ZZ, mg, nb, row + o_hgg, &work32[threadid(), 0])
+                        _block_sums_single(CEE, nee, UU, me, nb, row + o_hee, &work32[threadid(), 0])
+                        _block_sums_single(CGE, (k - 1) * kr, UU if same_design else ZU, mge, nb, row + o_hge,
+                                           &work32[threadid(), 0])
+                    else:
+                        _block_sums(CG, ngp, ZZ, mg, nb, row + o_hgg)
+                        _block_sums(CEE, nee, UU, me, nb, row + o_hee)
+                        _block_sums(CGE, (k - 1) * kr, UU if same_design else ZU, mge, nb, row + o_hge)
                     bs = be
             fastmoe_restore_fp(fp_mode)
         # Chunk order across and within waves: the thread-count invariance rests on this fold.

@@ -169,7 +169,9 @@ def search(problem, penalty, n_init, rng, *, tol, max_iter, newton, n_threads, c
     if whole:
         explore = problem
     else:
-        explore = problem.subset(np.sort(rng.choice(problem.n_samples, size=size, replace=False)))
+        # Single-precision Hessian products on the subsample: its maxima are run again in double.
+        explore = problem.subset(np.sort(rng.choice(problem.n_samples, size=size, replace=False)),
+                                 search_hessian=True)
     budget = n_init * int(np.clip(SEARCH_ROW_BUDGET // (n_init * explore.n_samples), SEARCH_ROUNDS_MIN,
                                   SEARCH_ROUNDS_MAX))
     seeds = _seeds(rng, budget)
