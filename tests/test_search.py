@@ -125,3 +125,67 @@ def test_nested_fits_never_lose_likelihood(hard_data):
         warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
         plain = {k: template.set_params(n_experts=k).fit(X[:3000], y[:3000]).log_likelihood_ for k in (1, 2, 3, 4)}
     assert any(plain[k] < plain[k - 1] for k in (2, 3, 4))
+
+
+def _engine(X, y, k):
+    """The engine's problem (standard gating, unit weights) and a plain likelihood, as ``fit`` builds them."""
+    from fastmoe._penalty import Penalty
+    from fastmoe._problem import Problem
+
+    X = np.ascontiguousarray(X)
+    problem = Problem(X, X, y.astype(np.int64), np.empty(0), k, int(y.max()) + 1, 1)
+    return problem, Penalty(0.0, problem)
+
+
+def test_known_maxima_recognise_a_relabelled_point_in_the_basin(hard_data):
+    """A point near a known maximum, its experts relabelled, joins it when its objective is what the
+    maximum's quadratic model predicts; a far point, or one whose objective the model does not
+    predict, does not."""
+    from fastmoe._em import run_em
+    from fastmoe._monitor import ConvergenceMonitor
+    from fastmoe._search import JOIN_RTOL, KnownMaxima
+    from fastmoe.params import free_vector, from_free_vector
+
+    X, y, _ = hard_data
+    problem, penalty = _engine(X, y, 3)
+    W0, V0 = HARD.normalized().packed()
+    top = run_em(problem, W0, V0, penalty, ConvergenceMonitor(1e-10, 1000), newton_first=True)
+    assert top.monitor.reason == "converged"
+    known = KnownMaxima(problem, penalty)
+    known.add([top])
+    _, _, neg_hess = problem.hessian_pass(top.W, top.V)
+    theta = free_vector(top.W, top.V)
+    direction = np.random.default_rng(0).standard_normal(theta.size)
+    direction /= np.sqrt(direction @ neg_hess @ direction)  # unit curvature: q = t^2 / 2 at theta + t d
+
+    def relabelled(t, order=(2, 0, 1)):
+        W, V = from_free_vector(theta + t * direction, top.W, top.V)
+        W, V = W[list(order)], V[list(order)]
+        return W - W[-1], V
+
+    # In the basin: an objective the quadratic model predicts, experts in another order.
+    W, V = relabelled(np.sqrt(2 * 5.0))  # q = 5 nats
+    objective = problem.loglik(W, V)
+    assert abs((top.objective - objective) - 5.0) < 0.5  # the model holds there
+    assert known.match(W, V, objective) is top
+    # The same point with an objective the model does not predict: not joined.
+    assert known.match(W, V, objective - 2.0) is None
+    # Beyond JOIN_RTOL of the maximum's objective: not joined, however quadratic.
+    q_far = 2 * JOIN_RTOL * abs(top.objective)
+    W, V = relabelled(np.sqrt(2 * q_far))
+    assert known.match(W, V, problem.loglik(W, V)) is None
+    # Above the known maximum: never joined to it.
+    assert known.match(top.W, top.V, top.objective + 1.0) is None
+
+
+def test_search_with_joins_is_independent_of_the_thread_count():
+    X, y = fastmoe.sample(HARD, n=50_000, random_state=3)
+    fits = []
+    for n_threads in (1, 2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fastmoe.SearchWarning)
+            fits.append(fastmoe.fit(X, y, 3, random_state=5, n_threads=n_threads))
+    assert fits[0].starts.subsample == 30_000
+    np.testing.assert_array_equal(fits[1].starts.objectives, fits[0].starts.objectives)
+    for a, b in zip(fits[1].params.packed(), fits[0].params.packed()):
+        np.testing.assert_array_equal(a, b)

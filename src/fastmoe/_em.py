@@ -216,7 +216,7 @@ class DivergenceGauge:
 
 
 def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: ConvergenceMonitor,
-                  allow_indefinite, max_steps=None):
+                  allow_indefinite, max_steps=None, joins=None):
     """Trust-region Newton steps on the (penalised) log-likelihood itself, with its exact Hessian.
 
     EM converges linearly, often slowly; near a maximum where the log-likelihood is locally concave,
@@ -237,11 +237,15 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
     the model predicts is that of the projected step. The decrement is then the reduced model's: at a
     point where the held coordinates satisfy the KKT sign conditions, what is left to gain on the face.
 
+    ``joins(W, V, objective)``, when given, is asked after every accepted step whether the point lies in
+    the quadratic basin of a maximum found before (the search's ``KnownMaxima``); the run then stops as
+    ``"joined"``.
+
     Returns
     -------
     W, V, objective, n_steps
         The last accepted point and how many steps were accepted; ``monitor.reason`` is set when the
-        run must stop (converged, callback, iteration cap reached is left to the caller).
+        run must stop (converged, callback, joined; iteration cap reached is left to the caller).
     """
     l2 = penalty.l2
     boxed = penalty.bounds is not None
@@ -325,11 +329,14 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
         W, V, objective = W_try, V_try, objective_try
         if monitor.record(W, V, objective, gain, newton=True):
             return W, V, objective, n_steps
+        if joins is not None and joins(W, V, objective) is not None:
+            monitor.stop("joined")
+            return W, V, objective, n_steps
     return W, V, objective, n_steps
 
 
 def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor, newton=True,
-           newton_first=False) -> RunResult:
+           newton_first=False, joins=None) -> RunResult:
     """Generalised EM from (W, V), then the Newton finish, until the monitor says stop.
 
     Parameters
@@ -347,6 +354,8 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
         and settles in the nearest of many local maxima; a joint step follows the likelihood itself
         (measured: from k-means starts at d = 10, k = 4, K = 5, n = 2e4, 5 of 6 runs reached the best
         maximum this way against 0 of 6 with EM first). Used by the search's starts.
+    joins : callable, optional
+        Passed to the Newton-first phase (see :func:`newton_finish`).
 
     Returns
     -------
@@ -363,7 +372,7 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
     change = np.inf
     if newton_first and monitor.iterations_left > 0:
         W, V, objective, n_steps = newton_finish(problem, W, V, objective, penalty, monitor, allow_indefinite=True,
-                                                 max_steps=NEWTON_FIRST_STEPS)
+                                                 max_steps=NEWTON_FIRST_STEPS, joins=joins)
         if n_steps:
             result = problem.newton_pass(W, V)
         next_newton = monitor.n_iter + retry

@@ -34,8 +34,9 @@ def same_maximum(a, b):
 #: Names of parameters held by their bound that a message lists before it says "...".
 MESSAGE_NAMES = 8
 #: Why a run stopped: its objective is within tolerance of a maximum; the iteration cap; the user's
-#: callback asked; coefficients ran past the divergence gauge; no step could increase the objective.
-STOP_REASONS = ("converged", "max_iter", "callback", "diverging", "no_increase")
+#: callback asked; coefficients ran past the divergence gauge; no step could increase the objective;
+#: it entered the quadratic basin of a maximum an earlier run of the search reached (``joined``).
+STOP_REASONS = ("converged", "max_iter", "callback", "diverging", "no_increase", "joined")
 
 
 def em_settled(change, previous_change, threshold):
@@ -197,6 +198,7 @@ class ConvergenceMonitor:
             "max_iter": f"did not converge within max_iter={self.max_iter} iterations",
             "diverging": f"diverged: stopped after {n} iterations",
             "no_increase": f"stopped after {n} iterations: no step could increase the objective",
+            "joined": f"joined a maximum found before after {n} iterations",
             None: f"stopped after {n} iterations",
         }[self.reason]]
         if self.reason == "diverging":
