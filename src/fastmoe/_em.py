@@ -238,8 +238,8 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
     point where the held coordinates satisfy the KKT sign conditions, what is left to gain on the face.
 
     ``joins(W, V, objective)``, when given, is asked after every accepted step whether the point lies in
-    the quadratic basin of a maximum found before (the search's ``KnownMaxima``); the run then stops as
-    ``"joined"``.
+    the quadratic basin of a maximum found before (the search's ``KnownMaxima.match``: that maximum's
+    run, or None); the run then stops as ``"joined"``, with that run in ``monitor.joined``.
 
     Returns
     -------
@@ -329,8 +329,10 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
         W, V, objective = W_try, V_try, objective_try
         if monitor.record(W, V, objective, gain, newton=True):
             return W, V, objective, n_steps
-        if joins is not None and joins(W, V, objective) is not None:
+        target = None if joins is None else joins(W, V, objective)
+        if target is not None:
             monitor.stop("joined")
+            monitor.joined = target
             return W, V, objective, n_steps
     return W, V, objective, n_steps
 

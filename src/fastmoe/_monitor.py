@@ -119,6 +119,7 @@ class ConvergenceMonitor:
         self.n_newton = 0
         self.newton_iterations = []
         self.reason = None
+        self.joined = None  # the run of the known maximum this run joined (reason "joined")
         self._clock = time.perf_counter()
 
     def start(self, objective):

@@ -126,8 +126,8 @@ class KnownMaxima:
     Measured on issue 12's benchmark (problems explored on a subsample, 10 seeds each, 1 thread): with
     1% and 20% the runs of rounds 2-4 of a p6 search took 151 Newton steps instead of 198, the default
     fit 4.1-4.6 s instead of 4.8-5.0 s on 2 threads, and p3, p5, p6 and p9 reached the best known
-    maximum on the same seeds as without joins; with 0.1% and 10% runs joined only in their last two steps and
-    saved nothing measurable.
+    maximum on the same seeds as without joins; with 0.1% and 10% runs joined only in their last two
+    steps and saved nothing measurable.
     """
 
     def __init__(self, problem, penalty):
@@ -171,12 +171,6 @@ class KnownMaxima:
             if q <= JOIN_RTOL * abs(run.objective) and abs(gap - q) <= JOIN_AGREEMENT * q:
                 return run
         return None
-
-    def joined(self, run):
-        """``run`` as the known maximum it joined (its own monitor kept), or ``run`` itself."""
-        if run.monitor.reason != "joined":
-            return run
-        return dataclasses.replace(self.match(run.W, run.V, run.objective), monitor=run.monitor)
 
 
 def _seeds(rng, n):
@@ -274,7 +268,9 @@ def search(problem, penalty, n_init, rng, *, tol, max_iter, newton, n_threads, c
     def explore_round(starts):
         new = run_starts(explore, penalty, starts, **options)
         if known is not None:
-            new = [known.joined(r) for r in new]
+            # A joined run counts as the maximum it joined (its own monitor kept).
+            new = [dataclasses.replace(r.monitor.joined, monitor=r.monitor) if r.monitor.reason == "joined" else r
+                   for r in new]
             known.add(new)
         return new
 
