@@ -167,7 +167,7 @@ class KnownMaxima:
             if not 0.0 <= gap <= JOIN_RTOL * abs(run.objective):
                 continue
             delta = thetas - theta_m
-            q = 0.5 * np.einsum("oi,ij,oj->o", delta, A, delta).min()
+            q = 0.5 * np.sum((delta @ A) * delta, axis=1).min()  # one matrix product for all orders
             if q <= JOIN_RTOL * abs(run.objective) and abs(gap - q) <= JOIN_AGREEMENT * q:
                 return run
         return None
