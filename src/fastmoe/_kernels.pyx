@@ -407,6 +407,15 @@ cdef inline void _block_sums_single(double* coef, Py_ssize_t n_coef, double* des
         out[i] = out[i] + o32[i]
 
 
+cdef inline void _hessian_block_sums(double* coef, Py_ssize_t n_coef, double* design, Py_ssize_t n_design,
+                                     Py_ssize_t nb, double* out, float* work) noexcept nogil:
+    """A Hessian block's sums: in double (``work`` NULL) or with single-precision products."""
+    if work == NULL:
+        _block_sums(coef, n_coef, design, n_design, nb, out)
+    else:
+        _block_sums_single(coef, n_coef, design, n_design, nb, out, work)
+
+
 cdef inline void _reduce_rows(const double[:, ::1] partial, Py_ssize_t n_rows, Py_ssize_t width,
                               double* total) noexcept nogil:
     # Chunk order, fixed: the thread-count invariance rests on this loop.
@@ -1129,6 +1138,7 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
     cdef double* CEE = NULL
     cdef double* CGE = NULL
     cdef double* WT = NULL
+    cdef float* W32 = NULL
     cdef double* row = NULL
     cdef double* dst = NULL
     cdef double* src = NULL
@@ -1161,6 +1171,7 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
             CEE = CG + ngp * BLOCK
             CGE = CEE + nee * BLOCK
             WT = CGE + (k - 1) * kr * BLOCK
+            W32 = &work32[threadid(), 0] if single else NULL
             if same_design:
                 ZZ = UU
             for c in prange(first, last, schedule="static"):
@@ -1254,15 +1265,9 @@ def loglik_hessian_pass(const double[:, ::1] X, const double[:, ::1] Z, const la
                                 dst[l] = -WT[l] * tj[l] * (delta - te[l]) * ra[l]
                     _block_sums(RG, k - 1, f.ZF, pgd, nb, row + o_gg)
                     _block_sums(RE, kr, f.UF, ped, nb, row + o_eg)
-                    if single:
-                        _block_sums_single(CG, ngp, ZZ, mg, nb, row + o_hgg, &work32[threadid(), 0])
-                        _block_sums_single(CEE, nee, UU, me, nb, row + o_hee, &work32[threadid(), 0])
-                        _block_sums_single(CGE, (k - 1) * kr, UU if same_design else ZU, mge, nb, row + o_hge,
-                                           &work32[threadid(), 0])
-                    else:
-                        _block_sums(CG, ngp, ZZ, mg, nb, row + o_hgg)
-                        _block_sums(CEE, nee, UU, me, nb, row + o_hee)
-                        _block_sums(CGE, (k - 1) * kr, UU if same_design else ZU, mge, nb, row + o_hge)
+                    _hessian_block_sums(CG, ngp, ZZ, mg, nb, row + o_hgg, W32)
+                    _hessian_block_sums(CEE, nee, UU, me, nb, row + o_hee, W32)
+                    _hessian_block_sums(CGE, (k - 1) * kr, UU if same_design else ZU, mge, nb, row + o_hge, W32)
                     bs = be
             fastmoe_restore_fp(fp_mode)
         # Chunk order across and within waves: the thread-count invariance rests on this fold.
