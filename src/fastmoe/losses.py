@@ -56,10 +56,10 @@ PER_PARAMETER_FIELDS = (
 
 
 # -- validation ----------------------------------------------------------------------------------------
-def _logsumexp(v):
+def _logsumexp(v, axis=None, keepdims=False):
     from scipy.special import logsumexp  # on first use: keeps ``import fastmoe`` light (issue 13)
 
-    return logsumexp(v)
+    return logsumexp(v, axis=axis, keepdims=keepdims)
 
 
 def _check_pair(fitted, true):
@@ -249,12 +249,11 @@ def _pooled_intercept_errors(fitted, true, cell):
     gating (``t0``, ``t1``) enters. Computed in log space, as the alignment is: a diverged fit's huge
     ``beta0`` or ``b`` must not overflow.
     """
-    from scipy.special import log_softmax, logsumexp  # on first use, as in _logsumexp (issue 13)
-
-    log_class_mass = fitted.beta0[:, None] + log_softmax(fitted.b, axis=1)  # log(w_i softmax(b_i)_y)
+    # log(w_i softmax(b_i)_y)
+    log_class_mass = fitted.beta0[:, None] + fitted.b - _logsumexp(fitted.b, axis=1, keepdims=True)
     err = np.full(true.n_experts, np.nan)
     for j in np.unique(cell):
-        log_m = logsumexp(log_class_mass[cell == j], axis=0)
+        log_m = _logsumexp(log_class_mass[cell == j], axis=0)
         err[j] = np.linalg.norm(log_m - log_m[-1] - true.b[j])
     return err
 
