@@ -26,10 +26,11 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from .definition import Experiment
-from .store import ResultStore
+from .store import load_run
 
-__all__ = ["Report", "SlopeFit", "SlopeDifference", "analyse", "compare_slopes", "fit_slope", "holm", "summarize",
-           "rate_metrics", "start_agreement", "wilson_interval", "DEFAULT_INCLUDE", "STATISTICS"]
+__all__ = ["Report", "SlopeFit", "SlopeDifference", "Comparison", "analyse", "compare_runs", "compare_slopes",
+           "fit_slope", "holm", "pooled_slope", "summarize", "rate_metrics", "start_agreement", "wilson_interval",
+           "DEFAULT_INCLUDE", "STATISTICS"]
 
 #: Statuses whose rows enter the means by default.
 DEFAULT_INCLUDE = ("ok", "not_converged")
@@ -328,6 +329,100 @@ def compare_slopes(records_a: Sequence[dict], records_b: Sequence[dict], metric:
                            tuple(common), confidence, float(p_value), statistic, alternative)
 
 
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """One row of :func:`compare_runs`: a metric's slope difference between run ``index`` and the baseline."""
+
+    index: int  #: the run compared with run 0
+    difference: SlopeDifference
+    planned: bool  #: declared by one of the two definitions (read on its own, one-sided where directed)
+    p_holm: float  #: Holm-adjusted p-value over the unplanned rows; NaN for a planned one
+
+    @property
+    def significant(self) -> bool:
+        """Below 0.05: the planned p-value as it is, the others after Holm's adjustment."""
+        p = self.difference.p_value if self.planned else self.p_holm
+        return bool(p < 0.05)
+
+
+def compare_runs(reports: Sequence["Report"], metrics: Sequence[str], *, names: Optional[Sequence[str]] = None,
+                 include: Iterable[str] = DEFAULT_INCLUDE, n_boot: int = 2000, min_n: Optional[int] = None,
+                 max_n: Optional[int] = None, statistic: str = "median") -> List[List[Comparison]]:
+    """Every run's slopes against the first run's, planned comparisons apart, Holm's adjustment for the rest.
+
+    Parameters
+    ----------
+    reports : sequence of Report
+        The runs; ``reports[0]`` is the baseline.
+    metrics : sequence of str
+        Metrics every run carries.
+    names : sequence of str, optional
+        The names under which the runs are declared in each other's ``planned`` entries (a run stored
+        under another name, e.g. a re-run with a suffix, keeps its preset's name here); default: the
+        experiments' names.
+    include, n_boot, min_n, max_n, statistic
+        See :func:`compare_slopes`.
+
+    Returns
+    -------
+    list of list of Comparison
+        ``table[i][j]``: metric ``metrics[i]``, run ``j + 1`` against run 0. A comparison declared by
+        either definition is tested on its own (one-sided where a direction was declared); the p-values
+        of the others are adjusted by :func:`holm` over the whole table.
+    """
+    names = list(names) if names is not None else [r.experiment.name for r in reports]
+    if len(names) != len(reports):
+        raise ValueError(f"{len(names)} names for {len(reports)} runs")
+    base = reports[0]
+    flip = {"less": "greater", "greater": "less", "two-sided": "two-sided"}
+    plans = []
+    for other, name in zip(reports[1:], names[1:]):
+        plan = dict(base.experiment.planned_against(name))  # alternatives about slope(other) - slope(base)
+        for metric, alternative in other.experiment.planned_against(names[0]):
+            plan.setdefault(metric, flip[alternative])
+        plans.append(plan)
+    include = tuple(include)
+    diffs = [[compare_slopes(base.records, other.records, metric, include=include, n_boot=n_boot, min_n=min_n,
+                             max_n=max_n, statistic=statistic, alternative=plan.get(metric, "two-sided"))
+              for other, plan in zip(reports[1:], plans)] for metric in metrics]
+    free = [d.p_value for row, metric in zip(diffs, metrics) for d, plan in zip(row, plans) if metric not in plan]
+    adjusted = iter(holm(free))
+    return [[Comparison(j + 1, d, metric in plan, math.nan if metric in plan else float(next(adjusted)))
+             for j, (d, plan) in enumerate(zip(row, plans))] for row, metric in zip(diffs, metrics)]
+
+
+def pooled_slope(records_by_truth: Sequence[Sequence[dict]], metric: str, *, include: Iterable[str] = DEFAULT_INCLUDE,
+                 theory: float = math.nan, n_boot: int = 2000, confidence: float = 0.95,
+                 min_n: Optional[int] = None, max_n: Optional[int] = None, seed: int = 0,
+                 statistic: str = "median") -> SlopeFit:
+    """The mean of one metric's slopes over several truths, with a bootstrap interval.
+
+    Each truth's slope is :func:`fit_slope`'s; the pooled slope is their plain mean (every truth counts
+    once, whatever its number of rows) and its interval the percentile interval of the mean of the
+    truths' resampled slopes (each truth resampled on its own, its replications within every ``n``):
+    an interval for the average rate over these truths, not over a population of truths. Truths with
+    fewer than two usable sample sizes are left out (``n_sizes`` counts the truths pooled).
+    """
+    include = tuple(include)
+    rng = np.random.default_rng(seed)
+    slopes, boots, rows = [], [], 0
+    for records in records_by_truth:
+        values = _slope_values(records, metric, include, min_n, max_n, statistic)
+        if len(values) < 2:
+            continue
+        sizes = sorted(values)
+        slope, _ = _ols_slopes(np.log(np.array(sizes, dtype=float)),
+                               np.log([_statistic(values[n], statistic) for n in sizes]))
+        slopes.append(float(slope))
+        boots.append(_bootstrap_slopes(values, n_boot, rng, statistic))
+        rows += int(sum(v.size for v in values.values()))
+    if not slopes:
+        return SlopeFit(metric, math.nan, math.nan, math.nan, math.nan, theory, 0, rows, confidence, statistic)
+    low, high = _interval(np.mean(boots, axis=0), confidence)
+    return SlopeFit(metric, float(np.mean(slopes)), math.nan, low, high, float(theory), len(slopes), rows,
+                    confidence, statistic)
+
+
 def holm(p_values: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjustment of a family of p-values (Holm 1979); NaNs stay NaN and do not count.
 
@@ -556,7 +651,8 @@ def analyse(source, experiment: Optional[str] = None, *, include: Iterable[str] 
     Parameters
     ----------
     source : str, Path or ResultStore
-        A run directory, a store file or an open store.
+        A run directory, a store file, an open store, or an archived run (``results.csv`` beside
+        ``experiment.toml``; :func:`~fastmoe.experiments.store.load_run`).
     experiment : str, optional
         Experiment name; may be left out when the store holds one experiment.
     include, n_boot, confidence, min_n, max_n, seed, statistic
@@ -567,14 +663,7 @@ def analyse(source, experiment: Optional[str] = None, *, include: Iterable[str] 
     Report
     """
     include = tuple(include)
-    store = source if isinstance(source, ResultStore) else ResultStore(source, read_only=True)
-    try:
-        exp = store.experiment(experiment)
-        records = store.records(exp.name)
-        counts = store.status_counts(exp.name)
-    finally:
-        if store is not source:
-            store.close()
+    exp, records, counts = load_run(source, experiment)
     metrics = rate_metrics(exp, records)
 
     def slopes_of(stat):

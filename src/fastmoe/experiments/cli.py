@@ -1,4 +1,4 @@
-"""The ``fastmoe`` command line: ``fastmoe rates run | report | compare | presets``.
+"""The ``fastmoe`` command line: ``fastmoe rates run | report | compare | paper | presets``.
 
 ::
 
@@ -10,6 +10,9 @@
     fastmoe rates compare runs/standard runs/tanh --plot contrast.png   # slope differences
     fastmoe rates compare runs/all runs/all --experiment standard --experiment tanh   # two of one store
     fastmoe rates report /archive/my-study --out my-report    # a read-only run, files written elsewhere
+    fastmoe rates paper                         # the whole reproduction (resumable), then docs/results.md
+    fastmoe rates paper --only exact-fit-family --jobs 2      # one truth family; --list shows what is stored
+    fastmoe rates paper --report-only           # regenerate docs/results.md from docs/results/ alone
 
 A run directory holds ``results.sqlite`` (the store), ``experiment.toml`` (the definition that ran),
 ``results.csv`` / ``results.parquet``, ``summary.csv`` and ``slopes.csv`` (the report's numbers) and
@@ -123,6 +126,26 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--plot", type=Path, default=None,
                          help="also draw the metrics (default: the first run's primary loss) on common axes")
 
+    paper = sub.add_parser(
+        "paper", help="run the whole reproduction (resumable), then write the results document from the results",
+        description="Run (or resume) every study of the paper's reproduction (paper.toml: presets, truth families, "
+                    "large-n runs) into ROOT/<name>, export each to RESULTS/<archive> as CSV, and write the results "
+                    "document and its figures from those exports.")
+    paper.add_argument("--root", type=Path, default=Path("rates-paper"), help="run directories (default: ./rates-paper)")
+    paper.add_argument("--results", type=Path, default=Path("docs/results"),
+                       help="archives: the committed CSV exports (default: ./docs/results)")
+    paper.add_argument("--doc", type=Path, default=Path("docs/results.md"), help="the document (default: ./docs/results.md)")
+    paper.add_argument("--only", action="append", default=None, metavar="NAME",
+                       help="run only this study, truth family or section id (repeatable); the document covers all")
+    paper.add_argument("--list", action="store_true", help="list the studies and what each has stored, run nothing")
+    paper.add_argument("--report-only", action="store_true", help="run nothing: export and write the document")
+    paper.add_argument("--no-report", action="store_true", help="run, but do not export or write the document")
+    paper.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:port)")
+    paper.add_argument("--jobs", type=int, default=None, help="concurrent local jobs (default: cores / threads)")
+    paper.add_argument("--threads-per-job", type=int, default=None, help="OpenMP threads per fit")
+    paper.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
+    paper.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     presets = sub.add_parser("presets", help="list the shipped experiment presets")
     presets.add_argument("--show", default=None, metavar="NAME", help="print one preset's TOML definition")
     return parser
@@ -166,13 +189,14 @@ def _fail(action: str, why) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``fastmoe`` console script."""
     args = build_parser().parse_args(argv)
-    actions = {"presets": _presets, "run": _run, "compare": _compare, "report": _report_args}
+    actions = {"presets": _presets, "run": _run, "compare": _compare, "report": _report_args, "paper": _paper}
     with _signals_stop():
         try:
             return actions[args.action](args)
         except _Stopped as stop:
             name = signal.Signals(stop.signum).name
-            resume = "; finished jobs are stored, run the same command again to resume" if args.action == "run" else ""
+            resumable = args.action == "run" or (args.action == "paper" and not args.report_only)
+            resume = "; finished jobs are stored, run the same command again to resume" if resumable else ""
             print(f"fastmoe rates {args.action}: stopped by {name}{resume}", file=sys.stderr)
             return 128 + stop.signum
         except BrokenPipeError:  # the reader went away (| head): nothing left to say, and no one to say it to
@@ -275,7 +299,7 @@ def _report(directory, experiment=None, ok_only=False, min_n=None, max_n=None, n
 
 
 def _compare(args) -> int:
-    from .analysis import DEFAULT_INCLUDE, analyse, compare_slopes, holm
+    from .analysis import DEFAULT_INCLUDE, analyse, compare_runs
     from .store import StoreError
 
     if len(args.dirs) < 2:
@@ -316,31 +340,16 @@ def _compare(args) -> int:
                  f"   {'sizes':>5}")
     print(head)
 
-    def plan(other):
-        """``{metric: alternative}`` for slope(other) - slope(base), from either definition."""
-        out = dict(base.experiment.planned_against(other.experiment.name))
-        flip = {"less": "greater", "greater": "less", "two-sided": "two-sided"}
-        for metric, alternative in other.experiment.planned_against(base.experiment.name):
-            out.setdefault(metric, flip[alternative])
-        return out
-
-    plans = [plan(other) for other in others]
-    table = [[compare_slopes(base.records, other.records, metric, include=include, n_boot=args.bootstrap,
-                             min_n=args.min_n, max_n=args.max_n, statistic=args.statistic,
-                             alternative=planned.get(metric, "two-sided"))
-              for other, planned in zip(others, plans)] for metric in metrics]
-    unplanned = [[metric not in planned for planned in plans] for metric in metrics]
-    family = [d.p_value for row, free in zip(table, unplanned) for d, f in zip(row, free) if f]
-    adjusted = iter(holm(family))
-    for metric, diffs, free in zip(metrics, table, unplanned):
-        line = f"{metric:<14} {diffs[0].slope_a:>+9.3f}"
-        for d, f in zip(diffs, free):
-            p_holm = next(adjusted) if f else float("nan")
-            mark = {"two-sided": "!=", "less": "<", "greater": ">"}[d.alternative] if not f else ""
-            flag = "*" if (p_holm if f else d.p_value) < 0.05 else " "
-            holm_text = f"{p_holm:>7.4f}" if f else f"{'-':>7}"
+    table = compare_runs(reports, metrics, include=include, n_boot=args.bootstrap, min_n=args.min_n,
+                         max_n=args.max_n, statistic=args.statistic)
+    for metric, row in zip(metrics, table):
+        line = f"{metric:<14} {row[0].difference.slope_a:>+9.3f}"
+        for c in row:
+            d = c.difference
+            mark = {"two-sided": "!=", "less": "<", "greater": ">"}[d.alternative] if c.planned else ""
+            holm_text = f"{'-':>7}" if c.planned else f"{c.p_holm:>7.4f}"
             line += (f" {d.slope_b:>+9.3f} {d.difference:>+10.3f} [{d.ci_low:>+7.3f}, {d.ci_high:>+7.3f}]"
-                     f" {mark:>4} {d.p_value:>7.4f} {holm_text} {flag} {len(d.sizes):>5}")
+                     f" {mark:>4} {d.p_value:>7.4f} {holm_text} {'*' if c.significant else ' '} {len(d.sizes):>5}")
         print(line)
     if args.plot is not None:
         from .plots import plot_comparison
@@ -350,6 +359,35 @@ def _compare(args) -> int:
             print(f"\nwrote {plot_comparison(reports, drawn, args.plot)}")
         except OSError as exc:
             return _fail("compare", f"could not write {exc.filename or args.plot}: {exc.strerror or exc}")
+    return 0
+
+
+def _paper(args) -> int:
+    from .paper import load_paper, run_paper, write_paper
+    from .store import CSV_FILENAME, STORE_FILENAME, StoreError
+
+    try:
+        paper = load_paper()
+        selected = paper.select(args.only)
+    except (ValueError, KeyError, OSError) as exc:
+        return _fail("paper", exc)
+    if args.list:
+        for study in selected:
+            store = args.root / study.name / STORE_FILENAME
+            archive = args.results / study.archive / CSV_FILENAME
+            where = "store" if store.is_file() else "archive" if archive.is_file() else "not run"
+            print(f"{study.name:<36} {study.experiment.n_jobs:>6} jobs  {where:<8} {study.experiment.outline()}")
+        return 0
+    try:
+        if not args.report_only:
+            check = __import__("fastmoe.experiments.runner", fromlist=["check_scheduler"]).check_scheduler
+            check(args.scheduler)
+            run_paper(paper, args.root, args.only, scheduler=args.scheduler, n_jobs=args.jobs,
+                      threads_per_job=args.threads_per_job, progress=not args.no_progress)
+        if not args.no_report:
+            print(f"wrote {write_paper(paper, args.root, args.results, args.doc, n_boot=args.bootstrap, only=args.only)}")
+    except (ValueError, KeyError, StoreError, sqlite3.DatabaseError, OSError, RuntimeError) as exc:
+        return _fail("paper", exc)
     return 0
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from ._atomic import atomic_open
 from .analysis import Report
 
-__all__ = ["plot_report", "plot_comparison"]
+__all__ = ["plot_report", "plot_comparison", "plot_scaled"]
 
 
 def _series(report: Report, metric: str):
@@ -165,4 +165,34 @@ def plot_comparison(reports: Sequence[Report], metrics: Sequence[str], path, dpi
             ax.errorbar(n, mean, yerr=[low, high], fmt="o", ms=3, color=color, capsize=2, label=label)
             _fitted_line(ax, n, fit, color)
         _log_log_axes(ax, metric)
+    return _save_as(fig, path, dpi)
+
+
+def plot_scaled(reports: Sequence[Report], metrics: Sequence[str], exponent: float, path, dpi: int = 100) -> Path:
+    """One panel per metric, one series per report, the errors multiplied by ``n**exponent``.
+
+    With ``exponent = 1/4`` a metric converging at ``n^(-1/4)`` draws a flat line, a faster one a falling
+    line and one with no polynomial rate a rising one: the three gatings of a vanishing expert on the same
+    axes. Medians (the report's statistic) with 10%-90% bars, log-log axes.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(4.2 * len(metrics), 3.8), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        for color, report in zip([f"C{j}" for j in range(10)], reports):
+            series = _series(report, metric)
+            if series is None:
+                continue
+            n, centre, low, high = series
+            scale = n ** exponent
+            fit = report.slopes[metric]
+            label = f"{report.experiment.truth.gating}: slope {fit.slope:+.2f} [{fit.ci_low:+.2f}, {fit.ci_high:+.2f}]"
+            ax.errorbar(n, centre * scale, yerr=[low * scale, high * scale], fmt="o-", ms=3, color=color,
+                        capsize=2, label=label)
+        _log_log_axes(ax, f"{metric} x n^{exponent:g}")
     return _save_as(fig, path, dpi)

@@ -36,11 +36,15 @@ from .. import __version__
 from ._atomic import atomic_open
 from .definition import Experiment
 
-__all__ = ["ResultStore", "StoreError", "flatten_record", "store_path", "write_csv", "write_parquet",
-           "STORE_FILENAME"]
+__all__ = ["ResultStore", "StoreError", "flatten_record", "load_run", "read_csv", "store_path", "write_csv",
+           "write_parquet", "STORE_FILENAME", "CSV_FILENAME", "DEFINITION_FILENAME"]
 
 #: File name of the store inside a run directory.
 STORE_FILENAME = "results.sqlite"
+#: The exported records and the definition that ran, beside the store (and all an archived run keeps:
+#: results are committed to a repository as CSV, never as SQLite files).
+CSV_FILENAME = "results.csv"
+DEFINITION_FILENAME = "experiment.toml"
 SCHEMA_VERSION = "1"
 
 _SCHEMA = """
@@ -375,6 +379,83 @@ def write_parquet(records: List[dict], path) -> Optional[Path]:
     with atomic_open(path, "wb") as fh:
         pq.write_table(table, fh)
     return path
+
+
+def _parse_cell(text: str):
+    """One CSV cell back to the value :func:`flatten_record` wrote: JSON for nested values, bools, numbers."""
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    if text[0] in "[{":
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    for kind in (int, float):  # float also reads nan and inf, as Python's csv wrote them
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_csv(path) -> List[dict]:
+    """Job records from a CSV written by :func:`write_csv` (the inverse of :func:`flatten_record`).
+
+    Nested values (parameters, seeds, warnings) come back from their JSON, ``True``/``False`` as bools,
+    numbers as ``int`` or ``float`` (``nan`` included), empty cells as None: what the analysis reads
+    from a store's records.
+    """
+    with open(path, newline="") as fh:
+        return [{key: _parse_cell(value) for key, value in row.items()} for row in csv.DictReader(fh)]
+
+
+def load_run(source, experiment: Optional[str] = None):
+    """The definition, records and status counts of one experiment.
+
+    Parameters
+    ----------
+    source : str, Path or ResultStore
+        An open store, a store file, a run directory holding a store, or an archived run: a directory
+        holding ``results.csv`` and ``experiment.toml`` but no store (what a repository keeps).
+    experiment : str, optional
+        The experiment to read when a store holds several; an archive holds one.
+
+    Returns
+    -------
+    (Experiment, list of dict, dict)
+        The definition, the records ordered by ``(n, replication)`` and ``{status: count}``.
+    """
+    if isinstance(source, ResultStore):
+        store = source
+    else:
+        path = Path(source)
+        if path.is_dir() and not (path / STORE_FILENAME).exists() and (path / CSV_FILENAME).is_file():
+            return _load_archive(path, experiment)
+        store = ResultStore(path, read_only=True)
+    try:
+        exp = store.experiment(experiment)
+        return exp, store.records(exp.name), store.status_counts(exp.name)
+    finally:
+        if store is not source:
+            store.close()
+
+
+def _load_archive(path: Path, experiment: Optional[str]):
+    definition = path / DEFINITION_FILENAME
+    if not definition.is_file():
+        raise FileNotFoundError(f"{path} holds {CSV_FILENAME} but no {DEFINITION_FILENAME}, so its rows cannot "
+                                "be read as an experiment")
+    exp = Experiment.load(definition)
+    if experiment is not None and experiment != exp.name:
+        raise KeyError(f"no experiment {experiment!r} in {path} (it holds {exp.name!r})")
+    records = [r for r in read_csv(path / CSV_FILENAME) if r.get("experiment") == exp.name]
+    records.sort(key=lambda r: (r["n"], r["replication"]))
+    counts: dict = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return exp, records, counts
 
 
 def flatten_record(record: dict) -> dict:

@@ -1,0 +1,417 @@
+"""The paper's reproduction as one resumable job: run every study, then write the results document.
+
+``paper.toml`` (beside this module) lists the studies (each a preset with its overrides), the truth
+families (:mod:`~fastmoe.experiments.family`) and the sections of the document: which studies,
+comparisons, figures and metrics each shows, where its theory slopes come from, and its prose.
+
+- :func:`run_paper` runs (or resumes) every study into ``<root>/<name>`` (a result store each) and appends
+  one entry per invocation to the study's ``runs.json`` (dates, wall time, jobs, machine, commit);
+- :func:`write_paper` exports every study that has a store to ``<results>/<archive>`` (``results.csv``,
+  ``experiment.toml``, ``slopes.csv``, ``summary.csv``, ``runs.json``) and writes the document and its
+  figures from those archives alone, so a clean checkout regenerates the same document from the
+  committed CSVs, and a study not run yet is listed with the command that runs it.
+
+``fastmoe rates paper`` does both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import _toml
+from ._atomic import atomic_open
+from .analysis import DEFAULT_INCLUDE, Report, analyse, compare_runs, pooled_slope
+from .definition import Experiment
+from .family import family_members
+from .presets import get_preset
+from .store import CSV_FILENAME, DEFINITION_FILENAME, STORE_FILENAME, load_run
+
+__all__ = ["Paper", "Study", "Section", "load_paper", "run_paper", "write_paper", "PAPER_FILE", "RUN_LOG"]
+
+#: The shipped group.
+PAPER_FILE = Path(__file__).resolve().parent / "paper.toml"
+#: Per-study log of the invocations that ran it (a list of JSON objects).
+RUN_LOG = "runs.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """One run of the reproduction: a definition, its run directory name and its archive folder."""
+
+    experiment: Experiment
+    preset: str  #: the preset it is; planned comparisons name presets
+    archive: str  #: folder under the results folder holding its export
+    note: str = ""  #: provenance of a run made before run logs were kept
+    family: Optional[str] = None  #: the truth family it belongs to
+    d: Optional[int] = None  #: its input dimension, for a family member
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """A part of the document."""
+
+    id: str
+    title: str
+    studies: Tuple[str, ...]
+    families: Tuple[str, ...]
+    comparisons: Tuple[Tuple[str, ...], ...]
+    figures: Tuple[dict, ...]
+    metrics: Tuple[str, ...]
+    theory: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Paper:
+    """The group: studies by name (families expanded), families, sections."""
+
+    title: str
+    intro: str
+    studies: Dict[str, Study]
+    families: Dict[str, List[str]]
+    sections: Tuple[Section, ...]
+
+    def select(self, only: Optional[Sequence[str]] = None) -> List[Study]:
+        """Studies in document order; ``only`` keeps the names, family names or section ids given."""
+        ordered = []
+        for section in self.sections:
+            names = list(section.studies) + [m for f in section.families for m in self.families[f]]
+            ordered += [(section.id, self.studies[n]) for n in names]
+        if not only:
+            return [s for _, s in ordered]
+        wanted = set(only)
+        unknown = wanted - set(self.studies) - set(self.families) - {s.id for s in self.sections}
+        if unknown:
+            raise KeyError(f"no study, family or section {', '.join(sorted(unknown))} in the paper")
+        return [s for sid, s in ordered if s.name in wanted or s.family in wanted or sid in wanted]
+
+
+def _study(entry: dict) -> Study:
+    entry = dict(entry)
+    preset = entry.pop("preset")
+    name = entry.pop("name")
+    exp = get_preset(preset)
+    changes = {"name": name}
+    for key in ("losses", "primary_loss"):
+        if key in entry:
+            changes[key] = tuple(entry.pop(key)) if key == "losses" else entry.pop(key)
+    exp = dataclasses.replace(exp, **changes).with_grid(sample_sizes=entry.pop("sample_sizes", None),
+                                                        n_replications=entry.pop("replications", None))
+    study = Study(exp, preset, entry.pop("archive", name), entry.pop("note", ""))
+    if entry:
+        raise ValueError(f"paper study {name!r}: unknown keys {sorted(entry)}")
+    return study
+
+
+def load_paper(path=PAPER_FILE) -> Paper:
+    """Read the group from ``path`` (default: the shipped ``paper.toml``)."""
+    data = _toml.loads(Path(path).read_text())
+    studies = {}
+    for entry in data.get("study", []):
+        study = _study(entry)
+        studies[study.name] = study
+    families = {}
+    for entry in data.get("family", []):
+        members = family_members(get_preset(entry["preset"]), entry["name"], entry["dims"], entry["truths"],
+                                 entry["seed"], entry.get("sample_sizes"), entry.get("replications"))
+        families[entry["name"]] = [m.name for m in members]
+        for member in members:
+            d = member.truth.beta1.shape[1]
+            studies[member.name] = Study(member, entry["preset"], f"families/{member.name}", family=entry["name"],
+                                         d=d)
+    sections = []
+    for entry in data.get("section", []):
+        section = Section(entry["id"], entry["title"], tuple(entry.get("studies", ())),
+                          tuple(entry.get("families", ())), tuple(tuple(c) for c in entry.get("comparisons", ())),
+                          tuple(entry.get("figures", ())), tuple(entry.get("metrics", ())),
+                          entry.get("theory", "").strip(), entry.get("text", "").strip())
+        missing = [n for n in section.studies if n not in studies]
+        missing += [n for c in section.comparisons for n in c if n not in section.studies]
+        missing += [f for f in section.families if f not in families]
+        missing += [n for fig in section.figures for n in fig["studies"] if n not in section.studies]
+        if missing:
+            raise ValueError(f"paper section {section.id!r} names unknown studies or families: {missing}")
+        sections.append(section)
+    placed = {n for s in sections for n in s.studies} | {m for s in sections for f in s.families for m in families[f]}
+    unplaced = sorted(set(studies) - placed)
+    if unplaced:
+        raise ValueError(f"paper studies in no section (they would never run): {unplaced}")
+    return Paper(data.get("title", ""), data.get("intro", "").strip(), studies, families, tuple(sections))
+
+
+# -- running ----------------------------------------------------------------------------------------------
+def _commit() -> str:
+    """The source tree's commit (``+dirty`` when it has changes), or "" outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10)
+        if rev.returncode:
+            return ""
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _machine() -> dict:
+    from .. import __version__
+    from .._dispatch import _cpu_model
+
+    return {"host": socket.gethostname(), "cpu": _cpu_model(), "cores": os.cpu_count(),
+            "system": platform.platform(terse=True), "fastmoe": __version__, "commit": _commit()}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _append_log(path: Path, entry: dict) -> None:
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    entries.append(entry)
+    with atomic_open(path, "w") as fh:
+        json.dump(entries, fh, indent=1)
+
+
+def run_paper(paper: Paper, root, only: Optional[Sequence[str]] = None, *, scheduler=None,
+              n_jobs: Optional[int] = None, threads_per_job: Optional[int] = None, progress: bool = True,
+              echo=print) -> List:
+    """Run (or resume) the selected studies into ``<root>/<name>``, in document order.
+
+    Each invocation that runs jobs appends its facts to the study's ``runs.json``: start and end (UTC),
+    wall seconds, jobs run, executor, workers, threads, and the machine (host, CPU, cores, fastmoe
+    version, git commit). Returns the :class:`~fastmoe.experiments.runner.RunSummary` of every study.
+    """
+    from .runner import run_experiment
+    from .store import ResultStore
+
+    root = Path(root)
+    summaries = []
+    for study in paper.select(only):
+        out = root / study.name
+        with ResultStore(out) as store:
+            store.register(study.experiment)
+        study.experiment.save(out / DEFINITION_FILENAME)
+        echo(f"{study.name}: {study.experiment.n_jobs} jobs ({out})")
+        started = _now()
+        summary = run_experiment(study.experiment, out, scheduler=scheduler, n_jobs=n_jobs,
+                                 threads_per_job=threads_per_job, progress=progress)
+        if summary.completed:
+            _append_log(out / RUN_LOG, {"started": started, "finished": _now(), "wall_s": round(summary.wall_time, 1),
+                                        "jobs_run": summary.completed, "already_stored": summary.already_done,
+                                        "executor": summary.executor, "workers": summary.n_workers,
+                                        "threads_per_job": summary.threads_per_job, **_machine()})
+        summaries.append(summary)
+    return summaries
+
+
+# -- the document ---------------------------------------------------------------------------------------
+def _export(study: Study, root: Path, results: Path, n_boot: int) -> None:
+    """Write a study's store to its archive: records, definition, slopes, summaries, run log."""
+    from .cli import _write_rows
+    from .store import write_csv
+
+    source = root / study.name
+    archive = results / study.archive
+    archive.mkdir(parents=True, exist_ok=True)
+    exp, records, _ = load_run(source, study.name)
+    write_csv(records, archive / CSV_FILENAME)
+    exp.save(archive / DEFINITION_FILENAME)
+    if (source / RUN_LOG).is_file():
+        shutil.copyfile(source / RUN_LOG, archive / RUN_LOG)
+    report = analyse(archive, n_boot=n_boot)
+    _write_rows(archive / "slopes.csv", report.slope_rows())
+    _write_rows(archive / "summary.csv", report.summary_rows())
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:+.{digits}f}"
+
+
+def _ci(low: float, high: float) -> str:
+    return "–" if not (math.isfinite(low) and math.isfinite(high)) else f"[{low:+.2f}, {high:+.2f}]"
+
+
+def _p(p: float) -> str:
+    return "–" if not math.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _run_facts(study: Study, archive: Path) -> str:
+    log = archive / RUN_LOG
+    if log.is_file():
+        entries = json.loads(log.read_text())
+        wall = sum(e["wall_s"] for e in entries)
+        parts = [f"{e['started'][:10]}, {e['wall_s']:.0f} s for {e['jobs_run']} jobs on {e['cpu']} "
+                 f"({e['cores']} cores; {e['workers']} x {e['threads_per_job']} threads), fastmoe {e['fastmoe']}"
+                 + (f" at `{e['commit']}`" if e.get("commit") else "") for e in entries]
+        return f"run in {len(entries)} part(s), {wall / 60:.1f} min wall in all: " + "; ".join(parts)
+    return study.note or "run facts not recorded"
+
+
+def _definition_facts(exp: Experiment) -> str:
+    t = exp.truth
+    fit = exp.fit
+    how = {"truth": "oracle start near the truth", "search": "fastmoe.fit's default search"}.get(fit.init, fit.init)
+    extra = []
+    if fit.l2:
+        extra.append(f"ridge l2 = {fit.l2:g}")
+    if fit.bounds is not None:
+        extra.append(f"box {fit.bounds}")
+    return (f"k* = {t.n_experts}, k = {exp.n_experts}, {t.gating} gating, d = {t.beta1.shape[1]}, K = {t.n_classes}; "
+            f"{how}" + (", " + ", ".join(extra) if extra else ""))
+
+
+def _grid_facts(report: Report) -> str:
+    sizes = sorted({int(r["n"]) for r in report.records})
+    statuses = ", ".join(f"{c} {s}" for s, c in sorted(report.status_counts.items()))
+    return f"n = {sizes[0]:,} .. {sizes[-1]:,} ({len(sizes)} sizes), {len(report.records)} fits: {statuses}"
+
+
+def _metrics(section: Section, reports: Sequence[Report]) -> List[str]:
+    return [m for m in section.metrics if all(m in r.metrics for r in reports)]
+
+
+def _slope_table(report: Report, metrics: Sequence[str]) -> List[str]:
+    lines = ["| metric | theory | slope of medians | 95% CI | slope of means | sizes |", "|---|---:|---:|---|---:|---:|"]
+    for m in metrics:
+        s, mean = report.slopes[m], report.mean_slopes.get(m)
+        lines.append(f"| {m} | {_fmt(s.theory)} | {_fmt(s.slope)} | {_ci(s.ci_low, s.ci_high)} | "
+                     f"{_fmt(mean.slope) if mean else '–'} | {s.n_sizes} |")
+    return lines
+
+
+def _comparison_table(paper: Paper, names: Sequence[str], reports: Sequence[Report], metrics: Sequence[str],
+                      n_boot: int) -> List[str]:
+    presets = [paper.studies[n].preset for n in names]
+    table = compare_runs(reports, metrics, names=presets, n_boot=n_boot)
+    lines = [f"Against `{names[0]}`: difference = slope(run) - slope(`{names[0]}`) on the sizes both have.", "",
+             "| metric | run | slope | baseline slope | difference | 95% CI | planned | p | Holm p |",
+             "|---|---|---:|---:|---:|---|---|---:|---:|"]
+    for metric, row in zip(metrics, table):
+        for c in row:
+            d = c.difference
+            plan = {"two-sided": "!=", "less": "< 0", "greater": "> 0"}[d.alternative] if c.planned else ""
+            mark = " *" if c.significant else ""
+            lines.append(f"| {metric} | `{names[c.index]}` | {_fmt(d.slope_b)} | {_fmt(d.slope_a)} | "
+                         f"{_fmt(d.difference)}{mark} | {_ci(d.ci_low, d.ci_high)} | {plan} | {_p(d.p_value)} | "
+                         f"{'' if c.planned else _p(c.p_holm)} |")
+    lines += ["", "*: below 0.05 (the planned p-value as it is, the others after Holm's adjustment)."]
+    return lines
+
+
+def _family_table(paper: Paper, family: str, reports: Dict[str, Report], metrics: Sequence[str],
+                  n_boot: int) -> List[str]:
+    members = [paper.studies[n] for n in paper.families[family]]
+    done = [m for m in members if m.name in reports]
+    lines = [f"**Truth family `{family}`** ({len(done)} of {len(members)} truths run; slopes of medians, "
+             "pooled = mean over truths with a 95% bootstrap interval):", "",
+             "| d | truth | fits | " + " | ".join(metrics) + " |", "|---|---|---:|" + "---:|" * len(metrics)]
+    for m in done:
+        r = reports[m.name]
+        cells = " | ".join(_fmt(r.slopes[x].slope) if x in r.slopes else "–" for x in metrics)
+        lines.append(f"| {m.d} | {m.name.rsplit('-', 1)[1]} | {len(r.records)} | {cells} |")
+    for label, group in ([(f"pooled d = {d}", [m for m in done if m.d == d]) for d in sorted({m.d for m in done})]
+                         + [("pooled, all", done)]):
+        if not group:
+            continue
+        cells = []
+        for x in metrics:
+            fits = [reports[m.name].records for m in group if x in reports[m.name].metrics]
+            s = pooled_slope(fits, x, include=DEFAULT_INCLUDE, n_boot=n_boot)
+            cells.append(f"{_fmt(s.slope)} {_ci(s.ci_low, s.ci_high)}")
+        lines.append(f"| {label} |  | {sum(len(reports[m.name].records) for m in group)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_paper(paper: Paper, root, results, doc, *, figures=None, n_boot: int = 2000,
+                only: Optional[Sequence[str]] = None, echo=print) -> Path:
+    """Export the studies that have stores and write the document (and its figures) from the archives.
+
+    Parameters
+    ----------
+    paper : Paper
+    root : path
+        Folder of the run directories (``<root>/<name>/results.sqlite``); studies without one are read
+        from their archive.
+    results : path
+        Folder of the archives (``docs/results``).
+    doc : path
+        The Markdown document to write (``docs/results.md``).
+    figures : path, optional
+        Folder of the figures (default: ``<doc's folder>/figures``).
+    n_boot : int
+        Bootstrap resamples of every interval.
+    only : sequence of str, optional
+        Export only these studies (the document always covers every study).
+    """
+    root, results, doc = Path(root), Path(results), Path(doc)
+    figures = Path(figures) if figures is not None else doc.parent / "figures"
+    chosen = {s.name for s in paper.select(only)}
+    for study in paper.studies.values():
+        if study.name in chosen and (root / study.name / STORE_FILENAME).is_file():
+            echo(f"export {study.name} -> {results / study.archive}")
+            _export(study, root, results, n_boot)
+    reports: Dict[str, Report] = {}
+    for study in paper.studies.values():
+        archive = results / study.archive
+        if (archive / CSV_FILENAME).is_file():
+            reports[study.name] = analyse(archive, n_boot=n_boot)
+    out = [f"# {paper.title}", "", "<!-- generated by `fastmoe rates paper --report-only` from paper.toml and "
+           "docs/results/: edit those, not this file -->", "", paper.intro, ""]
+    for section in paper.sections:
+        out += [f"## {section.title}", "", section.text, "", f"*{section.theory}*", ""]
+        present = [n for n in section.studies if n in reports]
+        for name in section.studies:
+            study = paper.studies[name]
+            out += [f"### `{name}`", ""]
+            if name not in reports:
+                out += [f"Not run yet: `fastmoe rates paper --only {name}` runs it "
+                        f"({study.experiment.n_jobs} jobs; {_definition_facts(study.experiment)}).", ""]
+                continue
+            r = reports[name]
+            out += [f"{_definition_facts(r.experiment)}; {_grid_facts(r)}. Archive `docs/results/{study.archive}/`; "
+                    f"{_run_facts(study, results / study.archive)}.", ""]
+            agreement = {row["n"]: row for row in r.agreement}.get("all")
+            if agreement:
+                out += [f"The data-driven fit reached the maximum of the fit started near the truth in "
+                        f"{agreement['reached']} of {agreement['checked']} jobs (95% Wilson interval "
+                        f"[{agreement['share_low']:.2f}, {agreement['share_high']:.2f}]).", ""]
+            out += _slope_table(r, _metrics(section, [r])) + [""]
+        for group in section.comparisons:
+            if all(n in reports for n in group):
+                out += _comparison_table(paper, group, [reports[n] for n in group],
+                                         _metrics(section, [reports[n] for n in group]), n_boot) + [""]
+        for family in section.families:
+            out += _family_table(paper, family, reports, section.metrics, n_boot) + [""]
+        for fig in section.figures:
+            runs = [reports[n] for n in fig["studies"] if n in reports]
+            if len(runs) == len(fig["studies"]):
+                from .plots import plot_scaled
+
+                path = plot_scaled(runs, fig["metrics"], fig["exponent"], figures / f"{fig['name']}.png")
+                rel = os.path.relpath(path, doc.parent)
+                out += [f"![{fig['name']}]({rel})", "",
+                        f"*Median error x n^{fig['exponent']:g} against n, {', '.join(fig['metrics'])}; bars: "
+                        "10%-90% of the replications.*", ""]
+        if not present and not section.families:
+            out += ["No study of this section has been run yet.", ""]
+    text = "\n".join(out).rstrip() + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(doc, "w") as fh:
+        fh.write(text)
+    return doc

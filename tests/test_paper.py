@@ -1,0 +1,227 @@
+"""The reproduction as one job (`fastmoe rates paper`): archives, truth families, pooled slopes, the document."""
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastmoe.experiments import analyse, get_preset, run_experiment
+from fastmoe.experiments.analysis import compare_runs, pooled_slope
+from fastmoe.experiments.definition import Experiment
+from fastmoe.experiments.family import family_members, random_truth
+from fastmoe.experiments.paper import PAPER_FILE, load_paper, run_paper, write_paper
+from fastmoe.experiments.store import ResultStore, load_run, read_csv, write_csv
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def same(a, b):
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    exp = get_preset("over-fit").with_grid(sample_sizes=[3000, 4000, 6000], n_replications=3)
+    run_experiment(exp, root, scheduler="synchronous", progress=False)
+    return exp, root
+
+
+def test_an_archive_reads_back_as_the_store(small_run, tmp_path):
+    exp, root = small_run
+    stored_exp, records, counts = load_run(root)
+    write_csv(records, tmp_path / "results.csv")
+    exp.save(tmp_path / "experiment.toml")
+    back_exp, back, back_counts = load_run(tmp_path)
+    assert back_exp == stored_exp and back_counts == counts and len(back) == len(records)
+    for r, b in zip(records, back):
+        assert set(r) == set(b)
+        for key in r:
+            assert same(r[key], b[key]), key  # params and seeds come back from their JSON, bools as bools
+    a, b = analyse(root, n_boot=50), analyse(tmp_path, n_boot=50)
+    assert a.metrics == b.metrics
+    for m in a.metrics:
+        assert same(a.slopes[m].slope, b.slopes[m].slope) and same(a.slopes[m].ci_low, b.slopes[m].ci_low)
+
+
+def test_an_archive_needs_its_definition(small_run, tmp_path):
+    _, root = small_run
+    write_csv(load_run(root)[1], tmp_path / "results.csv")
+    with pytest.raises(FileNotFoundError, match="experiment.toml"):
+        load_run(tmp_path)
+
+
+def test_read_csv_cells(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text('a,b,c,d,e,f\n3,2.5,True,nan,"[1, 2]",converged in 3 iterations\n')
+    row = read_csv(path)[0]
+    assert row["a"] == 3 and isinstance(row["a"], int) and row["b"] == 2.5 and row["c"] is True
+    assert math.isnan(row["d"]) and row["e"] == [1, 2] and row["f"] == "converged in 3 iterations"
+
+
+def test_family_truths_follow_the_rule():
+    template = get_preset("vanishing-tanh-spread")
+    members = family_members(template, "fam", [1, 5], 3, seed=7, n_replications=2)
+    assert [m.name for m in members] == [f"fam-d{d}-t{i}" for d in (1, 5) for i in range(3)]
+    again = family_members(template, "fam", [1, 5], 3, seed=7, n_replications=2)
+    assert members == again  # the truths are a function of (seed, d, index)
+    truths = [m.truth for m in members]
+    assert len({t.beta1.tobytes() for t in truths}) == len(truths)
+    for m in members:
+        t = m.truth
+        d = t.beta1.shape[1]
+        assert t.gating == "tanh" and t.a.shape == (2, 3, d) and m.n_experts == template.n_experts
+        assert not np.any(t.a[1]) and np.any(t.a[0])  # template's vanishing expert 1 vanishes again
+        assert not np.any(t.beta1[-1]) and t.beta0[-1] == 0 and not np.any(t.b[:, -1])  # reference conventions
+        assert m.fit == template.fit and m.x_law == template.x_law and m.n_replications == 2
+    # The drawn numbers are the module's rule: a standard normal stream scaled, slopes over the half-width.
+    rng = np.random.default_rng([7, 5, 1])
+    beta0 = rng.normal(0, 0.5, 2)
+    beta1 = rng.normal(0, 3 / np.sqrt(5), (2, 5))  # tanh: bounded gating input, no division
+    assert truths[4].beta0[0] == beta0[0] and np.array_equal(truths[4].beta1[0], beta1[0])
+
+
+def test_random_truth_divides_identity_slopes_by_the_half_width():
+    template = get_preset("vanishing-standard")  # X ~ U[-3, 3]^2
+    t = random_truth(template, 2, (1, 2, 3))
+    rng = np.random.default_rng([1, 2, 3])
+    rng.normal(0, 0.5, 2)
+    assert np.allclose(t.beta1[0], rng.normal(0, 3 / np.sqrt(2), (2, 2))[0] / 3.0)
+
+
+def test_a_family_needs_a_fixed_truth_on_all_inputs():
+    with pytest.raises(ValueError, match="all inputs"):
+        family_members(get_preset("separate-inputs"), "f", [2], 1, 0)
+    with pytest.raises(ValueError, match="fixed truth"):
+        family_members(get_preset("vanishing-standard-local"), "f", [2], 1, 0)
+
+
+def test_pooled_slope_is_the_mean_of_the_truths_slopes():
+    rng = np.random.default_rng(0)
+    sizes = [1000, 3000, 10000, 30000]
+    truths = []
+    for scale, rate in ((1.0, -0.5), (2.0, -0.3), (0.5, -0.6)):
+        truths.append([{"n": n, "status": "ok", "m": scale * n ** rate * rng.lognormal(0, 0.3)}
+                       for n in sizes for _ in range(9)])
+    expected = []
+    for records in truths:  # independent computation: OLS of log(median) on log(n), per truth
+        med = [np.median([r["m"] for r in records if r["n"] == n]) for n in sizes]
+        expected.append(np.polyfit(np.log(sizes), np.log(med), 1)[0])
+    pooled = pooled_slope(truths, "m", n_boot=400)
+    assert pooled.slope == pytest.approx(np.mean(expected), abs=1e-12)
+    assert pooled.n_sizes == 3 and pooled.ci_low < pooled.slope < pooled.ci_high
+    # A truth with one usable size is left out, not averaged as NaN.
+    lone = [{"n": 1000, "status": "ok", "m": 1.0}]
+    assert pooled_slope(truths + [lone], "m", n_boot=50).slope == pytest.approx(pooled.slope, abs=1e-12)
+
+
+def test_planned_comparisons_match_the_names_the_runs_were_declared_under(small_run, tmp_path):
+    exp, root = small_run
+    other = dataclasses.replace(exp, name="over-fit-rerun", planned=("D2 < over-fit-ridge",))
+    base = analyse(root, n_boot=30)
+    rerun = dataclasses.replace(base, experiment=other)
+    by_names = compare_runs([base, rerun], ["D2", "a_max_0"], names=["over-fit-ridge", "x"], n_boot=30)
+    assert by_names[0][0].planned and by_names[0][0].difference.alternative == "less"
+    assert math.isnan(by_names[0][0].p_holm) and not by_names[1][0].planned
+    plain = compare_runs([base, rerun], ["D2", "a_max_0"], n_boot=30)  # names are the experiments' own
+    assert not plain[0][0].planned and math.isfinite(plain[0][0].p_holm)
+
+
+PAPER = """
+title = "T"
+intro = "I"
+
+[[section]]
+id = "s"
+title = "S"
+studies = ["one", "two", "later"]
+families = ["fam"]
+comparisons = [["one", "two"]]
+metrics = ["D1", "a_max_0"]
+figures = [{name = "scaled", studies = ["one", "two"], metrics = ["D1"], exponent = 0.5}]
+theory = "theory text"
+text = "prose"
+
+[[study]]
+name = "one"
+preset = "exact-fit"
+sample_sizes = [3000, 4000, 6000]
+replications = 2
+
+[[study]]
+name = "two"
+preset = "exact-fit"
+losses = ["D1", "D2"]
+sample_sizes = [3000, 4000, 6000]
+replications = 2
+
+[[study]]
+name = "later"
+preset = "exact-fit"
+replications = 2
+
+[[family]]
+name = "fam"
+preset = "exact-fit"
+dims = [1, 3]
+truths = 2
+seed = 5
+sample_sizes = [3000, 6000]
+replications = 2
+"""
+
+
+def test_the_paper_runs_resumes_and_writes_the_document_from_the_archives(tmp_path):
+    (tmp_path / "paper.toml").write_text(PAPER)
+    paper = load_paper(tmp_path / "paper.toml")
+    assert [s.name for s in paper.select(["fam"])] == ["fam-d1-t0", "fam-d1-t1", "fam-d3-t0", "fam-d3-t1"]
+    with pytest.raises(KeyError, match="nope"):
+        paper.select(["nope"])
+    root, results, doc = tmp_path / "runs", tmp_path / "results", tmp_path / "docs" / "results.md"
+    chosen = ["one", "two", "fam"]
+    first = run_paper(paper, root, chosen, scheduler="synchronous", progress=False, echo=lambda *_: None)
+    assert [s.completed for s in first] == [6, 6, 4, 4, 4, 4]
+    again = run_paper(paper, root, chosen, scheduler="synchronous", progress=False, echo=lambda *_: None)
+    assert all(s.completed == 0 for s in again)  # resumed: nothing ran twice
+    log = json.loads((root / "one" / "runs.json").read_text())
+    assert len(log) == 1 and log[0]["jobs_run"] == 6 and log[0]["wall_s"] >= 0 and log[0]["cores"] >= 1
+    write_paper(paper, root, results, doc, n_boot=50, echo=lambda *_: None)
+    text = doc.read_text()
+    assert (results / "one" / "results.csv").is_file() and (results / "one" / "runs.json").is_file()
+    assert Experiment.load(results / "two" / "experiment.toml") == paper.studies["two"].experiment
+    assert "### `one`" in text and "prose" in text and "theory text" in text
+    assert "Not run yet: `fastmoe rates paper --only later`" in text
+    assert "| pooled d = 1 |" in text and "| pooled d = 3 |" in text and "| pooled, all |" in text
+    assert "Against `one`" in text and (tmp_path / "docs" / "figures" / "scaled.png").is_file()
+    d1 = analyse(results / "one", n_boot=50).slopes["D1"].slope
+    assert f"| D1 | -0.50 | {d1:+.2f} |" in text  # the table's numbers are the archive's
+    # Without the stores, the archives alone give the same document.
+    for store in root.glob("*/results.sqlite*"):
+        store.unlink()
+    write_paper(paper, root, results, tmp_path / "docs" / "again.md",
+                n_boot=50, echo=lambda *_: None)
+    assert (tmp_path / "docs" / "again.md").read_text() == text
+
+
+def test_the_shipped_paper_matches_its_archives():
+    paper = load_paper(PAPER_FILE)
+    assert {s.id for s in paper.sections} >= {"exact", "over-fit", "vanishing", "large-n"}
+    for family in paper.families.values():
+        dims = {paper.studies[m].d for m in family}
+        assert dims == {1, 2, 5} and len(family) >= 15  # five truths per dimension
+    archived = 0
+    for study in paper.studies.values():
+        archive = REPO / "docs" / "results" / study.archive
+        if not (archive / "results.csv").is_file():
+            continue
+        archived += 1
+        # `fastmoe rates paper` resumes the archived study only if its definition is the archive's.
+        stored = Experiment.load(archive / "experiment.toml")
+        assert stored.model_digest() == study.experiment.model_digest(), study.name
+        assert {r["experiment"] for r in read_csv(archive / "results.csv")} == {study.name}
+    assert archived >= 10
