@@ -29,7 +29,7 @@ the power ``m`` with which they grow as ``t -> 0`` (``sd ~ t^-m``). These are th
 truths of the theory's minimax bound: at distance ``t`` from the degenerate truth, standard gating pins
 ``a`` and ``b`` down one and two powers of ``t`` worse than a nonlinear gating does.
 
-Run ``python examples/vanishing_information.py``; it takes a few seconds. ``docs/results.md`` quotes its
+Run ``python examples/vanishing_information.py``; it takes a few seconds. ``docs/results-history.md`` quotes its
 output.
 """
 

@@ -225,3 +225,13 @@ def test_the_shipped_paper_matches_its_archives():
         assert stored.model_digest() == study.experiment.model_digest(), study.name
         assert {r["experiment"] for r in read_csv(archive / "results.csv")} == {study.name}
     assert archived >= 10
+
+
+def test_docs_results_md_is_the_generated_document(tmp_path):
+    """docs/results.md is written by `fastmoe rates paper --report-only`, never by hand: regenerated from
+    the committed archives, it must come out the same."""
+    doc = tmp_path / "docs" / "results.md"
+    write_paper(load_paper(PAPER_FILE), tmp_path / "no-stores", REPO / "docs" / "results", doc,
+                echo=lambda *_: None)
+    committed = (REPO / "docs" / "results.md").read_text()
+    assert doc.read_text() == committed, "docs/results.md differs: run `fastmoe rates paper --report-only`"

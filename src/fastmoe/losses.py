@@ -427,7 +427,7 @@ def D2q(fitted, true, r=2.0, exact_translation=False):
     gating (where D2's theory gives the cell mass ``n^(-1/2)``); under standard gating with a vanishing
     expert the paper's lower bound is for ``D2r`` as a whole and says nothing of the pooled quantity, and
     on the local alternatives near such a truth even the measured cell masses did not decay
-    (docs/results.md): there the rate is unknown. Fit the slope of ``bpool_j`` (:func:`per_parameter_errors`) before relying on it. ``D2q``
+    (docs/results-history.md): there the rate is unknown. Fit the slope of ``bpool_j`` (:func:`per_parameter_errors`) before relying on it. ``D2q``
     as a whole keeps D2's ``beta1`` and ``a`` terms, so it is no faster than they are.
 
     **Invariances.** ``bbar_j`` depends on the masses only through their ratios within the cell, so the

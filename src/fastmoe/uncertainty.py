@@ -21,7 +21,7 @@ covariance of ``grad l_ni``, couples the gating and all experts and is the "miss
 
 :func:`expected_information` integrates the labels out under the model (the Fisher information): on a
 quadrature of the input law it is the population information, whose null space shows which parameters the
-data cannot pin down at first order (used in ``docs/results.md`` for the split cell of a vanishing expert).
+data cannot pin down at first order (used in ``docs/results-history.md`` for the split cell of a vanishing expert).
 
 A penalised fit (ridge ``l2 / 2 ||slopes||^2``, the estimator's default) is not an MLE and ``J^{-1}`` does
 not describe it. :func:`parameter_table` then uses the *penalised* information ``J_p = J + l2 D`` (``D`` the
@@ -127,7 +127,7 @@ def expected_information(params, X, sample_weight=None, n_threads=None) -> np.nd
     weights) or a large sample from it, this is the population information. Its null space holds the
     directions along which the conditional law does not change to first order: at a parameter that
     reproduces the truth with a split cell, the directions the MLE converges slowly along (``MODEL.md``
-    section 4; ``docs/results.md`` uses it to show the gating-expert interaction of standard gating).
+    section 4; ``docs/results-history.md`` uses it to show the gating-expert interaction of standard gating).
 
     Parameters
     ----------

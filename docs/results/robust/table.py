@@ -1,4 +1,4 @@
-"""Slopes of medians, trimmed means and means from the committed result CSVs (docs/results.md, issue 14).
+"""Slopes of medians, trimmed means and means from the committed result CSVs (docs/results-history.md, issue 14).
 
     python docs/results/robust/table.py          # prints the Markdown table, writes slopes.csv beside
 
@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from fastmoe.experiments import STATISTICS, fit_slope
+from fastmoe.experiments.store import read_csv
 
 HERE = Path(__file__).resolve().parent
 RUNS = [("exact-fit", HERE.parent / "exact-fit", ("D1", "mass_err_0", "a_max_0", "b_max_0", "beta1_max_0")),
@@ -22,28 +23,12 @@ RUNS = [("exact-fit", HERE.parent / "exact-fit", ("D1", "mass_err_0", "a_max_0",
          ("D2", "mass_err_0", "beta1_max_0", "a_max_0", "b_max_0", "beta1_mean_0", "a_mean_0", "b_mean_0"))]
 
 
-def records(path):
-    """The rows of a results.csv with ``n`` as int and the numeric metrics as floats."""
-    out = []
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            rec = {"n": int(row["n"]), "status": row["status"]}
-            for key, value in row.items():
-                if key not in rec:
-                    try:
-                        rec[key] = float(value)
-                    except (TypeError, ValueError):
-                        pass
-            out.append(rec)
-    return out
-
-
 def main():
     rows = []
     print("| run | metric | slope of medians [95% CI] | of 10% trimmed means | of means [95% CI] |")
     print("|---|---|---|---|---|")
     for label, folder, metrics in RUNS:
-        recs = records(folder / "results.csv")
+        recs = read_csv(folder / "results.csv")
         for metric in metrics:
             fits = {s: fit_slope(recs, metric, n_boot=2000, statistic=s) for s in STATISTICS}
             rows += [dict(run=label, **{k: v for k, v in vars(f).items()}) for f in fits.values()]

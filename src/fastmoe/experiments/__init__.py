@@ -17,10 +17,13 @@ One concern per module:
   their variants; ``fastmoe rates presets`` lists them);
 - :mod:`~fastmoe.experiments.job`: one job on a worker (sample, fit, score, record);
 - :mod:`~fastmoe.experiments.runner`: the grid on local processes or a Dask cluster;
-- :mod:`~fastmoe.experiments.store`: the SQLite result store (resume, export);
+- :mod:`~fastmoe.experiments.store`: the SQLite result store (resume, export) and archived runs (CSV);
 - :mod:`~fastmoe.experiments.analysis` and :mod:`~fastmoe.experiments.plots`: slopes, slope differences between
   experiments, tables, figures;
-- :mod:`~fastmoe.experiments.cli`: ``fastmoe rates run | report | compare | presets``;
+- :mod:`~fastmoe.experiments.family`: truth families (random truths of a preset's shape, per ``d``);
+- :mod:`~fastmoe.experiments.paper`: the paper's reproduction (``paper.toml``): run every study, write
+  ``docs/results.md`` from the committed archives;
+- :mod:`~fastmoe.experiments.cli`: ``fastmoe rates run | report | compare | paper | presets``;
 - :mod:`~fastmoe.experiments._toml`: the TOML subset definitions are written in;
 - :mod:`~fastmoe.experiments._atomic`: atomic file output (a temporary file beside the target, then a rename).
 
