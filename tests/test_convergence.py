@@ -219,3 +219,46 @@ def test_monitor_message_names_every_stop_reason():
     # The threshold is relative, with a floor so that a zero objective does not make it zero.
     assert ConvergenceMonitor(1e-8, 50).threshold(-2e4) == pytest.approx(2e-4)
     assert ConvergenceMonitor(1e-8, 50).threshold(0.0) > 0.0
+
+
+def test_chord_steps_reach_the_exact_newton_maximum_with_fewer_hessians(monkeypatch):
+    """Newton steps that keep an exact Hessian and pay only gradient passes end where exact Newton
+    ends (and where the independent trust-exact polish finds nothing to gain), with fewer Hessians."""
+    from fastmoe import _em, _problem
+
+    # d = 10, k = 4, K = 5 (209 free parameters, where an exact Hessian costs ten gradient passes), a
+    # start near the truth: the regime of the Newton finish.
+    rng = np.random.default_rng(1)
+    truth = fastmoe.MoEParams(beta0=rng.normal(0, 0.5, 4), beta1=rng.normal(0, 3, (4, 10)),
+                              a=rng.normal(0, 3, (4, 5, 10)), b=rng.normal(0, 1, (4, 5))).normalized()
+    X, y = fastmoe.sample(truth, n=10_000, random_state=1)
+    W, V = truth.packed()
+    W, V = W.copy(), V.copy()
+    W[:-1] += rng.normal(0, 0.1, W[:-1].shape)
+    V[:, :-1] += rng.normal(0, 0.1, V[:, :-1].shape)
+    init = fastmoe.MoEParams.from_packed(W, V)
+    calls = {"hessian_pass": 0, "gradient_pass": 0}
+    for name in calls:
+        original = getattr(_problem.Problem, name)
+
+        def counted(self, *args, _original=original, _name=name):
+            calls[_name] += 1
+            return _original(self, *args)
+        monkeypatch.setattr(_problem.Problem, name, counted)
+
+    def fit():
+        calls.update(hessian_pass=0, gradient_pass=0)
+        result = fastmoe.fit(X, y, 4, init=init, tol=1e-10, max_iter=500, n_threads=1)
+        assert result.converged and not result.diverged
+        return result, dict(calls)
+
+    chord, chord_calls = fit()
+    monkeypatch.setattr(_em, "CHORD_RATE", 0.0)  # every chord step refused: a new Hessian at every step
+    exact, exact_calls = fit()
+    assert chord.objective == pytest.approx(exact.objective, rel=1e-11, abs=0)
+    assert chord_calls["gradient_pass"] > 0 and chord_calls["hessian_pass"] < exact_calls["hessian_pass"]
+    W, V = chord.params.normalized().packed()
+    g, H = ref.full_loglik_grad_hess(W, V, X, X, y)
+    step = np.linalg.solve(-H, g)
+    assert 0.5 * g @ step <= 1e-10 * abs(chord.objective)  # the Newton decrement left: within tol
+    assert chord.params.allclose(exact.params, rtol=1e-6, atol=1e-6)

@@ -197,3 +197,31 @@ def test_q_values_at_extreme_logits(rng):
     assert q[0] == pytest.approx(ref.q_gate(W2, Z, tau), rel=1e-12)
     for i in range(3):
         assert q[1 + i] == pytest.approx(ref.q_expert(V2[i], X, y, tau[:, i]), rel=1e-12)
+
+
+@pytest.mark.parametrize("k, K, d", SHAPES)
+@pytest.mark.parametrize("gating", ["identity", "tanh"])
+def test_gradient_only_pass_matches_the_reference(rng, k, K, d, gating):
+    """``newton_pass(hessians=False)``: the log-likelihood and its gradient (the Fisher identity), with
+    the Hessian outputs left untouched."""
+    params = random_params(rng, k, K, d, gating)
+    n = 301
+    X, Z, y = _data(rng, params, n)
+    w = rng.uniform(0.1, 3.0, size=n)
+    W, V = params.packed()
+    pg, pe = Z.shape[1] + 1, d + 1
+    weight, gg, ge = np.empty(k), np.empty((k - 1, pg)), np.empty((k, K - 1, pe))
+    hg = np.full(((k - 1) * k // 2, pg * (pg + 1) // 2), 7.0)
+    he = np.full((k, (K - 1) * K // 2, pe * (pe + 1) // 2), 7.0)
+    loglik = _kernels.newton_pass(X, Z, y, w, W, V, np.empty((0, k)), weight, gg, hg, ge, he, 2, False)
+    g_ref, _ = ref.full_loglik_grad_hess(W, V, X, Z, y, w)
+    assert loglik == pytest.approx(ref.loglik(W, V, X, Z, y, w), rel=1e-12)
+    np.testing.assert_allclose(np.concatenate([gg.ravel(), ge.ravel()]), g_ref, rtol=1e-10,
+                               atol=1e-12 * np.abs(g_ref).max())
+    assert (hg == 7.0).all() and (he == 7.0).all()
+    # The same sums as the full pass's, to the last bit, at any thread count.
+    full = [np.empty_like(a) for a in (weight, gg, hg, ge, he)]
+    assert _kernels.newton_pass(X, Z, y, w, W, V, np.empty((0, k)), *full, 1) == loglik
+    np.testing.assert_array_equal(full[1], gg)
+    np.testing.assert_array_equal(full[3], ge)
+    np.testing.assert_array_equal(full[0], weight)

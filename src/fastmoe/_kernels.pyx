@@ -703,7 +703,7 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
                 const double[:, ::1] resp_in, double[::1] expert_weight_out,
                 double[:, ::1] grad_gate_out, double[:, ::1] hess_gate_out,
                 double[:, :, ::1] grad_expert_out, double[:, :, ::1] hess_expert_out,
-                int n_threads):
+                int n_threads, bint hessians=True):
     """The fused pass: E-step plus every M-step gradient and negative Hessian, in one sweep.
 
     At the current parameters, with responsibilities ``tau`` computed on the fly (or read from
@@ -716,6 +716,10 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
     - ``grad_expert_out`` (k, K - 1, 1 + d): ``sum w tau_i (1[y = s] - f_is) [1, x]``;
     - ``hess_expert_out`` (k, K(K-1)/2, m_expert): pair (s <= t) of
       ``sum w tau_i f_is (delta_st - f_it) triu([1, x][1, x]^T)``.
+
+    With ``hessians=False`` only the log-likelihood, the expert weights and the gradients are
+    accumulated (the Hessian outputs are left as they are): by the Fisher identity these are the
+    gradient of the log-likelihood itself, for Newton steps that reuse an earlier Hessian.
 
     Returns the log-likelihood ``sum_n w_n log p(y_n | x_n)`` at (W, V).
     """
@@ -800,7 +804,8 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
             while bs < end:
                 be = bs + BLOCK if bs + BLOCK < end else end
                 nb = be - bs
-                _load_block(f, Xp, Zp, yp, bs, nb, d, dg, same_design, UU, ZZ)
+                _load_block(f, Xp, Zp, yp, bs, nb, d, dg, same_design,
+                            UU if hessians else NULL, ZZ if hessians else NULL)
                 for l in range(nb):
                     WT[l] = sample_weight[bs + l] if weighted else 1.0
                 _forward_block(f, nb, Wp, Vp, k, K, dg, d, Zp, Xp, bs)
@@ -819,6 +824,8 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
                     dst = RG + i * BLOCK
                     for l in range(nb):
                         dst[l] = WT[l] * (T[i * BLOCK + l] - gi[l])
+                    if not hessians:
+                        continue
                     for j in range(i, k - 1):
                         gj = G + j * BLOCK
                         delta = 1.0 if i == j else 0.0
@@ -839,6 +846,8 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
                         dst = RE + (e * (K - 1) + t) * BLOCK
                         for l in range(nb):
                             dst[l] = TE[l] * ((1.0 if LB[l] == t else 0.0) - ef[l])
+                        if not hessians:
+                            continue
                         for u in range(t, K - 1):
                             eu = E + (e * K + u) * BLOCK
                             delta = 1.0 if t == u else 0.0
@@ -848,9 +857,10 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
                             pair = pair + 1
                 # The block's sums, sum_l coefficient[l] * design[l]: small matrix products.
                 _block_sums(RG, k - 1, ZF, pgd, nb, row + o_gg)
-                _block_sums(CG, ngp, ZZ, mg, nb, row + o_gh)
                 _block_sums(RE, k * (K - 1), UF, ped, nb, row + o_eg)
-                _block_sums(CE, k * nep, UU, me, nb, row + o_eh)
+                if hessians:
+                    _block_sums(CG, ngp, ZZ, mg, nb, row + o_gh)
+                    _block_sums(CE, k * nep, UU, me, nb, row + o_eh)
                 bs = be
         fastmoe_restore_fp(fp_mode)
 
@@ -860,13 +870,16 @@ def newton_pass(const double[:, ::1] X, const double[:, ::1] Z, const label_t[::
     for i in range(k - 1):
         for m in range(pgd):
             grad_gate_out[i, m] = total[o_gg + i * pgd + m]
-    for pair in range(ngp):
-        for m in range(mg):
-            hess_gate_out[pair, m] = total[o_gh + pair * mg + m]
     for e in range(k):
         for t in range(K - 1):
             for m in range(ped):
                 grad_expert_out[e, t, m] = total[o_eg + (e * (K - 1) + t) * ped + m]
+    if not hessians:
+        return total[0]
+    for pair in range(ngp):
+        for m in range(mg):
+            hess_gate_out[pair, m] = total[o_gh + pair * mg + m]
+    for e in range(k):
         for pair in range(nep):
             for m in range(me):
                 hess_expert_out[e, pair, m] = total[o_eh + (e * nep + pair) * me + m]

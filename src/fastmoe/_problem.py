@@ -164,6 +164,25 @@ class Problem:
             neg_hess_expert=self._hess_expert.reshape(k, -1)[:, self._expert_index],
         )
 
+    def gradient_pass(self, W, V):
+        """Log-likelihood and its gradient over all free parameters at (W, V), without a Hessian.
+
+        The fused pass with its Hessian sums left out (a quarter of its time at d = 10): for Newton
+        steps that keep an earlier Hessian. The gradient is ordered as :func:`fastmoe.params.free_vector`
+        orders the parameters, as :meth:`hessian_pass`'s is.
+
+        Returns
+        -------
+        loglik : float; grad : (P,); expert_weight : (k,)
+        """
+        with serial_blas():
+            loglik = _kernels.newton_pass(
+                self.X, self.Z, self.y, self.sample_weight, W, V, self._no_resp,
+                self._weight, self._grad_gate, self._hess_gate, self._grad_expert, self._hess_expert,
+                self.n_threads, False,
+            )
+        return loglik, np.concatenate([self._grad_gate.ravel(), self._grad_expert.ravel()]), self._weight.copy()
+
     def q_values(self, W_old, V_old, W_new, V_new, resp=None):
         """``[Q_gate, Q_1 .. Q_k]`` at (W_new, V_new) with responsibilities from (W_old, V_old) or ``resp``."""
         out = np.empty(self.n_experts + 1)

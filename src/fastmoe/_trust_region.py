@@ -46,6 +46,13 @@ class QuadraticModel:
         top = max(float(np.abs(self.eigval).max(initial=0.0)), np.finfo(float).tiny)
         self.concave = bool(self.eigval[0] > CONCAVE_EIGEN_FLOOR * top)
 
+    def with_gradient(self, grad):
+        """The same Hessian with another gradient (a chord step: the factorisation is reused)."""
+        model = object.__new__(QuadraticModel)
+        model.scale, model.eigval, model.eigvec, model.concave = self.scale, self.eigval, self.eigvec, self.concave
+        model.coef = self.eigvec.T @ (grad / self.scale)
+        return model
+
     def newton_length(self):
         """Scaled length of the Newton step (``inf`` when the model is not strictly concave)."""
         if not self.concave:
