@@ -318,13 +318,13 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
         decrement = model.decrement()
         if chord and not decrement <= CHORD_RATE * decrements[-1]:
             if certified or monitor.newton_settled([decrement], objective):  # the gradient's rounding floor
-                monitor.stop("converged")
+                monitor.certify()
                 return W, V, objective, n_steps
             exact_model = point_grad = None  # the kept Hessian converges too slowly from here: a new one
             continue
         decrements.append(decrement)
         if chord and decrement <= CHORD_SETTLED * monitor.threshold(objective):
-            monitor.stop("converged")
+            monitor.certify()
             return W, V, objective, n_steps
         if not chord and monitor.newton_settled(decrements, objective):
             # Certified: the full Newton step, then chord steps down to the gradient's floor (a few
@@ -338,7 +338,7 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
                 if monitor.record(W, V, objective, change, newton=True):
                     return W, V, objective, n_steps
             if exact_model is None or point_grad is None:
-                monitor.stop("converged")
+                monitor.certify()
                 return W, V, objective, n_steps
             certified = True
             continue
@@ -363,7 +363,7 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
             return W, V, objective, n_steps
         if chord and not chord_accepts(gain, ratio, predicted, slack):
             if certified:
-                monitor.stop("converged")
+                monitor.certify()
                 return W, V, objective, n_steps
             decrements.pop()
             exact_model = point_grad = None
@@ -489,6 +489,15 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
             monitor.stop("converged")
             break
         if gauge.diverging(W, V, result.expert_weight, monitor.n_iter):
+            # Slopes that grew for a long time may still be heading for a finite maximum with large
+            # coefficients: Newton steps certify one if it is there, before the run is called diverging.
+            if newton:
+                W, V, objective, n_steps = newton_finish(problem, W, V, objective, penalty, monitor,
+                                                         allow_indefinite=False)
+                if n_steps:
+                    result = final_pass(problem, W, V) if monitor.stopped else problem.newton_pass(W, V)
+                if monitor.certified:
+                    break
             monitor.stop("diverging")
             break
         if newton and monitor.n_iter >= next_newton and abs(change) <= NEWTON_SWITCH * abs(objective):
@@ -514,7 +523,9 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
     # has converged at a bound, whatever the data.
     diverged = not penalty.compact and (
         monitor.reason == "diverging"
-        or gauge.diverging(W, V, result.expert_weight, monitor.n_iter)
+        # The slopes' growth on the way proves nothing at a strict local maximum Newton certified: a
+        # finite maximum can lie far out (measured: issue 12's p1 from its truth, |a| = 54).
+        or (not monitor.certified and gauge.diverging(W, V, result.expert_weight, monitor.n_iter))
         or gauge.saturated(problem, W, V, result.expert_weight, result.loglik)
         or result.loglik > -SATURATED_LOGLIK * problem.total_weight
         or (bool((problem.class_weight == 0).any()) and not penalty.intercepts_bounded)

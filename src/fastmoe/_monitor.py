@@ -120,6 +120,9 @@ class ConvergenceMonitor:
         self.newton_iterations = []
         self.reason = None
         self.joined = None  # the run of the known maximum this run joined (reason "joined")
+        # Whether Newton steps certified the stop: a point where the Hessian is negative definite and
+        # the decrement within tolerance, i.e. a strict local maximum, not a supremum at infinity.
+        self.certified = False
         self._clock = time.perf_counter()
 
     def start(self, objective):
@@ -159,6 +162,12 @@ class ConvergenceMonitor:
     def newton_settled(self, decrements, objective):
         """:func:`newton_settled` at this run's tolerance."""
         return newton_settled(decrements, self.threshold(objective))
+
+    def certify(self):
+        """Stop as converged at a strict local maximum that Newton steps certified."""
+        if self.reason is None:
+            self.certified = True
+        self.stop("converged")
 
     def stop(self, reason):
         """Record why the run stops (the first reason given stands)."""
