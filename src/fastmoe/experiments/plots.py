@@ -137,6 +137,30 @@ def _save_as(fig, path: Path, dpi: int) -> Path:
     return path
 
 
+def _series_panels(reports: Sequence[Report], metrics: Sequence[str], path, dpi: int, draw, title) -> Path:
+    """One panel per metric, one series per report: ``draw(ax, report, metric, series, color)`` draws a
+    report's series of a metric, ``title(metric)`` names the panel."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(4.2 * len(metrics), 3.8), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        for color, report in zip([f"C{j}" for j in range(10)], reports):
+            series = _series(report, metric)
+            if series is not None:
+                draw(ax, report, metric, series, color)
+        _log_log_axes(ax, title(metric))
+    return _save_as(fig, path, dpi)
+
+
+def _interval_label(fit) -> str:
+    return f"{fit.slope:+.2f} [{fit.ci_low:+.2f}, {fit.ci_high:+.2f}]"
+
+
 def plot_comparison(reports: Sequence[Report], metrics: Sequence[str], path, dpi: int = 100) -> Path:
     """One panel per metric, one series per report: e.g. the split-cell errors of standard against
     modified gating. Means over replications with 10%-90% bars and each report's least-squares line.
@@ -146,26 +170,14 @@ def plot_comparison(reports: Sequence[Report], metrics: Sequence[str], path, dpi
     Path
         ``path`` (its suffix picks the format).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    def draw(ax, report, metric, series, color):
+        n, mean, low, high = series
+        fit = report.slopes[metric]
+        ax.errorbar(n, mean, yerr=[low, high], fmt="o", ms=3, color=color, capsize=2,
+                    label=f"{report.experiment.name}: {_interval_label(fit)}")
+        _fitted_line(ax, n, fit, color)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(4.2 * len(metrics), 3.8), constrained_layout=True)
-    FigureCanvasAgg(fig)
-    for i, metric in enumerate(metrics):
-        ax = fig.add_subplot(1, len(metrics), i + 1)
-        for color, report in zip([f"C{j}" for j in range(10)], reports):
-            series = _series(report, metric)
-            if series is None:
-                continue
-            n, mean, low, high = series
-            fit = report.slopes[metric]
-            label = f"{report.experiment.name}: {fit.slope:+.2f} [{fit.ci_low:+.2f}, {fit.ci_high:+.2f}]"
-            ax.errorbar(n, mean, yerr=[low, high], fmt="o", ms=3, color=color, capsize=2, label=label)
-            _fitted_line(ax, n, fit, color)
-        _log_log_axes(ax, metric)
-    return _save_as(fig, path, dpi)
+    return _series_panels(reports, metrics, path, dpi, draw, lambda metric: metric)
 
 
 def plot_scaled(reports: Sequence[Report], metrics: Sequence[str], exponent: float, path, dpi: int = 100) -> Path:
@@ -175,24 +187,10 @@ def plot_scaled(reports: Sequence[Report], metrics: Sequence[str], exponent: flo
     line and one with no polynomial rate a rising one: the three gatings of a vanishing expert on the same
     axes. Medians (the report's statistic) with 10%-90% bars, log-log axes.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    def draw(ax, report, metric, series, color):
+        n, centre, low, high = series
+        scale = n ** exponent
+        ax.errorbar(n, centre * scale, yerr=[low * scale, high * scale], fmt="o-", ms=3, color=color, capsize=2,
+                    label=f"{report.experiment.truth.gating}: slope {_interval_label(report.slopes[metric])}")
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(4.2 * len(metrics), 3.8), constrained_layout=True)
-    FigureCanvasAgg(fig)
-    for i, metric in enumerate(metrics):
-        ax = fig.add_subplot(1, len(metrics), i + 1)
-        for color, report in zip([f"C{j}" for j in range(10)], reports):
-            series = _series(report, metric)
-            if series is None:
-                continue
-            n, centre, low, high = series
-            scale = n ** exponent
-            fit = report.slopes[metric]
-            label = f"{report.experiment.truth.gating}: slope {fit.slope:+.2f} [{fit.ci_low:+.2f}, {fit.ci_high:+.2f}]"
-            ax.errorbar(n, centre * scale, yerr=[low * scale, high * scale], fmt="o-", ms=3, color=color,
-                        capsize=2, label=label)
-        _log_log_axes(ax, f"{metric} x n^{exponent:g}")
-    return _save_as(fig, path, dpi)
+    return _series_panels(reports, metrics, path, dpi, draw, lambda metric: f"{metric} x n^{exponent:g}")
