@@ -236,17 +236,25 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
     """Trust-region Newton steps on the (penalised) log-likelihood itself, with its exact Hessian.
 
     EM converges linearly, often slowly; near a maximum where the log-likelihood is locally concave,
-    Newton converges quadratically. Each step takes one exact-Hessian pass and solves the quadratic
-    model inside a trust region (``QuadraticModel``); trial points cost one cheap E-step pass each, and
+    Newton converges quadratically. A step takes one exact-Hessian pass and solves the quadratic
+    model inside a trust region (``QuadraticModel``); trial points cost one cheap pass each, and
     the region shrinks until a trial gains a fair share of what the model predicted. Where the Hessian
     is not negative definite the phase goes on only when ``allow_indefinite`` is set (EM has settled):
     an early try must not carry the fit away from the maximum EM is heading for.
 
-    The phase *certifies* convergence (``monitor.newton_settled``): it stops the run as converged only
-    at a point where the Hessian is negative definite and the Newton decrement, extrapolated over the
-    steps still to come, is within tolerance. A small change alone proves nothing: along a ridge every
-    step is small. It gives up, leaving the parameters where its last accepted step put them, when no
-    trial gains: the caller then goes back to EM.
+    Once an exact Hessian gave a concave model (outside a box), the next steps are *chord* steps: the
+    same Hessian with the gradient at the new point (``QuadraticModel.with_gradient``), which the
+    previous trial's gradient pass gave, and one trial each. They converge linearly at the rate at which
+    that Hessian is off; while their decrements fall at least ``1 / CHORD_RATE`` times per step they
+    cost a gradient pass instead of an exact-Hessian pass (a tenth of it at d = 10), and otherwise a new
+    exact Hessian is formed where they stand.
+
+    The phase *certifies* convergence (``monitor.newton_settled``, then ``monitor.certify``): it stops
+    the run as converged only at a point where the Hessian is negative definite and the Newton
+    decrement, extrapolated over the steps still to come, is within tolerance; chord steps then go on
+    to the gradient's rounding floor (``CHORD_SETTLED``). A small change alone proves nothing: along a
+    ridge every step is small. It gives up, leaving the parameters where its last accepted step put
+    them, when no trial gains: the caller then goes back to EM.
 
     In a box the model is restricted to the coordinates that their bound does not hold (``Penalty.binding``:
     on the bound with the gradient pointing out), every trial is projected into the box, and the gain
