@@ -9,7 +9,8 @@ towards that degenerate point as ``n`` grows (``truth_path``); ``over-fit-bounde
 over a box on the free parameters (``fit.bounds``, the compact parameter space of the theory) instead of with
 a ridge. ``separate-inputs`` is the exact-fit setting with the gating on one column of a 3-column ``X`` and
 the experts on the two others (issue 15). Each file says why its true parameter was chosen.
-``fastmoe rates presets`` lists them.
+``over-fit-bounded-search`` is ``over-fit-bounded`` fitted by the data-driven search, with its start as the
+oracle check. ``fastmoe rates presets`` lists them.
 """
 
 from __future__ import annotations
