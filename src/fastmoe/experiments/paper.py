@@ -388,9 +388,13 @@ def write_paper(paper: Paper, root, results, doc, *, figures=None, n_boot: int =
                     f"{_run_facts(study, results / study.archive)}.", ""]
             agreement = {row["n"]: row for row in r.agreement}.get("all")
             if agreement:
+                lower = sorted(x["oracle_gap"] for x in r.records if x.get("reached_oracle") is False)
                 out += [f"The data-driven fit reached the maximum of the fit started near the truth in "
                         f"{agreement['reached']} of {agreement['checked']} jobs (95% Wilson interval "
-                        f"[{agreement['share_low']:.2f}, {agreement['share_high']:.2f}]).", ""]
+                        f"[{agreement['share_low']:.2f}, {agreement['share_high']:.2f}]): the same maximum in "
+                        f"{agreement['same']}, a higher one in {agreement['higher']}"
+                        + (f"; it ended lower in {len(lower)}, by {lower[0]:.2g} to {lower[-1]:.2g} nats" if lower
+                           else "") + ".", ""]
             out += _slope_table(r, _metrics(section, [r])) + [""]
         for group in section.comparisons:
             if all(n in reports for n in group):
