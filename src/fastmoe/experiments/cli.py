@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import errno
 import os
 import signal
@@ -265,7 +264,7 @@ def _run(args) -> int:
 def _report(directory, experiment=None, ok_only=False, min_n=None, max_n=None, n_boot=2000, all_metrics=False,
             plots=True, out=None, statistic="median") -> int:
     from .analysis import DEFAULT_INCLUDE, analyse
-    from .store import StoreError, store_path, write_csv, write_parquet
+    from .store import StoreError, store_path, write_csv, write_parquet, write_rows
 
     directory = Path(directory)
     try:
@@ -280,10 +279,10 @@ def _report(directory, experiment=None, ok_only=False, min_n=None, max_n=None, n
         out_dir.mkdir(parents=True, exist_ok=True)
         exported += [write_csv(report.records, out_dir / "results.csv"),
                      write_parquet(report.records, out_dir / "results.parquet"),
-                     _write_rows(out_dir / "slopes.csv", report.slope_rows()),
-                     _write_rows(out_dir / "summary.csv", report.summary_rows())]
+                     write_rows(report.slope_rows(), out_dir / "slopes.csv"),
+                     write_rows(report.summary_rows(), out_dir / "summary.csv")]
         if report.agreement:
-            exported.append(_write_rows(out_dir / "agreement.csv", report.agreement))
+            exported.append(write_rows(report.agreement, out_dir / "agreement.csv"))
         if plots:
             from .plots import plot_report
 
@@ -389,19 +388,6 @@ def _paper(args) -> int:
     except (ValueError, KeyError, StoreError, sqlite3.DatabaseError, OSError, RuntimeError) as exc:
         return _fail("paper", exc)
     return 0
-
-
-def _write_rows(path: Path, rows) -> Path:
-    from ._atomic import atomic_open
-
-    columns: dict = {}
-    for row in rows:
-        columns.update(dict.fromkeys(row))
-    with atomic_open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 if __name__ == "__main__":  # pragma: no cover

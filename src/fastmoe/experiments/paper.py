@@ -223,8 +223,7 @@ def run_paper(paper: Paper, root, only: Optional[Sequence[str]] = None, *, sched
 # -- the document ---------------------------------------------------------------------------------------
 def _export(study: Study, root: Path, results: Path, n_boot: int) -> None:
     """Write a study's store to its archive: records, definition, slopes, summaries, run log."""
-    from .cli import _write_rows
-    from .store import write_csv
+    from .store import write_csv, write_rows
 
     source = root / study.name
     archive = results / study.archive
@@ -235,8 +234,10 @@ def _export(study: Study, root: Path, results: Path, n_boot: int) -> None:
     if (source / RUN_LOG).is_file():
         shutil.copyfile(source / RUN_LOG, archive / RUN_LOG)
     report = analyse(archive, n_boot=n_boot)
-    _write_rows(archive / "slopes.csv", report.slope_rows())
-    _write_rows(archive / "summary.csv", report.summary_rows())
+    write_rows(report.slope_rows(), archive / "slopes.csv")
+    write_rows(report.summary_rows(), archive / "summary.csv")
+    if report.agreement:
+        write_rows(report.agreement, archive / "agreement.csv")
 
 
 def _fmt(x: float, digits: int = 2) -> str:

@@ -37,7 +37,7 @@ from ._atomic import atomic_open
 from .definition import Experiment
 
 __all__ = ["ResultStore", "StoreError", "flatten_record", "load_run", "read_csv", "store_path", "write_csv",
-           "write_parquet", "STORE_FILENAME", "CSV_FILENAME", "DEFINITION_FILENAME"]
+           "write_rows", "write_parquet", "STORE_FILENAME", "CSV_FILENAME", "DEFINITION_FILENAME"]
 
 #: File name of the store inside a run directory.
 STORE_FILENAME = "results.sqlite"
@@ -356,7 +356,11 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
 
 def write_csv(records: List[dict], path) -> Path:
     """Write job records, flattened (:func:`flatten_record`), to a CSV file, atomically."""
-    rows = [flatten_record(r) for r in records]
+    return write_rows([flatten_record(r) for r in records], path)
+
+
+def write_rows(rows: List[dict], path) -> Path:
+    """Write flat rows (the union of their keys, in first-seen order, as columns) to a CSV file, atomically."""
     path = Path(path)
     with atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=_columns(rows), restval="")
