@@ -235,3 +235,26 @@ def test_docs_results_md_is_the_generated_document(tmp_path):
                 echo=lambda *_: None)
     committed = (REPO / "docs" / "results.md").read_text()
     assert doc.read_text() == committed, "docs/results.md differs: run `fastmoe rates paper --report-only`"
+
+
+def test_an_interrupted_paper_run_logs_what_it_stored(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a study: its finished jobs are stored (the runner's promise), and the
+    part's time is logged too, marked interrupted; the next invocation resumes and logs its own part."""
+    from fastmoe.experiments import runner
+
+    (tmp_path / "paper.toml").write_text(PAPER)
+    paper = load_paper(tmp_path / "paper.toml")
+    real = runner.run_experiment
+
+    def interrupted(experiment, out, **kwargs):
+        real(experiment.with_grid(sample_sizes=[3000]), out, **kwargs)  # some jobs finish, then the signal
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_experiment", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_paper(paper, tmp_path / "runs", ["one"], scheduler="synchronous", progress=False, echo=lambda *_: None)
+    monkeypatch.setattr(runner, "run_experiment", real)
+    run_paper(paper, tmp_path / "runs", ["one"], scheduler="synchronous", progress=False, echo=lambda *_: None)
+    log = json.loads((tmp_path / "runs" / "one" / "runs.json").read_text())
+    assert [e["jobs_run"] for e in log] == [2, 4] and log[0]["interrupted"] and "interrupted" not in log[1]
+    assert log[1]["already_stored"] == 2

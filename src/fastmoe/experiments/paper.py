@@ -25,6 +25,7 @@ import platform
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -208,14 +209,26 @@ def run_paper(paper: Paper, root, only: Optional[Sequence[str]] = None, *, sched
             store.register(study.experiment)
         study.experiment.save(out / DEFINITION_FILENAME)
         echo(f"{study.name}: {study.experiment.n_jobs} jobs ({out})")
-        started = _now()
-        summary = run_experiment(study.experiment, out, scheduler=scheduler, n_jobs=n_jobs,
-                                 threads_per_job=threads_per_job, progress=progress)
-        if summary.completed:
-            _append_log(out / RUN_LOG, {"started": started, "finished": _now(), "wall_s": round(summary.wall_time, 1),
-                                        "jobs_run": summary.completed, "already_stored": summary.already_done,
-                                        "executor": summary.executor, "workers": summary.n_workers,
-                                        "threads_per_job": summary.threads_per_job, **_machine()})
+        started, clock = _now(), time.perf_counter()
+        with ResultStore(out, read_only=True) as store:
+            before = store.count(study.name)
+        summary = None
+        try:
+            summary = run_experiment(study.experiment, out, scheduler=scheduler, n_jobs=n_jobs,
+                                     threads_per_job=threads_per_job, progress=progress)
+        finally:
+            # Logged also when the run is interrupted: its finished jobs are stored, and so is its time.
+            with ResultStore(out, read_only=True) as store:
+                added = store.count(study.name) - before
+            if added:
+                entry = {"started": started, "finished": _now(), "wall_s": round(time.perf_counter() - clock, 1),
+                         "jobs_run": added, "already_stored": before}
+                if summary is None:
+                    entry["interrupted"] = True
+                else:
+                    entry.update(executor=summary.executor, workers=summary.n_workers,
+                                 threads_per_job=summary.threads_per_job)
+                _append_log(out / RUN_LOG, {**entry, **_machine()})
         summaries.append(summary)
     return summaries
 
@@ -258,8 +271,9 @@ def _run_facts(study: Study, archive: Path) -> str:
         entries = json.loads(log.read_text())
         wall = sum(e["wall_s"] for e in entries)
         parts = [f"{e['started'][:10]}, {e['wall_s']:.0f} s for {e['jobs_run']} jobs on {e['cpu']} "
-                 f"({e['cores']} cores; {e['workers']} x {e['threads_per_job']} threads), fastmoe {e['fastmoe']}"
-                 + (f" at `{e['commit']}`" if e.get("commit") else "") for e in entries]
+                 + (f"({e['cores']} cores; interrupted)" if e.get("interrupted") else
+                    f"({e['cores']} cores; {e['workers']} x {e['threads_per_job']} threads)")
+                 + f", fastmoe {e['fastmoe']}" + (f" at `{e['commit']}`" if e.get("commit") else "") for e in entries]
         return f"run in {len(entries)} part(s), {wall / 60:.1f} min wall in all: " + "; ".join(parts)
     return study.note or "run facts not recorded"
 
