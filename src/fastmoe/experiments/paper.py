@@ -333,6 +333,7 @@ def _family_table(paper: Paper, family: str, reports: Dict[str, Report], metrics
                   n_boot: int) -> List[str]:
     members = [paper.studies[n] for n in paper.families[family]]
     done = [m for m in members if m.name in reports]
+    metrics = [x for x in metrics if any(x in reports[m.name].metrics for m in done)] or list(metrics)
     lines = [f"**Truth family `{family}`** ({len(done)} of {len(members)} truths run; slopes of medians, "
              "pooled = mean over truths with a 95% bootstrap interval):", "",
              "| d | truth | fits | " + " | ".join(metrics) + " |", "|---|---|---:|" + "---:|" * len(metrics)]
