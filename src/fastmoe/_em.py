@@ -413,8 +413,12 @@ def chord_accepts(gain, ratio, predicted, slack):
     return bool(gain > slack and ratio > 0.25)
 
 
-def final_pass(problem: Problem, W, V) -> PassResult:
-    """What a stopped run needs of its end point (log-likelihood, experts' weights), without Hessians."""
+def pass_after_newton(problem: Problem, W, V, monitor: ConvergenceMonitor) -> PassResult:
+    """The fused pass where Newton steps left the run: with its block Hessians when EM goes on from there;
+    when the run stops, only what its end needs (log-likelihood, experts' weights), by the cheaper
+    gradient pass."""
+    if not monitor.stopped:
+        return problem.newton_pass(W, V)
     loglik, _, weight = problem.gradient_pass(W, V)
     return PassResult(loglik, weight, None, None, None, None)
 
@@ -458,7 +462,7 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
         W, V, objective, n_steps = newton_finish(problem, W, V, objective, penalty, monitor, allow_indefinite=True,
                                                  max_steps=NEWTON_FIRST_STEPS, joins=joins)
         if n_steps:
-            result = final_pass(problem, W, V) if monitor.stopped else problem.newton_pass(W, V)
+            result = pass_after_newton(problem, W, V, monitor)
         next_newton = monitor.n_iter + retry
 
     while monitor.iterations_left > 0 and not monitor.stopped:
@@ -503,7 +507,7 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
                 W, V, objective, n_steps = newton_finish(problem, W, V, objective, penalty, monitor,
                                                          allow_indefinite=False)
                 if n_steps:
-                    result = final_pass(problem, W, V) if monitor.stopped else problem.newton_pass(W, V)
+                    result = pass_after_newton(problem, W, V, monitor)
                 if monitor.certified:
                     break
             monitor.stop("diverging")
@@ -514,9 +518,7 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
                 allow_indefinite=abs(change) <= NEWTON_INDEFINITE_SWITCH * abs(objective),
             )
             if n_steps:
-                # EM goes on from here with the pass's block Hessians; a run that stops needs only the
-                # log-likelihood and the experts' weights at its end, which the cheaper gradient pass gives.
-                result = final_pass(problem, W, V) if monitor.stopped else problem.newton_pass(W, V)
+                result = pass_after_newton(problem, W, V, monitor)
             if monitor.stopped:
                 break
             retry = NEWTON_RETRY if n_steps else 2 * retry
