@@ -209,12 +209,16 @@ def fit_slope(records: Sequence[dict], metric: str, *, include: Iterable[str] = 
     if len(values) < 2:
         return SlopeFit(metric, math.nan, math.nan, math.nan, math.nan, theory, len(values), n_rows, confidence,
                         statistic)
-    log_n = np.log(np.array(sorted(values), dtype=float))
-    centres = np.array([_statistic(values[n], statistic) for n in sorted(values)])
-    slope, intercept = _ols_slopes(log_n, np.log(centres))
+    slope, intercept = _centre_slope(values, statistic)
     low, high = _interval(_bootstrap_slopes(values, n_boot, np.random.default_rng(seed), statistic), confidence)
     return SlopeFit(metric, float(slope), float(intercept), low, high, float(theory),
                     len(values), n_rows, confidence, statistic)
+
+
+def _centre_slope(values: Dict[int, np.ndarray], statistic: str):
+    """Slope and intercept of ``log(statistic)`` on ``log(n)`` over the sizes of ``values``."""
+    sizes = sorted(values)
+    return _ols_slopes(np.log(np.array(sizes, dtype=float)), np.log([_statistic(values[n], statistic) for n in sizes]))
 
 
 def _slope_values(records, metric, include, min_n=None, max_n=None, statistic="median") -> Dict[int, np.ndarray]:
@@ -314,9 +318,8 @@ def compare_slopes(records_a: Sequence[dict], records_b: Sequence[dict], metric:
                                confidence, math.nan, statistic, alternative)
     first = {n: first[n] for n in common}
     second = {n: second[n] for n in common}
-    log_n = np.log(np.array(common, dtype=float))
-    slope_a, _ = _ols_slopes(log_n, np.log([_statistic(first[n], statistic) for n in common]))
-    slope_b, _ = _ols_slopes(log_n, np.log([_statistic(second[n], statistic) for n in common]))
+    slope_a, _ = _centre_slope(first, statistic)
+    slope_b, _ = _centre_slope(second, statistic)
     rng = np.random.default_rng(seed)
     boot = _bootstrap_slopes(second, n_boot, rng, statistic) - _bootstrap_slopes(first, n_boot, rng, statistic)
     low, high = _interval(boot, confidence)
@@ -410,10 +413,7 @@ def pooled_slope(records_by_truth: Sequence[Sequence[dict]], metric: str, *, inc
         values = _slope_values(records, metric, include, min_n, max_n, statistic)
         if len(values) < 2:
             continue
-        sizes = sorted(values)
-        slope, _ = _ols_slopes(np.log(np.array(sizes, dtype=float)),
-                               np.log([_statistic(values[n], statistic) for n in sizes]))
-        slopes.append(float(slope))
+        slopes.append(float(_centre_slope(values, statistic)[0]))
         boots.append(_bootstrap_slopes(values, n_boot, rng, statistic))
         rows += int(sum(v.size for v in values.values()))
     if not slopes:
