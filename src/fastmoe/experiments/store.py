@@ -93,7 +93,8 @@ def store_path(path) -> Path:
     return path if path.suffix in (".sqlite", ".sqlite3", ".db") else path / STORE_FILENAME
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The time now, UTC, ISO 8601 to the second (run records and logs)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -189,7 +190,7 @@ class ResultStore:
             "SELECT digest, fastmoe_version FROM experiments WHERE name = ?", (experiment.name,)
         ).fetchone()
         digest = experiment.model_digest()
-        now = _now()
+        now = utc_now()
         if row is None:
             self._conn.execute(
                 "INSERT INTO experiments (name, digest, definition, fastmoe_version, created, updated) "
@@ -246,7 +247,7 @@ class ResultStore:
         cur = self._conn.execute(
             "INSERT INTO runs (experiment, started, fastmoe_version, executor, n_workers, threads_per_job, host) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (experiment, _now(), __version__, executor, n_workers, threads_per_job, socket.gethostname()),
+            (experiment, utc_now(), __version__, executor, n_workers, threads_per_job, socket.gethostname()),
         )
         return int(cur.lastrowid)
 
