@@ -9,6 +9,8 @@ M-steps on fixed responsibilities with a small ridge (``_mstep.m_step_from_respo
 maximum of a mixture of experts has two experts sharing one region while another region is served
 badly, and no EM step leaves it. The move drops an expert and inserts a new one where the labels
 say so: an expert fitted to the labels of a half-space of the gating inputs, gated towards it.
+:func:`split_merge_parameters` is the search's last move from its answer: one expert dropped and
+another split in two identical halves, from which Newton steps leave along the negative curvature.
 """
 
 from __future__ import annotations
@@ -140,4 +142,29 @@ def relocated_parameters(problem: Problem, W, V, rng):
     W_new[0, 0] = -sharpness * (threshold + offset)
     W_out = np.vstack([W[keep], W_new])
     V_out = np.concatenate([V[keep], V_new], axis=0)
+    return W_out - W_out[-1], V_out - V_out[:, -1:, :]
+
+
+def split_merge_parameters(W, V, drop, split):
+    """``(W, V)`` with expert ``drop`` removed and expert ``split`` in two identical halves.
+
+    The halves share ``split``'s gating share (each intercept lowered by log 2), so the start has the
+    likelihood of the fit without ``drop``. Two identical halves are a saddle of the likelihood
+    wherever splitting the expert gains: EM keeps them identical, but trust-region Newton steps
+    (``run_em(newton_first=True)``) leave along the Hessian's negative curvature.
+
+    Parameters
+    ----------
+    W, V : packed parameters of a fit with ``k >= 2`` experts.
+    drop, split : int
+        Different experts of that fit.
+
+    Returns
+    -------
+    W, V : packed parameters in reference conventions, ``split``'s second half last.
+    """
+    keep = [i for i in range(W.shape[0]) if i != drop]
+    W_out = np.vstack([W[keep], W[split]])
+    V_out = np.concatenate([V[keep], V[split][None]], axis=0)
+    W_out[[keep.index(split), -1], 0] -= np.log(2.0)
     return W_out - W_out[-1], V_out - V_out[:, -1:, :]

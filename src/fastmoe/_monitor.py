@@ -14,8 +14,9 @@ short of the maximum at large ``n``. :func:`em_settled` extrapolates EM's linear
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -251,6 +252,11 @@ class StartLog:
         diverged starts count as starts, not as maxima).
     subsample : int or None
         Rows of the exploration subsample, or None when the starts ran on all the data.
+    moves : ndarray
+        The objective (on all the data) each split-and-merge move from the search's answer reached
+        (empty when none ran); the answer is the best of these and the search's own, when it is higher.
+    moves_diverged : ndarray of bool
+        Which moves diverged.
     """
 
     objectives: np.ndarray
@@ -258,6 +264,8 @@ class StartLog:
     best: int
     n_best: int
     subsample: object
+    moves: np.ndarray = field(default_factory=lambda: np.empty(0))
+    moves_diverged: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
 
     @classmethod
     def of(cls, runs, best, subsample):
@@ -272,15 +280,23 @@ class StartLog:
         once = sum(sum(same_maximum(a, b) for b in finite) == 1 for a in finite)
         return once / max(self.objectives.size, 1)
 
+    def with_moves(self, runs):
+        """This log with the split-and-merge moves ``runs`` (RunResults on all the data) recorded."""
+        return dataclasses.replace(self, moves=np.array([r.objective for r in runs]),
+                                   moves_diverged=np.array([r.diverged for r in runs], dtype=bool))
+
     def to_dict(self) -> dict:
         """Plain-Python form, for JSON."""
         return {"objectives": self.objectives.tolist(), "diverged": self.diverged.tolist(), "best": int(self.best),
-                "n_best": int(self.n_best), "subsample": self.subsample}
+                "n_best": int(self.n_best), "subsample": self.subsample, "moves": self.moves.tolist(),
+                "moves_diverged": self.moves_diverged.tolist()}
 
     @classmethod
     def from_dict(cls, data):
+        """The log from :meth:`to_dict`'s form (one written before moves were recorded has none)."""
         return cls(np.array(data["objectives"], dtype=float), np.array(data["diverged"], dtype=bool),
-                   int(data["best"]), int(data["n_best"]), data["subsample"])
+                   int(data["best"]), int(data["n_best"]), data["subsample"],
+                   np.array(data.get("moves", []), dtype=float), np.array(data.get("moves_diverged", []), dtype=bool))
 
     @property
     def higher_diverged(self) -> int:
