@@ -262,3 +262,54 @@ def test_chord_steps_reach_the_exact_newton_maximum_with_fewer_hessians(monkeypa
     step = np.linalg.solve(-H, g)
     assert 0.5 * g @ step <= 1e-10 * abs(chord.objective)  # the Newton decrement left: within tol
     assert chord.params.allclose(exact.params, rtol=1e-6, atol=1e-6)
+
+
+def test_logit_slack_covers_the_rounding_of_runaway_intercepts(rng):
+    """Far out (an expert's intercepts running off: a class with probability 0 there) the kernels'
+    log-likelihood and the NumPy reference's differ by the logits' rounding: ``Problem.slack`` alone is
+    too tight there, ``logit_slack`` is not."""
+    from fastmoe._problem import Problem
+
+    X = rng.uniform(0, 1, size=(30, 3))
+    y = np.arange(30) % 3
+    problem = Problem(X, X, y.astype(np.int64), np.full(30, 3.0), 2, 3, 1)
+    W = np.array([[0.1, -1.9, -0.3, 0.4], [0.0, 0.0, 0.0, 0.0]])
+    V = np.zeros((2, 3, 4))
+    V[0, :2, 1:] = rng.normal(size=(2, 3))
+    V[1, :2, 0] = [2.57371066e6, 2.57371170e6]  # class 2 gets probability 0 in expert 1
+    V[1, :2, 1:] = [[0.22, 0.12, 0.64], [-0.22, -0.12, -0.64]]
+    gaps = []
+    for shift in (0.0, 1.0, 3.0):  # intercepts that ran on a little further: the same probabilities
+        V_shift = V.copy()
+        V_shift[1, :2, 0] += shift
+        gaps.append(abs(problem.loglik(W, V_shift) - ref.loglik(W, V_shift, X, X, y, np.full(30, 3.0))))
+        assert gaps[-1] <= problem.logit_slack(W, V_shift)
+    assert max(gaps) > problem.slack(problem.loglik(W, V))  # so the plain slack would not do
+    # Near the origin the logits' rounding is the plain floor.
+    assert problem.logit_slack(0.1 * W, 0.0 * V) == pytest.approx(problem.rounding_floor)
+
+
+def test_a_run_with_a_ceiling_stops_below_it_and_only_below_it():
+    """``run_em(ceiling=...)``: a run heading for a maximum below the ceiling stops as "below" (its
+    objective plus CEILING_MARGIN Newton decrements short of it); with the ceiling at or below that
+    maximum it runs to it, and ends where a run without a ceiling ends."""
+    from fastmoe._em import run_em
+    from fastmoe._penalty import Penalty
+    from fastmoe._problem import Problem
+
+    truth = fastmoe.MoEParams(beta0=[0.3, 0.0], beta1=[[3.0, -1.0], [0.0, 0.0]],
+                              a=[[[2.0, 1.0], [-1.0, 0.5], [0.0, 0.0]], [[-1.5, 0.0], [1.0, -2.0], [0.0, 0.0]]],
+                              b=[[0.5, -0.5, 0.0], [-0.3, 0.4, 0.0]])
+    X, y = fastmoe.sample(truth, n=4000, random_state=4)
+    problem = Problem(np.ascontiguousarray(X), np.ascontiguousarray(X), y.astype(np.int64), np.empty(0), 2, 3, 1)
+    penalty = Penalty(0.0, problem)
+    W0, V0 = truth.normalized().packed()
+    plain = run_em(problem, W0, V0, penalty, ConvergenceMonitor(1e-10, 500), newton_first=True)
+    assert plain.monitor.reason == "converged"
+    below = run_em(problem, W0, V0, penalty, ConvergenceMonitor(1e-10, 500), newton_first=True,
+                   ceiling=plain.objective + 50.0)
+    assert below.monitor.reason == "below" and below.monitor.n_iter < plain.monitor.n_iter
+    assert below.objective < plain.objective
+    reached = run_em(problem, W0, V0, penalty, ConvergenceMonitor(1e-10, 500), newton_first=True,
+                     ceiling=plain.objective)
+    assert reached.monitor.reason == "converged" and reached.objective == plain.objective

@@ -201,3 +201,56 @@ def test_search_with_joins_is_independent_of_the_thread_count(monkeypatch):
     np.testing.assert_array_equal(fits[1].starts.objectives, fits[0].starts.objectives)
     for a, b in zip(fits[1].params.packed(), fits[0].params.packed()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_split_merge_start_has_the_likelihood_of_the_fit_without_the_dropped_expert(rng):
+    import reference_numpy as ref
+    from fastmoe._init import split_merge_parameters
+
+    W, V = HARD.normalized().packed()
+    X = rng.uniform(-1, 1, size=(400, 2))
+    y = fastmoe.sample(HARD, X=X, random_state=rng)[1]
+    for drop, split in [(0, 1), (2, 0), (1, 2)]:
+        W2, V2 = split_merge_parameters(W, V, drop, split)
+        keep = [i for i in range(3) if i != drop]
+        assert W2.shape == W.shape and V2.shape == V.shape
+        np.testing.assert_array_equal(W2[-1], 0.0)  # reference conventions
+        np.testing.assert_array_equal(V2[:, -1], 0.0)
+        # Closed form: the fit without ``drop`` (its gate renormalised over the rest), computed by the
+        # NumPy reference on the two-expert parameters.
+        expected = ref.loglik(W[keep] - W[keep][-1], V[keep], X, X, y)
+        assert ref.loglik(W2, V2, X, X, y) == pytest.approx(expected, rel=1e-12)
+        # The two halves are the split expert, each with half its gating share.
+        np.testing.assert_allclose(V2[-1], V[split] - V[split][-1], atol=1e-12)
+
+
+def test_split_merge_moves_reach_the_over_fitted_maximum_the_exploration_missed(monkeypatch):
+    """A job of ``over-fit-bounded-search`` (k = 3 experts for a 2-expert truth, box 10) where the search's
+    exploration ends 0.71 nats below the maximum a start near the truth reaches: one of the six moves
+    from its answer (drop one expert, split another) reaches that maximum on all the data."""
+    from fastmoe import _search
+    from fastmoe.experiments import get_preset
+    from fastmoe.experiments.starts import init_near_truth
+
+    study = get_preset("over-fit-bounded-search")
+    n, replication = 13_600, 1
+    truth, streams, options = study.truth_at(n), study.streams(n, replication), study.fit
+    X = study.x_law.sample(streams["x"], n, truth.n_inputs)
+    X, y = fastmoe.sample(truth, X=X, random_state=streams["y"])
+    start = init_near_truth(truth, 3, streams["init"], options.init_scale, options.split_cells, options.split_spread)
+
+    def fit(init, **extra):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # active bounds, a maximum found once: the objectives say it
+            return fastmoe.fit(X, y, 3, init=init, tol=options.tol, max_iter=options.max_iter,
+                               bounds=options.bounds, n_threads=2, **extra)
+
+    oracle = fit(start)
+    searched = fit("search", random_state=study.streams(n, replication)["fit"])  # the job's own stream
+    monkeypatch.setattr(_search, "SPLIT_MERGE_ROW_BUDGET", 0)
+    explored = fit("search", random_state=study.streams(n, replication)["fit"])
+    assert explored.starts.moves.size == 0
+    assert explored.objective < oracle.objective - 0.5  # so the moves have something to find
+    assert searched.starts.moves.size % 6 == 0 and searched.starts.moves.size >= 6
+    assert searched.objective >= oracle.objective - 1e-6 * abs(oracle.objective)
+    assert searched.converged and not searched.diverged

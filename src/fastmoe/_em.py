@@ -72,6 +72,11 @@ NEWTON_MIN_EM_ITER = 2
 NEWTON_RETRY = 10
 # Newton steps taken first (``newton_first``) before EM takes over.
 NEWTON_FIRST_STEPS = 25
+# A run given a ceiling (an objective the search already holds) stops as "below" at a point where the
+# Newton model is concave and CEILING_MARGIN times its decrement (the gain the model has left) would not
+# reach the ceiling. Near a degenerate maximum (-c x^4) the decrement is 2/3 of the gain left; the
+# margin covers that and more.
+CEILING_MARGIN = 10.0
 # Trust-region steps where the Hessian is not negative definite only once EM has settled this far:
 # EM crawling along a ridge or near a saddle.
 NEWTON_INDEFINITE_SWITCH = 1e-6
@@ -232,7 +237,7 @@ class DivergenceGauge:
 
 
 def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: ConvergenceMonitor,
-                  allow_indefinite, max_steps=None, joins=None):
+                  allow_indefinite, max_steps=None, joins=None, ceiling=None):
     """Trust-region Newton steps on the (penalised) log-likelihood itself, with its exact Hessian.
 
     EM converges linearly, often slowly; near a maximum where the log-likelihood is locally concave,
@@ -264,6 +269,9 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
     ``joins(W, V, objective)``, when given, is asked after every accepted step whether the point lies in
     the quadratic basin of a maximum found before (the search's ``KnownMaxima.match``: that maximum's
     run, or None); the run then stops as ``"joined"``, with that run in ``monitor.joined``.
+    ``ceiling``, when given, is an objective a run is not worth continuing below: the run stops as
+    ``"below"`` where the model is concave and ``objective + CEILING_MARGIN * decrement`` stays below it
+    (beyond rounding).
 
     Returns
     -------
@@ -324,6 +332,10 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
         if not model.concave and not allow_indefinite:
             return W, V, objective, n_steps
         decrement = model.decrement()
+        if ceiling is not None and model.concave and \
+                objective + CEILING_MARGIN * decrement < ceiling - problem.slack(ceiling):
+            monitor.stop("below")
+            return W, V, objective, n_steps
         if chord and not decrement <= CHORD_RATE * decrements[-1]:
             if certified or monitor.newton_settled([decrement], objective):  # the gradient's rounding floor
                 monitor.certify()
@@ -424,7 +436,7 @@ def pass_after_newton(problem: Problem, W, V, monitor: ConvergenceMonitor) -> Pa
 
 
 def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor, newton=True,
-           newton_first=False, joins=None) -> RunResult:
+           newton_first=False, joins=None, ceiling=None) -> RunResult:
     """Generalised EM from (W, V), then the Newton finish, until the monitor says stop.
 
     Parameters
@@ -444,6 +456,9 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
         maximum this way against 0 of 6 with EM first). Used by the search's starts.
     joins : callable, optional
         Passed to the Newton-first phase (see :func:`newton_finish`).
+    ceiling : float, optional
+        The objective of a maximum the caller already holds: Newton phases stop the run as ``"below"``
+        once it is seen heading for a lower one (see :func:`newton_finish`).
 
     Returns
     -------
@@ -460,7 +475,7 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
     change = np.inf
     if newton_first and monitor.iterations_left > 0:
         W, V, objective, n_steps = newton_finish(problem, W, V, objective, penalty, monitor, allow_indefinite=True,
-                                                 max_steps=NEWTON_FIRST_STEPS, joins=joins)
+                                                 max_steps=NEWTON_FIRST_STEPS, joins=joins, ceiling=ceiling)
         if n_steps:
             result = pass_after_newton(problem, W, V, monitor)
         next_newton = monitor.n_iter + retry
@@ -482,7 +497,9 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
                 # Every block's Q rose to within its own rounding, and the total fell by less than those
                 # roundings together: EM is at its fixed point to rounding (seen on 30-sample data, 1e-11
                 # on an objective of 5.4, where the blocks' Q values are larger than the objective).
-                if objective_new >= objective - slack - sum(problem.slack(q) for q in q_old):
+                # Far out (intercepts running off to a boundary maximum) the logits' own rounding is larger.
+                if objective_new >= objective - slack - sum(problem.slack(q) for q in q_old) - \
+                        problem.logit_slack(W_new, V_new):
                     monitor.stop("converged")
                     break
                 warnings.warn(
@@ -515,7 +532,7 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
         if newton and monitor.n_iter >= next_newton and abs(change) <= NEWTON_SWITCH * abs(objective):
             W, V, objective, n_steps = newton_finish(
                 problem, W, V, objective, penalty, monitor,
-                allow_indefinite=abs(change) <= NEWTON_INDEFINITE_SWITCH * abs(objective),
+                allow_indefinite=abs(change) <= NEWTON_INDEFINITE_SWITCH * abs(objective), ceiling=ceiling,
             )
             if n_steps:
                 result = pass_after_newton(problem, W, V, monitor)

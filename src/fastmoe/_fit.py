@@ -76,7 +76,8 @@ class FitResult:
     starts : StartLog or None
         How settled the answer is when it came from several starts: the objective each start
         reached (``starts.objectives``; on the exploration subsample for the search), how many reached
-        the kept maximum (``starts.n_best``), which diverged; None for a fit from given parameters.
+        the kept maximum (``starts.n_best``), which diverged, what the search's split-and-merge moves
+        reached on all the data (``starts.moves``); None for a fit from given parameters.
     bounds : Bounds or None
         The box the fit was constrained to (``fit(bounds=...)``), or None.
     active_bounds : tuple of str
@@ -241,7 +242,8 @@ def fit(
         ``max(30 000, 25 p)`` rows (``p`` free parameters; all rows for smaller data), with
         trust-region Newton steps on the likelihood first, in parallel threads, in rounds until the
         best maximum was reached twice and a new one is unlikely; the best few are refined on all the
-        data (see ``fastmoe._search``). ``"kmeans"`` partitions the gating
+        data, and split-and-merge moves (one expert dropped, another split) are tried from the
+        answer there where affordable (see ``fastmoe._search``). ``"kmeans"`` partitions the gating
         inputs with k-means, ``"random"`` with a random linear gating, turns the partition into
         parameters by an M-step and runs EM from there on all the data (``n_init`` times). An
         ``MoEParams`` starts there (e.g. near the truth in a simulation).

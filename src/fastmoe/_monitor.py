@@ -36,8 +36,9 @@ def same_maximum(a, b):
 MESSAGE_NAMES = 8
 #: Why a run stopped: its objective is within tolerance of a maximum; the iteration cap; the user's
 #: callback asked; coefficients ran past the divergence gauge; no step could increase the objective;
-#: it entered the quadratic basin of a maximum an earlier run of the search reached (``joined``).
-STOP_REASONS = ("converged", "max_iter", "callback", "diverging", "no_increase", "joined")
+#: it entered the quadratic basin of a maximum an earlier run of the search reached (``joined``); its
+#: Newton model showed it heading for a maximum below one the search already holds (``below``).
+STOP_REASONS = ("converged", "max_iter", "callback", "diverging", "no_increase", "joined", "below")
 
 
 def em_settled(change, previous_change, threshold):
@@ -210,6 +211,7 @@ class ConvergenceMonitor:
             "diverging": f"diverged: stopped after {n} iterations",
             "no_increase": f"stopped after {n} iterations: no step could increase the objective",
             "joined": f"joined a maximum found before after {n} iterations",
+            "below": f"stopped after {n} iterations below a higher maximum found before",
             None: f"stopped after {n} iterations",
         }[self.reason]]
         if self.reason == "diverging":
