@@ -7,7 +7,7 @@ import reference_numpy as ref
 from scipy.optimize import minimize
 
 import fastmoe
-from fastmoe._monitor import STOP_REASONS, ConvergenceMonitor, em_settled, newton_settled
+from fastmoe._monitor import STOP_REASONS, ConvergenceMonitor, em_settled, gain_left, newton_settled
 from fastmoe._trust_region import QuadraticModel
 from fastmoe.experiments import get_preset
 from fastmoe.experiments.starts import init_near_truth
@@ -313,3 +313,13 @@ def test_a_run_with_a_ceiling_stops_below_it_and_only_below_it():
     reached = run_em(problem, W0, V0, penalty, ConvergenceMonitor(1e-10, 500), newton_first=True,
                      ceiling=plain.objective)
     assert reached.monitor.reason == "converged" and reached.objective == plain.objective
+
+
+def test_gain_left_extrapolates_collapsing_decrements():
+    # Decrements halving: the rest of the geometric series, 2 + 1 + 0.5 + ... = 4.
+    assert gain_left([8.0, 4.0, 2.0]) == pytest.approx(4.0)
+    # The slower of the last two ratios counts: 1 / (1 - 0.5) with ratios 0.1 and 0.5.
+    assert gain_left([100.0, 10.0, 5.0]) == pytest.approx(10.0)
+    assert gain_left([1.0, 2.0, 3.0]) == np.inf  # not falling
+    assert gain_left([4.0, 2.0]) == np.inf  # too few to say
+    assert gain_left([4.0, np.inf, 1.0]) == np.inf  # an indefinite model in between

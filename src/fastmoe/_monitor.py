@@ -76,11 +76,18 @@ def newton_settled(decrements, threshold):
     d = decrements[-1]
     if d <= NEGLIGIBLE_DECREMENT * threshold:
         return True
+    return bool(d <= threshold and gain_left(decrements) <= threshold)
+
+
+def gain_left(decrements):
+    """What Newton steps have left to gain: the last decrement ``d`` extrapolated as a linearly
+    converging sequence, ``d / (1 - r)`` with ``r`` the larger of the last two ratios of successive
+    decrements; ``inf`` unless the last three decrements are finite, positive and falling."""
     last = decrements[-3:]
-    if len(last) < 3 or not (d <= threshold and np.isfinite(last).all() and min(last) > 0.0):
-        return False
+    if len(last) < 3 or not (np.isfinite(last).all() and min(last) > 0.0):
+        return np.inf
     ratio = max(last[2] / last[1], last[1] / last[0])
-    return bool(ratio < 1.0 and d / (1.0 - ratio) <= threshold)
+    return last[2] / (1.0 - ratio) if ratio < 1.0 else np.inf
 
 
 class ConvergenceMonitor:
