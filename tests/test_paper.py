@@ -258,3 +258,52 @@ def test_an_interrupted_paper_run_logs_what_it_stored(tmp_path, monkeypatch):
     log = json.loads((tmp_path / "runs" / "one" / "runs.json").read_text())
     assert [e["jobs_run"] for e in log] == [2, 4] and log[0]["interrupted"] and "interrupted" not in log[1]
     assert log[1]["already_stored"] == 2
+
+
+def test_a_study_resumes_from_its_archive_on_a_machine_without_its_store(tmp_path, monkeypatch):
+    """A part of a study ran and was exported (the committed CSV); on a fresh clone with no store the next
+    `fastmoe rates paper` takes those rows over, runs only the rest, and ends with the rows a one-shot run
+    gives; an archive of another definition is not mixed in."""
+    from fastmoe.experiments import runner
+
+    (tmp_path / "paper.toml").write_text(PAPER)
+    paper = load_paper(tmp_path / "paper.toml")
+    quiet = dict(scheduler="synchronous", progress=False, echo=lambda *_: None)
+    real = runner.run_experiment
+
+    def interrupted(experiment, out, **kwargs):
+        real(experiment.with_grid(sample_sizes=[3000]), out, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_experiment", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_paper(paper, tmp_path / "first", ["one"], results=tmp_path / "results", **quiet)
+    monkeypatch.setattr(runner, "run_experiment", real)
+    write_paper(paper, tmp_path / "first", tmp_path / "results", tmp_path / "doc.md", n_boot=20, only=["one"],
+                echo=lambda *_: None)
+    assert len(read_csv(tmp_path / "results" / "one" / "results.csv")) == 2
+    # Another machine: no store under its root, the archive from the repository.
+    resumed = run_paper(paper, tmp_path / "second", ["one"], results=tmp_path / "results", **quiet)
+    assert resumed[0].completed == 4  # only the jobs the archive lacks
+    log = json.loads((tmp_path / "second" / "one" / "runs.json").read_text())
+    assert [e["jobs_run"] for e in log] == [2, 4] and log[1]["already_stored"] == 2
+    # The same rows as a run in one go (fit times and process facts apart).
+    whole = run_paper(paper, tmp_path / "whole", ["one"], **quiet)
+    assert whole[0].completed == 6
+    volatile = {"fit_time", "oracle_fit_time", "job_time", "pid", "host", "run_id", "started", "finished"}
+    _, got, _ = load_run(tmp_path / "second" / "one", "one")
+    _, want, _ = load_run(tmp_path / "whole" / "one", "one")
+    assert len(got) == len(want) == 6
+    for a, b in zip(got, want):
+        for key in set(a) - volatile:
+            assert same(a[key], b[key]), key
+    # The resumed store numbers its own run after the archive's.
+    with ResultStore(tmp_path / "second" / "one", read_only=True) as store:
+        assert [r["executor"] for r in store.runs("one")] == ["archive", "synchronous"]
+    # An archive written for another definition is left alone: the study starts afresh.
+    other = dataclasses.replace(paper.studies["one"].experiment, base_seed=paper.studies["one"].experiment.base_seed + 1)
+    other.save(tmp_path / "results" / "one" / "experiment.toml")
+    notes = []
+    fresh = run_paper(paper, tmp_path / "third", ["one"], results=tmp_path / "results", scheduler="synchronous",
+                      progress=False, echo=notes.append)
+    assert fresh[0].completed == 6 and any("another definition" in n for n in notes)

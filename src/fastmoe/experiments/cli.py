@@ -129,10 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         "paper", help="run the whole reproduction (resumable), then write the results document from the results",
         description="Run (or resume) every study of the paper's reproduction (paper.toml: presets, truth families, "
                     "large-n runs) into ROOT/<name>, export each to RESULTS/<archive> as CSV, and write the results "
-                    "document and its figures from those exports.")
+                    "document and its figures from those exports. A study with no store under ROOT but an "
+                    "archive of the same definition goes on from the archive's rows (a study can span machines).")
     paper.add_argument("--root", type=Path, default=Path("rates-paper"), help="run directories (default: ./rates-paper)")
     paper.add_argument("--results", type=Path, default=Path("docs/results"),
-                       help="archives: the committed CSV exports (default: ./docs/results)")
+                       help="archives: the committed CSV exports, and where a study without a store resumes "
+                            "from (default: ./docs/results)")
     paper.add_argument("--doc", type=Path, default=Path("docs/results.md"), help="the document (default: ./docs/results.md)")
     paper.add_argument("--only", action="append", default=None, metavar="NAME",
                        help="run only this study, truth family or section id (repeatable); the document covers all")
@@ -382,7 +384,7 @@ def _paper(args) -> int:
             check = __import__("fastmoe.experiments.runner", fromlist=["check_scheduler"]).check_scheduler
             check(args.scheduler)
             run_paper(paper, args.root, args.only, scheduler=args.scheduler, n_jobs=args.jobs,
-                      threads_per_job=args.threads_per_job, progress=not args.no_progress)
+                      threads_per_job=args.threads_per_job, progress=not args.no_progress, results=args.results)
         if not args.no_report:
             print(f"wrote {write_paper(paper, args.root, args.results, args.doc, n_boot=args.bootstrap, only=args.only)}")
     except (ValueError, KeyError, StoreError, sqlite3.DatabaseError, OSError, RuntimeError) as exc:

@@ -36,7 +36,8 @@ from .family import family_members
 from .presets import get_preset
 from .store import CSV_FILENAME, DEFINITION_FILENAME, STORE_FILENAME, load_run, utc_now
 
-__all__ = ["Paper", "Study", "Section", "load_paper", "run_paper", "write_paper", "PAPER_FILE", "RUN_LOG"]
+__all__ = ["Paper", "Study", "Section", "load_paper", "run_paper", "resume_from_archive", "write_paper",
+           "PAPER_FILE", "RUN_LOG"]
 
 #: The shipped group.
 PAPER_FILE = Path(__file__).resolve().parent / "paper.toml"
@@ -184,14 +185,46 @@ def _append_log(path: Path, entry: dict) -> None:
         json.dump(entries, fh, indent=1)
 
 
+def resume_from_archive(study: Study, out: Path, archive: Path, echo=print) -> int:
+    """Seed a study's missing store from its committed archive, so that a run on another machine (or a
+    fresh clone) goes on where the exported one stopped instead of starting again.
+
+    Only when ``out`` holds no store yet and the archive's definition has the study's digest and its
+    rows this fastmoe version (else the rows must not be mixed: the study starts afresh, and says so).
+    The archive's run log comes along. Returns the number of jobs taken over.
+    """
+    from .. import __version__
+    from .store import ResultStore
+
+    if (out / STORE_FILENAME).exists() or not (archive / CSV_FILENAME).is_file() \
+            or not (archive / DEFINITION_FILENAME).is_file():
+        return 0
+    exp, records, _ = load_run(archive)
+    if exp.model_digest() != study.experiment.model_digest():
+        echo(f"{study.name}: {archive} holds another definition (digest {exp.model_digest()}); not resumed from it")
+        return 0
+    versions = sorted({str(r.get("fastmoe_version")) for r in records} - {__version__})
+    if versions:
+        echo(f"{study.name}: {archive} holds rows of fastmoe {', '.join(versions)}; not resumed from it")
+        return 0
+    with ResultStore(out) as store:
+        added = store.import_records(study.experiment, records)
+    if (archive / RUN_LOG).is_file():
+        shutil.copyfile(archive / RUN_LOG, out / RUN_LOG)
+    echo(f"{study.name}: {added} jobs taken over from {archive}")
+    return added
+
+
 def run_paper(paper: Paper, root, only: Optional[Sequence[str]] = None, *, scheduler=None,
               n_jobs: Optional[int] = None, threads_per_job: Optional[int] = None, progress: bool = True,
-              echo=print) -> List:
+              results=None, echo=print) -> List:
     """Run (or resume) the selected studies into ``<root>/<name>``, in document order.
 
     Each invocation that runs jobs appends its facts to the study's ``runs.json``: start and end (UTC),
     wall seconds, jobs run, executor, workers, threads, and the machine (host, CPU, cores, fastmoe
-    version, git commit). Returns the :class:`~fastmoe.experiments.runner.RunSummary` of every study.
+    version, git commit). With ``results`` (the archives' folder), a study without a store resumes from
+    its archive (:func:`resume_from_archive`). Returns the
+    :class:`~fastmoe.experiments.runner.RunSummary` of every study.
     """
     from .runner import run_experiment
     from .store import ResultStore
@@ -200,6 +233,8 @@ def run_paper(paper: Paper, root, only: Optional[Sequence[str]] = None, *, sched
     summaries = []
     for study in paper.select(only):
         out = root / study.name
+        if results is not None:
+            resume_from_archive(study, out, Path(results) / study.archive, echo)
         with ResultStore(out) as store:
             store.register(study.experiment)
         study.experiment.save(out / DEFINITION_FILENAME)

@@ -268,6 +268,25 @@ class ResultStore:
         )  # autocommit mode: this statement is its own committed transaction
         return cur.rowcount == 1
 
+    def import_records(self, experiment: Experiment, records: List[dict]) -> int:
+        """Add an archive's records (:func:`read_csv` of an export) to this store, their run ids kept.
+
+        The experiment is registered first (so a definition or version that differs is refused), and
+        each run id the records name gets a row in ``runs`` (executor ``"archive"``), so that the runs
+        this store records next are numbered after them. Returns how many records were new.
+        """
+        self.register(experiment)
+        for run_id in sorted({r["run_id"] for r in records if r.get("run_id") is not None}):
+            self._conn.execute(
+                "INSERT OR IGNORE INTO runs (run_id, experiment, started, fastmoe_version, executor) "
+                "VALUES (?, ?, ?, ?, 'archive')", (int(run_id), experiment.name, utc_now(), __version__))
+        added = 0
+        for record in records:
+            record = dict(record)
+            run_id = record.pop("run_id", None)
+            added += self.add(record, None if run_id is None else int(run_id))
+        return added
+
     def done_keys(self, experiment: str) -> set:
         """``{(n, replication)}`` already stored for ``experiment`` (any status)."""
         cur = self._conn.execute("SELECT n, replication FROM results WHERE experiment = ?", (experiment,))
