@@ -326,7 +326,9 @@ def _definition_facts(exp: Experiment) -> str:
 def _grid_facts(report: Report) -> str:
     sizes = sorted({int(r["n"]) for r in report.records})
     statuses = ", ".join(f"{c} {s}" for s, c in sorted(report.status_counts.items()))
-    return f"n = {sizes[0]:,} .. {sizes[-1]:,} ({len(sizes)} sizes), {len(report.records)} fits: {statuses}"
+    done, planned = len(report.records), report.experiment.n_jobs
+    fits = f"{done} fits" if done >= planned else f"{done} of its {planned} fits so far (the rest resume from here)"
+    return f"n = {sizes[0]:,} .. {sizes[-1]:,} ({len(sizes)} sizes), {fits}: {statuses}"
 
 
 def _metrics(section: Section, reports: Sequence[Report]) -> List[str]:
