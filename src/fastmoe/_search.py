@@ -32,7 +32,8 @@ maximum, 6169 nats short at d = 10, n = 1e5). The default search (``init="search
    ``FINAL_TOP``, while a candidate's score is within ``FINAL_MARGIN`` expected gains of a subsample's
    maximum on all the data below the best objective reached;
 4. tries, on all the data, every split-and-merge move from that answer (one expert dropped, another
-   split in two, ``_init.split_merge_parameters``; k(k - 1) moves, run Newton-first like a start), and
+   split in two, ``_init.split_merge_parameters``: from identical halves and from halves pushed apart
+   at random, 2 k(k - 1) moves, run Newton-first like a start), and
    again from a higher maximum one finds, up to ``SPLIT_MERGE_ROUNDS`` rounds, where the moves cost at
    most ``SPLIT_MERGE_ROW_BUDGET`` rows (k(k - 1) n). Where k exceeds the number of true experts, the
    maxima differ by which true expert is split and how, by 0.02-5 nats at n = 5e3-1e5: less than a
@@ -94,8 +95,8 @@ UNSEEN_STOP = 0.1
 #: still be run.
 FINAL_TOP = 4
 FINAL_MARGIN = 4.0
-#: Split-and-merge moves from the answer, on all the data: at most SPLIT_MERGE_ROUNDS rounds of k(k - 1)
-#: moves, and only where a round's k(k - 1) n rows are at most SPLIT_MERGE_ROW_BUDGET (each move costs
+#: Split-and-merge moves from the answer, on all the data: at most SPLIT_MERGE_ROUNDS rounds of every
+#: (drop, split) pair twice, and only where k(k - 1) n rows are at most SPLIT_MERGE_ROW_BUDGET (each move costs
 #: about a fit from near the truth, so a round at d = 10, k = 4, n = 1e5 would triple the search's time:
 #: 4.6 -> 13.4 s on issue 12's p6, where no move ever rose).
 SPLIT_MERGE_ROUNDS = 3
@@ -322,7 +323,7 @@ def search(problem, penalty, n_init, rng, *, tol, max_iter, newton, n_threads, c
     if _stopped(runs):
         return runs[best], log
     if whole:
-        return split_merge(problem, penalty, runs[best], log, tol=tol, max_iter=max_iter, newton=newton,
+        return split_merge(problem, penalty, runs[best], log, rng, tol=tol, max_iter=max_iter, newton=newton,
                            n_threads=n_threads)
     # The subsample's own objective ranks maxima whose gap is O(n) nats on all the data only up to
     # the noise of its O(size) scale, where maxima that fit the subsample's own points compete. Every
@@ -356,12 +357,15 @@ def search(problem, penalty, n_init, rng, *, tol, max_iter, newton, n_threads, c
             break
     if _stopped(finals):
         return finals[-1], log
-    return split_merge(problem, penalty, finals[_best(finals)], log, tol=tol, max_iter=max_iter, newton=newton,
-                       n_threads=n_threads)
+    return split_merge(problem, penalty, finals[_best(finals)], log, rng, tol=tol, max_iter=max_iter,
+                       newton=newton, n_threads=n_threads)
 
 
-def split_merge(problem, penalty, answer, log, *, tol, max_iter, newton, n_threads):
+def split_merge(problem, penalty, answer, log, rng, *, tol, max_iter, newton, n_threads):
     """Rounds of every split-and-merge move from ``answer`` on all the data while one reaches higher.
+
+    Each (drop, split) pair is tried twice a round: from identical halves, and from halves pushed
+    apart at random (``_init.split_merge_parameters``' ``spread``, from ``rng``).
 
     Returns ``(the best RunResult, log with the moves of every round)``; ``answer`` itself when no move
     rose, none is affordable (``SPLIT_MERGE_ROW_BUDGET``), ``k < 2`` or the answer diverged.
@@ -379,9 +383,11 @@ def split_merge(problem, penalty, answer, log, *, tol, max_iter, newton, n_threa
     for _ in range(SPLIT_MERGE_ROUNDS):
         if known is not None:
             known.add([answer])
-        starts = [Start("given", True, None, split_merge_parameters(answer.W, answer.V, drop, split),
+        # The random halves are drawn here, in the calling thread, so no schedule can change them.
+        spreads = [None] * len(pairs) + [(problem, np.random.default_rng(seed)) for seed in _seeds(rng, len(pairs))]
+        starts = [Start("given", True, None, split_merge_parameters(answer.W, answer.V, drop, split, spread),
                         joins=None if known is None else known.match, ceiling=answer.objective)
-                  for drop, split in pairs]
+                  for (drop, split), spread in zip(pairs + pairs, spreads)]
         runs = run_starts(problem, penalty, starts, tol=tol, max_iter=max_iter, newton=newton, n_threads=n_threads)
         moves += runs
         top = runs[_best(runs)]
