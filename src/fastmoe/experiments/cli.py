@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument("--results", type=Path, default=Path("docs/results"),
                        help="archives: the committed CSV exports, and where a study without a store resumes "
                             "from (default: ./docs/results)")
+    paper.add_argument("--fresh", action="store_true",
+                       help="a study without a store starts afresh instead of from its archive (to measure new code)")
     paper.add_argument("--doc", type=Path, default=Path("docs/results.md"), help="the document (default: ./docs/results.md)")
     paper.add_argument("--only", action="append", default=None, metavar="NAME",
                        help="run only this study, truth family or section id (repeatable); the document covers all")
@@ -384,7 +386,8 @@ def _paper(args) -> int:
             check = __import__("fastmoe.experiments.runner", fromlist=["check_scheduler"]).check_scheduler
             check(args.scheduler)
             run_paper(paper, args.root, args.only, scheduler=args.scheduler, n_jobs=args.jobs,
-                      threads_per_job=args.threads_per_job, progress=not args.no_progress, results=args.results)
+                      threads_per_job=args.threads_per_job, progress=not args.no_progress,
+                      results=None if args.fresh else args.results)
         if not args.no_report:
             print(f"wrote {write_paper(paper, args.root, args.results, args.doc, n_boot=args.bootstrap, only=args.only)}")
     except (ValueError, KeyError, StoreError, sqlite3.DatabaseError, OSError, RuntimeError) as exc:
