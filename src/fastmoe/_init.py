@@ -78,7 +78,8 @@ def _kmeans_labels(Z, k, rng, weights=None, n_lloyd=20):
 
 def _random_labels(Z, k, rng):
     """Hard labels from a random linear gating: random directions through the data's spread."""
-    scale = _column_scale(Z)
+    scale = Z.std(axis=0)
+    scale[scale == 0] = 1.0
     logits = ((Z - Z.mean(axis=0)) / scale) @ rng.standard_normal((Z.shape[1], k)) + rng.standard_normal(k)
     return logits.argmax(axis=1)
 
@@ -127,7 +128,7 @@ def relocated_parameters(problem: Problem, W, V, rng):
     n, k = problem.n_samples, problem.n_experts
     keep = np.delete(np.arange(k), rng.integers(k))
     Z = problem.Z
-    scale = _column_scale(Z)
+    scale = problem.column_scales[0]
     direction = rng.standard_normal(Z.shape[1])
     direction /= np.linalg.norm(direction) * scale  # a unit direction in standardised coordinates
     offset = float(Z[rng.integers(n)] @ direction)
@@ -178,7 +179,7 @@ def split_merge_parameters(W, V, drop, split, spread=None):
     W_out[[half, -1], 0] -= np.log(2.0)
     if spread is not None:
         problem, rng = spread
-        z_scale, x_scale = _column_scale(problem.Z), _column_scale(problem.X)
+        z_scale, x_scale = problem.column_scales
         dW = rng.normal(0.0, SPLIT_SPREAD, W.shape[1]) / np.concatenate([[1.0], z_scale])
         dV = rng.normal(0.0, SPLIT_SPREAD, V.shape[1:]) / np.concatenate([[1.0], x_scale])
         W_out[half] += dW
@@ -187,9 +188,3 @@ def split_merge_parameters(W, V, drop, split, spread=None):
         V_out[-1] -= dV
     return W_out - W_out[-1], V_out - V_out[:, -1:, :]
 
-
-def _column_scale(A):
-    """Standard deviations of the columns of ``A`` (1 for a constant column)."""
-    scale = A.std(axis=0)
-    scale[scale == 0] = 1.0
-    return scale

@@ -137,6 +137,17 @@ class Problem:
         return self.rounding_floor * max(1.0, largest * self._input_scale)
 
     @functools.cached_property
+    def column_scales(self):
+        """``(gating, expert)`` standard deviations of the design columns (1 for a constant column):
+        the units in which moves of the search perturb coefficients, computed once per problem."""
+        def scale(A):
+            out = A.std(axis=0)
+            out[out == 0] = 1.0
+            return out
+
+        return scale(self.Z), scale(self.X)
+
+    @functools.cached_property
     def _input_scale(self):
         """1 + the largest absolute input: a logit is at most this times the largest coefficient, per term."""
         return 1.0 + max(float(np.abs(self.X).max(initial=0.0)), float(np.abs(self.Z).max(initial=0.0)))
