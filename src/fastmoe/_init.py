@@ -19,7 +19,7 @@ import numpy as np
 
 from ._mstep import m_step_from_responsibilities
 from ._penalty import Penalty
-from ._problem import Problem
+from ._problem import Problem, column_scale
 
 #: The data-driven starts ``fit(init=...)`` accepts by name.
 INIT_METHODS = ("kmeans", "random")
@@ -78,8 +78,7 @@ def _kmeans_labels(Z, k, rng, weights=None, n_lloyd=20):
 
 def _random_labels(Z, k, rng):
     """Hard labels from a random linear gating: random directions through the data's spread."""
-    scale = Z.std(axis=0)
-    scale[scale == 0] = 1.0
+    scale = column_scale(Z)
     logits = ((Z - Z.mean(axis=0)) / scale) @ rng.standard_normal((Z.shape[1], k)) + rng.standard_normal(k)
     return logits.argmax(axis=1)
 
@@ -187,4 +186,3 @@ def split_merge_parameters(W, V, drop, split, spread=None):
         V_out[half] += dV
         V_out[-1] -= dV
     return W_out - W_out[-1], V_out - V_out[:, -1:, :]
-

@@ -28,6 +28,14 @@ EMPTY_EXPERT_FRACTION = 1e-8
 ROUNDING_SLACK = 1e-12
 
 
+def column_scale(A):
+    """Standard deviations of the columns of ``A``, 1 for a constant column: the units in which starts
+    and moves of the search draw directions and perturbations."""
+    scale = A.std(axis=0)
+    scale[scale == 0] = 1.0
+    return scale
+
+
 @functools.lru_cache(maxsize=None)
 def _blas():
     # Built once (after _kernels has loaded SciPy's BLAS); limiting through it costs ~5 us a call.
@@ -140,12 +148,7 @@ class Problem:
     def column_scales(self):
         """``(gating, expert)`` standard deviations of the design columns (1 for a constant column):
         the units in which moves of the search perturb coefficients, computed once per problem."""
-        def scale(A):
-            out = A.std(axis=0)
-            out[out == 0] = 1.0
-            return out
-
-        return scale(self.Z), scale(self.X)
+        return column_scale(self.Z), column_scale(self.X)
 
     @functools.cached_property
     def _input_scale(self):
@@ -153,9 +156,14 @@ class Problem:
         return 1.0 + max(float(np.abs(self.X).max(initial=0.0)), float(np.abs(self.Z).max(initial=0.0)))
 
     def with_threads(self, n_threads):
-        """The same data with buffers of its own, for a concurrent run (the buffers are per call site)."""
-        return Problem(self.X, self.Z, self.y, self.sample_weight, self.n_experts, self.n_classes, n_threads,
+        """The same data with buffers of its own, for a concurrent run (the buffers are per call site);
+        the data's scales, once computed, are shared rather than computed again per run."""
+        twin = Problem(self.X, self.Z, self.y, self.sample_weight, self.n_experts, self.n_classes, n_threads,
                        self.search_hessian)
+        for name in ("column_scales", "_input_scale"):
+            if name in self.__dict__:
+                twin.__dict__[name] = self.__dict__[name]
+        return twin
 
     def subset(self, rows, n_experts=None, search_hessian=False):
         """The same problem restricted to ``rows`` (a slice or sorted indices), optionally with another
