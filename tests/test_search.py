@@ -254,3 +254,31 @@ def test_split_merge_moves_reach_the_over_fitted_maximum_the_exploration_missed(
     assert searched.starts.moves.size % 6 == 0 and searched.starts.moves.size >= 6
     assert searched.objective >= oracle.objective - 1e-6 * abs(oracle.objective)
     assert searched.converged and not searched.diverged
+
+
+def test_a_diverged_final_candidate_caps_no_finite_one(monkeypatch):
+    """A candidate run on all the data that diverges (its objective above every finite maximum, as on
+    issue 12's p5) must not become the ceiling of the finite candidates after it: those would stop as
+    "below" it, and the best of them, unconverged, would be the answer (p5 seed 7 ended 0.85 nats short
+    of its own candidate's maximum that way)."""
+    import dataclasses
+
+    from fastmoe import _search
+
+    X, y = fastmoe.sample(HARD, n=50_000, random_state=3)
+    real = _search.run_starts
+    finals = []
+
+    def first_final_diverges(problem, penalty, starts, **options):
+        runs = real(problem, penalty, starts, **options)
+        if len(starts) == 1 and starts[0].kind == "given" and problem.n_samples == X.shape[0]:
+            finals.append(starts[0].ceiling)
+            if len(finals) == 1:
+                runs = [dataclasses.replace(runs[0], objective=runs[0].objective + 50.0, diverged=True)]
+        return runs
+
+    monkeypatch.setattr(_search, "run_starts", first_final_diverges)
+    result = _fit(X, y, 3, random_state=5)
+    assert len(finals) >= 2, "the exploration must leave two candidates for this test to mean anything"
+    assert finals[1] is None  # no finite final was held when the second candidate ran
+    assert result.converged and not result.diverged

@@ -343,12 +343,15 @@ def search(problem, penalty, n_init, rng, *, tol, max_iter, newton, n_threads, c
     expected_gain = 0.5 * (problem.total_weight / explore.total_weight - 1.0) * n_free
     finals, gains = [], [expected_gain]
     for i in _distinct_order(scores)[:FINAL_TOP]:
-        if finals and scores[i] + FINAL_MARGIN * max(gains) < finals[_best(finals)].objective:
+        # Only a finite maximum is an answer to overtake: a diverged final (its objective above every
+        # finite maximum's, on issue 12's p5) neither ends the candidates nor caps them.
+        held = [r.objective for r in finals if not r.diverged]
+        if held and scores[i] + FINAL_MARGIN * max(gains) < max(held):
             break  # the rest scored lower still
         # Newton first: near a maximum its decrements certify convergence, where EM's changes on a
         # flat ridge can look settled 0.02 nats short of it.
         # A candidate seen heading below the best final so far stops there (``ceiling``): it cannot win.
-        ceiling = finals[_best(finals)].objective if finals else None
+        ceiling = max(held) if held else None
         finals += run_starts(problem, penalty, [Start("given", newton, None, (candidates[i].W, candidates[i].V),
                                                       ceiling=ceiling)],
                              tol=tol, max_iter=max_iter, newton=newton, n_threads=n_threads, callback=callback,
