@@ -287,6 +287,20 @@ def test_batches_hold_every_job_once_longest_first():
     assert all(len(b) == 1 for b in plan_batches(jobs, batch_seconds=0.0))
 
 
+def test_batches_by_replication_finish_each_replication_first():
+    exp = get_preset("exact-fit")
+    jobs = list(exp.jobs())
+    flat = [job for batch in plan_batches(jobs, batch_seconds=0.0, order="replication") for job in batch]
+    assert sorted(flat) == sorted(jobs)
+    sizes = sorted(exp.sample_sizes, reverse=True)
+    # Stopped after any number of whole replications, every size has that many (largest first in each).
+    for r in range(3):
+        block = flat[r * len(sizes):(r + 1) * len(sizes)]
+        assert [n for n, _ in block] == sizes and {rep for _, rep in block} == {r}
+    with pytest.raises(ValueError, match="order must be one of"):
+        plan_batches(jobs, batch_seconds=0.0, order="random")
+
+
 def test_parallelism_never_oversubscribes():
     assert resolve_parallelism(cores=8) == (8, 1)
     assert resolve_parallelism(threads_per_job=2, cores=8) == (4, 2)

@@ -233,3 +233,21 @@ def test_exact_fit_preset_has_the_root_n_rate(tmp_path):
     fit = analyse(tmp_path, n_boot=500).slopes["D1"]
     assert -0.65 <= fit.slope <= -0.35, fit
     assert fit.theory == -0.5 and not math.isnan(fit.ci_low)
+
+
+def test_replication_order_runs_whole_replications_in_turn(tmp_path, monkeypatch):
+    # Synchronous runs go job by job in the planned order: with order="replication" every size of a
+    # replication is stored before the next replication starts.
+    exp = small_grid()
+    seen = []
+    real = runner.run_batch
+
+    def recording(definition, batch, threads):
+        seen.extend(batch)
+        return real(definition, batch, threads)
+
+    monkeypatch.setattr(runner, "run_batch", recording)
+    summary = run_experiment(exp, tmp_path, scheduler="synchronous", order="replication", progress=False)
+    assert summary.completed == exp.n_jobs
+    assert seen == [(n, rep) for rep in range(3) for n in (4000, 3000)]
+    assert rows(tmp_path, exp.name).keys() == set(exp.jobs())

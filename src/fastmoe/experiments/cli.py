@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .analysis import STATISTICS
+from .runner import ORDERS
 
 __all__ = ["main", "build_parser"]
 
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override the grid of n, e.g. 3000,10000,30000")
     run.add_argument("--replications", type=int, default=None, help="override the number of replications")
     run.add_argument("--max-n", type=int, default=None, help="drop sample sizes above this")
+    run.add_argument("--order", choices=ORDERS, default="size",
+                     help="the order of the jobs: 'size' (largest n first, default: the workers finish together) or "
+                            "'replication' (whole replications in turn: a run stopped part-way has every size)")
     run.add_argument("--retry-failed", action="store_true", help="re-run jobs stored as failed or crashed")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-report", action="store_true", help="do not print the report or draw plots")
@@ -146,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:port)")
     paper.add_argument("--jobs", type=int, default=None, help="concurrent local jobs (default: cores / threads)")
     paper.add_argument("--threads-per-job", type=int, default=None, help="OpenMP threads per fit")
+    paper.add_argument("--order", choices=ORDERS, default="size",
+                       help="the order of the jobs: 'size' (largest n first, default: the workers finish together) or "
+                            "'replication' (whole replications in turn: a run stopped part-way has every size)")
     paper.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
     paper.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -252,7 +259,7 @@ def _run(args) -> int:
         exp.save(out / "experiment.toml")
         summary = run_experiment(exp, out, scheduler=args.scheduler, n_jobs=args.jobs,
                                  threads_per_job=args.threads_per_job, retry_failed=args.retry_failed,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, order=args.order)
     except (ValueError, StoreError, sqlite3.DatabaseError, OSError, RuntimeError) as exc:
         return _fail("run", exc)
     where = summary.executor + (f", {summary.n_workers} workers x {summary.threads_per_job} threads"
@@ -387,7 +394,7 @@ def _paper(args) -> int:
             check(args.scheduler)
             run_paper(paper, args.root, args.only, scheduler=args.scheduler, n_jobs=args.jobs,
                       threads_per_job=args.threads_per_job, progress=not args.no_progress,
-                      results=None if args.fresh else args.results)
+                      results=None if args.fresh else args.results, order=args.order)
         if not args.no_report:
             print(f"wrote {write_paper(paper, args.root, args.results, args.doc, n_boot=args.bootstrap, only=args.only)}")
     except (ValueError, KeyError, StoreError, sqlite3.DatabaseError, OSError, RuntimeError) as exc:

@@ -217,13 +217,14 @@ def resume_from_archive(study: Study, out: Path, archive: Path, echo=print) -> i
 
 def run_paper(paper: Paper, root, only: Optional[Sequence[str]] = None, *, scheduler=None,
               n_jobs: Optional[int] = None, threads_per_job: Optional[int] = None, progress: bool = True,
-              results=None, echo=print) -> List:
+              results=None, order="size", echo=print) -> List:
     """Run (or resume) the selected studies into ``<root>/<name>``, in document order.
 
     Each invocation that runs jobs appends its facts to the study's ``runs.json``: start and end (UTC),
     wall seconds, jobs run, executor, workers, threads, and the machine (host, CPU, cores, fastmoe
     version, git commit). With ``results`` (the archives' folder), a study without a store resumes from
-    its archive (:func:`resume_from_archive`). Returns the
+    its archive (:func:`resume_from_archive`). ``order`` is the jobs' order within a study
+    (:func:`~fastmoe.experiments.runner.plan_batches`). Returns the
     :class:`~fastmoe.experiments.runner.RunSummary` of every study.
     """
     from .runner import run_experiment
@@ -245,7 +246,7 @@ def run_paper(paper: Paper, root, only: Optional[Sequence[str]] = None, *, sched
         summary = None
         try:
             summary = run_experiment(study.experiment, out, scheduler=scheduler, n_jobs=n_jobs,
-                                     threads_per_job=threads_per_job, progress=progress)
+                                     threads_per_job=threads_per_job, progress=progress, order=order)
         finally:
             # Logged also when the run is interrupted: its finished jobs are stored, and so is its time.
             with ResultStore(out, read_only=True) as store:

@@ -111,14 +111,25 @@ def job_cost(n: int) -> float:
     return FIXED_SECONDS + SECONDS_PER_SAMPLE * n
 
 
-def plan_batches(jobs: Iterable[Job], batch_seconds: float) -> List[List[Job]]:
-    """Group jobs into tasks of about ``batch_seconds`` each, longest tasks first.
+#: Orders in which :func:`plan_batches` can hand out a grid's jobs.
+ORDERS = ("size", "replication")
+
+
+def plan_batches(jobs: Iterable[Job], batch_seconds: float, order: str = "size") -> List[List[Job]]:
+    """Group jobs into tasks of about ``batch_seconds`` each.
 
     A job that alone exceeds the target is a task of its own; shorter jobs of the same or neighbouring
-    sizes are packed until the next one would overshoot. Longest-first keeps the last tasks short, so
-    the workers finish together.
+    sizes are packed until the next one would overshoot.
+
+    ``order="size"`` (default) runs the longest tasks first, which keeps the last tasks short, so the
+    workers finish together: the order for a run that goes to the end. ``order="replication"`` runs
+    whole replications in turn (each one longest first): a study stopped part-way then holds complete
+    replications at every size, whose slopes can already be read, where a study run longest first holds
+    only its largest sizes (the n = 1e7 studies: 40 replications of a 1e7 fit before the first 1e5 one).
     """
-    ordered = sorted(jobs, key=lambda job: (-job[0], job[1]))
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    ordered = sorted(jobs, key=(lambda job: (-job[0], job[1])) if order == "size" else (lambda job: (job[1], -job[0])))
     batches: List[List[Job]] = []
     current: List[Job] = []
     cost = 0.0
@@ -182,6 +193,7 @@ def run_experiment(
     batch_seconds: Optional[float] = None,
     retry_failed: bool = False,
     progress: bool = True,
+    order: str = "size",
 ) -> RunSummary:
     """Run every job of ``experiment`` that the store in ``out`` does not hold yet.
 
@@ -203,12 +215,17 @@ def run_experiment(
         Delete stored ``failed`` and ``crashed`` rows first, so their jobs run again.
     progress : bool, default=True
         Show a tqdm progress bar (completed/total, rate, ETA) on stderr.
+    order : {"size", "replication"}, default="size"
+        The order of the jobs (:func:`plan_batches`): longest first, or whole replications in turn (for
+        a study that will span sessions and should be readable whenever it stops).
 
     Returns
     -------
     RunSummary
     """
     check_scheduler(scheduler)
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     out = Path(out)
     store = ResultStore(out)
     try:
@@ -234,13 +251,13 @@ def run_experiment(
             if pending:
                 definition = experiment.to_json()
                 if executor == "synchronous":
-                    for job in pending:
+                    for job in (job for batch in plan_batches(pending, 0.0, order) for job in batch):
                         recorder.add(run_batch(definition, [job], threads))
                 elif executor == "local":
-                    batches = plan_batches(pending, 0.25 if batch_seconds is None else batch_seconds)
+                    batches = plan_batches(pending, 0.25 if batch_seconds is None else batch_seconds, order)
                     _run_local(experiment, definition, batches, workers, threads, recorder)
                 else:
-                    batches = plan_batches(pending, 0.75 if batch_seconds is None else batch_seconds)
+                    batches = plan_batches(pending, 0.75 if batch_seconds is None else batch_seconds, order)
                     summary.n_workers = _run_dask(experiment, definition, batches, threads, scheduler, recorder)
         finally:
             bar.close()
