@@ -251,3 +251,52 @@ def test_replication_order_runs_whole_replications_in_turn(tmp_path, monkeypatch
     assert summary.completed == exp.n_jobs
     assert seen == [(n, rep) for rep in range(3) for n in (4000, 3000)]
     assert rows(tmp_path, exp.name).keys() == set(exp.jobs())
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", None, "dask"])
+def test_stop_after_starts_no_job_past_the_deadline_and_resumes(tmp_path, monkeypatch, scheduler):
+    # The deadline "passes" once two rows are stored: no job starts after that, the jobs running then
+    # finish and are stored (on Dask the unfinished tasks are cancelled), and the next run does the rest,
+    # each job once.
+    if scheduler == "dask":
+        with dask_cluster(tmp_path) as address:
+            _stop_and_resume(tmp_path / "run", monkeypatch, address)
+    else:
+        _stop_and_resume(tmp_path, monkeypatch, scheduler)
+
+
+def _stop_and_resume(tmp_path, monkeypatch, scheduler):
+    exp = small_grid()
+    recorded = []
+    add = runner._Recorder.add
+
+    def counting(self, records):
+        recorded.extend(records)
+        return add(self, records)
+
+    monkeypatch.setattr(runner._Recorder, "add", counting)
+    monkeypatch.setattr(runner._Deadline, "passed", lambda self: self.active and len(recorded) >= 2)
+    local = scheduler is None
+    options = dict(scheduler=scheduler, n_jobs=2 if local else None, threads_per_job=1, progress=False,
+                   batch_seconds=0.0)  # one job per task
+    first = run_experiment(exp, tmp_path, stop_after=3600.0, **options)
+    assert first.timed_out
+    # Synchronous and Dask: one job at a time, so exactly two. Local, two workers: at most the two
+    # running when the second row came.
+    assert 2 <= first.completed <= (3 if local else 2) < exp.n_jobs
+    second = run_experiment(exp, tmp_path, **options)
+    assert not second.timed_out and second.completed == exp.n_jobs - first.completed
+    assert rows(tmp_path, exp.name).keys() == set(exp.jobs()) and second.duplicates == 0
+    with pytest.raises(ValueError, match="stop_after"):
+        run_experiment(exp, tmp_path, stop_after=-1.0, **options)
+
+
+def test_cli_max_minutes_stops_and_says_so(tmp_path, capsys):
+    from fastmoe.experiments.cli import main
+
+    args = ["rates", "run", "exact-fit", "--out", str(tmp_path), "--sample-sizes", "3000", "--replications", "2",
+            "--scheduler", "synchronous", "--order", "replication", "--no-progress", "--no-report"]
+    assert main(args + ["--max-minutes", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "exact-fit: 0 jobs run" in out and "stopped at the time limit with 2 jobs left" in out
+    assert main(args) == 0 and "2 jobs run (0 already stored" in capsys.readouterr().out

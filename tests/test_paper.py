@@ -188,6 +188,10 @@ def test_the_paper_runs_resumes_and_writes_the_document_from_the_archives(tmp_pa
     assert [s.completed for s in first] == [6, 6, 4, 4, 4, 4]
     again = run_paper(paper, root, chosen, scheduler="synchronous", progress=False, echo=lambda *_: None)
     assert all(s.completed == 0 for s in again)  # resumed: nothing ran twice
+    said = []
+    assert run_paper(paper, root, chosen, scheduler="synchronous", progress=False, echo=said.append,
+                     stop_after=0.0) == []  # the time limit has passed before the first study
+    assert said[0] == "one: not started, the time limit has passed" and len(said) == 6
     log = json.loads((root / "one" / "runs.json").read_text())
     assert len(log) == 1 and log[0]["jobs_run"] == 6 and log[0]["wall_s"] >= 0 and log[0]["cores"] >= 1
     write_paper(paper, root, results, doc, n_boot=50, echo=lambda *_: None)

@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--order", choices=ORDERS, default="size",
                      help="the order of the jobs: 'size' (largest n first, default: the workers finish together) or "
                             "'replication' (whole replications in turn: a run stopped part-way has every size)")
+    run.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                     help="start no job after M minutes: running jobs finish and are stored, run again to resume")
     run.add_argument("--retry-failed", action="store_true", help="re-run jobs stored as failed or crashed")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-report", action="store_true", help="do not print the report or draw plots")
@@ -153,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument("--order", choices=ORDERS, default="size",
                        help="the order of the jobs: 'size' (largest n first, default: the workers finish together) or "
                             "'replication' (whole replications in turn: a run stopped part-way has every size)")
+    paper.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                       help="start no job after M minutes (over all the studies): running jobs finish and are "
+                            "stored, run again to resume")
     paper.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
     paper.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -259,7 +264,8 @@ def _run(args) -> int:
         exp.save(out / "experiment.toml")
         summary = run_experiment(exp, out, scheduler=args.scheduler, n_jobs=args.jobs,
                                  threads_per_job=args.threads_per_job, retry_failed=args.retry_failed,
-                                 progress=not args.no_progress, order=args.order)
+                                 progress=not args.no_progress, order=args.order,
+                                 stop_after=None if args.max_minutes is None else 60.0 * args.max_minutes)
     except (ValueError, StoreError, sqlite3.DatabaseError, OSError, RuntimeError) as exc:
         return _fail("run", exc)
     where = summary.executor + (f", {summary.n_workers} workers x {summary.threads_per_job} threads"
@@ -267,6 +273,9 @@ def _run(args) -> int:
     print(f"{exp.name}: {summary.completed} jobs run ({summary.already_done} already stored, "
           f"{summary.duplicates} duplicate results ignored) in {summary.wall_time:.1f} s [{where}]; "
           f"status counts {summary.status_counts}; store {summary.store}")
+    if summary.timed_out:
+        print(f"{exp.name}: stopped at the time limit with {summary.total - summary.already_done - summary.completed} "
+              "jobs left; run the same command again to resume")
     if args.no_report:
         return 0
     return _report(out, experiment=exp.name)
@@ -394,7 +403,8 @@ def _paper(args) -> int:
             check(args.scheduler)
             run_paper(paper, args.root, args.only, scheduler=args.scheduler, n_jobs=args.jobs,
                       threads_per_job=args.threads_per_job, progress=not args.no_progress,
-                      results=None if args.fresh else args.results, order=args.order)
+                      results=None if args.fresh else args.results, order=args.order,
+                      stop_after=None if args.max_minutes is None else 60.0 * args.max_minutes)
         if not args.no_report:
             print(f"wrote {write_paper(paper, args.root, args.results, args.doc, n_boot=args.bootstrap, only=args.only)}")
     except (ValueError, KeyError, StoreError, sqlite3.DatabaseError, OSError, RuntimeError) as exc:

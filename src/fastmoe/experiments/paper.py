@@ -217,22 +217,29 @@ def resume_from_archive(study: Study, out: Path, archive: Path, echo=print) -> i
 
 def run_paper(paper: Paper, root, only: Optional[Sequence[str]] = None, *, scheduler=None,
               n_jobs: Optional[int] = None, threads_per_job: Optional[int] = None, progress: bool = True,
-              results=None, order="size", echo=print) -> List:
+              results=None, order="size", stop_after=None, echo=print) -> List:
     """Run (or resume) the selected studies into ``<root>/<name>``, in document order.
 
     Each invocation that runs jobs appends its facts to the study's ``runs.json``: start and end (UTC),
     wall seconds, jobs run, executor, workers, threads, and the machine (host, CPU, cores, fastmoe
     version, git commit). With ``results`` (the archives' folder), a study without a store resumes from
     its archive (:func:`resume_from_archive`). ``order`` is the jobs' order within a study
-    (:func:`~fastmoe.experiments.runner.plan_batches`). Returns the
-    :class:`~fastmoe.experiments.runner.RunSummary` of every study.
+    (:func:`~fastmoe.experiments.runner.plan_batches`). ``stop_after`` (seconds, over all the selected
+    studies): no job starts after it, and the studies not reached by then are left for the next run
+    (:func:`~fastmoe.experiments.runner.run_experiment`). Returns the
+    :class:`~fastmoe.experiments.runner.RunSummary` of every study started.
     """
     from .runner import run_experiment
     from .store import ResultStore
 
     root = Path(root)
     summaries = []
+    end = None if stop_after is None else time.monotonic() + stop_after
     for study in paper.select(only):
+        left = None if end is None else end - time.monotonic()
+        if left is not None and left <= 0:
+            echo(f"{study.name}: not started, the time limit has passed")
+            continue
         out = root / study.name
         if results is not None:
             resume_from_archive(study, out, Path(results) / study.archive, echo)
@@ -246,7 +253,10 @@ def run_paper(paper: Paper, root, only: Optional[Sequence[str]] = None, *, sched
         summary = None
         try:
             summary = run_experiment(study.experiment, out, scheduler=scheduler, n_jobs=n_jobs,
-                                     threads_per_job=threads_per_job, progress=progress, order=order)
+                                     threads_per_job=threads_per_job, progress=progress, order=order,
+                                     stop_after=left)
+            if summary.timed_out:
+                echo(f"{study.name}: stopped at the time limit; run again to resume")
         finally:
             # Logged also when the run is interrupted: its finished jobs are stored, and so is its time.
             with ResultStore(out, read_only=True) as store:

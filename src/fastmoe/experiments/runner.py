@@ -162,6 +162,7 @@ class RunSummary:
     n_workers: int = 0
     threads_per_job: int = 1
     status_counts: dict = dataclasses.field(default_factory=dict)  #: over all stored rows, after the run
+    timed_out: bool = False  #: ``stop_after`` ended the run with jobs left
 
 
 class _Recorder:
@@ -194,6 +195,7 @@ def run_experiment(
     retry_failed: bool = False,
     progress: bool = True,
     order: str = "size",
+    stop_after: Optional[float] = None,
 ) -> RunSummary:
     """Run every job of ``experiment`` that the store in ``out`` does not hold yet.
 
@@ -218,6 +220,12 @@ def run_experiment(
     order : {"size", "replication"}, default="size"
         The order of the jobs (:func:`plan_batches`): longest first, or whole replications in turn (for
         a study that will span sessions and should be readable whenever it stops).
+    stop_after : float, optional
+        Seconds after which no further job starts: the jobs running then finish and are stored (on a
+        Dask cluster, which holds every task from the start, the tasks not finished when the first one
+        after the deadline finishes are cancelled), and the run returns with
+        ``RunSummary.timed_out`` set. A run of hours can so end at a chosen time and lose no finished or
+        running fit (an interrupt abandons the running ones); the next run resumes from the store.
 
     Returns
     -------
@@ -226,6 +234,9 @@ def run_experiment(
     check_scheduler(scheduler)
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if stop_after is not None and not stop_after >= 0:
+        raise ValueError(f"stop_after must be a number of seconds >= 0, got {stop_after!r}")
+    deadline = _Deadline(stop_after)
     out = Path(out)
     store = ResultStore(out)
     try:
@@ -252,13 +263,17 @@ def run_experiment(
                 definition = experiment.to_json()
                 if executor == "synchronous":
                     for job in (job for batch in plan_batches(pending, 0.0, order) for job in batch):
+                        if deadline.passed():
+                            break
                         recorder.add(run_batch(definition, [job], threads))
                 elif executor == "local":
                     batches = plan_batches(pending, 0.25 if batch_seconds is None else batch_seconds, order)
-                    _run_local(experiment, definition, batches, workers, threads, recorder)
+                    _run_local(experiment, definition, batches, workers, threads, recorder, deadline)
                 else:
                     batches = plan_batches(pending, 0.75 if batch_seconds is None else batch_seconds, order)
-                    summary.n_workers = _run_dask(experiment, definition, batches, threads, scheduler, recorder)
+                    summary.n_workers = _run_dask(experiment, definition, batches, threads, scheduler, recorder,
+                                                  deadline)
+                summary.timed_out = deadline.passed() and summary.already_done + summary.completed < summary.total
         finally:
             bar.close()
             summary.wall_time = time.perf_counter() - start
@@ -381,7 +396,21 @@ def _stop_workers(pool) -> None:
             process.terminate()
 
 
-def _run_local(experiment, definition, batches, workers, threads, recorder) -> None:
+class _Deadline:
+    """``stop_after`` seconds from now (never, when None): after it no job starts."""
+
+    def __init__(self, stop_after):
+        self._at = None if stop_after is None else time.monotonic() + stop_after
+
+    @property
+    def active(self) -> bool:
+        return self._at is not None
+
+    def passed(self) -> bool:
+        return self._at is not None and time.monotonic() >= self._at
+
+
+def _run_local(experiment, definition, batches, workers, threads, recorder, deadline) -> None:
     queue = collections.deque(batches)
     suspects: collections.deque = collections.deque()  # jobs that were in flight when the pool broke
     pool = _new_pool(workers)
@@ -389,6 +418,14 @@ def _run_local(experiment, definition, batches, workers, threads, recorder) -> N
     alone = False  # whether the only task in flight is a suspect running in isolation
     try:
         while queue or suspects or inflight:
+            if deadline.passed():
+                # No job starts after the deadline; the running ones finish.
+                queue.clear()
+                suspects.clear()
+                for future in [f for f in inflight if f.cancel()]:
+                    del inflight[future]
+                if not inflight:
+                    break
             if suspects:
                 # Isolation: a suspect runs with nothing beside it, so a crash names the culprit.
                 if not inflight:
@@ -396,7 +433,10 @@ def _run_local(experiment, definition, batches, workers, threads, recorder) -> N
                     inflight[pool.submit(run_batch, definition, [job], threads)] = [job]
                     alone = True
             else:
-                while queue and len(inflight) < 2 * workers:  # bounded: little work is lost on a crash
+                # Bounded, so that little work is lost on a crash. With a deadline, no more tasks than
+                # workers: the pool hands a queued task to a worker process as soon as one is free, and
+                # such a task could no longer be cancelled at the deadline.
+                while queue and len(inflight) < (1 if deadline.active else 2) * workers:
                     batch = queue.popleft()
                     inflight[pool.submit(run_batch, definition, batch, threads)] = batch
             wait(list(inflight), return_when=FIRST_COMPLETED)
@@ -433,7 +473,7 @@ def _run_local(experiment, definition, batches, workers, threads, recorder) -> N
 
 
 # -- Dask ---------------------------------------------------------------------------------------------
-def _run_dask(experiment, definition, batches, threads, scheduler, recorder) -> int:
+def _run_dask(experiment, definition, batches, threads, scheduler, recorder, deadline) -> int:
     from distributed import Client, as_completed
     from distributed.scheduler import KilledWorker
 
@@ -474,6 +514,9 @@ def _run_dask(experiment, definition, batches, threads, scheduler, recorder) -> 
             finally:
                 future.release()
             recorder.add(records)
+            if deadline.passed():  # the scheduler holds every task: cancel those not finished
+                client.cancel(list(futures.futures))
+                break
         return n_workers
     finally:
         if own_client:
