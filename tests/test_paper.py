@@ -194,8 +194,14 @@ def test_the_paper_runs_resumes_and_writes_the_document_from_the_archives(tmp_pa
     assert said[0] == "one: not started, the time limit has passed" and len(said) == 6
     log = json.loads((root / "one" / "runs.json").read_text())
     assert len(log) == 1 and log[0]["jobs_run"] == 6 and log[0]["wall_s"] >= 0 and log[0]["cores"] >= 1
+    # A study whose run stopped before its first job finished has a store without rows: not run yet.
+    from fastmoe.experiments import ResultStore
+
+    with ResultStore(root / "later") as store:
+        store.register(paper.studies["later"].experiment)
     write_paper(paper, root, results, doc, n_boot=50, echo=lambda *_: None)
     text = doc.read_text()
+    assert not (results / paper.studies["later"].archive).exists()
     assert (results / "one" / "results.csv").is_file() and (results / "one" / "runs.json").is_file()
     assert Experiment.load(results / "two" / "experiment.toml") == paper.studies["two"].experiment
     assert "### `one`" in text and "prose" in text and "theory text" in text

@@ -275,6 +275,17 @@ def run_paper(paper: Paper, root, only: Optional[Sequence[str]] = None, *, sched
 
 
 # -- the document ---------------------------------------------------------------------------------------
+def _stored(out: Path, name: str) -> bool:
+    """Whether the store in ``out`` holds rows of the study ``name`` (a run stopped before its first job
+    finished leaves a store without any)."""
+    from .store import ResultStore
+
+    if not (out / STORE_FILENAME).is_file():
+        return False
+    with ResultStore(out, read_only=True) as store:
+        return store.count(name) > 0
+
+
 def _export(study: Study, root: Path, results: Path, n_boot: int) -> Report:
     """Write a study's store to its archive (records, definition, slopes, summaries, run log) and return
     the archive's report."""
@@ -426,7 +437,7 @@ def write_paper(paper: Paper, root, results, doc, *, figures=None, n_boot: int =
     reports: Dict[str, Report] = {}  # every study's report, read from its archive
     for study in paper.studies.values():
         archive = results / study.archive
-        if study.name in chosen and (root / study.name / STORE_FILENAME).is_file():
+        if study.name in chosen and _stored(root / study.name, study.name):
             echo(f"export {study.name} -> {archive}")
             reports[study.name] = _export(study, root, results, n_boot)
         elif (archive / CSV_FILENAME).is_file():
