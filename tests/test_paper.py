@@ -147,6 +147,11 @@ figures = [{name = "scaled", studies = ["one", "two"], metrics = ["D1"], exponen
 theory = "theory text"
 text = "prose"
 
+[[section]]
+id = "answers"
+title = "Answers"
+text = "one: {{slope one D1}}, means {{meanslope one D1}}, {{fits one}} fits ({{status one}}); it {{excludes one D1 -0.5}} -0.5 and {{excludes one D1 0.0}} 0; two - one: {{diff two one D1}}; later: {{slope later D1}}; family, d = 3: {{pooled fam D1 3}}."
+
 [[study]]
 name = "one"
 preset = "exact-fit"
@@ -205,6 +210,21 @@ def test_the_paper_runs_resumes_and_writes_the_document_from_the_archives(tmp_pa
     assert (results / "one" / "results.csv").is_file() and (results / "one" / "runs.json").is_file()
     assert Experiment.load(results / "two" / "experiment.toml") == paper.studies["two"].experiment
     assert "### `one`" in text and "prose" in text and "theory text" in text
+    # Numbers quoted in prose are read off the same reports as the tables.
+    one = analyse(results / "one", n_boot=50)
+    d1 = one.slopes["D1"]
+    assert (f"one: {d1.slope:+.2f} [{d1.ci_low:+.2f}, {d1.ci_high:+.2f}], means {one.mean_slopes['D1'].slope:+.2f}, "
+            f"6 fits (6 ok); it {'contains' if d1.ci_low <= -0.5 <= d1.ci_high else 'excludes'} -0.5 and "
+            f"{'contains' if d1.ci_low <= 0 <= d1.ci_high else 'excludes'} 0; two - one: +0.00 [") in text
+    assert "p = 1.000 unadjusted; later" in text
+    assert "later: (not run yet); family, d = 3: " in text and "No study of this section" not in text
+    fam3 = pooled_slope([analyse(results / paper.studies[n].archive, n_boot=50).records
+                         for n in paper.families["fam"] if paper.studies[n].d == 3], "D1", n_boot=50)
+    assert f"family, d = 3: {fam3.slope:+.2f} [{fam3.ci_low:+.2f}, {fam3.ci_high:+.2f}]." in text
+    bad = PAPER.replace("{{fits one}}", "{{fits nope}}")
+    (tmp_path / "bad.toml").write_text(bad)
+    with pytest.raises(ValueError, match="unknown studies"):
+        write_paper(load_paper(tmp_path / "bad.toml"), root, results, doc, n_boot=50, echo=lambda *_: None)
     assert "Not run yet: `fastmoe rates paper --only later`" in text
     assert "| pooled d = 1 |" in text and "| pooled d = 3 |" in text and "| pooled, all |" in text
     assert "Against `one`" in text and (tmp_path / "docs" / "figures" / "scaled.png").is_file()

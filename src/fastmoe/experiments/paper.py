@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -385,6 +386,83 @@ def _comparison_table(paper: Paper, names: Sequence[str], reports: Sequence[Repo
     return lines
 
 
+#: ``{{kind arg ...}}`` in a section's text or theory: a number read off the stored results (:func:`_facts`).
+_FACT = re.compile(r"\{\{\s*([a-z]+)((?:\s+[^\s}]+)*)\s*\}\}")
+
+
+def _facts(text: str, paper: Paper, reports: Dict[str, Report], n_boot: int) -> str:
+    """``text`` with every ``{{kind arg ...}}`` replaced by the number it names, so that prose quoting a
+    result is regenerated with the tables (a study not run yet reads "(not run yet)"):
+
+    - ``{{slope STUDY METRIC}}``: slope of the medians with its 95% interval, ``-0.50 [-0.56, -0.46]``;
+    - ``{{meanslope STUDY METRIC}}``: slope of the means;
+    - ``{{excludes STUDY METRIC VALUE}}``: whether that slope's interval ``excludes`` or ``contains`` VALUE
+      (so that a verdict in the prose follows the data);
+    - ``{{fits STUDY}}``: rows stored, ``200`` or ``27 of 280``; ``{{status STUDY}}``: their statuses,
+      ``5 diverged, 195 ok``;
+    - ``{{reach STUDY}}``: jobs whose data-driven fit reached the oracle-started fit's maximum,
+      ``191 of 200``; ``{{lower STUDY}}``: those that ended lower and by how much;
+    - ``{{diff RUN BASE METRIC}}``: slope(RUN) - slope(BASE) with its interval and p-value (planned
+      where one of the two definitions declared it, unadjusted otherwise);
+    - ``{{pooled FAMILY METRIC [D]}}``: the family's pooled slope (over its truths with D inputs).
+    """
+    def fill(match):
+        kind, args = match.group(1), match.group(2).split()
+        wanted = {"slope": 2, "meanslope": 2, "excludes": 3, "fits": 1, "status": 1, "reach": 1, "lower": 1,
+                  "diff": 3}.get(kind)
+        if kind == "pooled" and len(args) in (2, 3):
+            if args[0] not in paper.families:
+                raise ValueError(f"paper text: {match.group(0)!r} names an unknown family")
+            members = [paper.studies[n] for n in paper.families[args[0]]]
+            if len(args) == 3:
+                members = [m for m in members if m.d == int(args[2])]
+            runs = [reports[m.name].records for m in members if m.name in reports]
+            if not runs:
+                return "(not run yet)"
+            f = pooled_slope(runs, args[1], include=DEFAULT_INCLUDE, n_boot=n_boot)
+            return f"{_fmt(f.slope)} {_ci(f.ci_low, f.ci_high)}"
+        if wanted is None or len(args) != wanted:
+            raise ValueError(f"paper text: cannot read {match.group(0)!r}")
+        studies = args[:2] if kind == "diff" else args[:1]
+        unknown = [a for a in studies if a not in paper.studies]
+        if unknown:
+            raise ValueError(f"paper text: {match.group(0)!r} names unknown studies {unknown}")
+        if kind == "fits" and studies[0] not in reports:
+            return f"0 of {paper.studies[studies[0]].experiment.n_jobs}"
+        if any(a not in reports for a in studies):
+            return "(not run yet)"
+        r = reports[args[0]]
+        if kind == "slope":
+            f = r.slopes[args[1]]
+            return f"{_fmt(f.slope)} {_ci(f.ci_low, f.ci_high)}"
+        if kind == "meanslope":
+            return _fmt(r.mean_slopes[args[1]].slope)
+        if kind == "excludes":
+            f = r.slopes[args[1]]
+            return "contains" if f.ci_low <= float(args[2]) <= f.ci_high else "excludes"
+        if kind == "status":
+            return ", ".join(f"{c} {st}" for st, c in sorted(r.status_counts.items()))
+        if kind == "fits":
+            done, planned = len(r.records), r.experiment.n_jobs
+            return f"{done}" if done >= planned else f"{done} of {planned}"
+        if kind in ("reach", "lower"):
+            agreement = {row["n"]: row for row in r.agreement}.get("all")
+            if not agreement:
+                raise ValueError(f"paper text: {args[0]} has no oracle check for {match.group(0)!r}")
+            if kind == "reach":
+                return f"{agreement['reached']} of {agreement['checked']}"
+            lower = sorted(x["oracle_gap"] for x in r.records if x.get("reached_oracle") is False)
+            return f"{len(lower)}" + (f" (by {lower[0]:.2g} to {lower[-1]:.2g} nats)" if lower else "")
+        run, base = args[0], args[1]
+        (c,), = compare_runs([reports[base], r], [args[2]],
+                             names=[paper.studies[base].preset, paper.studies[run].preset], n_boot=n_boot)
+        d = c.difference
+        return (f"{_fmt(d.difference)} {_ci(d.ci_low, d.ci_high)}, "
+                + (f"planned p = {_p(d.p_value)}" if c.planned else f"p = {_p(d.p_value)} unadjusted"))
+
+    return _FACT.sub(fill, text)
+
+
 def _family_table(paper: Paper, family: str, reports: Dict[str, Report], metrics: Sequence[str],
                   n_boot: int) -> List[str]:
     members = [paper.studies[n] for n in paper.families[family]]
@@ -445,7 +523,9 @@ def write_paper(paper: Paper, root, results, doc, *, figures=None, n_boot: int =
     out = [f"# {paper.title}", "", "<!-- generated by `fastmoe rates paper --report-only` from paper.toml and "
            "docs/results/: edit those, not this file -->", "", paper.intro, ""]
     for section in paper.sections:
-        out += [f"## {section.title}", "", section.text, "", f"*{section.theory}*", ""]
+        out += [f"## {section.title}", "", _facts(section.text, paper, reports, n_boot), ""]
+        if section.theory:
+            out += [f"*{_facts(section.theory, paper, reports, n_boot)}*", ""]
         present = [n for n in section.studies if n in reports]
         for name in section.studies:
             study = paper.studies[name]
@@ -483,7 +563,7 @@ def write_paper(paper: Paper, root, results, doc, *, figures=None, n_boot: int =
                 out += [f"![{fig['name']}]({rel})", "",
                         f"*Median error x n^{fig['exponent']:g} against n, {', '.join(fig['metrics'])}; bars: "
                         "10%-90% of the replications.*", ""]
-        if not present and not section.families:
+        if section.studies and not present and not section.families:
             out += ["No study of this section has been run yet.", ""]
     text = "\n".join(out).rstrip() + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
