@@ -115,6 +115,11 @@ def job_cost(n: int) -> float:
 ORDERS = ("size", "replication")
 
 
+def _check_order(order: str) -> None:
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+
+
 def plan_batches(jobs: Iterable[Job], batch_seconds: float, order: str = "size") -> List[List[Job]]:
     """Group jobs into tasks of about ``batch_seconds`` each.
 
@@ -127,8 +132,7 @@ def plan_batches(jobs: Iterable[Job], batch_seconds: float, order: str = "size")
     replications at every size, whose slopes can already be read, where a study run longest first holds
     only its largest sizes (the n = 1e7 studies: 40 replications of a 1e7 fit before the first 1e5 one).
     """
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    _check_order(order)
     ordered = sorted(jobs, key=(lambda job: (-job[0], job[1])) if order == "size" else (lambda job: (job[1], -job[0])))
     batches: List[List[Job]] = []
     current: List[Job] = []
@@ -232,8 +236,7 @@ def run_experiment(
     RunSummary
     """
     check_scheduler(scheduler)
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    _check_order(order)  # before the store is touched
     if stop_after is not None and not stop_after >= 0:
         raise ValueError(f"stop_after must be a number of seconds >= 0, got {stop_after!r}")
     deadline = _Deadline(stop_after)
