@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +151,7 @@ text = "prose"
 [[section]]
 id = "answers"
 title = "Answers"
-text = "one: {{slope one D1}}, means {{meanslope one D1}}, {{fits one}} fits ({{status one}}); it {{excludes one D1 -0.5}} -0.5 and {{excludes one D1 0.0}} 0; two - one: {{diff two one D1}}; later: {{slope later D1}}; family, d = 3: {{pooled fam D1 3}}."
+text = "one: {{slope one D1}}, means {{meanslope one D1}}, {{fits one}} fits ({{status one}}; {{seconds one}}); it {{excludes one D1 -0.5}} -0.5 and {{excludes one D1 0.0}} 0; two - one: {{diff two one D1}}; later: {{slope later D1}}; family, d = 3: {{pooled fam D1 3}}."
 
 [[study]]
 name = "one"
@@ -213,8 +214,10 @@ def test_the_paper_runs_resumes_and_writes_the_document_from_the_archives(tmp_pa
     # Numbers quoted in prose are read off the same reports as the tables.
     one = analyse(results / "one", n_boot=50)
     d1 = one.slopes["D1"]
+    times = [r["fit_time"] for r in one.records if int(r["n"]) == 6000]
     assert (f"one: {d1.slope:+.2f} [{d1.ci_low:+.2f}, {d1.ci_high:+.2f}], means {one.mean_slopes['D1'].slope:+.2f}, "
-            f"6 fits (6 ok); it {'contains' if d1.ci_low <= -0.5 <= d1.ci_high else 'excludes'} -0.5 and "
+            f"6 fits (6 ok; a median {statistics.median(times):.0f} s per fit at n = 6,000 (2 fits), "
+            f"{sum(r['fit_time'] for r in one.records) / 3600:.1f} h of fits in all (1 thread per fit)); it {'contains' if d1.ci_low <= -0.5 <= d1.ci_high else 'excludes'} -0.5 and "
             f"{'contains' if d1.ci_low <= 0 <= d1.ci_high else 'excludes'} 0; two - one: +0.00 [") in text
     assert "p = 1.000 unadjusted; later" in text
     assert "later: (not run yet); family, d = 3: " in text and "No study of this section" not in text

@@ -24,6 +24,7 @@ import platform
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -400,6 +401,7 @@ def _facts(text: str, paper: Paper, reports: Dict[str, Report], n_boot: int) -> 
       (so that a verdict in the prose follows the data);
     - ``{{fits STUDY}}``: rows stored, ``200`` or ``27 of 280``; ``{{status STUDY}}``: their statuses,
       ``5 diverged, 195 ok``;
+    - ``{{seconds STUDY}}``: the median fit time at the largest size stored and the fits' hours in all;
     - ``{{reach STUDY}}``: jobs whose data-driven fit reached the oracle-started fit's maximum,
       ``191 of 200``; ``{{lower STUDY}}``: those that ended lower and by how much;
     - ``{{diff RUN BASE METRIC}}``: slope(RUN) - slope(BASE) with its interval and p-value (planned
@@ -408,8 +410,8 @@ def _facts(text: str, paper: Paper, reports: Dict[str, Report], n_boot: int) -> 
     """
     def fill(match):
         kind, args = match.group(1), match.group(2).split()
-        wanted = {"slope": 2, "meanslope": 2, "excludes": 3, "fits": 1, "status": 1, "reach": 1, "lower": 1,
-                  "diff": 3}.get(kind)
+        wanted = {"slope": 2, "meanslope": 2, "excludes": 3, "fits": 1, "status": 1, "seconds": 1, "reach": 1,
+                  "lower": 1, "diff": 3}.get(kind)
         if kind == "pooled" and len(args) in (2, 3):
             if args[0] not in paper.families:
                 raise ValueError(f"paper text: {match.group(0)!r} names an unknown family")
@@ -442,6 +444,16 @@ def _facts(text: str, paper: Paper, reports: Dict[str, Report], n_boot: int) -> 
             return "contains" if f.ci_low <= float(args[2]) <= f.ci_high else "excludes"
         if kind == "status":
             return ", ".join(f"{c} {st}" for st, c in sorted(r.status_counts.items()))
+        if kind == "seconds":
+            timed = [x for x in r.records if isinstance(x.get("fit_time"), (int, float))]
+            if not timed:
+                return "(no fit times stored)"
+            largest = max(int(x["n"]) for x in timed)
+            at = [float(x["fit_time"]) for x in timed if int(x["n"]) == largest]
+            threads = sorted({int(x.get("n_threads") or 1) for x in timed})
+            return (f"a median {statistics.median(at):.0f} s per fit at n = {largest:,} ({len(at)} fits), "
+                    f"{sum(float(x['fit_time']) for x in timed) / 3600:.1f} h of fits in all "
+                    f"({'/'.join(map(str, threads))} thread{'s' if threads != [1] else ''} per fit)")
         if kind == "fits":
             done, planned = len(r.records), r.experiment.n_jobs
             return f"{done}" if done >= planned else f"{done} of {planned}"
