@@ -340,3 +340,14 @@ def test_a_study_resumes_from_its_archive_on_a_machine_without_its_store(tmp_pat
     fresh = run_paper(paper, tmp_path / "third", ["one"], results=tmp_path / "results", scheduler="synchronous",
                       progress=False, echo=notes.append)
     assert fresh[0].completed == 6 and any("another definition" in n for n in notes)
+
+
+def test_overlapping_parts_of_a_run_log_count_their_wall_clock_once():
+    from fastmoe.experiments.paper import _clock_seconds
+
+    def part(start, end):
+        return {"started": f"2026-12-02T{start}:00+00:00", "finished": f"2026-12-02T{end}:00+00:00"}
+
+    # Two processes on the same study from 10:00 to 10:10 and 10:05 to 10:20, then 11:00 to 11:01.
+    assert _clock_seconds([part("10:05", "10:20"), part("10:00", "10:10"), part("11:00", "11:01")]) == 21 * 60
+    assert _clock_seconds([{"started": "2026-12-02T10:00:00+00:00"}]) is None  # no end recorded

@@ -326,12 +326,33 @@ def _run_facts(study: Study, archive: Path) -> str:
     if log.is_file():
         entries = json.loads(log.read_text())
         wall = sum(e["wall_s"] for e in entries)
+        clock = _clock_seconds(entries)
+        overlap = clock is not None and clock < wall - 60.0
         parts = [f"{e['started'][:10]}, {e['wall_s']:.0f} s for {e['jobs_run']} jobs on {e['cpu']} "
                  + (f"({e['cores']} cores; interrupted)" if e.get("interrupted") else
                     f"({e['cores']} cores; {e['workers']} x {e['threads_per_job']} threads)")
                  + f", fastmoe {e['fastmoe']}" + (f" at `{e['commit']}`" if e.get("commit") else "") for e in entries]
-        return f"run in {len(entries)} part(s), {wall / 60:.1f} min wall in all: " + "; ".join(parts)
+        total = (f"{clock / 60:.1f} min of wall clock (parts overlapped: {wall / 60:.1f} min summed)" if overlap
+                 else f"{wall / 60:.1f} min wall in all")
+        return f"run in {len(entries)} part(s), {total}: " + "; ".join(parts)
     return study.note or "run facts not recorded"
+
+
+def _clock_seconds(entries) -> Optional[float]:
+    """Seconds of wall clock the run log's parts cover together (parts that ran at the same time, e.g. on
+    two machines, counted once); None when a part lacks its start or end."""
+    from datetime import datetime
+
+    try:
+        spans = sorted((datetime.fromisoformat(e["started"]).timestamp(), datetime.fromisoformat(e["finished"]).timestamp())
+                       for e in entries)
+    except (KeyError, TypeError, ValueError):
+        return None
+    total, end = 0.0, -math.inf
+    for start, finish in spans:
+        total += max(0.0, finish - max(start, end))
+        end = max(end, finish)
+    return total
 
 
 def _definition_facts(exp: Experiment) -> str:
