@@ -365,6 +365,9 @@ def test_slope_recovers_a_known_rate_and_leaves_bad_fits_out():
     assert math.isnan(fit_slope(records[:20], "D1", n_boot=10).slope)  # a single n has no slope
     window = fit_slope(records, "D1", n_boot=10, min_n=3000, max_n=30000)
     assert window.n_sizes == 3 and window.n_rows == 60
+    # One replication per size (a study stopped after its first): a slope, but no interval to claim.
+    first = fit_slope([r for r in records if r["replication"] == 0], "D1", n_boot=50)
+    assert math.isfinite(first.slope) and math.isnan(first.ci_low) and math.isnan(first.ci_high)
 
 
 def power_law_records(exp, exponent, sizes, reps, seed, noise=0.3):

@@ -202,7 +202,8 @@ def fit_slope(records: Sequence[dict], metric: str, *, include: Iterable[str] = 
     Returns
     -------
     SlopeFit
-        NaN slope when fewer than two sample sizes have a positive statistic.
+        NaN slope when fewer than two sample sizes have a positive statistic; NaN interval when a size
+        has a single replication.
     """
     values = _slope_values(records, metric, include, min_n, max_n, statistic)
     n_rows = int(sum(v.size for v in values.values()))
@@ -210,7 +211,12 @@ def fit_slope(records: Sequence[dict], metric: str, *, include: Iterable[str] = 
         return SlopeFit(metric, math.nan, math.nan, math.nan, math.nan, theory, len(values), n_rows, confidence,
                         statistic)
     slope, intercept = _centre_slope(values, statistic)
-    low, high = _interval(_bootstrap_slopes(values, n_boot, np.random.default_rng(seed), statistic), confidence)
+    if min(v.size for v in values.values()) < 2:
+        # One replication at a size: resampling it gives that row every time, so the interval would
+        # show no spread at all (a study stopped after its first replication at some sizes).
+        low, high = math.nan, math.nan
+    else:
+        low, high = _interval(_bootstrap_slopes(values, n_boot, np.random.default_rng(seed), statistic), confidence)
     return SlopeFit(metric, float(slope), float(intercept), low, high, float(theory),
                     len(values), n_rows, confidence, statistic)
 

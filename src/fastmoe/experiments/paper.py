@@ -419,7 +419,7 @@ def _facts(text: str, paper: Paper, reports: Dict[str, Report], n_boot: int) -> 
     - ``{{slope STUDY METRIC}}``: slope of the medians with its 95% interval, ``-0.50 [-0.56, -0.46]``;
     - ``{{meanslope STUDY METRIC}}``: slope of the means;
     - ``{{excludes STUDY METRIC VALUE}}``: whether that slope's interval ``excludes`` or ``contains`` VALUE
-      (so that a verdict in the prose follows the data);
+      (so that a verdict in the prose follows the data), or ``cannot yet test`` it (no interval);
     - ``{{fits STUDY}}``: rows stored, ``200`` or ``27 of 280``; ``{{status STUDY}}``: their statuses,
       ``5 diverged, 195 ok``;
     - ``{{seconds STUDY}}``: the median fit time at the largest size stored and the fits' hours in all;
@@ -462,6 +462,8 @@ def _facts(text: str, paper: Paper, reports: Dict[str, Report], n_boot: int) -> 
             return _fmt(r.mean_slopes[args[1]].slope)
         if kind == "excludes":
             f = r.slopes[args[1]]
+            if not (math.isfinite(f.ci_low) and math.isfinite(f.ci_high)):
+                return "cannot yet test"  # no interval (too few replications)
             return "contains" if f.ci_low <= float(args[2]) <= f.ci_high else "excludes"
         if kind == "status":
             return ", ".join(f"{c} {st}" for st, c in sorted(r.status_counts.items()))
