@@ -317,6 +317,16 @@ def _ci(low: float, high: float) -> str:
     return "–" if not (math.isfinite(low) and math.isfinite(high)) else f"[{low:+.2f}, {high:+.2f}]"
 
 
+def _slope_text(fit) -> str:
+    """A slope with its interval, ``-0.50 [-0.56, -0.46]``."""
+    return f"{_fmt(fit.slope)} {_ci(fit.ci_low, fit.ci_high)}"
+
+
+def _lower_gaps(report: Report) -> List[float]:
+    """How far below the oracle-started fit's maximum each data-driven fit that ended lower stopped."""
+    return sorted(x["oracle_gap"] for x in report.records if x.get("reached_oracle") is False)
+
+
 def _p(p: float) -> str:
     return "–" if not math.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
@@ -443,7 +453,7 @@ def _facts(text: str, paper: Paper, reports: Dict[str, Report], n_boot: int) -> 
             if not runs:
                 return "(not run yet)"
             f = pooled_slope(runs, args[1], include=DEFAULT_INCLUDE, n_boot=n_boot)
-            return f"{_fmt(f.slope)} {_ci(f.ci_low, f.ci_high)}"
+            return _slope_text(f)
         if wanted is None or len(args) != wanted:
             raise ValueError(f"paper text: cannot read {match.group(0)!r}")
         studies = args[:2] if kind == "diff" else args[:1]
@@ -457,7 +467,7 @@ def _facts(text: str, paper: Paper, reports: Dict[str, Report], n_boot: int) -> 
         r = reports[args[0]]
         if kind == "slope":
             f = r.slopes[args[1]]
-            return f"{_fmt(f.slope)} {_ci(f.ci_low, f.ci_high)}"
+            return _slope_text(f)
         if kind == "meanslope":
             return _fmt(r.mean_slopes[args[1]].slope)
         if kind == "excludes":
@@ -486,7 +496,7 @@ def _facts(text: str, paper: Paper, reports: Dict[str, Report], n_boot: int) -> 
                 raise ValueError(f"paper text: {args[0]} has no oracle check for {match.group(0)!r}")
             if kind == "reach":
                 return f"{agreement['reached']} of {agreement['checked']}"
-            lower = sorted(x["oracle_gap"] for x in r.records if x.get("reached_oracle") is False)
+            lower = _lower_gaps(r)
             return f"{len(lower)}" + (f" (by {lower[0]:.2g} to {lower[-1]:.2g} nats)" if lower else "")
         run, base = args[0], args[1]
         (c,), = compare_runs([reports[base], r], [args[2]],
@@ -518,7 +528,7 @@ def _family_table(paper: Paper, family: str, reports: Dict[str, Report], metrics
         for x in metrics:
             fits = [reports[m.name].records for m in group if x in reports[m.name].metrics]
             s = pooled_slope(fits, x, include=DEFAULT_INCLUDE, n_boot=n_boot)
-            cells.append(f"{_fmt(s.slope)} {_ci(s.ci_low, s.ci_high)}")
+            cells.append(_slope_text(s))
         lines.append(f"| {label} |  | {sum(len(reports[m.name].records) for m in group)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -574,7 +584,7 @@ def write_paper(paper: Paper, root, results, doc, *, figures=None, n_boot: int =
                     f"{_run_facts(study, results / study.archive)}.", ""]
             agreement = {row["n"]: row for row in r.agreement}.get("all")
             if agreement:
-                lower = sorted(x["oracle_gap"] for x in r.records if x.get("reached_oracle") is False)
+                lower = _lower_gaps(r)
                 out += [f"The data-driven fit reached the maximum of the fit started near the truth in "
                         f"{agreement['reached']} of {agreement['checked']} jobs (95% Wilson interval "
                         f"[{agreement['share_low']:.2f}, {agreement['share_high']:.2f}]): the same maximum in "
