@@ -20,6 +20,11 @@ resumed, or rerun with more seeds.
 
     python examples/dendrogram_accuracy.py --seeds 0-9 --n 2000 10000 --out docs/data/dendrogram_accuracy.csv
     python examples/dendrogram_accuracy.py --report --out docs/data/dendrogram_accuracy.csv
+    python examples/dendrogram_accuracy.py --write-docs      # the tables of README.md and docs/dendrogram.md
+
+``--write-docs`` rewrites the blocks between ``<!-- accuracy:begin -->`` and ``<!-- accuracy:end -->`` of
+README.md and docs/dendrogram.md from the CSV alone (the tests check that they agree with it); where and
+when each part of the study ran is said beside the blocks, by hand.
 
 Cells of the table: the share of seeds whose chosen k is k*, and the mean chosen k in brackets.
 """
@@ -30,6 +35,7 @@ import argparse
 import csv
 import os
 import platform
+import re
 import time
 import warnings
 
@@ -139,13 +145,129 @@ def _seeds(text):
     return out
 
 
+#: Markers of the generated blocks in README.md and docs/dendrogram.md.
+BEGIN, END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
+#: Seeds and sample sizes the issue asks for (issue 15: >= 50 seeds, n in {2e3, 1e4, 5e4}).
+ASKED_SEEDS, ASKED_N = 50, (2000, 10000, 50000)
+
+
+def _read(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _ranges(values):
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
+    values, parts = sorted(values), []
+    for v in values:
+        if parts and v == parts[-1][1] + 1:
+            parts[-1][1] = v
+        else:
+            parts.append([v, v])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts)
+
+
+def _seed_text(jobs):
+    """``"seeds 0-13 (and partly 14: 6 of 12 jobs), 14 complete of the >= 50 the issue asks for"``."""
+    cells = {job[:3] for job in jobs}
+    seeds = sorted({job[3] for job in jobs})
+    full = [s for s in seeds if all((*cell, s) in jobs for cell in cells)]
+    partial = [s for s in seeds if s not in full]
+    text = f"seeds {_ranges(full)}"
+    if partial:
+        text += " (and partly " + ", ".join(
+            f"{s}: {sum(job[3] == s for job in jobs)} of {len(cells)} jobs" for s in partial) + ")"
+    return text + f", {len(full)} complete of the >= {ASKED_SEEDS} the issue asks for"
+
+
+def _sizes_text(jobs):
+    """``"n in {2e3, 1e4} (n = 5e4 **not run**)"``."""
+    sizes = sorted({job[1] for job in jobs})
+    text = f"n in {{{', '.join(_short(n) for n in sizes)}}}"
+    missing = [n for n in ASKED_N if n not in sizes]
+    return text + (f" (n = {', '.join(_short(n) for n in missing)} **not run**)" if missing else "")
+
+
+def _short(n):
+    return f"{n:.0e}".replace("e+0", "e")
+
+
+def _jobs(rows):
+    return {(int(r["kstar"]), int(r["n"]), float(r["contamination"]), int(r["seed"])) for r in rows}
+
+
+def what_was_run(rows):
+    """One paragraph: which seeds, sizes and cells the CSV holds, and what the issue asks that it lacks."""
+    jobs = _jobs(rows)
+    kstars = sorted({job[0] for job in jobs})
+    eps = sorted({job[2] for job in jobs})
+    # Each job's own seconds: the fit, its trees and the refined tree (dendrogram_refined) plus the sweep.
+    seconds = sum(float(r["seconds"]) for r in rows if r["method"] in ("dendrogram_refined", "bic"))
+    return (f"**What was run**: {_seed_text(jobs)}; {_sizes_text(jobs)}, k* in {{{', '.join(map(str, kstars))}}}, "
+            f"contamination {' and '.join(f'{e:g}' for e in eps)}: {len(jobs)} jobs ({len(rows)} rows); the jobs' "
+            f"own seconds, summed: {seconds / 60:.0f} min.")
+
+
+def readme_table(rows):
+    """The README's short table: share right over k* = 2, 3, 4 (in brackets k* = 3, 4) per method."""
+    methods = ("dendrogram", "bic", "aic")
+    lines = ["| contamination | n | jobs | " + " | ".join(m if m == "dendrogram" else m.upper() for m in methods) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in methods) + " |"]
+    for eps, n in sorted({(float(r["contamination"]), int(r["n"])) for r in rows}):
+        here = [r for r in rows if (float(r["contamination"]), int(r["n"])) == (eps, n)]
+        out = []
+        for m in methods:
+            hits = [int(r["correct"]) for r in here if r["method"] == m]
+            hard = [int(r["correct"]) for r in here if r["method"] == m and int(r["kstar"]) >= 3]
+            out.append(f"{np.mean(hits):.0%} ({np.mean(hard):.0%})")
+        jobs = len({(r["seed"], r["kstar"]) for r in here})
+        lines.append(f"| {eps:g} | {n} | {jobs} | " + " | ".join(out) + " |")
+    ratios = [sweep / tree for _, _, tree, sweep in _times(rows)]
+    jobs = _jobs(rows)
+    lines += ["", f"Share of jobs whose chosen k is k* over k* = 2, 3, 4 (in brackets: k* = 3, 4 only); {len(jobs)} "
+              f"jobs: {_seed_text(jobs)}; {_sizes_text(jobs)}. One dendrogram selection (one fit with "
+              f"k* + 2 experts, then the tree) took {min(ratios):.1f} to {max(ratios):.1f} times less time than the "
+              "BIC sweep over k = 1..k* + 2 (medians per (n, k*))."]
+    return "\n".join(lines)
+
+
+def _times(rows):
+    """``(n, k*, median seconds of one dendrogram selection, median seconds of the BIC sweep)`` per cell."""
+    out = []
+    for n, kstar in sorted({(int(r["n"]), int(r["kstar"])) for r in rows}):
+        here = [r for r in rows if (int(r["n"]), int(r["kstar"])) == (n, kstar)]
+        tree = np.median([float(r["seconds"]) for r in here if r["method"] == "dendrogram"])
+        sweep = np.median([float(r["seconds"]) for r in here if r["method"] == "bic"])
+        out.append((n, kstar, tree, sweep))
+    return out
+
+
+def replace_block(text, block):
+    """``text`` with what lies between the markers replaced by ``block``."""
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if len(pattern.findall(text)) != 1:
+        raise ValueError(f"expected one {BEGIN} ... {END} block")
+    return pattern.sub(lambda _: f"{BEGIN}\n{block}\n{END}", text)
+
+
+def write_docs(path, readme="README.md", page="docs/dendrogram.md"):
+    """Rewrite the generated blocks of ``readme`` and ``page`` from the CSV at ``path``."""
+    rows = _read(path)
+    blocks = {readme: readme_table(rows), page: what_was_run(rows) + "\n\n" + report(path)}
+    for target, block in blocks.items():
+        with open(target) as handle:
+            text = handle.read()
+        with open(target, "w") as handle:
+            handle.write(replace_block(text, block))
+
+
 def report(path):
     """Markdown tables from the CSV: share of correct choices (and mean chosen k), and median seconds."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = _read(path)
     cells = sorted({(float(r["contamination"]), int(r["n"]), int(r["kstar"])) for r in rows})
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    lines = ["| contamination | n | k* | seeds | " + " | ".join(methods) + " |",
+    lines = ["Cells: share of seeds whose chosen k is k*, mean chosen k in brackets. Times: medians per cell.", "",
+             "| contamination | n | k* | seeds | " + " | ".join(methods) + " |",
              "| --- | --- | --- | --- | " + " | ".join("---" for _ in methods) + " |"]
     for eps, n, kstar in cells:
         here = [r for r in rows if (float(r["contamination"]), int(r["n"]), int(r["kstar"])) == (eps, n, kstar)]
@@ -167,10 +289,7 @@ def report(path):
         lines.append(f"| {eps:g} | {n} | {jobs} | " + " | ".join(out) + " |")
     lines += ["", "| n | k* | dendrogram: one fit + tree (s) | BIC/AIC sweep k = 1..k*+2 (s) | ratio |",
               "| --- | --- | --- | --- | --- |"]
-    for n, kstar in sorted({(c[1], c[2]) for c in cells}):
-        here = [r for r in rows if (int(r["n"]), int(r["kstar"])) == (n, kstar)]
-        tree = np.median([float(r["seconds"]) for r in here if r["method"] == "dendrogram"])
-        sweep = np.median([float(r["seconds"]) for r in here if r["method"] == "bic"])
+    for n, kstar, tree, sweep in _times(rows):
         lines.append(f"| {n} | {kstar} | {tree:.1f} | {sweep:.1f} | {sweep / tree:.1f} |")
     return "\n".join(lines)
 
@@ -184,9 +303,14 @@ def main(argv=None):
     parser.add_argument("--out", default="docs/data/dendrogram_accuracy.csv")
     parser.add_argument("--n-threads", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="print the tables of --out and stop")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="rewrite the tables of README.md and docs/dendrogram.md from --out and stop")
     args = parser.parse_args(argv)
     if args.report:
         print(report(args.out))
+        return
+    if args.write_docs:
+        write_docs(args.out)
         return
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     done = _done(args.out)

@@ -52,3 +52,32 @@ def test_dendrogram_accuracy_writes_rows_and_resumes(tmp_path):
     rows = [dict(zip(lines[0].split(","), line.split(","))) for line in lines[1:]]
     assert {r["method"] for r in rows} == set(study.METHODS)
     assert all(1 <= int(r["chosen"]) <= 4 and r["correct"] == str(int(int(r["chosen"]) == 2)) for r in rows)
+
+
+def test_dendrogram_tables_in_the_docs_are_those_of_the_committed_data(tmp_path):
+    """README.md and docs/dendrogram.md show what ``--write-docs`` makes of docs/data/dendrogram_accuracy.csv."""
+    study = _load("dendrogram_accuracy")
+    root = EXAMPLES.parent
+    copies = {}
+    for name in ("README.md", "dendrogram.md"):
+        source = root / name if name == "README.md" else root / "docs" / name
+        copies[name] = (source, tmp_path / name)
+        copies[name][1].write_text(source.read_text())
+    study.write_docs(root / "docs" / "data" / "dendrogram_accuracy.csv", copies["README.md"][1],
+                     copies["dendrogram.md"][1])
+    for source, copy in copies.values():
+        assert copy.read_text() == source.read_text(), f"{source.name} is out of date: run --write-docs"
+
+
+def test_dendrogram_report_names_the_seeds_and_sizes_not_run():
+    study = _load("dendrogram_accuracy")
+    assert study._ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
+    rows = [dict(kstar=str(k), n="2000", contamination="0.0", seed=str(s), method=m, chosen="2",
+                 correct=str(int(k == 2)), seconds="1.0")
+            for s in (0, 1, 2) for k in (2, 3) for m in ("dendrogram_refined", "bic")
+            if not (s == 2 and k == 3)]
+    text = study.what_was_run(rows)
+    assert "seeds 0-1 (and partly 2: 1 of 2 jobs), 2 complete of the >= 50" in text
+    assert "n in {2e3} (n = 1e4, 5e4 **not run**)" in text and "5 jobs (10 rows)" in text
+    with pytest.raises(ValueError, match="one <!-- accuracy:begin -->"):
+        study.replace_block("no markers here", "table")
