@@ -151,7 +151,7 @@ text = "prose"
 [[section]]
 id = "answers"
 title = "Answers"
-text = "one: {{slope one D1}}, means {{meanslope one D1}}, {{fits one}} fits ({{status one}}; {{seconds one}}); it {{excludes one D1 -0.5}} -0.5 and {{excludes one D1 0.0}} 0; two - one: {{diff two one D1}}; later: {{slope later D1}}; family, d = 3: {{pooled fam D1 3}}."
+text = "one: {{slope one D1}}, means {{meanslope one D1}}, {{fits one}} fits ({{status one}}; {{seconds one}}); it {{excludes one D1 -0.5}} -0.5 and {{excludes one D1 0.0}} 0, so it {{decides one D1 -1/2 0}}; two - one: {{diff two one D1}}; later: {{slope later D1}}; family, d = 3: {{pooled fam D1 3}}."
 
 [[study]]
 name = "one"
@@ -183,6 +183,8 @@ replications = 2
 
 
 def test_the_paper_runs_resumes_and_writes_the_document_from_the_archives(tmp_path):
+    from fastmoe.experiments.paper import _decision
+
     (tmp_path / "paper.toml").write_text(PAPER)
     paper = load_paper(tmp_path / "paper.toml")
     assert [s.name for s in paper.select(["fam"])] == ["fam-d1-t0", "fam-d1-t1", "fam-d3-t0", "fam-d3-t1"]
@@ -218,7 +220,8 @@ def test_the_paper_runs_resumes_and_writes_the_document_from_the_archives(tmp_pa
     assert (f"one: {d1.slope:+.2f} [{d1.ci_low:+.2f}, {d1.ci_high:+.2f}], means {one.mean_slopes['D1'].slope:+.2f}, "
             f"6 fits (6 ok; a median {statistics.median(times):.0f} s per fit at n = 6,000 (2 fits), "
             f"{sum(r['fit_time'] for r in one.records) / 3600:.1f} h of fits in all (1 thread per fit)); it {'contains' if d1.ci_low <= -0.5 <= d1.ci_high else 'excludes'} -0.5 and "
-            f"{'contains' if d1.ci_low <= 0 <= d1.ci_high else 'excludes'} 0; two - one: +0.00 [") in text
+            f"{'contains' if d1.ci_low <= 0 <= d1.ci_high else 'excludes'} 0, so it {_decision(d1, '-1/2', '0')}; "
+            "two - one: +0.00 [") in text
     assert "p = 1.000 unadjusted; later" in text
     assert "later: (not run yet); family, d = 3: " in text and "No study of this section" not in text
     fam3 = pooled_slope([analyse(results / paper.studies[n].archive, n_boot=50).records
@@ -351,3 +354,22 @@ def test_overlapping_parts_of_a_run_log_count_their_wall_clock_once():
     # Two processes on the same study from 10:00 to 10:10 and 10:05 to 10:20, then 11:00 to 11:01.
     assert _clock_seconds([part("10:05", "10:20"), part("10:00", "10:10"), part("11:00", "11:01")]) == 21 * 60
     assert _clock_seconds([{"started": "2026-12-02T10:00:00+00:00"}]) is None  # no end recorded
+
+
+def test_a_slope_interval_decides_between_two_candidate_slopes():
+    from types import SimpleNamespace
+
+    from fastmoe.experiments.paper import _decision
+
+    def interval(low, high):
+        return SimpleNamespace(ci_low=low, ci_high=high)
+
+    assert _decision(interval(-0.37, -0.14), "-1/8", "-1/4") == \
+        "contains -1/4 and excludes -1/8: it decides for -1/4"
+    assert _decision(interval(-0.20, -0.05), "-1/8", "-0.25") == \
+        "contains -1/8 and excludes -0.25: it decides for -1/8"
+    assert _decision(interval(-0.29, -0.08), "-1/8", "-1/4") == "contains both -1/8 and -1/4: it decides neither"
+    assert _decision(interval(-0.60, -0.40), "-1/8", "-1/4").endswith("(it lies below them): it decides neither")
+    assert _decision(interval(-0.05, 0.10), "-1/8", "-1/4").endswith("(it lies above them): it decides neither")
+    assert _decision(interval(-0.24, -0.13), "-1/8", "-1/4").endswith("(it lies between them): it decides neither")
+    assert _decision(interval(float("nan"), float("nan")), "-1/8", "-1/4") == "cannot yet test either"

@@ -27,6 +27,7 @@ import socket
 import statistics
 import subprocess
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -430,6 +431,8 @@ def _facts(text: str, paper: Paper, reports: Dict[str, Report], n_boot: int) -> 
     - ``{{meanslope STUDY METRIC}}``: slope of the means;
     - ``{{excludes STUDY METRIC VALUE}}``: whether that slope's interval ``excludes`` or ``contains`` VALUE
       (so that a verdict in the prose follows the data), or ``cannot yet test`` it (no interval);
+    - ``{{decides STUDY METRIC A B}}``: which of two candidate slopes (``-1/8`` or ``-0.125``) that
+      interval decides for (:func:`_decision`);
     - ``{{fits STUDY}}``: rows stored, ``200`` or ``27 of 280``; ``{{status STUDY}}``: their statuses,
       ``5 diverged, 195 ok``;
     - ``{{seconds STUDY}}``: the median fit time at the largest size stored and the fits' hours in all;
@@ -441,7 +444,7 @@ def _facts(text: str, paper: Paper, reports: Dict[str, Report], n_boot: int) -> 
     """
     def fill(match):
         kind, args = match.group(1), match.group(2).split()
-        wanted = {"slope": 2, "meanslope": 2, "excludes": 3, "fits": 1, "status": 1, "seconds": 1, "reach": 1,
+        wanted = {"slope": 2, "meanslope": 2, "excludes": 3, "decides": 4, "fits": 1, "status": 1, "seconds": 1, "reach": 1,
                   "lower": 1, "diff": 3}.get(kind)
         if kind == "pooled" and len(args) in (2, 3):
             if args[0] not in paper.families:
@@ -475,6 +478,8 @@ def _facts(text: str, paper: Paper, reports: Dict[str, Report], n_boot: int) -> 
             if not (math.isfinite(f.ci_low) and math.isfinite(f.ci_high)):
                 return "cannot yet test"  # no interval (too few replications)
             return "contains" if f.ci_low <= float(args[2]) <= f.ci_high else "excludes"
+        if kind == "decides":
+            return _decision(r.slopes[args[1]], args[2], args[3])
         if kind == "status":
             return ", ".join(f"{c} {st}" for st, c in sorted(r.status_counts.items()))
         if kind == "seconds":
@@ -506,6 +511,27 @@ def _facts(text: str, paper: Paper, reports: Dict[str, Report], n_boot: int) -> 
                 + (f"planned p = {_p(d.p_value)}" if c.planned else f"p = {_p(d.p_value)} unadjusted"))
 
     return _FACT.sub(fill, text)
+
+
+def _decision(fit, first: str, second: str) -> str:
+    """What a slope's 95% interval says between two candidate slopes given as text (``-1/8``, ``-0.25``).
+
+    It decides for a candidate when it contains that one and excludes the other; it decides neither
+    when it contains both, or excludes both (then it says on which side it lies); without an interval
+    (one replication at some size) it cannot yet test either.
+    """
+    if not (math.isfinite(fit.ci_low) and math.isfinite(fit.ci_high)):
+        return "cannot yet test either"
+    values = {text: float(Fraction(text)) for text in (first, second)}
+    inside = [text for text, v in values.items() if fit.ci_low <= v <= fit.ci_high]
+    if len(inside) == 1:
+        other = second if inside[0] == first else first
+        return f"contains {inside[0]} and excludes {other}: it decides for {inside[0]}"
+    if inside:
+        return f"contains both {first} and {second}: it decides neither"
+    side = "below" if fit.ci_high < min(values.values()) else "above" if fit.ci_low > max(values.values()) \
+        else "between"
+    return f"excludes both {first} and {second} (it lies {side} them): it decides neither"
 
 
 def _family_table(paper: Paper, family: str, reports: Dict[str, Report], metrics: Sequence[str],
