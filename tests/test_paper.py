@@ -296,6 +296,29 @@ def test_an_interrupted_paper_run_logs_what_it_stored(tmp_path, monkeypatch):
     assert log[1]["already_stored"] == 2
 
 
+def test_a_run_log_names_the_commit_the_run_started_from(tmp_path, monkeypatch):
+    """A long run's checkout may move on while it works (later commits, edits): the log names the
+    code that was imported when the run started, not the checkout's state when it ended."""
+    from fastmoe.experiments import paper as paper_module
+    from fastmoe.experiments import runner
+
+    checkout = {"commit": "at-start"}
+    real = runner.run_experiment
+
+    def run_then_commit(*args, **kwargs):
+        summary = real(*args, **kwargs)
+        checkout["commit"] = "at-end"  # someone committed while the study ran
+        return summary
+
+    monkeypatch.setattr(paper_module, "_commit", lambda: checkout["commit"])
+    monkeypatch.setattr(runner, "run_experiment", run_then_commit)
+    (tmp_path / "paper.toml").write_text(PAPER)
+    paper = load_paper(tmp_path / "paper.toml")
+    run_paper(paper, tmp_path / "runs", ["one"], scheduler="synchronous", progress=False, echo=lambda *_: None)
+    log = json.loads((tmp_path / "runs" / "one" / "runs.json").read_text())
+    assert [e["commit"] for e in log] == ["at-start"]
+
+
 def test_a_study_resumes_from_its_archive_on_a_machine_without_its_store(tmp_path, monkeypatch):
     """A part of a study ran and was exported (the committed CSV); on a fresh clone with no store the next
     `fastmoe rates paper` takes those rows over, runs only the rest, and ends with the rows a one-shot run

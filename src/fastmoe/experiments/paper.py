@@ -250,7 +250,8 @@ def run_paper(paper: Paper, root, only: Optional[Sequence[str]] = None, *, sched
             store.register(study.experiment)
         study.experiment.save(out / DEFINITION_FILENAME)
         echo(f"{study.name}: {study.experiment.n_jobs} jobs ({out})")
-        started, clock = utc_now(), time.perf_counter()
+        # The machine and the commit as the run starts: the checkout may move on while a long run works.
+        started, clock, machine = utc_now(), time.perf_counter(), _machine()
         with ResultStore(out, read_only=True) as store:
             before = store.count(study.name)
         summary = None
@@ -272,7 +273,7 @@ def run_paper(paper: Paper, root, only: Optional[Sequence[str]] = None, *, sched
                 else:
                     entry.update(executor=summary.executor, workers=summary.n_workers,
                                  threads_per_job=summary.threads_per_job)
-                _append_log(out / RUN_LOG, {**entry, **_machine()})
+                _append_log(out / RUN_LOG, {**entry, **machine})
         summaries.append(summary)
     return summaries
 
