@@ -213,14 +213,8 @@ def readme_table(rows):
     methods = ("dendrogram", "bic", "aic")
     lines = ["| contamination | n | jobs | " + " | ".join(m if m == "dendrogram" else m.upper() for m in methods) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in methods) + " |"]
-    for eps, n in sorted({(float(r["contamination"]), int(r["n"])) for r in rows}):
-        here = [r for r in rows if (float(r["contamination"]), int(r["n"])) == (eps, n)]
-        out = []
-        for m in methods:
-            hits = [int(r["correct"]) for r in here if r["method"] == m]
-            hard = [int(r["correct"]) for r in here if r["method"] == m and int(r["kstar"]) >= 3]
-            out.append(f"{np.mean(hits):.0%} ({np.mean(hard):.0%})")
-        jobs = len({(r["seed"], r["kstar"]) for r in here})
+    for (eps, n), (jobs, shares) in _shares(rows, methods).items():
+        out = [f"{shares[m][0]:.0%} ({shares[m][1]:.0%})" for m in methods]
         lines.append(f"| {eps:g} | {n} | {jobs} | " + " | ".join(out) + " |")
     ratios = [sweep / tree for _, _, tree, sweep in _times(rows)]
     jobs = _jobs(rows)
@@ -229,6 +223,20 @@ def readme_table(rows):
               f"k* + 2 experts, then the tree) took {min(ratios):.1f} to {max(ratios):.1f} times less time than the "
               "BIC sweep over k = 1..k* + 2 (medians per (n, k*))."]
     return "\n".join(lines)
+
+
+def _shares(rows, methods):
+    """Per ``(contamination, n)``: the jobs, and per method the share right over every k* and over k* >= 3."""
+    out = {}
+    for eps, n in sorted({(float(r["contamination"]), int(r["n"])) for r in rows}):
+        here = [r for r in rows if (float(r["contamination"]), int(r["n"])) == (eps, n)]
+        shares = {}
+        for m in methods:
+            hits = [int(r["correct"]) for r in here if r["method"] == m]
+            hard = [int(r["correct"]) for r in here if r["method"] == m and int(r["kstar"]) >= 3]
+            shares[m] = (np.mean(hits), np.mean(hard) if hard else np.nan)
+        out[(eps, n)] = (len({(r["seed"], r["kstar"]) for r in here}), shares)
+    return out
 
 
 def _times(rows):
@@ -279,13 +287,8 @@ def report(path):
         lines.append(f"| {eps:g} | {n} | {kstar} | {seeds} | " + " | ".join(out) + " |")
     lines += ["", "| contamination | n | jobs (k* = 2, 3, 4) | " + " | ".join(methods) + " |",
               "| --- | --- | --- | " + " | ".join("---" for _ in methods) + " |"]
-    for eps, n in sorted({(c[0], c[1]) for c in cells}):
-        here = [r for r in rows if (float(r["contamination"]), int(r["n"])) == (eps, n)]
-        out = []
-        for m in methods:
-            hits = [int(r["correct"]) for r in here if r["method"] == m]
-            out.append(f"{np.mean(hits):.0%}")
-        jobs = len({(r["seed"], r["kstar"]) for r in here})
+    for (eps, n), (jobs, shares) in _shares(rows, methods).items():
+        out = [f"{shares[m][0]:.0%}" for m in methods]
         lines.append(f"| {eps:g} | {n} | {jobs} | " + " | ".join(out) + " |")
     lines += ["", "| n | k* | dendrogram: one fit + tree (s) | BIC/AIC sweep k = 1..k*+2 (s) | ratio |",
               "| --- | --- | --- | --- | --- |"]

@@ -475,10 +475,8 @@ def _facts(text: str, paper: Paper, reports: Dict[str, Report], n_boot: int) -> 
         if kind == "meanslope":
             return _fmt(r.mean_slopes[args[1]].slope)
         if kind == "excludes":
-            f = r.slopes[args[1]]
-            if not (math.isfinite(f.ci_low) and math.isfinite(f.ci_high)):
-                return "cannot yet test"  # no interval (too few replications)
-            return "contains" if f.ci_low <= float(args[2]) <= f.ci_high else "excludes"
+            inside = _contains(r.slopes[args[1]], args[2])
+            return "cannot yet test" if inside is None else "contains" if inside else "excludes"
         if kind == "decides":
             return _decision(r.slopes[args[1]], args[2], args[3])
         if kind == "status":
@@ -514,6 +512,14 @@ def _facts(text: str, paper: Paper, reports: Dict[str, Report], n_boot: int) -> 
     return _FACT.sub(fill, text)
 
 
+def _contains(fit, value: str):
+    """Whether a slope's interval contains ``value`` (text: ``-1/8`` or ``-0.125``); None without an
+    interval (too few replications)."""
+    if not (math.isfinite(fit.ci_low) and math.isfinite(fit.ci_high)):
+        return None
+    return fit.ci_low <= float(Fraction(value)) <= fit.ci_high
+
+
 def _decision(fit, first: str, second: str) -> str:
     """What a slope's 95% interval says between two candidate slopes given as text (``-1/8``, ``-0.25``).
 
@@ -521,10 +527,10 @@ def _decision(fit, first: str, second: str) -> str:
     when it contains both, or excludes both (then it says on which side it lies); without an interval
     (one replication at some size) it cannot yet test either.
     """
-    if not (math.isfinite(fit.ci_low) and math.isfinite(fit.ci_high)):
+    if _contains(fit, first) is None:
         return "cannot yet test either"
     values = {text: float(Fraction(text)) for text in (first, second)}
-    inside = [text for text, v in values.items() if fit.ci_low <= v <= fit.ci_high]
+    inside = [text for text in values if _contains(fit, text)]
     if len(inside) == 1:
         other = second if inside[0] == first else first
         return f"contains {inside[0]} and excludes {other}: it decides for {inside[0]}"
