@@ -164,6 +164,31 @@ def test_criterion_and_selection(tree_and_data):
     assert "criterion" in str(tree)
 
 
+def test_omega_interval_is_where_select_chooses_the_level(tree_and_data):
+    tree, params, X, y = tree_and_data
+    grid = np.concatenate([[0.0], np.geomspace(1e-3, 1e9, 4001)])
+    for candidates in (None, [1, 3, 5]):
+        levels = tree.levels if candidates is None else candidates
+        chosen = np.array([tree.select(candidates, omega=w)[0] for w in grid])
+        covered = np.zeros(grid.size, bool)
+        for level in levels:
+            interval = tree.omega_interval(level, candidates)
+            if interval is None:
+                assert level not in chosen
+                continue
+            low, high = interval
+            inside = (grid > low) & (grid < high)
+            covered |= inside
+            np.testing.assert_array_equal(chosen[inside], level)
+            # Outside the interval (away from its ends, where ties are broken) another level is chosen.
+            outside = (grid < low * (1 - 1e-9)) | (grid > high * (1 + 1e-9))
+            assert not np.any(chosen[outside] == level)
+        assert covered.mean() > 0.99  # the intervals tile the weights but for their ends
+    # The level with the most likelihood wins for every large enough weight.
+    top = max(tree.loglik, key=tree.loglik.get)
+    assert tree.omega_interval(top)[1] == np.inf
+
+
 def test_refined_levels_never_lose_likelihood(tree_and_data):
     tree, params, X, y = tree_and_data
     refined = fastmoe.dendrogram(params, X, y, refine_iter=5, n_threads=1)

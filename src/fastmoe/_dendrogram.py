@@ -209,6 +209,41 @@ class Dendrogram:
         best = max(levels, key=lambda level: (scores[level], -level))  # ties: fewer experts
         return best, self.params[best]
 
+    def omega_interval(self, level, candidates=None):
+        """The weights ``omega`` for which :meth:`select` chooses ``level``: an open interval or None.
+
+        ``DSC(kappa)`` is a line in ``omega`` for every level, so the weights at which one level scores
+        highest form an interval (the choice is robust to ``omega`` where that interval is wide). None
+        when no ``omega >= 0`` chooses ``level``; an upper end of ``inf`` when every larger weight does.
+
+        Parameters
+        ----------
+        level : int
+        candidates : iterable of int, optional
+            Levels competing (default: all), as in :meth:`select`.
+
+        Returns
+        -------
+        (low, high) : tuple of float, or None
+        """
+        level = self._check_level(level)
+        levels = self.levels if candidates is None else sorted({self._check_level(c) for c in candidates})
+        low, high = 0.0, np.inf
+        slope, offset = self.loglik[level] / self.n_samples, self.height(level)
+        for other in levels:
+            if other == level:
+                continue
+            # level beats other where  omega * (slope - slope_other) > height_other - height
+            gain = slope - self.loglik[int(other)] / self.n_samples
+            gap = self.height(other) - offset
+            if gain > 0:
+                low = max(low, gap / gain)
+            elif gain < 0:
+                high = min(high, gap / gain)
+            elif gap > 0 or (gap == 0 and other < level):
+                return None  # as likely at every omega, and higher (or tied with fewer experts)
+        return (low, high) if low < high else None
+
     def plot(self, ax=None, **kwargs):
         """Draw the tree (needs matplotlib); see :func:`fastmoe.plot.dendrogram`."""
         from . import plot
