@@ -77,7 +77,13 @@ def test_dendrogram_report_names_the_seeds_and_sizes_not_run():
             for s in (0, 1, 2) for k in (2, 3) for m in ("dendrogram_refined", "bic")
             if not (s == 2 and k == 3)]
     text = study.what_was_run(rows)
-    assert "seeds 0-1 (and partly 2: 1 of 2 jobs), 2 complete of the >= 50" in text
-    assert "n in {2e3} (n = 1e4, 5e4 **not run**)" in text and "5 jobs (10 rows)" in text
+    assert "n = 2e3: seeds 0-1 (and partly 2: 1 of 2 jobs), 2 complete of the >= 50" in text
+    assert "; n = 1e4, 5e4 **not run**;" in text and "5 jobs (10 rows)" in text
+    # A size run on part of the grid is reported on its own, against the whole grid of cells.
+    rows += [dict(row, n="50000") for row in rows if row["kstar"] == "2" and row["seed"] != "0"]
+    text = study.what_was_run(rows)
+    assert ("n = 2e3: seeds 0-1 (and partly 2: 1 of 2 jobs), 2 complete of the >= 50 the issue asks for; "
+            "n = 5e4: no seed (and partly 1-2: 1 of 2 jobs each), 0 complete of the >= 50 the issue asks for; "
+            "n = 1e4 **not run**;") in text
     with pytest.raises(ValueError, match="one <!-- accuracy:begin -->"):
         study.replace_block("no markers here", "table")
