@@ -187,6 +187,10 @@ def test_omega_interval_is_where_select_chooses_the_level(tree_and_data):
     # The level with the most likelihood wins for every large enough weight.
     top = max(tree.loglik, key=tree.loglik.get)
     assert tree.omega_interval(top)[1] == np.inf
+    with pytest.raises(ValueError, match="not among the candidates"):
+        tree.omega_interval(2, [1, 3])
+    with pytest.raises(ValueError, match="candidates is empty"):
+        tree.omega_interval(2, [])
 
 
 def test_refined_levels_never_lose_likelihood(tree_and_data):

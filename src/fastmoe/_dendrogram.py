@@ -203,9 +203,7 @@ class Dendrogram:
         params : MoEParams
         """
         scores = self.criterion(omega)
-        levels = sorted(scores) if candidates is None else sorted({self._check_level(c) for c in candidates})
-        if not levels:
-            raise ValueError("candidates is empty; give at least one level")
+        levels = self._candidates(candidates)
         best = max(levels, key=lambda level: (scores[level], -level))  # ties: fewer experts
         return best, self.params[best]
 
@@ -227,7 +225,9 @@ class Dendrogram:
         (low, high) : tuple of float, or None
         """
         level = self._check_level(level)
-        levels = self.levels if candidates is None else sorted({self._check_level(c) for c in candidates})
+        levels = self._candidates(candidates)
+        if level not in levels:
+            raise ValueError(f"level {level} is not among the candidates {levels}")
         low, high = 0.0, np.inf
         slope, offset = self.loglik[level] / self.n_samples, self.height(level)
         for other in levels:
@@ -249,6 +249,14 @@ class Dendrogram:
         from . import plot
 
         return plot.dendrogram(self, ax=ax, **kwargs)
+
+    def _candidates(self, candidates):
+        """The levels allowed, sorted: all of them when ``candidates`` is None."""
+        levels = [int(level) for level in sorted(self.levels)] if candidates is None else \
+            sorted({self._check_level(c) for c in candidates})
+        if not levels:
+            raise ValueError("candidates is empty; give at least one level")
+        return levels
 
     def _check_level(self, level):
         if isinstance(level, (bool, np.bool_)) or not isinstance(level, (int, np.integer)):
