@@ -45,3 +45,37 @@ def test_convergence_warning_is_made_once_and_is_scikit_learns():
             "assert issubclass(C, e.ConvergenceWarning) and C is fastmoe.exceptions.ConvergenceWarning\n"
             "assert pickle.loads(pickle.dumps(C)) is C\n")
     assert _imported_after(code, ["sklearn"]) == ["sklearn"]
+
+
+def test_kernels_and_scipy_linalg_load_on_first_use():
+    # The kernels cimport SciPy's BLAS (scipy.linalg, ~0.2 s of the import): they load when a function
+    # first needs them, not with the package.
+    kernels = [f"fastmoe._kernels_{v}" for v in ("avx512", "avx2", "baseline")]
+    assert _imported_after("import fastmoe", ["scipy.linalg", *kernels]) == []
+    fitted = _imported_after(
+        "import numpy as np, fastmoe\n"
+        "rng = np.random.default_rng(0)\n"
+        "X = rng.normal(size=(200, 2)); y = (X[:, 0] + rng.normal(size=200) > 0).astype(int)\n"
+        "fastmoe.fit(X, y, 2, init='kmeans', n_init=1, random_state=0)\n"
+        "from fastmoe import _dispatch\n"
+        "print(_dispatch.kernels.__name__)",
+        ["scipy.linalg", *kernels],
+    )
+    assert fitted[0].startswith("fastmoe._kernels_")  # the name printed by the statement
+    assert fitted[1:] == ["scipy.linalg", fitted[0]]
+
+
+def test_blas_limit_sees_the_blas_the_kernels_load():
+    # serial_blas() holds BLAS to one thread inside the kernels' OpenMP threads. Its controller is built
+    # on first use; it must be built after the kernels have loaded SciPy's BLAS, or it would not see it.
+    code = ("from fastmoe._problem import _blas\n"
+            "from fastmoe import _dispatch\n"
+            "from threadpoolctl import threadpool_info\n"
+            "seen = {lib.filepath for lib in _blas().lib_controllers}\n"
+            "_dispatch.kernels.__name__  # loaded by now in any case\n"
+            "loaded = {i['filepath'] for i in threadpool_info() if i['user_api'] == 'blas'}\n"
+            "print(len(loaded), loaded == seen)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    count, same = done.stdout.split()
+    assert int(count) >= 2 and same == "True"  # NumPy's BLAS and the kernels' (SciPy's)

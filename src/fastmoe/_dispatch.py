@@ -10,7 +10,10 @@ differ by rounding only (fused multiply-adds, the polynomial exponential), withi
 
 ``FASTMOE_KERNELS=baseline|avx2|avx512`` forces a variant (``auto`` or unset: the widest); forcing one
 that is not built, or that this CPU cannot run, is an ImportError naming the reason. The rest of the
-package imports the kernels as ``from ._dispatch import kernels``.
+package reaches the kernels as ``_dispatch.kernels``, which imports the chosen module on first use: the
+kernels load SciPy's BLAS and LAPACK wrappers (``scipy.linalg``, about 0.2 s), which ``import fastmoe``
+need not pay (issue 13, item 4). The choice itself is made at import, so a forced variant that cannot
+run is still an ImportError there.
 """
 
 from __future__ import annotations
@@ -65,7 +68,16 @@ def runnable_variants():
 
 
 variant, reason = choose(os.environ.get(ENV), built_variants(), _cpu.x86_level())
-kernels = importlib.import_module(f"{__package__}._kernels_{variant}")
+
+
+def __getattr__(name):
+    # PEP 562: ``kernels`` is imported on first access and then bound here, so later accesses are
+    # plain attribute lookups.
+    if name == "kernels":
+        module = importlib.import_module(f"{__package__}._kernels_{variant}")
+        globals()["kernels"] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _cpu_model():
@@ -94,6 +106,7 @@ def config():
     except Exception:  # noqa: BLE001  (not installed as a distribution: a source tree)
         fastmoe_version = "unknown"
     level = _cpu.x86_level()
+    kernels = sys.modules[__name__].kernels  # through __getattr__: imports them if nothing has yet
     return {
         "fastmoe": fastmoe_version,
         "kernels": dict(kernels.build_info(), module=kernels.__name__, chosen=reason,

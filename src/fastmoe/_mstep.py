@@ -15,7 +15,6 @@ then tries, so each accepted block step still increases its Q: the EM objective 
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg.lapack import dpotrf, dpotrs
 
 # Ridges tried, relative to the largest diagonal entry, when -H is not numerically positive definite
 # (an expert or class that no sample supports, perfectly collinear features, ...).
@@ -38,6 +37,8 @@ def solve_pd(A, g):
         Newton directions; a block whose matrix stays indefinite (or non-finite) under every ridge
         gets a zero direction.
     """
+    from scipy.linalg.lapack import dpotrf, dpotrs  # on first use: keeps ``import fastmoe`` light
+
     d = np.zeros_like(g)
     for b in range(A.shape[0]):
         # LAPACK directly: the blocks are small, and numpy.linalg's per-call overhead (tens of
@@ -56,6 +57,8 @@ def _cholesky_with_ridge(A):
     """Lower Cholesky factor of ``A + ridge * scale * I`` for the smallest listed ridge that works
     (``scale`` = largest diagonal entry), or None when ``A`` is not finite or no ridge helps (then the
     block does not move)."""
+    from scipy.linalg.lapack import dpotrf
+
     if not np.isfinite(A).all():
         return None
     scale = max(float(np.max(np.abs(np.diag(A)))), np.finfo(float).tiny)

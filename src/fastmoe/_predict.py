@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._dispatch import kernels as _kernels
+from . import _dispatch
 from ._validation import check_params, check_sample_weight, check_X, check_y, effective_n_threads
 
 __all__ = [
@@ -38,7 +38,7 @@ def _e_step(params, X, y, sample_weight, n_threads, resp, logp):
     n, k = X.shape[0], params.n_experts
     resp_out = np.empty((n, k) if resp else (0, k))
     logp_out = np.empty(n if logp else 0)
-    total = _kernels.e_step(X, Z, y, sw, W, V, resp_out, logp_out, n_threads)
+    total = _dispatch.kernels.e_step(X, Z, y, sw, W, V, resp_out, logp_out, n_threads)
     return total, resp_out, logp_out
 
 
@@ -61,7 +61,7 @@ def predict_log_proba(params, X, n_threads=None) -> np.ndarray:
     """``log P(Y = s | x)`` for every class, shape (n_samples, n_classes)."""
     X, Z, W, V, n_threads = _prepare(params, X, n_threads)
     out = np.empty((X.shape[0], params.n_classes))
-    _kernels.predict(X, Z, W, V, out, np.empty((0, params.n_experts)), n_threads)
+    _dispatch.kernels.predict(X, Z, W, V, out, np.empty((0, params.n_experts)), n_threads)
     return out
 
 
@@ -74,7 +74,7 @@ def gate_proba(params, X, n_threads=None) -> np.ndarray:
     """Gating probabilities ``pi_i(x)``, shape (n_samples, n_experts)."""
     X, Z, W, V, n_threads = _prepare(params, X, n_threads)
     gate = np.empty((X.shape[0], params.n_experts))
-    _kernels.predict(X, Z, W, V, np.empty((X.shape[0], params.n_classes)), gate, n_threads)
+    _dispatch.kernels.predict(X, Z, W, V, np.empty((X.shape[0], params.n_classes)), gate, n_threads)
     return gate
 
 

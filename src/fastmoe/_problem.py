@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from ._dispatch import kernels as _kernels
+from . import _dispatch
 
 
 # An expert whose responsibility mass is below this fraction of the total weight has no data to fit.
@@ -38,7 +38,9 @@ def column_scale(A):
 
 @functools.lru_cache(maxsize=None)
 def _blas():
-    # Built once (after _kernels has loaded SciPy's BLAS); limiting through it costs ~5 us a call.
+    # Built once, after the kernels have loaded SciPy's BLAS: a controller built before would not see
+    # that library and would leave it threaded. Limiting through it costs ~5 us a call.
+    _dispatch.kernels  # noqa: B018  (the access imports them)
     return ThreadpoolController().select(user_api="blas")
 
 
@@ -177,14 +179,14 @@ class Problem:
 
     def loglik(self, W, V):
         """Weighted log-likelihood at (W, V)."""
-        return _kernels.e_step(
+        return _dispatch.kernels.e_step(
             self.X, self.Z, self.y, self.sample_weight, W, V, self._no_resp, np.empty(0), self.n_threads
         )
 
     def newton_pass(self, W, V, resp=None) -> PassResult:
         """The fused pass at (W, V); ``resp`` (n, k) replaces the responsibilities when given."""
         with serial_blas():
-            loglik = _kernels.newton_pass(
+            loglik = _dispatch.kernels.newton_pass(
                 self.X, self.Z, self.y, self.sample_weight, W, V,
                 self._no_resp if resp is None else resp,
                 self._weight, self._grad_gate, self._hess_gate, self._grad_expert, self._hess_expert,
@@ -212,7 +214,7 @@ class Problem:
         loglik : float; grad : (P,); expert_weight : (k,)
         """
         with serial_blas():
-            loglik = _kernels.newton_pass(
+            loglik = _dispatch.kernels.newton_pass(
                 self.X, self.Z, self.y, self.sample_weight, W, V, self._no_resp,
                 self._weight, self._grad_gate, self._hess_gate, self._grad_expert, self._hess_expert,
                 self.n_threads, False,
@@ -222,7 +224,7 @@ class Problem:
     def q_values(self, W_old, V_old, W_new, V_new, resp=None):
         """``[Q_gate, Q_1 .. Q_k]`` at (W_new, V_new) with responsibilities from (W_old, V_old) or ``resp``."""
         out = np.empty(self.n_experts + 1)
-        _kernels.q_values(
+        _dispatch.kernels.q_values(
             self.X, self.Z, self.y, self.sample_weight, W_old, V_old, W_new, V_new,
             self._no_resp if resp is None else resp, out, self.n_threads,
         )
@@ -248,7 +250,7 @@ class Problem:
         ee = np.empty((kr * (kr + 1) // 2, pe * (pe + 1) // 2))
         ge = np.empty((k - 1, kr, pg, pe))
         with serial_blas():
-            loglik = _kernels.loglik_hessian_pass(
+            loglik = _dispatch.kernels.loglik_hessian_pass(
                 self.X, self.Z, self.y, self.sample_weight, W, V, grad_gate, grad_expert, gg, ee, ge,
                 self.n_threads, self.search_hessian,
             )

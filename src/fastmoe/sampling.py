@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._dispatch import kernels as _kernels
+from . import _dispatch
 from ._validation import check_params, check_positive_int, check_random_state, check_X, effective_n_threads
 
 __all__ = ["sample"]
@@ -55,5 +55,5 @@ def sample(params, n=None, X=None, random_state=None, *, low=-1.0, high=1.0, ret
     uniforms = rng.random((X.shape[0], 2))
     y = np.empty(X.shape[0], dtype=np.int64)
     z = np.empty(X.shape[0], dtype=np.int64)
-    _kernels.sample_labels(X_expert, Z, W, V, uniforms, y, z, effective_n_threads(n_threads))
+    _dispatch.kernels.sample_labels(X_expert, Z, W, V, uniforms, y, z, effective_n_threads(n_threads))
     return (X, y, z) if return_latent else (X, y)
