@@ -8,8 +8,8 @@ as separate extension modules ``fastmoe._kernels_<variant>`` from one source:
 - ``avx2``: ``-march=x86-64-v3`` (AVX2, FMA, BMI1/2, F16C, LZCNT, MOVBE: Haswell, Zen 1 and later);
 - ``avx512``: ``-march=x86-64-v4`` (AVX-512 F/BW/CD/DQ/VL: Skylake-SP, Ice Lake, Zen 4 and later).
 
-``fastmoe._dispatch`` imports the widest variant that this CPU and its OS support, at import time, and
-no other, so one build (one wheel) runs on every x86-64 CPU; ``FASTMOE_KERNELS`` forces a variant.
+``fastmoe._dispatch`` chooses the widest variant that this CPU and its OS support at import time, and
+imports it (and no other) on first use, so one build (one wheel) runs on every x86-64 CPU; ``FASTMOE_KERNELS`` forces a variant.
 The vector units are what make the exponentials cheap (see ``fastmoe_exp`` in ``_kernels.pyx``): the
 avx2/avx512 variants run 2-3x faster than baseline. Generic tuning with x86-64-v4 measured faster
 here than ``-march=native`` (e_step 32 vs 36 ns per sample at d = 2; see bench/README.md).

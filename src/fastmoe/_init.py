@@ -1,4 +1,4 @@
-"""Starting points of a fit: data-driven partitions turned into parameters, and relocations of a fit.
+"""Starting points of a fit: data-driven partitions turned into parameters, relocations and split-and-merge moves.
 
 A start only needs to be roughly right, so it is computed on a subsample of at most ``INIT_SUBSAMPLE``
 rows: a partition of the data into ``k`` groups (``"kmeans"`` on the gating inputs, or ``"random"``:

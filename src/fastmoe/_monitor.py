@@ -1,4 +1,4 @@
-"""When a fit stops, and why: the convergence monitor of one run and its stopping rules.
+"""When a fit stops, and why: the convergence monitor of one run, its stopping rules, and the log of several starts.
 
 hmmlearn's ``ConvergenceMonitor`` and scikit-learn's mixture base class keep a fit's bookkeeping in one
 object; so does :class:`ConvergenceMonitor` here. The EM phase and the Newton finish (``_em``) report

@@ -1,6 +1,6 @@
 """Trust-region steps for maximising a smooth function from its gradient and Hessian.
 
-The Newton finish of the EM loop (``_em.newton_on_loglik``) works where the log-likelihood can be
+The Newton finish of the EM loop (``_em.newton_finish``) works where the log-likelihood can be
 far from locally concave: an over-fitted mixture near a degenerate truth has ridges and saddles, and
 its Hessian stays nearly singular at the maximum. A line search along a shifted Newton direction
 crawls there; the trust-region step (Nocedal & Wright, *Numerical Optimization*, ch. 4; Moré &

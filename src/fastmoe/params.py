@@ -1,4 +1,4 @@
-"""The parameter object, its packed forms and the free-parameter vector of a softmax-gated multinomial-logistic mixture of experts.
+"""The parameter object, its packed forms, the free-parameter vector and its box (Bounds) of a softmax-gated multinomial-logistic mixture of experts.
 
 Shapes follow ``MODEL.md`` section 1: ``beta0 (k,)``, ``beta1 (k, d_gate)``, ``a (k, K, d)``, ``b (k, K)``
 and the gating transform ``M`` that maps the gating features of ``x`` to the gating input ``M(x)``
