@@ -1,5 +1,5 @@
 """Kernel variants and their runtime choice (issue 13, item 1): every variant this CPU can run agrees with
-the chosen one, the choice is the widest runnable one, FASTMOE_KERNELS forces a variant.
+the others, the choice is the widest runnable one, FASTMOE_KERNELS forces a variant.
 
 Only variants the CPU can run are ever imported here: importing one compiled for missing instructions
 would kill the test process with SIGILL.
@@ -111,8 +111,13 @@ def test_variants_agree(rng, variant, k, K, d, gating, scale):
     w = rng.uniform(0.5, 2.0, size=n)
     W, V = params.packed()
     W2, V2 = other.packed()
+    # Compared with another variant (the narrowest other one): a module compared with itself proves
+    # nothing. tests/test_kernels.py checks the chosen variant against the NumPy reference.
+    others = [v for v in RUNNABLE if v != variant]
+    if not others:
+        pytest.skip("only one kernel variant runs on this CPU: none to compare it with")
     got = _outputs(module, X, Z, y, w, W, V, W2, V2)
-    want = _outputs(_dispatch.kernels, X, Z, y, w, W, V, W2, V2)
+    want = _outputs(importlib.import_module(f"fastmoe._kernels_{others[-1]}"), X, Z, y, w, W, V, W2, V2)
     for name in want:
         # Rounding differences only (fused multiply-adds, the exponential): 1e-12 of each output's scale.
         scale_of = max(float(np.max(np.abs(want[name]))), 1e-300)
@@ -150,7 +155,7 @@ def test_forced_variants_fit_alike():
         assert fits[variant]["variant"] == variant
         assert fits[variant]["alias"] == f"fastmoe._kernels_{variant}"
     first = fits[RUNNABLE[0]]
-    for fit in fits.values():
+    for fit in (fits[v] for v in RUNNABLE[1:]):
         assert fit["loglik"] == pytest.approx(first["loglik"], rel=1e-12)
         np.testing.assert_allclose(fit["params"], first["params"], rtol=1e-8, atol=1e-8)
 

@@ -382,11 +382,16 @@ def test_pipeline_grid_search_and_cross_validation():
 # ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("loader", [load_iris, load_wine, load_breast_cancer])
 def test_real_data_log_loss_is_competitive_with_logistic_regression(loader):
-    """With the same ridge (l2 = 1/C), the mixture's held-out log-loss is no worse than 1.5x the linear model's.
+    """Two experts fit the training data at least as well as one (same ridge), and predict held-out data
+    about as well as a linear model.
 
-    On these data sets the classes are (nearly) separable, so the unpenalised MLE does not exist for
-    either model; both are compared at the same penalty. examples/real_data.py tunes both by
-    cross-validation and reports the numbers (docs/real_data.md).
+    The first is a property: a mixture of two experts contains every one-expert model, so its penalised
+    training objective can only be lower where the fit stopped short of its maximum. The held-out
+    comparison is a coarse bound against gross failure, not a measurement (sklearn's ridge acts on
+    symmetric class coefficients, fastmoe's on reference-class ones: the penalties are not the same);
+    measured ratios 1.00, 1.26 and 1.04 (iris, wine, breast cancer). On these data sets the classes are
+    (nearly) separable, so the unpenalised MLE does not exist; examples/real_data.py tunes both models
+    by cross-validation and reports the numbers (docs/real_data.md).
     """
     X, y = loader(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, stratify=y, random_state=0)
@@ -398,6 +403,9 @@ def test_real_data_log_loss_is_competitive_with_logistic_regression(loader):
         # a ridge does not bound the intercept of a class an expert never sees (its logit may drift)
         warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
         mixture.fit(X_train, y_train)
+        one = make_pipeline(StandardScaler(), MixtureOfExpertsClassifier(1, l2=1.0, n_threads=1)).fit(X_train, y_train)
+    two_objective, one_objective = mixture[-1].objective_, one[-1].objective_
+    assert two_objective >= one_objective - 1e-9 * abs(one_objective)
     loss_linear = log_loss(y_test, linear.predict_proba(X_test))
     loss_mixture = log_loss(y_test, mixture.predict_proba(X_test))
     assert np.isfinite(loss_mixture)

@@ -185,8 +185,25 @@ def test_empty_cell():
 def test_underfit_leaves_cells_empty():
     true = _random(np.random.default_rng(3), 3)
     fitted = _random(np.random.default_rng(4), 1)
-    assert np.isfinite(D2(fitted, true))
-    assert per_parameter_errors(fitted, true)["cell_size"].sum() == 1
+    errors = per_parameter_errors(fitted, true)
+    np.testing.assert_array_equal(np.sort(errors["cell_size"]), [0, 0, 1])
+    # In closed form: the one fitted atom's mass is aligned to the truth's total and its beta1 to the
+    # truth's mass-weighted mean (the translation alignment), so it is a single-atom cell of the nearest
+    # true atom j; the two empty cells cost their masses, cell j its mass difference and first powers.
+    tbeta0 = np.asarray(true.beta0) - true.beta0[-1]
+    tbeta1 = np.asarray(true.beta1) - true.beta1[-1]
+    ta = np.asarray(true.a) - np.asarray(true.a)[:, -1:, :]
+    tb = np.asarray(true.b) - np.asarray(true.b)[:, -1:]
+    masses = np.exp(tbeta0)
+    beta1 = masses @ tbeta1 / masses.sum()
+    a = np.asarray(fitted.a)[0] - np.asarray(fitted.a)[0, -1:, :]
+    b = np.asarray(fitted.b)[0] - fitted.b[0][-1]
+    sq = [np.sum((beta1 - tbeta1[j]) ** 2) + np.sum((a - ta[j]) ** 2) + np.sum((b - tb[j]) ** 2) for j in range(3)]
+    j = int(np.argmin(sq))
+    assert errors["cell_size"][j] == 1
+    first_powers = np.linalg.norm(beta1 - tbeta1[j]) + np.linalg.norm(a - ta[j]) + np.linalg.norm(b - tb[j])
+    expected = masses.sum() - masses[j] + abs(masses.sum() - masses[j]) + masses.sum() * first_powers
+    assert D2(fitted, true) == pytest.approx(expected, rel=1e-12)
 
 
 # -- the formula's exponents ---------------------------------------------------------------------------
