@@ -217,7 +217,7 @@ def test_input_checks(tree_and_data):
     tree, params, X, y = tree_and_data
     with pytest.raises(TypeError, match="FitResult or an MoEParams"):
         fastmoe.dendrogram("fit", X, y)
-    with pytest.raises(ValueError, match="features"):
+    with pytest.raises(ValueError, match="X has 1 columns but the fit was made on 2"):
         fastmoe.dendrogram(params, X[:, :1], y)
     with pytest.raises(ValueError, match="exponent"):
         fastmoe.dendrogram(params, X, y, exponent=0)
@@ -229,6 +229,30 @@ def test_input_checks(tree_and_data):
         tree.select([0, 2])
     with pytest.raises(TypeError, match="integer"):
         tree.height(2.5)
+
+
+@pytest.mark.parametrize("expert_features", [(0, 1), ()])
+def test_tree_of_a_fit_with_separate_inputs(rng, expert_features):
+    # The gating reads column 2 only; the experts columns 0-1, or nothing (intercept-only experts):
+    # every level keeps the fit's feature sets, and the top level is the fit itself.
+    X = rng.uniform(-1, 1, size=(1500, 3))
+    y = rng.integers(0, 3, size=1500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fastmoe.fit(X, y, 3, gating_features=[2], expert_features=list(expert_features), init="kmeans",
+                             max_iter=30, random_state=0, n_threads=1)
+    tree = fastmoe.dendrogram(result, X, y, refine_iter=3, n_threads=1)
+    for level, level_params in tree.params.items():
+        assert level_params.gating_features == (2,)
+        assert level_params.expert_columns() == expert_features
+        assert tree.loglik[level] == pytest.approx(fastmoe.loglik(level_params, X, y), rel=1e-12)
+    assert tree.loglik[3] == pytest.approx(result.loglik, rel=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        choice = fastmoe.select_n_experts(X, y, (1, 2, 3), method="dendrogram", gating_features=[2],
+                                          expert_features=list(expert_features), max_iter=30, random_state=0,
+                                          n_threads=1)
+    assert choice.best_estimator.fit_result_.params.gating_features == (2,)
 
 
 # -- selection on data ------------------------------------------------------------------------------

@@ -100,6 +100,7 @@ def merge_atoms(params: MoEParams, i: int, j: int) -> MoEParams:
         a=merge(params.a, si * params.a[i] + sj * params.a[j]),
         b=merge(params.b, si * params.b[i] + sj * params.b[j]),
         gating=params.gating,
+        **params.inputs,  # the columns the gating and the experts read
     ).normalized()
 
 
@@ -331,8 +332,8 @@ def dendrogram(result, X, y, *, sample_weight=None, exponent=2.0, omega=None, re
     else:
         raise TypeError(f"result must be a FitResult or an MoEParams, got {type(result).__name__}")
     X = check_X(X)
-    if X.shape[1] != params.n_features:
-        raise ValueError(f"X has {X.shape[1]} features but the fit has {params.n_features}")
+    if X.shape[1] != params.n_inputs:  # every input column, whichever of them the gating and experts read
+        raise ValueError(f"X has {X.shape[1]} columns but the fit was made on {params.n_inputs}")
     y, _ = check_y(y, X.shape[0], params.n_classes)
     if sample_weight is not None:
         sample_weight = check_sample_weight(sample_weight, X.shape[0])
