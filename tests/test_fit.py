@@ -293,6 +293,11 @@ def test_result_methods(rng, well_separated, capsys):
     assert proba.shape == (3000, 3)
     assert np.array_equal(result.predict(X), proba.argmax(axis=1))
     assert result.score(X, y) == pytest.approx(result.loglik / 3000, rel=1e-12)
+    # A weighted mean: one weight for every row leaves it unchanged, whether given as a scalar or an array.
+    assert result.score(X, y, sample_weight=2.0) == pytest.approx(result.loglik / 3000, rel=1e-12)
+    w = np.linspace(0.5, 1.5, 3000)
+    assert result.score(X, y, sample_weight=w) == pytest.approx(
+        np.sum(w * fastmoe.loglik_samples(result.params, X, y)) / w.sum(), rel=1e-12)
     p = result.params.n_free_params
     assert p == 1 * 3 + 2 * 2 * 3
     assert result.bic == pytest.approx(-2 * result.loglik + p * np.log(3000))

@@ -89,6 +89,12 @@ def test_labels_outside_n_classes(data):
         (dict(n_experts=2, random_state="seed"), TypeError, "random_state"),
         (dict(n_experts=2, callback=3), TypeError, "callback"),
         (dict(n_experts=40), ValueError, "need at least that many samples"),
+        (dict(n_experts=301, l2=1.0), ValueError, "more than the 300 samples"),
+        (dict(n_experts=2, tol="a"), ValueError, "tol must be a finite number"),
+        (dict(n_experts=2, l2="1"), ValueError, "l2 must be a finite number"),
+        (dict(n_experts=2, verbose="x"), TypeError, "verbose must be an integer"),
+        (dict(n_experts=2, random_state=-1), ValueError, "random_state must be a non-negative integer"),
+        (dict(n_experts=2, n_threads=2**31), ValueError, "n_threads=2147483648 is more than fastmoe runs"),
     ],
 )
 def test_bad_fit_arguments(data, kwargs, error, message):
@@ -105,6 +111,7 @@ def test_bad_fit_arguments(data, kwargs, error, message):
         (-np.ones(300), "non-negative"),
         (np.zeros(300), "zero everywhere"),
         (np.full(300, np.nan), "NaN or inf"),
+        (np.full(300, 1e306), "sums to inf"),
     ],
 )
 def test_bad_sample_weight(data, w, message):
@@ -233,6 +240,41 @@ def test_pandas_missing_values_are_reported_by_row(data):
     # Non-numeric pandas columns are still refused as such.
     with pytest.raises(ValueError, match="numeric"):
         fastmoe.fit(pd.DataFrame({"x1": X[:, 0], "x2": pd.Series(X[:, 1]).astype(str).astype("string")}), y, 2)
+
+
+def test_inputs_too_large_to_fit_are_refused(data, well_separated):
+    # Beyond 1e150 a product of two features overflows; before this check the fit ended at the
+    # all-zero model and called it converged (X * 1e160), or the information matrix held NaN.
+    X, y = data
+    with pytest.raises(ValueError, match="rescale the features"):
+        fastmoe.fit(X * 1e160, y, 2)
+    with pytest.raises(ValueError, match="rescale the features"):
+        fastmoe.observed_information(well_separated, X * 1e200, y)
+    fastmoe.fit(X * 1e100, y, 1, max_iter=5)  # large but safe: accepted
+
+
+def test_overflowing_linear_predictors_are_reported_not_returned(data):
+    # Finite inputs and finite coefficients whose product overflows: NaN used to come back silently
+    # (and predict() turned it into class 0).
+    X, y = data
+    huge = fastmoe.MoEParams(beta0=[0.0, 0.0], beta1=[[1e10, 0.0], [0.0, 0.0]],
+                             a=[[[1e160, 0.0], [0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0]] * 3], b=np.zeros((2, 3)))
+    X = X * 1e150
+    for call in (lambda: fastmoe.predict_proba(huge, X), lambda: fastmoe.expert_proba(huge, X),
+                 lambda: fastmoe.loglik(huge, X, y), lambda: fastmoe.loglik_samples(huge, X, y),
+                 lambda: fastmoe.responsibilities(huge, X, y)):
+        with pytest.raises(FloatingPointError, match="overflows"):
+            call()
+
+
+def test_other_entry_points_name_their_argument(data, well_separated):
+    X, y = data
+    with pytest.raises(TypeError, match="n_experts must be a sequence of candidate"):
+        fastmoe.select_n_experts(X, y, 2)
+    with pytest.raises(ValueError, match="level must be a number in"):
+        fastmoe.parameter_table(well_separated, X, y, level="0.9")
+    with pytest.raises(ValueError, match="low < high"):
+        fastmoe.sample(well_separated, n=3, low=[0, -1], high=[1, 2])
 
 
 def test_sample_arguments(well_separated):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import time
 import warnings
 from dataclasses import dataclass
@@ -129,9 +130,10 @@ class FitResult:
 
     def score(self, X, y, sample_weight=None, n_threads=None):
         """Mean log-likelihood per sample (weighted mean with sample weights)."""
-        total = _predict.loglik(self.params, X, y, sample_weight, n_threads)
-        denom = len(y) if sample_weight is None else float(np.sum(sample_weight))
-        return total / denom
+        n = np.shape(y)[0] if np.ndim(y) else 0
+        w = check_sample_weight(sample_weight, n)  # a scalar weight becomes one per row, as in loglik
+        total = _predict.loglik(self.params, X, y, w if w.size else None, n_threads)
+        return total / (float(w.sum()) if w.size else n)
 
     def __repr__(self):
         return (
@@ -301,12 +303,18 @@ def fit(
     X = check_X(X)
     n_samples, n_features = X.shape
     n_experts = check_positive_int(n_experts, "n_experts")
+    if n_experts > n_samples:  # each sample its own expert saturates the likelihood: nothing to estimate
+        raise ValueError(f"n_experts={n_experts} is more than the {n_samples} samples; at most one expert per "
+                         "sample can carry data")
     n_init = None if n_init is None else check_positive_int(n_init, "n_init")
     max_iter = check_positive_int(max_iter, "max_iter", minimum=0)
-    if not (np.isscalar(tol) and np.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-    if not (np.isscalar(l2) and np.isfinite(l2) and l2 >= 0):
-        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    for name, value in (("tol", tol), ("l2", l2)):
+        # numbers.Real first: np.isfinite of a string raises a TypeError that names neither.
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+                or not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    verbose = check_positive_int(int(verbose) if isinstance(verbose, (bool, np.bool_)) else verbose, "verbose",
+                                 minimum=0)
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable")
     bounds = Bounds.coerce(bounds)

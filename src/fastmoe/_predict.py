@@ -31,6 +31,19 @@ def _prepare(params, X, n_threads):
     return X_expert, Z, W, V, effective_n_threads(n_threads)
 
 
+def _finite(values, what):
+    """``values``, or a FloatingPointError when some are not finite.
+
+    With finite inputs (``check_X`` bounds them) and finite coefficients the kernels' stable
+    log-sum-exp gives finite results; NaN or inf means some linear predictor (coefficients times
+    features) overflowed, and that is said rather than returned.
+    """
+    if not np.isfinite(values).all():
+        raise FloatingPointError(f"{what} is not finite: some linear predictor (coefficients times features) "
+                                 "overflows; the coefficients are too large for these inputs")
+    return values
+
+
 def _e_step(params, X, y, sample_weight, n_threads, resp, logp):
     X, Z, W, V, n_threads = _prepare(params, X, n_threads)
     y, _ = check_y(y, X.shape[0], params.n_classes)
@@ -39,7 +52,8 @@ def _e_step(params, X, y, sample_weight, n_threads, resp, logp):
     resp_out = np.empty((n, k) if resp else (0, k))
     logp_out = np.empty(n if logp else 0)
     total = _dispatch.kernels.e_step(X, Z, y, sw, W, V, resp_out, logp_out, n_threads)
-    return total, resp_out, logp_out
+    return _finite(total, "the log-likelihood"), _finite(resp_out, "a responsibility"), \
+        _finite(logp_out, "a log-likelihood")
 
 
 def loglik(params, X, y, sample_weight=None, n_threads=None) -> float:
@@ -62,7 +76,7 @@ def predict_log_proba(params, X, n_threads=None) -> np.ndarray:
     X, Z, W, V, n_threads = _prepare(params, X, n_threads)
     out = np.empty((X.shape[0], params.n_classes))
     _dispatch.kernels.predict(X, Z, W, V, out, np.empty((0, params.n_experts)), n_threads)
-    return out
+    return _finite(out, "a log-probability")
 
 
 def predict_proba(params, X, n_threads=None) -> np.ndarray:
@@ -75,7 +89,7 @@ def gate_proba(params, X, n_threads=None) -> np.ndarray:
     X, Z, W, V, n_threads = _prepare(params, X, n_threads)
     gate = np.empty((X.shape[0], params.n_experts))
     _dispatch.kernels.predict(X, Z, W, V, np.empty((X.shape[0], params.n_classes)), gate, n_threads)
-    return gate
+    return _finite(gate, "a gating probability")
 
 
 def expert_proba(params, X) -> np.ndarray:
@@ -87,4 +101,5 @@ def expert_proba(params, X) -> np.ndarray:
     logits = np.einsum("ikd,nd->nik", V[:, :, 1:], X) + V[None, :, :, 0]
     from scipy.special import softmax  # on first use: keeps ``import fastmoe`` light
 
-    return softmax(logits, axis=2)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, by name
+        return _finite(softmax(logits, axis=2), "an expert's class probability")

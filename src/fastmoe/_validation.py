@@ -9,6 +9,14 @@ import numpy as np
 from ._openmp import openmp_max_threads
 from .params import MoEParams
 
+# Inputs beyond this size make the kernels' products of two features (the Hessians' x x^T, the k-means
+# starts' squared distances) overflow past 1e308, and the fit would end at a meaningless point without
+# an error: such inputs are refused with a request to rescale them.
+MAX_ABS_INPUT = 1e150
+# Per-thread buffers are allocated for every thread asked for: a count this large is a mistake, not a
+# machine (and past 2^31 it no longer fits the kernels' int).
+MAX_THREADS = 4096
+
 
 def _first_bad_row(arr):
     bad = ~np.isfinite(arr)
@@ -70,6 +78,11 @@ def check_X(X, name="X", n_features=None) -> np.ndarray:
     X = np.ascontiguousarray(X, dtype=np.float64)
     if not np.isfinite(X).all():
         raise ValueError(_missing_message(name, X, pandas=pandas))
+    largest = float(np.abs(X).max())
+    if largest > MAX_ABS_INPUT:
+        raise ValueError(f"{name} has values up to {largest:.3g} in absolute value; fastmoe needs at most "
+                         f"{MAX_ABS_INPUT:.0e} (the Hessians' products of two features overflow near 1e154): "
+                         "rescale the features")
     if n_features is not None and X.shape[1] != n_features:
         raise ValueError(f"{name} has {X.shape[1]} features but the model expects {n_features}")
     return X
@@ -138,6 +151,10 @@ def check_sample_weight(sample_weight, n_samples):
         raise ValueError(f"sample_weight must be non-negative; sample_weight[{int(np.argmin(w))}] = {w.min()}")
     if not (w > 0).any():
         raise ValueError("sample_weight is zero everywhere")
+    with np.errstate(over="ignore"):
+        total = w.sum()
+    if not np.isfinite(total):
+        raise ValueError(f"sample_weight sums to inf (largest weight {w.max():.3g}); rescale the weights")
     return np.ascontiguousarray(w)
 
 
@@ -161,11 +178,17 @@ def effective_n_threads(n_threads=None) -> int:
         raise ValueError("n_threads=0 is invalid; use None for all cores or a positive/negative count")
     if n_threads < 0:
         return max(1, available + 1 + int(n_threads))
+    if n_threads > MAX_THREADS:
+        raise ValueError(f"n_threads={n_threads} is more than fastmoe runs (at most {MAX_THREADS}; "
+                         f"this machine's OpenMP offers {available}); use None for all cores")
     return int(n_threads)
 
 
 def check_random_state(random_state) -> np.random.Generator:
     """A ``numpy.random.Generator`` from None, an int, a SeedSequence or a Generator."""
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, (bool, np.bool_)) \
+            and random_state < 0:
+        raise ValueError(f"random_state must be a non-negative integer, got {random_state}")
     if random_state is None or isinstance(random_state, (numbers.Integral, np.random.SeedSequence)):
         return np.random.default_rng(random_state)
     if isinstance(random_state, np.random.Generator):

@@ -17,6 +17,7 @@ but can predict better. Both assume each fit reached the maximum likelihood for 
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -179,6 +180,9 @@ def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", method="s
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(n_experts, (numbers.Integral, str)) or not hasattr(n_experts, "__iter__"):
+        raise TypeError(f"n_experts must be a sequence of candidate numbers of experts, e.g. (1, 2, 3), "
+                        f"got {n_experts!r}")
     candidates = [check_positive_int(k, "n_experts") for k in n_experts]
     if not candidates:
         raise ValueError("n_experts is empty; give at least one candidate")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import _dispatch
@@ -43,7 +45,8 @@ def sample(params, n=None, X=None, random_state=None, *, low=-1.0, high=1.0, ret
         if n is None:
             raise ValueError("give either n (to draw X ~ Uniform[low, high]^d) or X")
         n = check_positive_int(n, "n")
-        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) for v in (low, high)) \
+                or not (np.isfinite(low) and np.isfinite(high) and low < high):
             raise ValueError(f"need finite low < high, got low={low}, high={high}")
         X = rng.uniform(low, high, size=(n, params.n_inputs))
     else:

@@ -43,6 +43,7 @@ information is (near) singular and the parameters of split cells converge slower
 from __future__ import annotations
 
 import itertools
+import numbers
 import sys
 import warnings
 from collections import namedtuple
@@ -369,7 +370,7 @@ def parameter_table(
     ``std_error = sqrt(diag(covariance))``. Gating parameters are relative to the last expert, expert
     parameters relative to each expert's last class (reference conventions).
     """
-    if not (np.isscalar(level) and 0.0 < level < 1.0):
+    if not (isinstance(level, numbers.Real) and 0.0 < level < 1.0):
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     if covariance not in COVARIANCES:
         raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
@@ -544,7 +545,7 @@ def bootstrap_table(
         raise ValueError(f"interval must be one of {BOOTSTRAP_INTERVALS}, got {interval!r}")
     if failed not in ("keep", "drop"):
         raise ValueError(f"failed must be 'keep' or 'drop', got {failed!r}")
-    if not (np.isscalar(level) and 0.0 < level < 1.0):
+    if not (isinstance(level, numbers.Real) and 0.0 < level < 1.0):
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     n_boot = check_positive_int(n_boot, "n_boot", minimum=2)
     n_jobs = effective_n_threads(n_jobs) if n_jobs is not None else 1
