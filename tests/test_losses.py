@@ -318,3 +318,16 @@ def test_mismatches_raise():
         voronoi_loss(true, true, r_beta=2, r_a=0, r_b=2)
     with pytest.raises(ValueError, match="r_beta"):
         D2r(true, true, float("nan"))
+
+
+def test_overflowing_loss_is_reported_not_returned():
+    # Squared distances of coefficients near 1e155 pass 1e308: NaN used to come back with numpy's
+    # RuntimeWarnings only.
+    true = _random(np.random.default_rng(5), 2)
+    beta1 = np.array(true.beta1, dtype=float)
+    beta1[0, 0] = 3e155
+    fitted = MoEParams(true.beta0, beta1, true.a, true.b)
+    for loss in (D1, D2):
+        with pytest.raises(FloatingPointError, match="Voronoi loss overflows"):
+            loss(fitted, true)
+    assert D1(true, true) == 0.0

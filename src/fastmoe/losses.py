@@ -332,9 +332,14 @@ def voronoi_loss(fitted, true, r_beta=2.0, r_a=2.0, r_b=2.0, exact_translation=F
     """
     exponents = tuple(_check_exponent(n, r) for n, r in (("r_beta", r_beta), ("r_a", r_a), ("r_b", r_b)))
     quotient = bool(quotient)
-    aligned = align_translation(fitted, true, exact=exact_translation, r_beta=r_beta, r_a=r_a, r_b=r_b,
-                                quotient=quotient)
-    return _loss(aligned, true.normalized(), *exponents, quotient=quotient)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, by name
+        aligned = align_translation(fitted, true, exact=exact_translation, r_beta=r_beta, r_a=r_a, r_b=r_b,
+                                    quotient=quotient)
+        value = _loss(aligned, true.normalized(), *exponents, quotient=quotient)
+    if not np.isfinite(value):
+        raise FloatingPointError("the Voronoi loss overflows: some coefficient is too large (the masses "
+                                 "exp(beta0) or the squared distances between atoms pass 1e308)")
+    return value
 
 
 def D1(fitted, true, exact_translation=False):
