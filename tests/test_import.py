@@ -77,5 +77,7 @@ def test_blas_limit_sees_the_blas_the_kernels_load():
             "print(len(loaded), loaded == seen)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    count, same = done.stdout.split()
-    assert int(count) >= 2 and same == "True"  # NumPy's BLAS and the kernels' (SciPy's)
+    _, same = done.stdout.split()
+    # With pip's wheels NumPy and SciPy bring a BLAS each, and a controller built before the kernels
+    # loaded SciPy's misses it (this fails then); where both share one library it cannot tell.
+    assert same == "True"

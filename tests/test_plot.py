@@ -63,6 +63,25 @@ def test_pictures_of_2d_inputs_refuse_other_dimensions(rng):
         fastmoe.plot.gating_partition("params")
 
 
+@pytest.mark.parametrize("expert_features", [(1,), ()])
+def test_pictures_of_a_fit_with_separate_inputs(rng, expert_features):
+    # Two columns of X: the gating reads column 0, the experts column 1 (or nothing). The pictures are
+    # drawn over X's two columns, whichever of them each part reads.
+    X = rng.uniform(-1, 1, size=(400, 2))
+    y = rng.integers(0, 2, size=400)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a short fit: what is drawn is tested, not its convergence
+        result = fastmoe.fit(X, y, 2, gating_features=[0], expert_features=list(expert_features), init="kmeans",
+                             max_iter=20, random_state=0, n_threads=1)
+        three = fastmoe.fit(np.column_stack([X, X[:, 0]]), y, 2, gating_features=[2], expert_features=[0, 1],
+                            init="kmeans", max_iter=5, random_state=0, n_threads=1)
+    assert isinstance(fastmoe.plot.gating_partition(result.params, X, resolution=20), matplotlib.axes.Axes)
+    axes = fastmoe.plot.expert_regions(result.params, X, y, resolution=20, max_points=100)
+    assert len(axes) == 2
+    with pytest.raises(ValueError, match="reads 3 columns of X"):
+        fastmoe.plot.gating_partition(three.params, np.column_stack([X, X[:, 0]]))
+
+
 def test_history_marks_em_and_newton_iterations(fitted):
     result, X, y = fitted
     assert result.n_newton > 0 and result.n_newton < result.n_iter  # both phases present (kmeans start)

@@ -303,9 +303,6 @@ def fit(
     X = check_X(X)
     n_samples, n_features = X.shape
     n_experts = check_positive_int(n_experts, "n_experts")
-    if n_experts > n_samples:  # each sample its own expert saturates the likelihood: nothing to estimate
-        raise ValueError(f"n_experts={n_experts} is more than the {n_samples} samples; at most one expert per "
-                         "sample can carry data")
     n_init = None if n_init is None else check_positive_int(n_init, "n_init")
     max_iter = check_positive_int(max_iter, "max_iter", minimum=0)
     for name, value in (("tol", tol), ("l2", l2)):

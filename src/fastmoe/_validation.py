@@ -78,7 +78,7 @@ def check_X(X, name="X", n_features=None) -> np.ndarray:
     X = np.ascontiguousarray(X, dtype=np.float64)
     if not np.isfinite(X).all():
         raise ValueError(_missing_message(name, X, pandas=pandas))
-    largest = float(np.abs(X).max())
+    largest = max(float(X.max()), -float(X.min()))  # two reductions: no temporary the size of X
     if largest > MAX_ABS_INPUT:
         raise ValueError(f"{name} has values up to {largest:.3g} in absolute value; fastmoe needs at most "
                          f"{MAX_ABS_INPUT:.0e} (the Hessians' products of two features overflow near 1e154): "
@@ -166,20 +166,20 @@ def check_positive_int(value, name, minimum=1):
     return int(value)
 
 
-def effective_n_threads(n_threads=None) -> int:
+def effective_n_threads(n_threads=None, name="n_threads") -> int:
     """Threads to use: ``None`` or -1 means all usable cores (``OMP_NUM_THREADS`` is honoured),
     -2 all but one, and so on; 0 is an error. Serial builds always use 1."""
     available = openmp_max_threads()
     if n_threads is None:
         return available
     if isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, numbers.Integral):
-        raise TypeError(f"n_threads must be an integer or None, got {n_threads!r}")
+        raise TypeError(f"{name} must be an integer or None, got {n_threads!r}")
     if n_threads == 0:
-        raise ValueError("n_threads=0 is invalid; use None for all cores or a positive/negative count")
+        raise ValueError(f"{name}=0 is invalid; use None for all cores or a positive/negative count")
     if n_threads < 0:
         return max(1, available + 1 + int(n_threads))
     if n_threads > MAX_THREADS:
-        raise ValueError(f"n_threads={n_threads} is more than fastmoe runs (at most {MAX_THREADS}; "
+        raise ValueError(f"{name}={n_threads} is more than fastmoe runs (at most {MAX_THREADS}; "
                          f"this machine's OpenMP offers {available}); use None for all cores")
     return int(n_threads)
 

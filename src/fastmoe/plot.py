@@ -57,8 +57,8 @@ def _params_of(fitted):
 
 def _grid(params, X, bounds, resolution):
     """A (resolution^2, 2) grid over ``bounds`` (or the data's box with a margin, or [-1, 1]^2)."""
-    if params.n_features != 2:
-        raise ValueError(f"this picture needs 2-D inputs, but the model has {params.n_features} features")
+    if params.n_inputs != 2:  # the picture is drawn over the columns of X, whichever the gating and experts read
+        raise ValueError(f"this picture needs 2-D inputs, but the model reads {params.n_inputs} columns of X")
     if bounds is None:
         if X is None:
             bounds = (-1.0, 1.0, -1.0, 1.0)
@@ -127,7 +127,7 @@ def gating_partition(fitted, X=None, y=None, *, ax=None, bounds=None, resolution
     """
     _pyplot()
     params = _params_of(fitted)
-    X = None if X is None else check_X(X, n_features=params.n_features)
+    X = None if X is None else check_X(X, n_features=params.n_inputs)
     grid, extent, res = _grid(params, X, bounds, resolution)
     gate = _predict.gate_proba(params, grid)
     k = params.n_experts
@@ -172,7 +172,7 @@ def expert_regions(fitted, X=None, y=None, *, axes=None, bounds=None, resolution
     """
     _pyplot()
     params = _params_of(fitted)
-    X = None if X is None else check_X(X, n_features=params.n_features)
+    X = None if X is None else check_X(X, n_features=params.n_inputs)
     y = None if y is None else np.asarray(y)
     grid, extent, res = _grid(params, X, bounds, resolution)
     proba = _predict.expert_proba(params, grid)  # (m, k, K)

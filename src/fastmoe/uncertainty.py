@@ -548,7 +548,7 @@ def bootstrap_table(
     if not (isinstance(level, numbers.Real) and 0.0 < level < 1.0):
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     n_boot = check_positive_int(n_boot, "n_boot", minimum=2)
-    n_jobs = effective_n_threads(n_jobs) if n_jobs is not None else 1
+    n_jobs = effective_n_threads(n_jobs, "n_jobs") if n_jobs is not None else 1
     params, y_codes, weights, l2, _ = _resolve_model(model, y, sample_weight)
     bounds = _fitted_bounds(model)  # refits maximise over the estimate's own box
     params = check_params(params).normalized()
