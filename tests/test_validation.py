@@ -274,6 +274,11 @@ def test_other_entry_points_name_their_argument(data, well_separated):
         fastmoe.parameter_table(well_separated, X, y, level="0.9")
     with pytest.raises(ValueError, match="low < high"):
         fastmoe.sample(well_separated, n=3, low=[0, -1], high=[1, 2])
+    # The twins of fit's tol/l2 check share its predicate (a string used to raise numpy's TypeError).
+    with pytest.raises(ValueError, match="l2 must be a finite number"):
+        fastmoe.parameter_table(well_separated, X, y, l2="a")
+    with pytest.raises(ValueError, match="omega must be a finite number"):
+        fastmoe.dendrogram(well_separated, X, y, omega="a")
 
 
 def test_sample_arguments(well_separated):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _predict
-from ._validation import check_sample_weight, check_X, check_y
+from ._validation import check_sample_weight, check_X, check_y, is_finite_real
 from .params import MoEParams
 
 __all__ = ["Dendrogram", "dendrogram", "merge_atoms", "merge_dissimilarities", "atom_masses"]
@@ -281,7 +281,7 @@ class Dendrogram:
 
 
 def _check_omega(omega):
-    if isinstance(omega, (bool, np.bool_)) or not np.isscalar(omega) or not np.isfinite(omega) or omega < 0:
+    if not (is_finite_real(omega) and omega >= 0):
         raise ValueError(f"omega must be a finite number >= 0, got {omega!r}")
     return float(omega)
 
@@ -337,8 +337,7 @@ def dendrogram(result, X, y, *, sample_weight=None, exponent=2.0, omega=None, re
     y, _ = check_y(y, X.shape[0], params.n_classes)
     if sample_weight is not None:
         sample_weight = check_sample_weight(sample_weight, X.shape[0])
-    if isinstance(exponent, (bool, np.bool_)) or not np.isscalar(exponent) or not np.isfinite(exponent) \
-            or exponent <= 0:
+    if not (is_finite_real(exponent) and exponent > 0):
         raise ValueError(f"exponent must be a finite number > 0, got {exponent!r}")
     if isinstance(refine_iter, (bool, np.bool_)) or not isinstance(refine_iter, (int, np.integer)) \
             or refine_iter < 0:

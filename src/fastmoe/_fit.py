@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from ._validation import (
     check_X,
     check_y,
     effective_n_threads,
+    is_finite_real,
 )
 from . import exceptions
 from .exceptions import SearchWarning
@@ -306,9 +306,7 @@ def fit(
     n_init = None if n_init is None else check_positive_int(n_init, "n_init")
     max_iter = check_positive_int(max_iter, "max_iter", minimum=0)
     for name, value in (("tol", tol), ("l2", l2)):
-        # numbers.Real first: np.isfinite of a string raises a TypeError that names neither.
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-                or not (np.isfinite(value) and value >= 0):
+        if not (is_finite_real(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     verbose = check_positive_int(int(verbose) if isinstance(verbose, (bool, np.bool_)) else verbose, "verbose",
                                  minimum=0)

@@ -76,9 +76,10 @@ def check_X(X, name="X", n_features=None) -> np.ndarray:
     if X.shape[0] < 1 or X.shape[1] < 1:
         raise ValueError(f"{name} has shape {X.shape}; it needs at least one sample and one feature")
     X = np.ascontiguousarray(X, dtype=np.float64)
-    if not np.isfinite(X).all():
+    # Two reductions, no temporary: NaN propagates through max and min, and inf shows in them.
+    largest = max(float(X.max()), -float(X.min()))
+    if not np.isfinite(largest):
         raise ValueError(_missing_message(name, X, pandas=pandas))
-    largest = max(float(X.max()), -float(X.min()))  # two reductions: no temporary the size of X
     if largest > MAX_ABS_INPUT:
         raise ValueError(f"{name} has values up to {largest:.3g} in absolute value; fastmoe needs at most "
                          f"{MAX_ABS_INPUT:.0e} (the Hessians' products of two features overflow near 1e154): "
@@ -156,6 +157,16 @@ def check_sample_weight(sample_weight, n_samples):
     if not np.isfinite(total):
         raise ValueError(f"sample_weight sums to inf (largest weight {w.max():.3g}); rescale the weights")
     return np.ascontiguousarray(w)
+
+
+def is_finite_real(value) -> bool:
+    """Whether ``value`` is one finite real number (not a bool, a string or an array).
+
+    ``numbers.Real`` is tested first: ``np.isfinite`` of a string raises a TypeError that names no
+    argument, and the callers' own errors should.
+    """
+    return (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+            and bool(np.isfinite(value)))
 
 
 def check_positive_int(value, name, minimum=1):

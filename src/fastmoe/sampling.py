@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from . import _dispatch
-from ._validation import check_params, check_positive_int, check_random_state, check_X, effective_n_threads
+from ._validation import (check_params, check_positive_int, check_random_state, check_X, effective_n_threads,
+                          is_finite_real)
 
 __all__ = ["sample"]
 
@@ -45,8 +44,7 @@ def sample(params, n=None, X=None, random_state=None, *, low=-1.0, high=1.0, ret
         if n is None:
             raise ValueError("give either n (to draw X ~ Uniform[low, high]^d) or X")
         n = check_positive_int(n, "n")
-        if not all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) for v in (low, high)) \
-                or not (np.isfinite(low) and np.isfinite(high) and low < high):
+        if not (is_finite_real(low) and is_finite_real(high) and low < high):
             raise ValueError(f"need finite low < high, got low={low}, high={high}")
         X = rng.uniform(low, high, size=(n, params.n_inputs))
     else:

@@ -43,7 +43,6 @@ information is (near) singular and the parameters of split cells converge slower
 from __future__ import annotations
 
 import itertools
-import numbers
 import sys
 import warnings
 from collections import namedtuple
@@ -64,6 +63,7 @@ from ._validation import (
     check_X,
     check_y,
     effective_n_threads,
+    is_finite_real,
 )
 from . import exceptions
 from .params import MoEParams, free_parameter_names, free_parameters, slope_masks
@@ -370,13 +370,13 @@ def parameter_table(
     ``std_error = sqrt(diag(covariance))``. Gating parameters are relative to the last expert, expert
     parameters relative to each expert's last class (reference conventions).
     """
-    if not (isinstance(level, numbers.Real) and 0.0 < level < 1.0):
+    if not (is_finite_real(level) and 0.0 < level < 1.0):
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     if covariance not in COVARIANCES:
         raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
     params, y, sample_weight, fitted_l2, problems = _resolve_model(model, y, sample_weight)
     l2 = fitted_l2 if l2 is None else l2
-    if not (np.isscalar(l2) and np.isfinite(l2) and l2 >= 0):
+    if not (is_finite_real(l2) and l2 >= 0):
         raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
     if covariance == "auto":
         covariance = "observed" if l2 == 0 else "penalised"
@@ -545,7 +545,7 @@ def bootstrap_table(
         raise ValueError(f"interval must be one of {BOOTSTRAP_INTERVALS}, got {interval!r}")
     if failed not in ("keep", "drop"):
         raise ValueError(f"failed must be 'keep' or 'drop', got {failed!r}")
-    if not (isinstance(level, numbers.Real) and 0.0 < level < 1.0):
+    if not (is_finite_real(level) and 0.0 < level < 1.0):
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     n_boot = check_positive_int(n_boot, "n_boot", minimum=2)
     n_jobs = effective_n_threads(n_jobs, "n_jobs") if n_jobs is not None else 1
