@@ -256,6 +256,43 @@ def test_split_merge_moves_reach_the_over_fitted_maximum_the_exploration_missed(
     assert searched.converged and not searched.diverged
 
 
+def test_split_merge_counts_the_newton_steps_eigendecomposition_on_few_rows(monkeypatch):
+    """On 20 rows, k = 20 experts make 380 (drop, split) pairs: 7600 rows a round, well inside the row
+    budget, but every Newton step of every move eigendecomposes a (177, 177) Hessian. Counted as rows
+    per parameter, the round is unaffordable and no move runs (k = 30 took 5 minutes of moves before);
+    with k = 4 (p = 33) on the same rows the moves still run."""
+    import types
+
+    from fastmoe import _search
+    from fastmoe._penalty import Penalty
+    from fastmoe._problem import Problem
+
+    class MovesRan(Exception):
+        pass
+
+    def run_starts(*args, **kwargs):
+        raise MovesRan
+
+    monkeypatch.setattr(_search, "run_starts", run_starts)
+    monkeypatch.setattr(_search, "KnownMaxima", lambda problem, penalty: types.SimpleNamespace(
+        add=lambda runs: None, match=None))
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(20, 2)), rng.integers(0, 3, 20)
+    log = object()
+    for k, runs in [(20, False), (4, True)]:
+        answer = types.SimpleNamespace(diverged=False, objective=-20.0, W=np.zeros((k, 3)), V=np.zeros((k, 3, 3)))
+        problem = Problem(X, X, y, np.empty(0), k, 3, 1)
+        penalty = Penalty(1.0, problem)
+        assert k * (k - 1) * problem.n_samples < _search.SPLIT_MERGE_ROW_BUDGET  # rows alone would allow it
+        if runs:
+            with pytest.raises(MovesRan):
+                _search.split_merge(problem, penalty, answer, log, rng, tol=1e-8, max_iter=100, newton=True,
+                                    n_threads=1)
+        else:
+            assert _search.split_merge(problem, penalty, answer, log, rng, tol=1e-8, max_iter=100, newton=True,
+                                       n_threads=1) == (answer, log)
+
+
 def test_a_diverged_final_candidate_caps_no_finite_one(monkeypatch):
     """A candidate run on all the data that diverges (its objective above every finite maximum, as on
     issue 12's p5) must not become the ceiling of the finite candidates after it: those would stop as
