@@ -218,7 +218,7 @@ def test_input_checks(tree_and_data):
     tree, params, X, y = tree_and_data
     with pytest.raises(TypeError, match="FitResult or an MoEParams"):
         fastmoe.dendrogram("fit", X, y)
-    with pytest.raises(ValueError, match="X has 1 columns but the fit was made on 2"):
+    with pytest.raises(ValueError, match="X has 1 features but the model expects 2"):
         fastmoe.dendrogram(params, X[:, :1], y)
     with pytest.raises(ValueError, match="exponent"):
         fastmoe.dendrogram(params, X, y, exponent=0)

@@ -331,9 +331,7 @@ def dendrogram(result, X, y, *, sample_weight=None, exponent=2.0, omega=None, re
         params = result
     else:
         raise TypeError(f"result must be a FitResult or an MoEParams, got {type(result).__name__}")
-    X = check_X(X)
-    if X.shape[1] != params.n_inputs:  # every input column, whichever of them the gating and experts read
-        raise ValueError(f"X has {X.shape[1]} columns but the fit was made on {params.n_inputs}")
+    X = check_X(X, n_features=params.n_inputs)  # every input column, whichever the gating and experts read
     y, _ = check_y(y, X.shape[0], params.n_classes)
     if sample_weight is not None:
         sample_weight = check_sample_weight(sample_weight, X.shape[0])
