@@ -8,7 +8,7 @@ from scipy.optimize import minimize
 
 import fastmoe
 from fastmoe._monitor import STOP_REASONS, ConvergenceMonitor, em_settled, gain_left, newton_settled
-from fastmoe._trust_region import QuadraticModel
+from fastmoe._trust_region import LargeQuadraticModel, QuadraticModel
 from fastmoe.experiments import get_preset
 from fastmoe.experiments.starts import init_near_truth
 
@@ -87,6 +87,69 @@ def test_concave_model_gives_the_newton_step_and_decrement(rng):
     assert gain == pytest.approx(model.decrement(), rel=1e-10)
     indefinite = QuadraticModel(g, _random_model(rng, 6, 1)[0])
     assert not indefinite.concave and indefinite.decrement() == np.inf
+
+
+def test_large_model_on_a_concave_model_is_newton_by_its_cholesky_factor(rng):
+    A, g = _random_model(rng, 40, 0)
+    model = LargeQuadraticModel(g, A)
+    newton = np.linalg.solve(A, g)
+    assert model.concave
+    assert model.decrement() == pytest.approx(0.5 * g @ newton, rel=1e-9)
+    p, gain, length = model.step(np.inf)
+    np.testing.assert_allclose(p, newton, rtol=1e-8)
+    assert gain == pytest.approx(model.decrement(), rel=1e-9)
+    assert length == pytest.approx(np.linalg.norm(np.sqrt(np.abs(np.diag(A))) * newton), rel=1e-9)
+    g2 = rng.standard_normal(40)  # a chord step: the same factor, another gradient
+    np.testing.assert_allclose(model.with_gradient(g2).step(np.inf)[0], np.linalg.solve(A, g2), rtol=1e-8)
+    assert not LargeQuadraticModel(g, _random_model(rng, 40, 1)[0]).concave
+
+
+@pytest.mark.parametrize("n_negative", [0, 3])
+@pytest.mark.parametrize("radius", [0.05, 1.0, 50.0])
+def test_large_model_step_stays_in_the_region_and_beats_the_cauchy_point(rng, n_negative, radius):
+    # Steihaug's step starts along the scaled gradient, so it gains at least what the best point of
+    # the ball along that gradient (the Cauchy point, in closed form) gains; and at most the exact
+    # solution's (QuadraticModel).
+    A, g = _random_model(rng, 40, n_negative)
+    p, gain, length = LargeQuadraticModel(g, A).step(radius)
+    s = np.sqrt(np.abs(np.diag(A)))
+    assert np.linalg.norm(s * p) == pytest.approx(length, rel=1e-12) and length <= radius * (1 + 1e-9)
+    assert gain == pytest.approx(g @ p - 0.5 * p @ A @ p, rel=1e-9)
+    gs, As = g / s, A / np.outer(s, s)
+    u = gs / np.linalg.norm(gs)
+    slope, curvature = float(gs @ u), float(u @ As @ u)
+    t = radius if curvature <= 0 else min(radius, slope / curvature)
+    assert gain >= (slope * t - 0.5 * curvature * t * t) * (1 - 1e-9)
+    assert gain <= QuadraticModel(g, A).step(radius)[1] * (1 + 1e-9)
+
+
+def test_large_model_leaves_a_saddle_along_negative_curvature(rng):
+    # A zero gradient gives conjugate gradients nothing to follow; the exact step goes to the boundary
+    # along the eigenvector of the negative eigenvalue, gaining radius^2 |lambda| / 2.
+    A, _ = _random_model(rng, 40, 1)
+    p, gain, length = LargeQuadraticModel(np.zeros(40), A).step(0.5)
+    s = np.sqrt(np.abs(np.diag(A)))
+    lowest = np.linalg.eigvalsh(A / np.outer(s, s))[0]
+    assert length == pytest.approx(0.5, rel=1e-9)
+    assert gain == pytest.approx(0.125 * abs(lowest), rel=1e-9)
+
+
+def test_fit_through_the_large_model_reaches_the_same_maximum(monkeypatch):
+    """The whole fit with every trust-region step taken by LargeQuadraticModel (its threshold lowered
+    to 0) ends at the maximum the exact subproblem solutions reach, from the same start."""
+    from fastmoe import _trust_region
+
+    truth = fastmoe.MoEParams(beta0=[0.3, 0.0], beta1=[[2.0, -1.0], [0.0, 0.0]],
+                              a=[[[1.5, 0.0], [0.0, 1.0], [0.0, 0.0]], [[-1.0, 1.0], [1.0, -1.0], [0.0, 0.0]]],
+                              b=[[0.5, -0.2, 0.0], [0.0, 0.4, 0.0]])
+    X, y = fastmoe.sample(truth, n=4000, random_state=11)
+    exact = fastmoe.fit(X, y, 2, init="kmeans", random_state=1, tol=1e-10, n_threads=1)
+    monkeypatch.setattr(_trust_region, "EIGEN_MAX_PARAMS", 0)
+    large = fastmoe.fit(X, y, 2, init="kmeans", random_state=1, tol=1e-10, n_threads=1)
+    assert exact.converged and large.converged
+    assert large.objective == pytest.approx(exact.objective, rel=1e-10)
+    for a, b in zip(large.params.packed(), exact.params.packed()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 @pytest.mark.parametrize("rate", [0.5, 0.9, 0.999])

@@ -30,7 +30,7 @@ from ._monitor import ConvergenceMonitor, gain_left
 from ._mstep import halve_until_q_increases, newton_directions
 from ._penalty import Penalty
 from ._problem import PassResult, Problem
-from ._trust_region import QuadraticModel
+from ._trust_region import quadratic_model
 from .exceptions import FitWarning
 from .params import free_vector, from_free_vector
 
@@ -243,13 +243,13 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
 
     EM converges linearly, often slowly; near a maximum where the log-likelihood is locally concave,
     Newton converges quadratically. A step takes one exact-Hessian pass and solves the quadratic
-    model inside a trust region (``QuadraticModel``); trial points cost one cheap pass each, and
+    model inside a trust region (``_trust_region.quadratic_model``); trial points cost one cheap pass each, and
     the region shrinks until a trial gains a fair share of what the model predicted. Where the Hessian
     is not negative definite the phase goes on only when ``allow_indefinite`` is set (EM has settled):
     an early try must not carry the fit away from the maximum EM is heading for.
 
     Once an exact Hessian gave a concave model (outside a box), the next steps are *chord* steps: the
-    same Hessian with the gradient at the new point (``QuadraticModel.with_gradient``), which the
+    same Hessian with the gradient at the new point (the model's ``with_gradient``), which the
     previous trial's gradient pass gave, and one trial each. They converge linearly at the rate at which
     that Hessian is off; while their decrements fall at least ``1 / CHORD_RATE`` times per step they
     cost a gradient pass instead of an exact-Hessian pass (a tenth of it at d = 10), and otherwise a new
@@ -304,7 +304,7 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
             if boxed and not free.any():  # every coordinate held by its bound: a vertex of the box satisfying KKT
                 monitor.stop("converged")
                 return W, V, objective, n_steps
-            model = QuadraticModel(grad[free], A[np.ix_(free, free)]) if boxed else QuadraticModel(grad, A)
+            model = quadratic_model(grad[free], A[np.ix_(free, free)]) if boxed else quadratic_model(grad, A)
             # In a box the free set moves with the point, so chord steps are kept to unbounded fits.
             exact_model = model if model.concave and not boxed else None
 
