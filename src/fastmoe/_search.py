@@ -105,8 +105,20 @@ SPLIT_MERGE_ROW_BUDGET = 1_000_000
 #: A Newton step's eigendecomposition of the (p, p) Hessian costs about as much as the exact-Hessian
 #: pass over this many rows per free parameter (measured 10-45, median about 30, for p = 24-267 at
 #: d = 2 and d = 10, 1 thread). On few rows it is the step's cost: 20 rows with k = 30 (p = 267) made
-#: 1740 moves a round, 4 ms a Newton step each, and the fit took 6 minutes, 5 of them in moves.
+#: 1740 moves a round, 4 ms a Newton step each, and the fit took 6 minutes, 5 of them in moves. (Above
+#: ``_trust_region.EIGEN_MAX_PARAMS`` a step factors by Cholesky instead, for less: the count errs safe.)
 EIGH_ROWS_PER_PARAM = 30
+#: The row budgets above were set on problems of at most 267 free parameters (issue 12's benchmark,
+#: the studies). A row's Newton pass costs O(p^2), so above PARAMS_REF a row counts (p / PARAMS_REF)^2
+#: rows: a search on many parameters does the work of one on PARAMS_REF, within SEARCH_ROUNDS_MIN.
+#: Without it the default fit on scikit-learn's digits (61 features, 10 classes, p = 1178 with two
+#: experts) ran 64 starts and moves on its 1797 rows and did not end within 15 minutes.
+PARAMS_REF = 300
+
+
+def _row_weight(n_free):
+    """What a row of the data costs against the budgets, for ``n_free`` free parameters."""
+    return max(1.0, (n_free / PARAMS_REF) ** 2)
 
 
 #: A run of the exploration has joined a maximum found before when its objective is within
@@ -277,8 +289,8 @@ def search(problem, penalty, n_init, rng, *, tol, max_iter, newton, n_threads, c
         # Single-precision Hessian products on the subsample: its maxima are run again in double.
         explore = problem.subset(np.sort(rng.choice(problem.n_samples, size=size, replace=False)),
                                  search_hessian=True)
-    budget = n_init * int(np.clip(SEARCH_ROW_BUDGET // (n_init * explore.n_samples), SEARCH_ROUNDS_MIN,
-                                  SEARCH_ROUNDS_MAX))
+    rows = explore.n_samples * _row_weight(n_free)
+    budget = n_init * int(np.clip(SEARCH_ROW_BUDGET // (n_init * rows), SEARCH_ROUNDS_MIN, SEARCH_ROUNDS_MAX))
     seeds = _seeds(rng, budget)
     options = dict(tol=tol if whole else max(tol, EXPLORE_TOL), max_iter=max_iter, newton=newton,
                    n_threads=n_threads, callback=callback if whole else None, verbose=verbose if whole else 0)
@@ -389,7 +401,8 @@ def split_merge(problem, penalty, answer, log, rng, *, tol, max_iter, newton, n_
     """
     k = problem.n_experts
     pairs = [(drop, split) for drop in range(k) for split in range(k) if split != drop]
-    rows = problem.n_samples + EIGH_ROWS_PER_PARAM * penalty.mask.size
+    n_free = penalty.mask.size
+    rows = (problem.n_samples + EIGH_ROWS_PER_PARAM * n_free) * _row_weight(n_free)
     if not pairs or answer.diverged or len(pairs) * rows > SPLIT_MERGE_ROW_BUDGET:
         return answer, log
     moves = []
