@@ -76,32 +76,22 @@ def test_trust_region_step_on_a_flat_model_far_from_its_maximum(rng, curvature):
         assert best <= gain * (1 + 1e-9) + 1e-12 * abs(gain)
 
 
-def test_concave_model_gives_the_newton_step_and_decrement(rng):
-    A, g = _random_model(rng, 6, 0)
-    model = QuadraticModel(g, A)
-    newton = np.linalg.solve(A, g)
-    assert model.concave
-    assert model.decrement() == pytest.approx(0.5 * g @ newton, rel=1e-10)
-    p, gain, _ = model.step(np.inf)
-    np.testing.assert_allclose(p, newton, rtol=1e-9)
-    assert gain == pytest.approx(model.decrement(), rel=1e-10)
-    indefinite = QuadraticModel(g, _random_model(rng, 6, 1)[0])
-    assert not indefinite.concave and indefinite.decrement() == np.inf
-
-
-def test_large_model_on_a_concave_model_is_newton_by_its_cholesky_factor(rng):
-    A, g = _random_model(rng, 40, 0)
-    model = LargeQuadraticModel(g, A)
+@pytest.mark.parametrize("Model, p", [(QuadraticModel, 6), (LargeQuadraticModel, 40)])
+def test_concave_model_gives_the_newton_step_and_decrement(rng, Model, p):
+    # LargeQuadraticModel takes them from its Cholesky factor, QuadraticModel from its eigenvectors.
+    A, g = _random_model(rng, p, 0)
+    model = Model(g, A)
     newton = np.linalg.solve(A, g)
     assert model.concave
     assert model.decrement() == pytest.approx(0.5 * g @ newton, rel=1e-9)
-    p, gain, length = model.step(np.inf)
-    np.testing.assert_allclose(p, newton, rtol=1e-8)
+    step, gain, length = model.step(np.inf)
+    np.testing.assert_allclose(step, newton, rtol=1e-8)
     assert gain == pytest.approx(model.decrement(), rel=1e-9)
     assert length == pytest.approx(np.linalg.norm(np.sqrt(np.abs(np.diag(A))) * newton), rel=1e-9)
-    g2 = rng.standard_normal(40)  # a chord step: the same factor, another gradient
+    g2 = rng.standard_normal(p)  # a chord step: the same factorisation, another gradient
     np.testing.assert_allclose(model.with_gradient(g2).step(np.inf)[0], np.linalg.solve(A, g2), rtol=1e-8)
-    assert not LargeQuadraticModel(g, _random_model(rng, 40, 1)[0]).concave
+    indefinite = Model(g, _random_model(rng, p, 1)[0])
+    assert not indefinite.concave and indefinite.decrement() == np.inf
 
 
 @pytest.mark.parametrize("n_negative", [0, 3])
