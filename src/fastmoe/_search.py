@@ -111,6 +111,8 @@ EIGH_ROWS_PER_PARAM = 30
 #: The row budgets above were set on problems of at most 267 free parameters (issue 12's benchmark,
 #: the studies). A row's Newton pass costs O(p^2), so above PARAMS_REF a row counts (p / PARAMS_REF)^2
 #: rows: a search on many parameters does the work of one on PARAMS_REF, within SEARCH_ROUNDS_MIN.
+#: (docs/real_data.md's largest, digits' 10 components with three experts, p = 319 on 1797 rows, stays
+#: at SEARCH_ROUNDS_MAX.)
 #: Without it the default fit on scikit-learn's digits (61 features, 10 classes, p = 1178 with two
 #: experts) ran 64 starts and moves on its 1797 rows and did not end within 15 minutes.
 PARAMS_REF = 300

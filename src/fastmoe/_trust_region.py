@@ -26,8 +26,9 @@ import numpy as np
 # Eigenvalues below this fraction of the largest count as zero: the model is then not strictly
 # concave, and no Newton decrement certifies a maximum.
 CONCAVE_EIGEN_FLOOR = 1e-12
-# Models with more free parameters use LargeQuadraticModel. Every problem of the benchmarks, tests and
-# studies has at most 267 (where an eigendecomposition takes about 4 ms) and keeps the exact solution.
+# Models with more free parameters use LargeQuadraticModel. The benchmarks and studies have at most
+# 267 (where an eigendecomposition takes about 4 ms), docs/real_data.md's grids at most 319 (digits' 10
+# principal components, three experts): they keep the exact solution.
 EIGEN_MAX_PARAMS = 400
 # Steihaug's iterations stop at this relative residual, or after CG_MAX_ITER matrix-vector products
 # (each p^2 flops: a few hundred cost less than one factorisation at p > EIGEN_MAX_PARAMS).
