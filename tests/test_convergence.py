@@ -113,15 +113,51 @@ def test_large_model_step_stays_in_the_region_and_beats_the_cauchy_point(rng, n_
     assert gain <= QuadraticModel(g, A).step(radius)[1] * (1 + 1e-9)
 
 
-def test_large_model_leaves_a_saddle_along_negative_curvature(rng):
-    # A zero gradient gives conjugate gradients nothing to follow; the exact step goes to the boundary
-    # along the eigenvector of the negative eigenvalue, gaining radius^2 |lambda| / 2.
-    A, _ = _random_model(rng, 40, 1)
-    p, gain, length = LargeQuadraticModel(np.zeros(40), A).step(0.5)
-    s = np.sqrt(np.abs(np.diag(A)))
-    lowest = np.linalg.eigvalsh(A / np.outer(s, s))[0]
+def _saddle_model(rng, corner, size):
+    """A saddle's structure, as where two experts are identical halves: one coordinate of curvature
+    ``-corner`` (in A, the negative Hessian), decoupled from the rest, no gradient along it, and a
+    gradient of ``size`` elsewhere."""
+    B, g = _random_model(rng, 39, 0)
+    A = np.zeros((40, 40))
+    A[0, 0], A[1:, 1:] = -corner, B
+    return A, np.concatenate([[0.0], size * g])
+
+
+@pytest.mark.parametrize("size", [0.0, 1e-6])
+def test_large_model_leaves_a_saddle_along_its_rising_direction(rng, size):
+    # Conjugate gradients never leave the other coordinates and settle inside the region on the
+    # model's stationary point. The exact step goes to the boundary along the rising coordinate,
+    # gaining radius^2 / 2 times its scaled curvature 1 when the rest of the gradient is small; the
+    # large model must leave by it too.
+    A, g = _saddle_model(rng, 3.0, size)
+    p, gain, length = LargeQuadraticModel(g, A).step(0.5)
+    exact = QuadraticModel(g, A).step(0.5)
     assert length == pytest.approx(0.5, rel=1e-9)
-    assert gain == pytest.approx(0.125 * abs(lowest), rel=1e-9)
+    assert gain == pytest.approx(exact[1], rel=1e-6)  # the exact step also bends the rest, by O(size)
+    assert gain == pytest.approx(0.125, rel=1e-3)
+    assert abs(p[0]) == pytest.approx(abs(exact[0][0]), rel=1e-6)  # either way along it
+
+
+def test_large_model_rising_direction_from_a_late_failing_column(rng):
+    # The factorisation fails only at the last column: the direction it gives must still rise.
+    A, g = _random_model(rng, 40, 1)
+    model = LargeQuadraticModel(g, A)
+    v = model.rising
+    s = np.sqrt(np.abs(np.diag(A)))
+    assert not model.concave and v is not None
+    assert np.linalg.norm(v) == pytest.approx(1.0) and v @ (A / np.outer(s, s)) @ v < 0.0
+
+
+def test_large_model_stays_put_along_a_flat_direction(rng):
+    # A collapsed over-fitted model: a direction of zero curvature and no gradient. Nothing is gained
+    # along it, so the conjugate gradients' point is a maximiser (the exact model's gain), and no
+    # rising direction is found.
+    A, g = _saddle_model(rng, 0.0, 1e-3)
+    model = LargeQuadraticModel(g, A)
+    p, gain, length = model.step(10.0)
+    assert not model.concave and model.rising is None
+    assert gain == pytest.approx(QuadraticModel(g, A).step(10.0)[1], rel=1e-9)
+    assert length < 10.0 and p[0] == 0.0
 
 
 def test_fit_through_the_large_model_reaches_the_same_maximum(monkeypatch):

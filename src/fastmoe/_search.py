@@ -35,7 +35,8 @@ maximum, 6169 nats short at d = 10, n = 1e5). The default search (``init="search
    split in two, ``_init.split_merge_parameters``: from identical halves and from halves pushed apart
    at random, 2 k(k - 1) moves, run Newton-first like a start), and
    again from a higher maximum one finds, up to ``SPLIT_MERGE_ROUNDS`` rounds, where the moves cost at
-   most ``SPLIT_MERGE_ROW_BUDGET`` rows (k(k - 1) n, plus each Newton step's eigendecomposition).
+   most ``SPLIT_MERGE_ROW_BUDGET`` rows (k(k - 1) n, plus each Newton step's eigendecomposition,
+   weighed by ``_row_weight`` above ``PARAMS_REF`` parameters).
    Where k exceeds the number of true experts, the maxima differ by which true expert is split and
    how, by 0.02-5 nats at n = 5e3-1e5: less than a subsample can tell apart, so the exploration missed the highest in 27 of 200 fits of the preset
    ``over-fit-bounded-search`` (k = 3, k* = 2); from the misses' answers 1-3 of the 6 moves rose, and
@@ -97,16 +98,18 @@ UNSEEN_STOP = 0.1
 FINAL_TOP = 4
 FINAL_MARGIN = 4.0
 #: Split-and-merge moves from the answer, on all the data: at most SPLIT_MERGE_ROUNDS rounds of every
-#: (drop, split) pair twice, and only where k(k - 1) (n + EIGH_ROWS_PER_PARAM p) rows are at most
-#: SPLIT_MERGE_ROW_BUDGET (each move costs about a fit from near the truth, so a round at d = 10, k = 4,
-#: n = 1e5 would triple the search's time: 4.6 -> 13.4 s on issue 12's p6, where no move ever rose).
+#: (drop, split) pair twice, and only where k(k - 1) (n + EIGH_ROWS_PER_PARAM p) rows (weighed by
+#: ``_row_weight``) are at most SPLIT_MERGE_ROW_BUDGET (each move costs about a fit from near the
+#: truth, so a round at d = 10, k = 4, n = 1e5 would triple the search's time: 4.6 -> 13.4 s on issue
+#: 12's p6, where no move ever rose).
 SPLIT_MERGE_ROUNDS = 3
 SPLIT_MERGE_ROW_BUDGET = 1_000_000
 #: A Newton step's eigendecomposition of the (p, p) Hessian costs about as much as the exact-Hessian
 #: pass over this many rows per free parameter (measured 10-45, median about 30, for p = 24-267 at
 #: d = 2 and d = 10, 1 thread). On few rows it is the step's cost: 20 rows with k = 30 (p = 267) made
-#: 1740 moves a round, 4 ms a Newton step each, and the fit took 6 minutes, 5 of them in moves. (Above
-#: ``_trust_region.EIGEN_MAX_PARAMS`` a step factors by Cholesky instead, for less: the count errs safe.)
+#: 1740 moves a round, 4 ms a Newton step each, and the fit took 6 minutes, 5 of them in moves. Above
+#: ``_trust_region.EIGEN_MAX_PARAMS`` a step factors by Cholesky instead, for less: the count errs safe
+#: there, and moves seldom run (digits' 61 features, 10 classes, two experts: 1.1e6 rows, skipped).
 EIGH_ROWS_PER_PARAM = 30
 #: The row budgets above were set on problems of at most 267 free parameters (issue 12's benchmark,
 #: the studies). A row's Newton pass costs O(p^2), so above PARAMS_REF a row counts (p / PARAMS_REF)^2
@@ -392,8 +395,8 @@ def split_merge(problem, penalty, answer, log, rng, *, tol, max_iter, newton, n_
 
     Returns ``(the best RunResult, log with the moves of every round)``; ``answer`` itself when no move
     rose, none is affordable (``SPLIT_MERGE_ROW_BUDGET``, the rows of a round with each Newton step's
-    eigendecomposition counted as ``EIGH_ROWS_PER_PARAM`` rows per parameter), ``k < 2`` or the answer
-    diverged.
+    eigendecomposition counted as ``EIGH_ROWS_PER_PARAM`` rows per parameter, weighed by
+    ``_row_weight``), ``k < 2`` or the answer diverged.
 
     The moves run on all the data even where the search explored a subsample. Tried and dropped: moves
     run on the subsample (stopping in the basin of a maximum found before), only their new maxima run on

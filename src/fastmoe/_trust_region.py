@@ -15,8 +15,8 @@ for the exact-Hessian pass over the 1797 samples, half of a fit's time. There
 :class:`LargeQuadraticModel` factors the Hessian by Cholesky, which decides concavity and gives the
 Newton step and decrement (p^3 / 3 flops instead of about 9 p^3), and solves the subproblem otherwise by
 Steihaug's truncated conjugate gradients (Nocedal & Wright, algorithm 7.2), which follow negative
-curvature to the boundary; only at a saddle, where they cannot move, does it fall back to the
-eigendecomposition. :func:`quadratic_model` chooses.
+curvature to the boundary; near a saddle, where they end inside the region, the failed factorisation
+gives the direction to leave by. :func:`quadratic_model` chooses.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ CONCAVE_EIGEN_FLOOR = 1e-12
 # principal components, three experts): they keep the exact solution.
 EIGEN_MAX_PARAMS = 400
 # Steihaug's iterations stop at this relative residual, or after CG_MAX_ITER matrix-vector products
-# (each p^2 flops: a few hundred cost less than one factorisation at p > EIGEN_MAX_PARAMS).
+# (each p^2 flops: a few hundred cost less than one eigendecomposition at p > EIGEN_MAX_PARAMS).
 CG_RTOL = 1e-8
 CG_MAX_ITER = 250
 
@@ -158,23 +158,53 @@ class LargeQuadraticModel:
     Then the Newton step, its length and the decrement come from the factor, and chord steps
     (:meth:`with_gradient`) reuse it. A step longer than the radius, or any step of a model that is
     not concave, is Steihaug's: conjugate gradients on the model from 0, stopped at the boundary or
-    along the first direction of non-positive curvature. Where they cannot gain (a gradient with no
-    component in the Krylov space of negative curvature, as at a saddle), the step is the exact one
-    of :class:`QuadraticModel`, formed once per model.
+    along the first direction of non-positive curvature. Where they end inside the region on a model
+    that is not concave, the gradient has (next to) no component along its rising directions, as at
+    or near a saddle (two identical experts): the step then goes on to the boundary along a rising
+    direction that the failed factorisation gives (:meth:`_rising_direction`). Where the model rises
+    along no direction beyond rounding (only flat ones, as in a collapsed over-fitted model), the
+    conjugate gradients' point is the model's maximiser and is kept.
     """
 
     def __init__(self, grad, neg_hess):
         from scipy.linalg.lapack import dpocon, dpotrf  # on first use: keeps ``import fastmoe`` light
 
         self.scale, self.matrix, self.scaled_grad = _scaled(grad, neg_hess)
-        self._grad, self._neg_hess, self._exact = grad, neg_hess, None
+        self._norm = float(np.abs(self.matrix).sum(axis=0).max())  # ||A||_1, at least its largest |eigenvalue|
         factor, info = dpotrf(self.matrix, lower=True, clean=True)
         self.concave = False
         if info == 0 and np.isfinite(factor).all():
-            rcond, info = dpocon(factor, float(np.abs(self.matrix).sum(axis=0).max()), uplo="L")
+            rcond, info = dpocon(factor, self._norm, uplo="L")
             self.concave = bool(info == 0 and rcond > CONCAVE_EIGEN_FLOOR)
         self.factor = factor if self.concave else None
+        self.rising = None if self.concave else self._rising_direction()
         self._newton = self._solve(self.scaled_grad)
+
+    def _rising_direction(self):
+        """A unit vector ``v`` with ``v.A.v < -CONCAVE_EIGEN_FLOOR ||A||_1``, or None where there is none.
+
+        The Cholesky factorisation of ``A + delta I`` (``delta`` that floor) fails at the first column
+        ``j`` whose Schur complement ``s`` is not positive; ``v = (-A11^-1 a_j, 1, 0, ...)`` then has
+        ``v.(A + delta I).v = s <= 0`` (Gill & Murray's direction of negative curvature). A factorisation
+        that succeeds proves every eigenvalue above ``-delta``: the model rises along nothing.
+        """
+        from scipy.linalg import solve_triangular
+        from scipy.linalg.lapack import dpotrf
+
+        A = self.matrix
+        delta = CONCAVE_EIGEN_FLOOR * self._norm
+        factor, info = dpotrf(A + delta * np.eye(A.shape[0]), lower=True, clean=True)
+        if info <= 0:
+            return None
+        j = info - 1  # LAPACK counts from 1
+        v = np.zeros_like(self.scaled_grad)
+        v[j] = 1.0
+        if j:
+            L = factor[:j, :j]
+            v[:j] = -solve_triangular(L, solve_triangular(L, A[:j, j], lower=True), lower=True, trans="T")
+        if not (np.isfinite(v).all() and float(v @ (A @ v)) < -delta * float(v @ v)):
+            return None
+        return v / np.linalg.norm(v)
 
     def _solve(self, b):
         if self.factor is None:
@@ -187,8 +217,7 @@ class LargeQuadraticModel:
     def with_gradient(self, grad):
         """The same Hessian with another gradient (a chord step: the factorisation is reused)."""
         model = object.__new__(LargeQuadraticModel)
-        model.scale, model.matrix, model.concave, model.factor = self.scale, self.matrix, self.concave, self.factor
-        model._grad, model._neg_hess, model._exact = grad, self._neg_hess, None
+        model.__dict__.update(self.__dict__)
         model.scaled_grad = grad / self.scale
         model._newton = model._solve(model.scaled_grad)
         return model
@@ -206,20 +235,23 @@ class LargeQuadraticModel:
 
         Returns ``(p, gain, length)`` as :meth:`QuadraticModel.step` does.
         """
+        c, A = self.scaled_grad, self.matrix
         if self.concave and self.newton_length() <= radius:
             z = self._newton
         else:
-            z = self._steihaug(radius)
-        c, A = self.scaled_grad, self.matrix
-        gain = float(c @ z - 0.5 * z @ (A @ z))
-        if not gain > 0.0 and not self.concave:  # a saddle of the model: only its eigenvectors lead away
-            if self._exact is None:
-                self._exact = QuadraticModel(self._grad, self._neg_hess)
-            return self._exact.step(radius)
-        return z / self.scale, gain, float(np.linalg.norm(z))
+            z, on_boundary = self._steihaug(radius)
+            if not (self.concave or on_boundary) and self.rising is not None and np.isfinite(radius):
+                # On to the boundary along the rising direction, signed so that the model's slope there
+                # is not negative: the gain grows by at least |v.A.v| tau^2 / 2.
+                v = self.rising if float((c - A @ z) @ self.rising) >= 0.0 else -self.rising
+                z = z + self._to_boundary(z, v, radius) * v
+        return z / self.scale, float(c @ z - 0.5 * z @ (A @ z)), float(np.linalg.norm(z))
 
     def _steihaug(self, radius):
-        """Truncated conjugate gradients on ``c.z - z.A.z / 2`` within ``||z|| <= radius``."""
+        """Truncated conjugate gradients on ``c.z - z.A.z / 2`` within ``||z|| <= radius``.
+
+        Returns ``(z, on_boundary)``.
+        """
         A, c = self.matrix, self.scaled_grad
         z = np.zeros_like(c)
         r = c.copy()  # the model's gradient at z
@@ -232,15 +264,17 @@ class LargeQuadraticModel:
             Ad = A @ d
             curvature = float(d @ Ad)
             if curvature <= 0.0:  # the model rises without bound along d: go to the boundary
-                return z + self._to_boundary(z, d, radius) * d if np.isfinite(radius) else z
+                if not np.isfinite(radius):
+                    return z, False
+                return z + self._to_boundary(z, d, radius) * d, True
             alpha = rr / curvature
             if np.linalg.norm(z + alpha * d) >= radius:
-                return z + self._to_boundary(z, d, radius) * d
+                return z + self._to_boundary(z, d, radius) * d, True
             z = z + alpha * d
             r = r - alpha * Ad
             rr, rr_old = float(r @ r), rr
             d = r + (rr / rr_old) * d
-        return z
+        return z, False
 
     @staticmethod
     def _to_boundary(z, d, radius):
