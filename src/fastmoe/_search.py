@@ -38,10 +38,11 @@ maximum, 6169 nats short at d = 10, n = 1e5). The default search (``init="search
    most ``SPLIT_MERGE_ROW_BUDGET`` rows (k(k - 1) n, plus each Newton step's eigendecomposition,
    weighed by ``_row_weight`` above ``PARAMS_REF`` parameters).
    Where k exceeds the number of true experts, the maxima differ by which true expert is split and
-   how, by 0.02-5 nats at n = 5e3-1e5: less than a subsample can tell apart, so the exploration missed the highest in 27 of 200 fits of the preset
-   ``over-fit-bounded-search`` (k = 3, k* = 2); from the misses' answers 1-3 of the 6 moves rose, and
-   with identical-halves moves the search missed in 13 of the 200 (0.02-2.4 nats), with both kinds in
-   9 (0.02-1.1 nats), at 1.4x and 1.8x the median fit time.
+   how, by 0.02-5 nats at n = 5e3-1e5: less than a subsample can tell apart, so the exploration
+   missed the highest in 27 of 200 fits of the preset ``over-fit-bounded-search`` (k = 3, k* = 2);
+   from the misses' answers 1-3 of the 6 moves rose, and with identical-halves moves the search
+   missed in 13 of the 200 (0.02-2.4 nats), with both kinds in 9 (0.02-1.1 nats), at 1.4x and 1.8x
+   the median fit time.
 
 On a subsample, a run that enters the quadratic basin of a maximum an earlier round reached stops there
 and counts as having reached it (:class:`KnownMaxima`): the last steps of most runs only confirm a

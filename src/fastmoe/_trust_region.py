@@ -177,8 +177,15 @@ class LargeQuadraticModel:
             rcond, info = dpocon(factor, self._norm, uplo="L")
             self.concave = bool(info == 0 and rcond > CONCAVE_EIGEN_FLOOR)
         self.factor = factor if self.concave else None
-        self.rising = None if self.concave else self._rising_direction()
+        self._rising = False  # not formed yet: most steps never need it
         self._newton = self._solve(self.scaled_grad)
+
+    @property
+    def rising(self):
+        """:meth:`_rising_direction`, formed on first use (None for a concave model)."""
+        if self._rising is False:
+            self._rising = None if self.concave else self._rising_direction()
+        return self._rising
 
     def _rising_direction(self):
         """A unit vector ``v`` with ``v.A.v < -CONCAVE_EIGEN_FLOOR ||A||_1``, or None where there is none.
