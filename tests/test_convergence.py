@@ -138,8 +138,9 @@ def test_large_model_leaves_a_saddle_along_its_rising_direction(rng, size):
     assert abs(p[0]) == pytest.approx(abs(exact[0][0]), rel=1e-6)  # either way along it
 
 
-def test_large_model_rising_direction_from_a_late_failing_column(rng):
-    # The factorisation fails only at the last column: the direction it gives must still rise.
+def test_large_model_rising_direction_of_a_dense_indefinite_model(rng):
+    # A dense matrix with one negative eigenvalue: the factorisation fails at whichever column its
+    # Schur complement turns, and the direction built from the columns before must still rise.
     A, g = _random_model(rng, 40, 1)
     model = LargeQuadraticModel(g, A)
     v = model.rising
