@@ -12,7 +12,7 @@ class FitWarning(RuntimeWarning):
 
 class SearchWarning(UserWarning):
     """Of several starts only one reached the maximum that was kept (a better one may exist), or some
-    diverged to a higher likelihood (no MLE exists)."""
+    diverged to a higher likelihood (the kept maximum is not the global one; the MLE may not exist)."""
 
 
 def _make_convergence_warning():
