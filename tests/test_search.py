@@ -321,3 +321,36 @@ def test_a_diverged_final_candidate_caps_no_finite_one(monkeypatch):
     assert len(finals) >= 2, "the exploration must leave two candidates for this test to mean anything"
     assert finals[1] is None  # no finite final was held when the second candidate ran
     assert result.converged and not result.diverged
+
+
+def test_a_start_diverging_above_the_answer_extends_the_search_once(hard_data, monkeypatch):
+    """A start that diverged above the best finite maximum proves that maximum is not the global one: the
+    starts and moves then run again with the same budget (once), the starts without the early stop.
+    Where nothing diverged above, the budget is the ceiling. (Budget shrunk to three rounds of four.)"""
+    import dataclasses
+
+    from fastmoe import _search
+
+    X, y, _ = hard_data
+    monkeypatch.setattr(_search, "SEARCH_ROW_BUDGET", 12 * X.shape[0])
+    budget = _search.SEARCH_N_INIT * _search.SEARCH_ROUNDS_MIN
+    real = _search.run_starts
+    calls = []
+
+    def first_start_diverges_above(problem, penalty, starts, **options):
+        runs = real(problem, penalty, starts, **options)
+        if not calls and forced:
+            runs[0] = dataclasses.replace(runs[0], objective=runs[0].objective + 1e3, diverged=True)
+        calls.append(len(starts))
+        return runs
+
+    monkeypatch.setattr(_search, "run_starts", first_start_diverges_above)
+    forced = False
+    plain = _fit(X, y, 3, random_state=0)
+    assert plain.starts.higher_diverged == 0 and plain.starts.objectives.size <= budget
+    calls.clear()
+    forced = True
+    extended = _fit(X, y, 3, random_state=0)
+    assert extended.starts.higher_diverged == 1
+    assert extended.starts.objectives.size == 2 * budget  # every start of the extension ran
+    assert not extended.diverged and extended.objective >= plain.objective - 1e-8 * abs(plain.objective)
