@@ -616,11 +616,18 @@ def summarise(store, problem, seeds):
         source = f"{cached['method']} seed {cached['seed']}"
     n_multi = sum(1 for r in records if r["method"] in MULTISTART_METHODS and r["seed"] >= MULTISTART_SEED0)
     above = (lambda value: best is not None and value > best + REACH_RTOL * abs(best))
-    # Evidence that the best finite maximum is not the supremum: a stored run, or a start inside a
-    # search on all the rows (a StartLog stored as a dict), that diverged above it.
-    diverged_above = sum(1 for r in records if r.get("diverged") and above(r["objective"])) + sum(
-        1 for r in records if isinstance(r.get("starts"), dict) and r["starts"].get("subsample") is None
-        for value, off in zip(r["starts"]["objectives"], r["starts"]["diverged"]) if off and above(value))
+    # Evidence that the best finite maximum is not the supremum: a stored run that diverged above it, or,
+    # for a search whose StartLog is stored (as a dict), one of its runs on all the rows that did: its
+    # starts (unless they explored a subsample) and its split-and-merge moves (the run's own answer is
+    # one of those, so the record itself is not counted again).
+    def runs_on_all_rows(r):
+        log = r.get("starts")
+        if not isinstance(log, dict):
+            return [(r["objective"], r.get("diverged"))]
+        starts = zip(log["objectives"], log["diverged"]) if log.get("subsample") is None else []
+        return [*starts, *zip(log.get("moves", []), log.get("moves_diverged", []))]
+
+    diverged_above = sum(1 for r in records for value, off in runs_on_all_rows(r) if off and above(value))
     rows = {}
     for r in records:
         method = METHODS.get(r["method"])
@@ -673,8 +680,8 @@ def report_markdown(store, problems, seeds, problem_set="table"):
                 extra[name] = s["spec"]
             label = (f"{problem.name}" if first else "")
             best_cell = (f"{best:.4f}" + (f"<br>({source}; multi-start {n_multi} runs)" if source else "")
-                         + (f"<br>{diverged_above} runs or starts diverged above it (no MLE found)" if diverged_above
-                            else "")) if first and best is not None else ""
+                         + (f"<br>{diverged_above} runs, starts or moves diverged above it (no MLE found)"
+                            if diverged_above else "")) if first and best is not None else ""
             first = False
             reach = f"{s['reached']}/{s['runs']}"
             div = str(s["diverged"]) + (f" ({s['diverged_above']} above best)" if s["diverged_above"] else "")
