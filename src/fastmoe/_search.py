@@ -28,8 +28,8 @@ maximum, 6169 nats short at d = 10, n = 1e5). The default search (``init="search
    against 0 of 48 k-means and 3 of 48 random starts; Newton-first moves cost a fifth of EM moves there
    (25 against 315 iterations) and reach it as often; on p6 (d = 10) three fifths of the time.
    Where a start diverged above the best finite maximum found, that maximum is proved not to be the
-   global one of the explored rows, and the starts (without the early stop) and moves run once more with the same budget
-   (``SEARCH_EXTENSIONS``). On the held-out truth h11 of issue 12's benchmark (d = 2, k = 3, K = 4,
+   global one of the explored rows, and the starts (without the early stop) and moves run once more
+   with the same budget (``SEARCH_EXTENSIONS``). On the held-out truth h11 of issue 12's benchmark (d = 2, k = 3, K = 4,
    n = 1e4), whose best maximum 5 of 10 seeds reached, 7 of 10 then did; where no MLE was found
    (diverged runs above every finite maximum: p1, p2, p5, p8, h2, h5, h9, h12) the best finite
    maximum was reached as often or more (p8: 8 -> 10 of 10). A search that runs the extension takes
