@@ -611,7 +611,10 @@ def _fmt_nats(value):
 
 
 def summarise(store, problem, seeds):
-    """Per method: (runs, reached, median shortfall, median time, diverged, ...) on the table's seeds."""
+    """``(best known, its source, multi-start runs, runs diverged above the best, per-method summary)``.
+
+    The per-method summary (runs, reached, median shortfall, median time, diverged, ...) covers the
+    table's seeds; the count of runs diverged above the best covers every stored run."""
     records = store.records(problem.name)
     cached = store.best_known(problem.name)
     best = max([r["objective"] for r in records if not r.get("diverged") and math.isfinite(r["objective"])]

@@ -311,8 +311,6 @@ def test_a_diverged_final_candidate_caps_no_finite_one(monkeypatch):
     issue 12's p5) must not become the ceiling of the finite candidates after it: those would stop as
     "below" it, and the best of them, unconverged, would be the answer (p5 seed 7 ended 0.85 nats short
     of its own candidate's maximum that way)."""
-    import dataclasses
-
     from fastmoe import _search
 
     X, y = fastmoe.sample(HARD, n=50_000, random_state=3)
