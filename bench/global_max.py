@@ -723,9 +723,11 @@ def report_markdown(store, problems, seeds, problem_set="table"):
               f"- Seeds {min(seeds)}..{max(seeds)} per method (oracle: 1 run); reach = non-diverged objective within "
               f"{REACH_RTOL:g} relative of the best known; shortfall over non-diverged runs; × oracle = median "
               "time over the oracle fit's (issue 12 asks at most 5 for `default` at n >= 1e5); warned = fits "
-              "whose search warned that its answer may not be the global maximum (`SearchWarning`: best reached "
-              "by one start only, or a start diverged above it), and in brackets how many of the non-diverged "
-              "runs that missed the best known did (blank where runs were stored without their start log).", ""]
+              "whose search warns that its answer may not be the global maximum (`SearchWarning`: best reached "
+              "by one start only, or a start diverged above it; recomputed from the stored start log), and in "
+              "brackets x/y: x of the y non-diverged runs that missed the best known warned (blank where a "
+              "start log is not stored as a dict: oracle and single-start fits, runs from before logs were "
+              "stored).", ""]
     for name, spec in sorted(extra.items()):
         lines.append(f"- `{name}`: `fastmoe.fit(**{json.dumps((spec or {}).get('kwargs'))})`")
     if extra:
