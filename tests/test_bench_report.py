@@ -6,6 +6,7 @@ logs make ``fastmoe.fit`` warn (``StartLog.message``).
 
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -21,12 +22,8 @@ def _log(objectives, diverged=None):
     objectives = np.array(objectives, dtype=float)
     diverged = np.zeros(objectives.size, bool) if diverged is None else np.array(diverged)
     best = int(np.argmax(np.where(diverged, -np.inf, objectives)))
-    return StartLog.of([_Run(o, d) for o, d in zip(objectives, diverged)], best, subsample=None).to_dict()
-
-
-class _Run:
-    def __init__(self, objective, diverged):
-        self.objective, self.diverged = float(objective), bool(diverged)
+    runs = [SimpleNamespace(objective=float(o), diverged=bool(d)) for o, d in zip(objectives, diverged)]
+    return StartLog.of(runs, best, subsample=None).to_dict()
 
 
 def _record(seed, objective, starts, method="default", diverged=False, converged=True):
