@@ -2,6 +2,7 @@
 
 import dataclasses
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -69,8 +70,8 @@ def test_start_log_counts_and_warns():
     assert "no MLE exists" not in mixed.message() and "may not exist" in mixed.message()
     # A split-and-merge move on all the data that rose above the diverged start found the answer: the
     # starts' divergence says nothing against it (issue 12's held-out h11, seed 5).
-    moved = mixed.with_moves([type("Run", (), {"objective": -8.5, "diverged": False})(),
-                              type("Run", (), {"objective": -5.0, "diverged": True})()])
+    moved = mixed.with_moves([SimpleNamespace(objective=-8.5, diverged=False),
+                              SimpleNamespace(objective=-5.0, diverged=True)])
     assert moved.kept_objective == -8.5 and moved.higher_diverged == 0 and moved.message() is None
     # On an exploration subsample the moves ran on other rows, so they are not compared; the warning
     # says the evidence is the subsample's.
