@@ -667,7 +667,7 @@ def summarise(store, problem, seeds):
 def _warned(record):
     """Whether the stored fit warned that its answer may not be the global maximum (its StartLog's
     SearchWarning; a fit that did not converge warns otherwise and is not counted)."""
-    return bool(record.get("converged")) and StartLog.from_dict(record["starts"]).message() is not None
+    return StartLog.from_dict(record["starts"]).search_warning(bool(record.get("converged"))) is not None
 
 
 def _method_order(names):

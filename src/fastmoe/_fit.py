@@ -361,10 +361,9 @@ def fit(
                               active_bounds=active_bounds)
     if monitor.reason not in ("converged", "callback"):
         warnings.warn(f"fastmoe.fit: {message}", exceptions.ConvergenceWarning, stacklevel=2)
-    # A fit stopped before converging already warns; the starts then agree on nothing, so saying so too
-    # would only repeat it.
-    if starts is not None and monitor.converged and starts.message() is not None:
-        warnings.warn(f"fastmoe.fit: {starts.message()}", SearchWarning, stacklevel=2)
+    search_warning = None if starts is None else starts.search_warning(monitor.converged)
+    if search_warning is not None:
+        warnings.warn(f"fastmoe.fit: {search_warning}", SearchWarning, stacklevel=2)
     return FitResult(
         params=params,
         loglik=float(best.loglik),

@@ -363,3 +363,11 @@ class StartLog:
                 "exist (the likelihood climbs without a maximum along those starts' directions). "
                 "A ridge (l2 > 0) or bounds on every slope make the problem well posed")
         return "; ".join(parts) or None
+
+    def search_warning(self, converged):
+        """The text of the SearchWarning a fit gives, or None.
+
+        A fit stopped before converging already warns of that; its starts then agree on nothing, so
+        saying so too would only repeat it (``converged``: whether the kept run converged).
+        """
+        return self.message() if converged else None
