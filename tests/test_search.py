@@ -239,9 +239,11 @@ def test_split_merge_start_has_the_likelihood_of_the_fit_without_the_dropped_exp
 
 
 def test_split_merge_moves_reach_the_over_fitted_maximum_the_exploration_missed(monkeypatch):
-    """A job of ``over-fit-bounded-search`` (k = 3 experts for a 2-expert truth, box 10) where the search's
-    exploration ends 0.71 nats below the maximum a start near the truth reaches: one of the six moves
-    from its answer (drop one expert, split another) reaches that maximum on all the data."""
+    """A job of ``over-fit-bounded-search`` (k = 3 experts for a 2-expert truth, box 10) where a search of
+    one start ends its exploration 0.71 nats below the maximum a start near the truth reaches: one of
+    the six moves from its answer (drop one expert, split another) reaches that maximum on all the data.
+    (The default ten starts reach it without moves since a run that EM calls settled is certified by
+    Newton steps or goes on.)"""
     from fastmoe import _search
     from fastmoe.experiments import get_preset
     from fastmoe.experiments.starts import init_near_truth
@@ -260,9 +262,9 @@ def test_split_merge_moves_reach_the_over_fitted_maximum_the_exploration_missed(
                                bounds=options.bounds, n_threads=2, **extra)
 
     oracle = fit(start)
-    searched = fit("search", random_state=study.streams(n, replication)["fit"])  # the job's own stream
+    searched = fit("search", n_init=1, random_state=0)
     monkeypatch.setattr(_search, "SPLIT_MERGE_ROW_BUDGET", 0)
-    explored = fit("search", random_state=study.streams(n, replication)["fit"])
+    explored = fit("search", n_init=1, random_state=0)
     assert explored.starts.moves.size == 0
     assert explored.objective < oracle.objective - 0.5  # so the moves have something to find
     assert searched.starts.moves.size % 6 == 0 and searched.starts.moves.size >= 6

@@ -551,7 +551,19 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
         if monitor.record(W, V, objective, change):
             break
         if monitor.em_settled(change, previous_change, objective):
-            monitor.stop("converged")
+            if newton:
+                # EM's own verdict rests on two changes and can be fooled along a flat ridge, where EM
+                # steps are small whatever is left (a warm start 0.49 nats below a maximum settled in
+                # two EM iterations): the Newton finish certifies the point or goes on from it.
+                W, V, objective, n_steps = newton_finish(problem, W, V, objective, penalty, monitor,
+                                                         allow_indefinite=True, ceiling=ceiling)
+                if n_steps:
+                    result = pass_after_newton(problem, W, V, monitor)
+                    if not monitor.stopped:
+                        next_newton, retry = monitor.n_iter + NEWTON_RETRY, NEWTON_RETRY
+                        change = np.inf
+                        continue
+            monitor.stop("converged")  # where Newton steps gain nothing either, EM's verdict stands
             break
         if gauge.diverging(W, V, result.expert_weight, monitor.n_iter):
             # Slopes that grew for a long time may still be heading for a finite maximum with large
