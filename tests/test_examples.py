@@ -1,6 +1,7 @@
 """The example scripts run: a smoke run of each on small settings (their full runs write the docs pages)."""
 
 import importlib.util
+import json
 import pathlib
 
 import pytest
@@ -37,6 +38,24 @@ def test_interval_coverage_writes_rows_and_resumes(tmp_path):
     assert len(out.read_text().splitlines()) == len(lines)
     table, summary = coverage.coverage_table(out, 0.95)
     assert set(summary) == set(coverage.INTERVALS) and "| wald |" in table
+
+
+def test_continue_stored_fits_finds_nothing_left_and_resumes(tmp_path, capsys):
+    # Fits of this fastmoe stop at their maxima: continued from their answers none rises beyond the
+    # tolerance (0.2.0's stops on curved ridges did: docs/results.md, "Large n").
+    from fastmoe.experiments import get_preset, run_experiment
+
+    check = _load("continue_stored_fits")
+    exp = get_preset("vanishing-standard-spread").with_grid(sample_sizes=[5000, 9700], n_replications=2)
+    run_experiment(exp, tmp_path / "run", scheduler="synchronous", progress=False)
+    out = tmp_path / "checks.jsonl"
+    assert check.main([str(tmp_path / "run"), "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["n"], r["replication"]) for r in records) == [(5000, 0), (5000, 1), (9700, 0), (9700, 1)]
+    assert all(r["converged"] and r["gain"] <= r["tolerance"] for r in records)
+    assert "4 fits continued; 0 rose beyond the tolerance" in capsys.readouterr().out
+    check.main([str(tmp_path / "run"), "--out", str(out)])  # nothing left to do
+    assert len(out.read_text().splitlines()) == 4
 
 
 def test_dendrogram_accuracy_writes_rows_and_resumes(tmp_path):
