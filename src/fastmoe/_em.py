@@ -269,8 +269,9 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
     when the full Newton step from the certified point gains less than half of its decrement
     (:func:`certifying_step_holds`) or the chord steps after it stall above the gradient's floor; the
     model then describes a bend of a curved ridge, not its top (measured on an over-fitted model at
-    n = 1e6: certified 0.49 nats below the maximum that the steps reach when they go on). It gives up, leaving the parameters where its last accepted step put
-    them, when no trial gains: the caller then goes back to EM.
+    n = 1e6: certified 0.49 nats below the maximum that the steps reach when they go on). It gives
+    up, leaving the parameters where its last accepted step put them, when no trial gains: the caller
+    then goes back to EM.
 
     In a box the model is restricted to the coordinates that their bound does not hold (``Penalty.binding``:
     on the bound with the gradient pointing out), every trial is projected into the box, and the gain
@@ -298,7 +299,9 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
     exact_model = None  # the last exact Hessian's model, while chord steps may reuse it
     point_grad = None  # the log-likelihood's gradient at (W, V), when the pass that accepted it gave one
     certified = False  # converged by the decrements: only chord steps to the gradient's floor are left
-    doubted = False  # a certifying step fell short of its model: no certificate before a trust-region step
+    # A certificate was withdrawn (its full step fell short of its model, or the chord steps after it
+    # stalled): no certificate before a trust-region step has been taken.
+    doubted = False
     while monitor.iterations_left > 0 and (max_steps is None or n_steps < max_steps):
         theta = free_vector(W, V)
         chord = exact_model is not None and point_grad is not None
@@ -353,8 +356,10 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
                 monitor.certify()
                 return W, V, objective, n_steps
             if certified:
-                # Near a maximum chord steps from a certified point collapse to the gradient's floor;
-                # stalling far above it, they show the model that certified does not hold there.
+                # Near a maximum where the Hessian is well conditioned, chord steps from a certified
+                # point collapse to the gradient's floor; stalling far above it, they show the model
+                # that certified does not hold there. (On a quartic ridge they stall too, and the
+                # steps go on until the decrement is negligible: a few more exact Hessians.)
                 certified, doubted = False, True
             exact_model = point_grad = None  # the kept Hessian converges too slowly from here: a new one
             continue
@@ -366,7 +371,8 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
             # Certified: the full Newton step, then chord steps down to the gradient's floor (a few
             # gradient passes), so that the answer does not depend on where in the tolerance it was
             # certified (a warm start from it stops at once, at the same parameters).
-            W_try, V_try, objective_try, _, grad_try = evaluate(model.step(np.inf)[0], 0.0)
+            # In a box the step is projected, and its prediction is the projected step's.
+            W_try, V_try, objective_try, predicted, grad_try = evaluate(model.step(np.inf)[0], decrement)
             point_grad = None
             gain = objective_try - objective
             if gain > 0.0:
@@ -374,7 +380,7 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
                 W, V, objective, point_grad = W_try, V_try, objective_try, grad_try
                 if monitor.record(W, V, objective, gain, newton=True):
                     return W, V, objective, n_steps
-            if certifying_step_holds(gain, decrement, problem.slack(objective)):
+            if certifying_step_holds(gain, predicted, problem.slack(objective)):
                 if exact_model is None or point_grad is None:
                     monitor.certify()
                     return W, V, objective, n_steps

@@ -79,7 +79,7 @@ def newton_settled(decrements, threshold):
     convergence shows as decrements that collapse from step to step, so the last decrement ``d`` is
     extrapolated like a linearly converging sequence, ``d / (1 - r)``, with ``r`` the larger of the
     last two ratios of successive decrements: three decrements at concave points are needed, unless
-    the last is negligible on its own.
+    the last is negligible on its own, and none is read from decrements that slow down (:func:`gain_left`).
     """
     d = decrements[-1]
     if d <= NEGLIGIBLE_DECREMENT * threshold:
