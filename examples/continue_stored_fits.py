@@ -31,9 +31,10 @@ import warnings
 
 import numpy as np
 
-from fastmoe import MoEParams, fit, loglik, sample
+from fastmoe import MoEParams, fit, loglik
 from fastmoe.experiments import ResultStore
 from fastmoe.experiments.definition import Experiment
+from fastmoe.experiments.job import job_data
 from fastmoe.experiments.scoring import score
 from fastmoe.experiments.store import read_csv
 
@@ -54,10 +55,7 @@ def load(source):
 def continue_fit(experiment, row, metrics, tol=None):
     """Fit the job of ``row`` again from its stored parameters; the record of what changed."""
     n, replication = int(row["n"]), int(row["replication"])
-    truth = experiment.truth_at(n)
-    streams = experiment.streams(n, replication)
-    X = experiment.x_law.sample(streams["x"], n, truth.n_inputs)
-    X, y = sample(truth, X=X, random_state=streams["y"])
+    truth, _, X, y = job_data(experiment, n, replication)
     params = row["params"] if isinstance(row["params"], dict) else json.loads(row["params"])
     stored = MoEParams.from_dict(params)
     data_error = float(loglik(stored, X, y)) - float(row["loglik"])

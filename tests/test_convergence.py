@@ -10,6 +10,7 @@ import fastmoe
 from fastmoe._monitor import STOP_REASONS, ConvergenceMonitor, em_settled, gain_left, newton_settled
 from fastmoe._trust_region import LargeQuadraticModel, QuadraticModel
 from fastmoe.experiments import get_preset
+from fastmoe.experiments.job import job_data
 from fastmoe.experiments.starts import init_near_truth
 
 
@@ -234,10 +235,7 @@ def test_plain_em_stops_where_the_reference_em_with_aitken_stops(rng, well_separ
 def _vanishing_job(preset, n, replication):
     """Data, start and fit options of one job of a vanishing-expert preset (a split vanishing expert)."""
     exp = get_preset(preset)
-    truth = exp.truth_at(n)
-    streams = exp.streams(n, replication)
-    X = exp.x_law.sample(streams["x"], n, truth.n_features)
-    X, y = fastmoe.sample(truth, X=X, random_state=streams["y"])
+    truth, streams, X, y = job_data(exp, n, replication)
     o = exp.fit
     init = init_near_truth(truth, exp.n_experts, streams["init"], o.init_scale, o.split_cells, o.split_spread)
     return X, y, init, truth.gating, o

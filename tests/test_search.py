@@ -246,13 +246,13 @@ def test_split_merge_moves_reach_the_over_fitted_maximum_the_exploration_missed(
     Newton steps or goes on.)"""
     from fastmoe import _search
     from fastmoe.experiments import get_preset
+    from fastmoe.experiments.job import job_data
     from fastmoe.experiments.starts import init_near_truth
 
     study = get_preset("over-fit-bounded-search")
     n, replication = 13_600, 1
-    truth, streams, options = study.truth_at(n), study.streams(n, replication), study.fit
-    X = study.x_law.sample(streams["x"], n, truth.n_inputs)
-    X, y = fastmoe.sample(truth, X=X, random_state=streams["y"])
+    truth, streams, X, y = job_data(study, n, replication)
+    options = study.fit
     start = init_near_truth(truth, 3, streams["init"], options.init_scale, options.split_cells, options.split_spread)
 
     def fit(init, **extra):

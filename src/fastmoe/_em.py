@@ -467,14 +467,22 @@ def chord_accepts(gain, ratio, predicted, slack):
     return bool(gain > slack and ratio > 0.25)
 
 
-def pass_after_newton(problem: Problem, W, V, monitor: ConvergenceMonitor) -> PassResult:
-    """The fused pass where Newton steps left the run: with its block Hessians when EM goes on from there;
-    when the run stops, only what its end needs (log-likelihood, experts' weights), by the cheaper
-    gradient pass."""
-    if not monitor.stopped:
-        return problem.newton_pass(W, V)
-    loglik, _, weight = problem.gradient_pass(W, V)
-    return PassResult(loglik, weight, None, None, None, None)
+def newton_phase(problem: Problem, W, V, objective, result: PassResult, penalty: Penalty,
+                 monitor: ConvergenceMonitor, **options):
+    """:func:`newton_finish` from inside the EM loop; returns ``(W, V, objective, n_steps, result)``.
+
+    Where Newton steps moved the run, ``result`` becomes the fused pass at the point they left: with
+    its block Hessians when EM goes on from there; when the run stops, only what its end needs
+    (log-likelihood, experts' weights), by the cheaper gradient pass.
+    """
+    W, V, objective, n_steps = newton_finish(problem, W, V, objective, penalty, monitor, **options)
+    if n_steps:
+        if not monitor.stopped:
+            result = problem.newton_pass(W, V)
+        else:
+            loglik, _, weight = problem.gradient_pass(W, V)
+            result = PassResult(loglik, weight, None, None, None, None)
+    return W, V, objective, n_steps, result
 
 
 def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor, newton=True,
@@ -516,10 +524,9 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
     next_newton, retry = NEWTON_MIN_EM_ITER, NEWTON_RETRY
     change = np.inf
     if newton_first and monitor.iterations_left > 0:
-        W, V, objective, n_steps = newton_finish(problem, W, V, objective, penalty, monitor, allow_indefinite=True,
-                                                 max_steps=NEWTON_FIRST_STEPS, joins=joins, ceiling=ceiling)
-        if n_steps:
-            result = pass_after_newton(problem, W, V, monitor)
+        W, V, objective, _, result = newton_phase(problem, W, V, objective, result, penalty, monitor,
+                                                  allow_indefinite=True, max_steps=NEWTON_FIRST_STEPS, joins=joins,
+                                                  ceiling=ceiling)
         next_newton = monitor.n_iter + retry
 
     while monitor.iterations_left > 0 and not monitor.stopped:
@@ -561,35 +568,29 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
                 # EM's own verdict rests on two changes and can be fooled along a flat ridge, where EM
                 # steps are small whatever is left (a warm start 0.49 nats below a maximum settled in
                 # two EM iterations): the Newton finish certifies the point or goes on from it.
-                W, V, objective, n_steps = newton_finish(problem, W, V, objective, penalty, monitor,
-                                                         allow_indefinite=True, ceiling=ceiling)
-                if n_steps:
-                    result = pass_after_newton(problem, W, V, monitor)
-                    if not monitor.stopped:
-                        next_newton, retry = monitor.n_iter + NEWTON_RETRY, NEWTON_RETRY
-                        change = np.inf
-                        continue
+                W, V, objective, n_steps, result = newton_phase(problem, W, V, objective, result, penalty,
+                                                                monitor, allow_indefinite=True, ceiling=ceiling)
+                if n_steps and not monitor.stopped:
+                    next_newton, retry = monitor.n_iter + NEWTON_RETRY, NEWTON_RETRY
+                    change = np.inf
+                    continue
             monitor.stop("converged")  # where Newton steps gain nothing either, EM's verdict stands
             break
         if gauge.diverging(W, V, result.expert_weight, monitor.n_iter):
             # Slopes that grew for a long time may still be heading for a finite maximum with large
             # coefficients: Newton steps certify one if it is there, before the run is called diverging.
             if newton:
-                W, V, objective, n_steps = newton_finish(problem, W, V, objective, penalty, monitor,
-                                                         allow_indefinite=False)
-                if n_steps:
-                    result = pass_after_newton(problem, W, V, monitor)
+                W, V, objective, _, result = newton_phase(problem, W, V, objective, result, penalty, monitor,
+                                                          allow_indefinite=False)
                 if monitor.certified:
                     break
             monitor.stop("diverging")
             break
         if newton and monitor.n_iter >= next_newton and abs(change) <= NEWTON_SWITCH * abs(objective):
-            W, V, objective, n_steps = newton_finish(
-                problem, W, V, objective, penalty, monitor,
+            W, V, objective, n_steps, result = newton_phase(
+                problem, W, V, objective, result, penalty, monitor,
                 allow_indefinite=abs(change) <= NEWTON_INDEFINITE_SWITCH * abs(objective), ceiling=ceiling,
             )
-            if n_steps:
-                result = pass_after_newton(problem, W, V, monitor)
             if monitor.stopped:
                 break
             retry = NEWTON_RETRY if n_steps else 2 * retry

@@ -126,11 +126,18 @@ def run_job(experiment: Experiment, n: int, replication: int, n_threads: int = 1
     return record
 
 
-def _fit_and_score(experiment: Experiment, n: int, replication: int, n_threads: int) -> dict:
+def job_data(experiment: Experiment, n: int, replication: int):
+    """``(truth, streams, X, y)`` of one job, drawn from the study's seeds: the data its fit sees, the
+    same on every machine and in every later check of a stored fit."""
     truth = experiment.truth_at(n)
     streams = experiment.streams(n, replication)
     X = experiment.x_law.sample(streams["x"], n, truth.n_inputs)  # every column; the truth selects its own
     X, y = sample(truth, X=X, random_state=streams["y"])
+    return truth, streams, X, y
+
+
+def _fit_and_score(experiment: Experiment, n: int, replication: int, n_threads: int) -> dict:
+    truth, streams, X, y = job_data(experiment, n, replication)
     opts = experiment.fit
 
     def near_truth():
