@@ -1,6 +1,9 @@
 """When the fit stops: the trust-region subproblem, Aitken's remainder, and the maximum reached near a
 degenerate truth (checked by an independent optimiser on the NumPy reference log-likelihood)."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import reference_numpy as ref
@@ -12,6 +15,8 @@ from fastmoe._trust_region import LargeQuadraticModel, QuadraticModel
 from fastmoe.experiments import get_preset
 from fastmoe.experiments.job import job_data
 from fastmoe.experiments.starts import init_near_truth
+
+DATA = Path(__file__).parent / "data"
 
 
 def _random_model(rng, p, n_negative, hard=False):
@@ -295,6 +300,31 @@ def test_a_warm_start_on_a_ridge_goes_on_to_the_maximum():
     warm = fit(part.params)
     assert warm.converged
     assert warm.objective >= full.objective - o.tol * abs(full.objective)
+
+
+def test_a_point_certified_on_a_ridge_bend_is_left_for_the_maximum():
+    # Where fastmoe 0.2.0 certified a large-n fit (tests/data/ridge-certificate): decrements within the
+    # tolerance, but the full Newton step from there loses (its model describes a bend of the ridge,
+    # not its top). A warm start must not certify it again: the steps go on, and rise by about half a
+    # nat, 50 times the tolerance (certifying it, as 0.2.0 did, gains 0.005 nats).
+    from fastmoe.experiments.paper import load_paper
+
+    stored = json.loads((DATA / "ridge-certificate" / "start.json").read_text())
+    experiment = load_paper().studies["vanishing-standard-spread-1e7"].experiment
+    truth, _, X, y = job_data(experiment, 1_000_000, 3)
+    o = experiment.fit
+
+    def penalised(params):  # the study's objective: the log-likelihood less the ridge on the slopes
+        W, V = params.packed()
+        return fastmoe.loglik(params, X, y) - 0.5 * o.l2 * (np.sum(W[:, 1:] ** 2) + np.sum(V[:, :, 1:] ** 2))
+
+    start = fastmoe.MoEParams.from_dict(stored["params"])
+    assert penalised(start) == pytest.approx(stored["objective"], rel=1e-12)  # the job's data came back
+    result = fastmoe.fit(X, y, experiment.n_experts, gating=truth.gating, init=start, l2=o.l2, tol=o.tol,
+                         max_iter=o.max_iter)
+    assert result.converged and not result.diverged
+    assert result.objective == pytest.approx(penalised(result.params), rel=1e-12)
+    assert result.objective - stored["objective"] > 0.4
 
 
 def _intercept_mask(W, V):
