@@ -2,6 +2,7 @@
 computation, the unconstrained maximum inside a loose box, separable data, a brute-force optimiser, thread
 invariance, the report and the API's checks."""
 
+import itertools
 import warnings
 
 import numpy as np
@@ -81,13 +82,21 @@ def test_the_history_never_decreases_in_a_box(rng):
 
 
 def test_a_loose_box_gives_the_unconstrained_maximum(rng):
-    X, y = _data(rng)
+    # Only where the maximum exists: at n = 600 and 2000 some starts of the default search climb past the
+    # best finite maximum along a separating direction (the search warns: no MLE), and a box holds them.
+    X, y = _data(rng, n=5000)
     free = fastmoe.fit(X, y, 2, tol=1e-12, random_state=0)
     limit = 2.0 * np.abs(free.params.free_vector()).max() + 1.0
     boxed = fastmoe.fit(X, y, 2, bounds=limit, tol=1e-12, random_state=0)
     assert boxed.active_bounds == () and "bound" not in boxed.message
     assert boxed.objective == pytest.approx(free.objective, rel=1e-10)
-    np.testing.assert_allclose(boxed.params.free_vector(), free.params.free_vector(), rtol=1e-5, atol=1e-6)
+    # The same maximum, whatever the order of the experts: gating probabilities and experts agree under
+    # one relabelling.
+    gate_boxed, gate_free = fastmoe.gate_proba(boxed.params, X), fastmoe.gate_proba(free.params, X)
+    assert any(np.allclose(gate_boxed[:, perm], gate_free, atol=1e-6)
+               and np.allclose(boxed.params.a[perm], free.params.a, rtol=1e-5, atol=1e-6)
+               and np.allclose(boxed.params.b[perm], free.params.b, rtol=1e-5, atol=1e-6)
+               for perm in map(list, itertools.permutations(range(2))))
 
 
 def test_separable_data_converge_at_the_bound_instead_of_diverging(rng):
@@ -156,7 +165,7 @@ def test_thread_count_does_not_change_a_bounded_fit(rng, init):
 
 
 def test_group_bounds_hold_only_their_group(rng):
-    X, y = _data(rng)
+    X, y = _data(rng, n=5000)  # at n = 600 the free gating can climb along a separating direction
     result = fastmoe.fit(X, y, 2, bounds=Bounds(expert_slope=0.5), random_state=0)
     p = result.params.normalized()
     assert np.abs(p.a).max() == pytest.approx(0.5)

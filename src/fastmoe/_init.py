@@ -26,10 +26,13 @@ INIT_METHODS = ("kmeans", "random")
 
 # Starts are fitted on at most this many samples, with this softening of hard labels, under this ridge
 # (a cluster in which some class never occurs would otherwise send its intercept to -inf), with at
-# most this many Newton M-steps.
+# most this many Newton M-steps. The ridge is stated in standardised units (slope times its column's
+# standard deviation, :func:`start_penalty`), so that the starts, and so the search's answer, do not
+# depend on the units of the inputs; 3.0 there is the 1.0 on raw slopes that the search was tuned
+# with on inputs uniform on [-1, 1] (variance 1/3).
 INIT_SUBSAMPLE = 20_000
 INIT_LABEL_SMOOTHING = 0.1
-INIT_L2 = 1.0
+INIT_L2 = 3.0
 INIT_NEWTON_ITER = 25
 # Relocation: the new expert's half-space holds a share in RELOCATE_SHARE of the rows, and its gating
 # rises across the boundary by RELOCATE_SHARPNESS (in units of the projections' spread).
@@ -40,12 +43,20 @@ RELOCATE_SHARPNESS = (2.0, 6.0)
 SPLIT_SPREAD = 0.3
 
 
+def start_penalty(problem: Problem, part: Problem):
+    """The starts' ridge ``INIT_L2`` for a fit on ``part`` (a subset of ``problem``'s rows), in the
+    standardised units of ``problem``'s whole data (see ``Penalty``'s ``slope_scales``)."""
+    return Penalty(INIT_L2, part, slope_scales=problem.column_scales)
+
+
 def _kmeans_labels(Z, k, rng, weights=None, n_lloyd=20):
-    """Hard labels from weighted k-means (k-means++ seeding, a few Lloyd iterations) on the gating inputs.
+    """Hard labels from weighted k-means (k-means++ seeding, a few Lloyd iterations) on the gating inputs,
+    standardised (a column's units must not decide the partition).
 
     With integer weights this is k-means on the repeated rows, so a weighted fit starts where the
     fit of the expanded data would.
     """
+    Z = Z / column_scale(Z)
     n = Z.shape[0]
     w = np.ones(n) if weights is None or weights.size == 0 else weights
     centers = np.empty((k, Z.shape[1]))
@@ -104,7 +115,7 @@ def initial_parameters(problem: Problem, method, rng):
     )
     resp = np.full((sub.n_samples, k), INIT_LABEL_SMOOTHING / k)
     resp[np.arange(sub.n_samples), labels] += 1.0 - INIT_LABEL_SMOOTHING
-    return m_step_from_responsibilities(sub, resp, Penalty(INIT_L2, sub), INIT_NEWTON_ITER)
+    return m_step_from_responsibilities(sub, resp, start_penalty(problem, sub), INIT_NEWTON_ITER)
 
 
 def relocated_parameters(problem: Problem, W, V, rng):
@@ -135,7 +146,8 @@ def relocated_parameters(problem: Problem, W, V, rng):
     threshold = np.quantile(projection, 1.0 - rng.uniform(*RELOCATE_SHARE))
     rows = np.flatnonzero(projection >= threshold)
     inside = problem.subset(rows, n_experts=1)
-    _, V_new = m_step_from_responsibilities(inside, np.ones((rows.size, 1)), Penalty(INIT_L2, inside), INIT_NEWTON_ITER)
+    _, V_new = m_step_from_responsibilities(inside, np.ones((rows.size, 1)), start_penalty(problem, inside),
+                                            INIT_NEWTON_ITER)
     spread = float(projection.std())
     sharpness = rng.uniform(*RELOCATE_SHARPNESS) / (spread if spread > 0.0 else 1.0)
     W_new = np.empty((1, W.shape[1]))

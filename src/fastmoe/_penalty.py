@@ -29,11 +29,18 @@ class Penalty:
         Gives the shapes (experts, classes, features, gating features).
     bounds : Bounds or None
         The box on the free parameters; None for none.
+    slope_scales : (ndarray, ndarray) or None
+        ``(gating, expert)`` scales of the design columns (``Problem.column_scales``): the ridge is then
+        stated in standardised units, ``l2 / 2 * sum_j (slope_j * scale_j)^2``, and a fit of ``X * c``
+        gets the same ridge as a fit of ``X``. Used by the starts (``_init``), whose ridge is an
+        internal device that must not depend on the units of the inputs; None (a fit's own ``l2``)
+        penalises the slopes as they are.
 
     Attributes
     ----------
     gate_mask, expert_mask : ndarray
-        1.0 where a free parameter of the gating block, or of one expert's block, is a slope.
+        The ridge's weight on each free parameter of the gating block, or of one expert's block: 0.0 on
+        an intercept, 1.0 on a slope (its column's scale squared with ``slope_scales``).
     mask : ndarray of shape (n_free_params,)
         The same over the whole free vector (:func:`fastmoe.params.free_vector` order).
     bounds : Bounds or None
@@ -43,12 +50,20 @@ class Penalty:
         The same over the free vector.
     """
 
-    def __init__(self, l2, problem, bounds=None):
+    def __init__(self, l2, problem, bounds=None, slope_scales=None):
         self.l2 = float(l2)
         self.n_experts = problem.n_experts
         self.gate_mask, self.expert_mask = slope_masks(
             problem.n_experts, problem.n_classes, problem.n_features, problem.n_gate_features
         )
+        # The weights of the packed slope columns W[:, 1:] and V[:, :, 1:] (exactly 1.0 without scales,
+        # so that a fit's own ridge is summed as it always was).
+        self._gate_weight = np.ones(problem.n_gate_features)
+        self._expert_weight = np.ones(problem.n_features)
+        if slope_scales is not None:
+            self._gate_weight, self._expert_weight = (np.asarray(scale, dtype=float) ** 2 for scale in slope_scales)
+            self.gate_mask = self.gate_mask * np.tile(np.r_[0.0, self._gate_weight], problem.n_experts - 1)
+            self.expert_mask = self.expert_mask * np.tile(np.r_[0.0, self._expert_weight], problem.n_classes - 1)
         self.mask = np.concatenate([self.gate_mask, np.tile(self.expert_mask, problem.n_experts)])
         self.bounds = bounds
         if bounds is None:
@@ -62,8 +77,8 @@ class Penalty:
         """The penalty of each M-step block: ``[gating, expert 1, ..., expert k]``."""
         out = np.zeros(self.n_experts + 1)
         if self.l2 > 0.0:
-            out[0] = 0.5 * self.l2 * np.sum(W[:, 1:] ** 2)
-            out[1:] = 0.5 * self.l2 * np.sum(V[:, :, 1:] ** 2, axis=(1, 2))
+            out[0] = 0.5 * self.l2 * np.sum(W[:, 1:] ** 2 * self._gate_weight)
+            out[1:] = 0.5 * self.l2 * np.sum(V[:, :, 1:] ** 2 * self._expert_weight, axis=(1, 2))
         return out
 
     def total(self, W, V):
