@@ -314,3 +314,40 @@ def test_callable_gating(rng):
     result = fastmoe.fit(X, y, 2, init=truth, tol=1e-9, max_iter=3000)
     assert result.params.gating is cube_root
     assert result.loglik >= fastmoe.loglik(truth, X, y)
+
+
+def test_a_fit_in_its_own_units_speaks_the_callers():
+    """Inputs offset by 1e4 and scaled by 1e-5 are fitted centred and scaled (``_units``): the
+    callback, a warm start and the ridge must still be in the caller's units."""
+    draw = np.random.default_rng(0)  # a truth whose maximum exists at this n (as in tests/test_search.py)
+    truth = fastmoe.MoEParams(beta0=[0.3, 0.0], beta1=[[2.0, -1.0], [0.0, 0.0]], a=draw.normal(0.0, 2.0, (2, 3, 2)),
+                              b=draw.normal(0.0, 1.0, (2, 3)))
+    X, y = fastmoe.sample(truth, n=3000, random_state=1)
+    scale, shift = np.array([1e-5, 1.0]), np.array([0.0, 1e4])
+    X_other = X * scale + shift
+    t = truth.normalized()
+    a, beta1 = t.a / scale, t.beta1 / scale
+    start = fastmoe.MoEParams(beta0=t.beta0 - beta1 @ shift, beta1=beta1, a=a, b=t.b - a @ shift)  # truth, other units
+    seen = []
+
+    def record(n_iter, loglik, params):
+        seen.append((loglik, params))
+
+    result = fastmoe.fit(X_other, y, 2, init=start, tol=1e-10, callback=record)
+    # The callback's parameters give the callback's log-likelihood on the caller's inputs.
+    loglik, params = seen[-1]
+    assert loglik == pytest.approx(fastmoe.loglik(params, X_other, y), rel=1e-10)
+    assert result.loglik == pytest.approx(fastmoe.loglik(result.params, X_other, y), rel=1e-10)
+    # The same fit as on X, in the caller's units: slopes / scale, intercepts moved by the shift.
+    plain = fastmoe.fit(X, y, 2, init=truth.normalized(), tol=1e-10)
+    assert result.objective == pytest.approx(plain.objective, rel=1e-10)
+    np.testing.assert_allclose(result.params.a * scale, plain.params.a, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result.params.b + result.params.a @ shift, plain.params.b, rtol=1e-4, atol=1e-5)
+    # A warm start from the answer, given in the caller's units, stays there.
+    warm = fastmoe.fit(X_other, y, 2, init=result.params, tol=1e-10)
+    assert warm.objective == pytest.approx(result.objective, rel=1e-12)
+    # A ridge on the caller's slopes: l2 on X * s is l2 / s^2 on X (s the same for every column).
+    tiny = X * 1e-4
+    ridged = fastmoe.fit(tiny, y, 2, init=truth.normalized(), l2=1e-8, tol=1e-10)
+    assert ridged.objective == pytest.approx(fastmoe.fit(X, y, 2, init=truth.normalized(), l2=1.0, tol=1e-10).objective,
+                                             rel=1e-9)

@@ -112,24 +112,28 @@ def test_search_is_independent_of_the_thread_count(hard_data):
         assert other.loglik == fits[0].loglik and other.n_iter == fits[0].n_iter
 
 
-@pytest.mark.parametrize("units", [1e-6, 1e4, (1e3, 1e-3)], ids=["micro", "large", "mixed"])
+@pytest.mark.parametrize("scale, shift", [(1e-6, 0.0), (1e4, 0.0), ((1e3, 1e-3), 0.0), (1e-15, 0.0), (1.0, 1e3),
+                                          ((1e-20, 1.0), (0.0, -1e6))],
+                         ids=["micro", "large", "mixed", "extreme", "offset", "both"])
 @pytest.mark.parametrize("strategy", [{"init": "kmeans", "n_init": 1}, {"init": "random", "n_init": 1}, {}],
                          ids=["kmeans", "random", "default"])
-def test_the_answer_does_not_depend_on_the_units_of_the_inputs(units, strategy):
-    # X in other units (a column times a constant) has the same maxima, with slopes divided by the
-    # constants: a search from the same seed must end at the same one. Starts fitted under a ridge on
-    # the raw slopes did not: at 1e-3 a k-means start ended 1.8 nats lower, at 1e-6 the default 0.4.
+def test_the_answer_does_not_depend_on_the_units_of_the_inputs(scale, shift, strategy):
+    # X in other units (a column times a constant, plus an offset) has the same maxima, with slopes
+    # divided by the constants and intercepts moved: a search from the same seed must end at the same
+    # one. Before: starts fitted under a ridge on the raw slopes ended elsewhere (at 1e-3 a k-means
+    # start 1.8 nats lower, at 1e-6 the default 0.4), an offset of 1e3 ended the default 1.9 nats lower
+    # judged diverged, and at 1e-15 no fit converged.
     rng = np.random.default_rng(0)
     truth = fastmoe.MoEParams(beta0=[0.3, 0.0], beta1=[[2.0, -1.0], [0.0, 0.0]], a=rng.normal(0.0, 2.0, (2, 3, 2)),
                               b=rng.normal(0.0, 1.0, (2, 3))).normalized()
     X, y = fastmoe.sample(truth, n=3000, random_state=1)
-    scale = np.asarray(units, dtype=float)
+    X_other = X * np.asarray(scale, dtype=float) + np.asarray(shift, dtype=float)
     base = _fit(X, y, 2, random_state=0, **strategy)
-    other = _fit(X * scale, y, 2, random_state=0, **strategy)
-    assert not base.diverged and not other.diverged
+    other = _fit(X_other, y, 2, random_state=0, **strategy)
+    assert other.converged and not base.diverged and not other.diverged
     assert other.objective == pytest.approx(base.objective, rel=1e-9)
-    # The same model, whatever the labelling of the experts: the same class probabilities.
-    assert np.allclose(other.predict_proba(X * scale), base.predict_proba(X), atol=1e-5)
+    # The same model in the caller's units, whatever the labelling of the experts.
+    assert np.allclose(other.predict_proba(X_other), base.predict_proba(X), atol=1e-5)
 
 
 def test_split_expert_keeps_the_model(rng):

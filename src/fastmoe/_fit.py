@@ -15,6 +15,7 @@ from ._monitor import ConvergenceMonitor
 from ._penalty import Penalty
 from ._problem import Problem, serial_blas
 from ._search import SEARCH_N_INIT, restarts, search
+from ._units import FitUnits
 from ._validation import (
     check_params,
     check_positive_int,
@@ -331,12 +332,21 @@ def fit(
             f"{shape} has {n_free} free parameters; need at least that many samples"
         )
     rng = check_random_state(random_state)
+    # Columns far from the origin or of extreme spread are centred and scaled for the fit (``_units``).
+    units = FitUnits.choose(X, Z, bounds)
+    if units is not None:
+        X, Z = units.designs(X, Z)
     problem = Problem(X, Z, y, sample_weight, n_experts, n_classes, effective_n_threads(n_threads))
-    penalty = Penalty(l2, problem, bounds)
+    penalty = Penalty(l2, problem, bounds, slope_scales=None if units is None else units.slope_scales)
+
+    def callers(W, V):
+        """Packed parameters of the fit in the caller's units."""
+        return (W, V) if units is None else units.from_fit(W, V)
 
     def on_iteration(n_iter, W, V, objective):
         # The user's callback sees the log-likelihood and a parameter object, not the packed arrays.
-        return callback(n_iter, objective + penalty.total(W, V), MoEParams.from_packed(W, V, gating, **inputs))
+        params = MoEParams.from_packed(*callers(W, V), gating, **inputs)
+        return callback(n_iter, objective + penalty.total(W, V), params)
 
     callback_ = on_iteration if callback is not None else None
     options = dict(tol=tol, max_iter=max_iter, newton=newton)
@@ -345,6 +355,8 @@ def fit(
     with serial_blas():
         if isinstance(init, MoEParams):
             W, V = init.normalized().packed()
+            if units is not None:
+                W, V = units.to_fit(W, V)
             best = run_em(problem, W, V, penalty, ConvergenceMonitor(tol, max_iter, callback_, verbose), newton=newton)
         elif init == "search" and n_experts > 1:
             best, starts = search(problem, penalty, SEARCH_N_INIT if n_init is None else n_init, rng,
@@ -354,7 +366,7 @@ def fit(
             best, starts = restarts(problem, penalty, kind, n_init, rng,
                                     n_threads=problem.n_threads, callback=callback_, verbose=verbose, **options)
     monitor = best.monitor
-    params = MoEParams.from_packed(best.W, best.V, gating, **inputs)
+    params = MoEParams.from_packed(*callers(best.W, best.V), gating, **inputs)
     held = penalty.at_bound(free_vector(best.W, best.V))
     active_bounds = tuple(name for name, side in zip(free_parameter_names(params), held) if side != 0)
     message = monitor.message(penalised=l2 > 0, empty_experts=best.empty_experts, boundary=best.boundary,

@@ -30,11 +30,11 @@ class Penalty:
     bounds : Bounds or None
         The box on the free parameters; None for none.
     slope_scales : (ndarray, ndarray) or None
-        ``(gating, expert)`` scales of the design columns (``Problem.column_scales``): the ridge is then
-        stated in standardised units, ``l2 / 2 * sum_j (slope_j * scale_j)^2``, and a fit of ``X * c``
-        gets the same ridge as a fit of ``X``. Used by the starts (``_init``), whose ridge is an
-        internal device that must not depend on the units of the inputs; None (a fit's own ``l2``)
-        penalises the slopes as they are.
+        ``(gating, expert)`` per-column scales: the ridge is then ``l2 / 2 * sum_j (slope_j *
+        scale_j)^2``. The starts (``_init``) pass the columns' standard deviations, so that their ridge
+        is stated in standardised units and does not depend on the units of the inputs; a fit in
+        rescaled units (``_units.FitUnits``) passes ``1 / s_j``, so that the ridge stays on the caller's
+        slopes. None penalises the slopes as they are.
 
     Attributes
     ----------
