@@ -351,3 +351,26 @@ def test_a_fit_in_its_own_units_speaks_the_callers():
     ridged = fastmoe.fit(tiny, y, 2, init=truth.normalized(), l2=1e-8, tol=1e-10)
     assert ridged.objective == pytest.approx(fastmoe.fit(X, y, 2, init=truth.normalized(), l2=1.0, tol=1e-10).objective,
                                              rel=1e-9)
+
+
+@pytest.mark.parametrize("truth_seed", [None, 1074327066])
+def test_a_start_that_saturates_every_probability_is_reported_not_crashed(truth_seed):
+    """The truth given in X's units as the start of a fit on other units (a column offset by 1e4): the
+    logits on the data are in the thousands, every probability saturates and the M-step's Hessians
+    underflow. Before, the trust region's root search ran on an infinite bracket and raised scipy's
+    ``ValueError`` ("function value at x=nan"); with that mended alone, the second start's run, in
+    which no block of the M-step could move, was reported converged at -9.0e6 (the default reaches
+    -1837). It must end with a warning, not converged."""
+    if truth_seed is None:
+        draw = np.random.default_rng(0)
+        truth = fastmoe.MoEParams(beta0=[0.3, 0.0], beta1=[[2.0, -1.0], [0.0, 0.0]], a=draw.normal(0.0, 2.0, (2, 3, 2)),
+                                  b=draw.normal(0.0, 1.0, (2, 3)))
+        X, y = fastmoe.sample(truth, n=3000, random_state=1)
+    else:
+        draw = np.random.default_rng(truth_seed)
+        truth = random_params(draw, 2, 3, 2)
+        X, y = fastmoe.sample(truth, n=2000, random_state=draw)
+    X_other = X * np.array([1e-5, 1.0]) + np.array([0.0, 1e4])
+    with pytest.warns(fastmoe.ConvergenceWarning):
+        result = fastmoe.fit(X_other, y, 2, init=truth.normalized())
+    assert not result.converged and np.isfinite(result.objective)

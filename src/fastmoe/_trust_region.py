@@ -44,6 +44,18 @@ def quadratic_model(grad, neg_hess):
     return QuadraticModel(grad, neg_hess)
 
 
+def _norm(v):
+    """``||v||``, also where the squares of ``v`` overflow, and bit for bit ``np.linalg.norm`` wherever
+    that is finite. (From a start whose logits on the data are in the thousands the scaled gradient
+    passed 1e154; an infinite bracket then sent the root search to NaN and a ``ValueError``.)"""
+    with np.errstate(over="ignore"):
+        plain = float(np.linalg.norm(v))
+    if np.isfinite(plain):
+        return plain
+    top = float(np.abs(v).max(initial=0.0))
+    return top * float(np.linalg.norm(v / top)) if np.isfinite(top) and top > 0.0 else plain
+
+
 def _scaled(grad, neg_hess):
     """Moré's scaling (see :class:`QuadraticModel`): ``(D, D^-1 A D^-1 symmetrised, D^-1 g)``."""
     diag = np.abs(np.diag(neg_hess))
@@ -131,7 +143,7 @@ class QuadraticModel:
         # lam_i + high >= ||c|| / radius for every i, so ||z(high)|| <= radius in exact arithmetic. In
         # floating point it can come out an ulp above (eigenvalues far below ||c|| / radius: a flat model
         # far from its maximum), and then no root lies in [edge, high]: widen until the sign is right.
-        high = low + float(np.linalg.norm(c)) / radius + np.finfo(float).tiny
+        high = low + _norm(c) / radius + np.finfo(float).tiny
         while excess(high) > 0.0:
             high *= 2.0
         edge = low * (1.0 + 1e-12) + 1e-300
