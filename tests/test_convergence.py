@@ -302,6 +302,7 @@ def test_a_warm_start_on_a_ridge_goes_on_to_the_maximum():
     assert warm.objective >= full.objective - o.tol * abs(full.objective)
 
 
+@pytest.mark.slow
 def test_a_point_certified_on_a_ridge_bend_is_left_for_the_maximum():
     # Where fastmoe 0.2.0 certified a large-n fit (tests/data/ridge-certificate): decrements within the
     # tolerance, but the full Newton step from there loses (its model describes a bend of the ridge,

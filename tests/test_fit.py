@@ -353,14 +353,16 @@ def test_a_fit_in_its_own_units_speaks_the_callers():
                                              rel=1e-9)
 
 
+@pytest.mark.parametrize("newton", [True, False])
 @pytest.mark.parametrize("truth_seed", [None, 1074327066])
-def test_a_start_that_saturates_every_probability_is_reported_not_crashed(truth_seed):
+def test_a_start_that_saturates_every_probability_claims_no_maximum_it_is_not_at(truth_seed, newton):
     """The truth given in X's units as the start of a fit on other units (a column offset by 1e4): the
     logits on the data are in the thousands, every probability saturates and the M-step's Hessians
     underflow. Before, the trust region's root search ran on an infinite bracket and raised scipy's
     ``ValueError`` ("function value at x=nan"); with that mended alone, the second start's run, in
-    which no block of the M-step could move, was reported converged at -9.0e6 (the default reaches
-    -1837). It must end with a warning, not converged."""
+    which no block of the M-step could move, was reported converged at -9.0e6 (the default fit reaches
+    -1837), and so was plain EM's. A fit may fail from such a start, but must say so: converged only at
+    the maximum the default fit reaches."""
     if truth_seed is None:
         draw = np.random.default_rng(0)
         truth = fastmoe.MoEParams(beta0=[0.3, 0.0], beta1=[[2.0, -1.0], [0.0, 0.0]], a=draw.normal(0.0, 2.0, (2, 3, 2)),
@@ -371,6 +373,66 @@ def test_a_start_that_saturates_every_probability_is_reported_not_crashed(truth_
         truth = random_params(draw, 2, 3, 2)
         X, y = fastmoe.sample(truth, n=2000, random_state=draw)
     X_other = X * np.array([1e-5, 1.0]) + np.array([0.0, 1e4])
-    with pytest.warns(fastmoe.ConvergenceWarning):
-        result = fastmoe.fit(X_other, y, 2, init=truth.normalized())
-    assert not result.converged and np.isfinite(result.objective)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
+        result = fastmoe.fit(X_other, y, 2, init=truth.normalized(), newton=newton)
+        best = fastmoe.fit(X_other, y, 2, random_state=0)
+    assert np.isfinite(result.objective)
+    assert not result.converged or result.objective >= best.objective - 1e-6 * abs(best.objective)
+
+
+def test_fit_units_choose_and_map_back(rng):
+    """``_units.FitUnits``: None where the inputs are well conditioned and in a box; otherwise a map of
+    packed parameters that the fit's designs undo exactly (the logits are the same numbers)."""
+    from fastmoe._units import FitUnits
+
+    X = rng.uniform(-1.0, 1.0, size=(1000, 3))
+    assert FitUnits.choose(X, X, None) is None
+    far = X * np.array([1.0, 1e-6, 1.0]) + np.array([0.0, 0.0, 1e3])
+    assert FitUnits.choose(far, far, fastmoe.Bounds.coerce(5.0)) is None
+    # A constant column whose mean rounds (sd about 1e-17, not 0) is not "of tiny spread".
+    constant = np.c_[X[:, :2], np.full(1000, 0.1)]
+    assert constant[:, 2].std() > 0.0
+    assert FitUnits.choose(constant, constant, None) is None
+    Z = np.tanh(far[:, :2]) * 1e5
+    units = FitUnits.choose(far, Z, None)
+    assert units is not None and units.gate_scale.shape == (2,) and units.expert_shift.shape == (3,)
+    W, V = rng.normal(0.0, 2.0, (3, 3)), rng.normal(0.0, 2.0, (3, 4, 4))
+    W[-1], V[:, -1] = 0.0, 0.0  # reference conventions
+    X_fit, Z_fit = units.designs(far, Z)
+    W_fit, V_fit = units.to_fit(W, V)
+    np.testing.assert_allclose(Z_fit @ W_fit[:, 1:].T + W_fit[:, 0], Z @ W[:, 1:].T + W[:, 0], rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(np.einsum("nd,ksd->nks", X_fit, V_fit[..., 1:]) + V_fit[..., 0],
+                               np.einsum("nd,ksd->nks", far, V[..., 1:]) + V[..., 0], rtol=1e-9, atol=1e-6)
+    back = units.from_fit(W_fit, V_fit)
+    np.testing.assert_allclose(back[0], W, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(back[1], V, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("l2, tiny", [(0.0, 1e-160), (1.0, 1e-40)])
+def test_columns_of_extreme_units_under_a_ridge_on_the_callers_slopes(l2, tiny):
+    """Gating and expert columns in different extreme units (``tiny``, read by the gating only; under
+    a ridge 1e-40, whose weight 1 / s^2 on the fit's slope, 1e80, is still exact; an offset
+    column read by the experts only; under the ridge also a constant one, which rounds to a spread of
+    1e-17 and was once taken for a column of tiny spread): the fit's objective is the penalised
+    log-likelihood of its answer in the caller's units, computed here by hand, and the answer is a
+    maximum of it (a warm start from it gains nothing)."""
+    draw = np.random.default_rng(0)
+    truth = fastmoe.MoEParams(beta0=[0.3, 0.0], beta1=[[2.0, -1.0], [0.0, 0.0]], a=draw.normal(0.0, 2.0, (2, 3, 2)),
+                              b=draw.normal(0.0, 1.0, (2, 3)))
+    X, y = fastmoe.sample(truth, n=3000, random_state=1)
+    inputs = np.c_[X[:, 0] * tiny, X[:, 1], X[:, 1] + 1e4, X[:, 0], np.full(3000, 0.1)]
+    constant = [4] if l2 > 0 else []  # without a ridge its slope and the intercept are not identified
+    options = dict(gating_features=[0, 1] + constant, expert_features=[2, 3] + constant, l2=l2, tol=1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastmoe.SearchWarning)
+        result = fastmoe.fit(inputs, y, 2, random_state=0, **options)
+    assert result.converged and not result.diverged
+    p = result.params
+    penalty = 0.5 * l2 * (np.sum(p.beta1 ** 2) + np.sum(p.a ** 2)) if l2 > 0 else 0.0  # a slope of 1e160 squared overflows
+    assert result.objective == pytest.approx(fastmoe.loglik(p, inputs, y) - penalty, rel=1e-9)
+    if l2 == 0.0:  # the same likelihood as the data in plain units: the same maximum
+        plain = fastmoe.fit(X, y, 2, init=truth, tol=1e-10)
+        assert result.objective == pytest.approx(plain.objective, rel=1e-8)
+    warm = fastmoe.fit(inputs, y, 2, init=p, **options)
+    assert warm.objective <= result.objective + 1e-8 * abs(result.objective)

@@ -559,13 +559,15 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
                 )
                 monitor.stop("no_increase")
                 break
-            if newton and (dW.any() or dV.any()) and np.array_equal(W_new, W) and np.array_equal(V_new, V):
+            if (dW.any() or dV.any()) and np.array_equal(W_new, W) and np.array_equal(V_new, V):
                 # No block moved: each one's Newton step failed every halving. That is no fixed point
                 # (there the steps are small and rise within rounding) but the M-step breaking down, as
                 # where the probabilities saturate (logits in the thousands) and the blocks' Hessians
                 # underflow. Newton steps on the whole objective go on from here, or the run stops short.
-                W, V, objective, n_steps, result = newton_phase(problem, W, V, objective, result, penalty, monitor,
-                                                                allow_indefinite=True, ceiling=ceiling)
+                n_steps = 0
+                if newton:
+                    W, V, objective, n_steps, result = newton_phase(problem, W, V, objective, result, penalty,
+                                                                    monitor, allow_indefinite=True, ceiling=ceiling)
                 if monitor.stopped:
                     break
                 if not n_steps:

@@ -333,11 +333,12 @@ def fit(
         )
     rng = check_random_state(random_state)
     # Columns far from the origin or of extreme spread are centred and scaled for the fit (``_units``).
-    units = FitUnits.choose(X, Z, bounds)
+    units = FitUnits.choose(X, Z, bounds, sample_weight)
     if units is not None:
         X, Z = units.designs(X, Z)
     problem = Problem(X, Z, y, sample_weight, n_experts, n_classes, effective_n_threads(n_threads))
-    penalty = Penalty(l2, problem, bounds, slope_scales=None if units is None else units.slope_scales)
+    # Without a ridge no weights (an infinite one would make 0 * inf).
+    penalty = Penalty(l2, problem, bounds, slope_scales=None if units is None or l2 == 0 else units.slope_scales)
 
     def callers(W, V):
         """Packed parameters of the fit in the caller's units."""

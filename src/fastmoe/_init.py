@@ -45,7 +45,8 @@ SPLIT_SPREAD = 0.3
 
 def start_penalty(problem: Problem, part: Problem):
     """The starts' ridge ``INIT_L2`` for a fit on ``part`` (a subset of ``problem``'s rows), in the
-    standardised units of ``problem``'s whole data (see ``Penalty``'s ``slope_scales``)."""
+    standardised units of ``problem``'s rows (the search's exploration subsample, where it has one;
+    see ``Penalty``'s ``slope_scales``)."""
     return Penalty(INIT_L2, part, slope_scales=problem.column_scales)
 
 
@@ -56,7 +57,7 @@ def _kmeans_labels(Z, k, rng, weights=None, n_lloyd=20):
     With integer weights this is k-means on the repeated rows, so a weighted fit starts where the
     fit of the expanded data would.
     """
-    Z = Z / column_scale(Z)
+    Z = Z / column_scale(Z, weights)
     n = Z.shape[0]
     w = np.ones(n) if weights is None or weights.size == 0 else weights
     centers = np.empty((k, Z.shape[1]))

@@ -1,6 +1,7 @@
-"""What the objective is penalised or constrained by: the optional ridge ``l2 / 2 * ||slopes||^2`` and the
-optional box ``|theta_j| <= limit_j`` on the free parameters (its projection, its binding set, which
-coordinates sit on it).
+"""What the objective is penalised or constrained by: the optional ridge ``l2 / 2 * ||slopes||^2`` (with a
+weight per slope column where the slopes are in other units than the caller's, or standardised for the
+starts) and the optional box ``|theta_j| <= limit_j`` on the free parameters (its projection, its
+binding set, which coordinates sit on it).
 
 Intercepts are never penalised: the ridge exists to keep slopes finite on separable data, and an
 intercept shift is what lets a class or an expert take any share. With ``l2 = 0`` every method returns

@@ -28,10 +28,28 @@ EMPTY_EXPERT_FRACTION = 1e-8
 ROUNDING_SLACK = 1e-12
 
 
-def column_scale(A):
-    """Standard deviations of the columns of ``A``, 1 for a constant column: the units in which starts
-    and moves of the search draw directions and perturbations."""
-    scale = A.std(axis=0)
+# A column whose standard deviation is at most this fraction of its mean is constant to rounding (one
+# repeated value such as 0.1 gives a deviation of about 1e-17, not 0, since its mean rounds).
+CONSTANT_SPREAD = 1e-12
+
+
+def column_moments(A, weights=None):
+    """Weighted means and standard deviations of the columns of ``A``, the deviation 0 where a column
+    is constant to rounding (``CONSTANT_SPREAD``). Integer weights give the moments of the repeated
+    rows, so a weighted fit is set up as the fit of the expanded data would be."""
+    if A.shape[1] == 0:  # intercept-only experts
+        return np.zeros(0), np.zeros(0)
+    w = None if weights is None or weights.size == 0 else weights
+    mean = np.average(A, axis=0, weights=w)
+    sd = np.sqrt(np.average((A - mean) ** 2, axis=0, weights=w))
+    return mean, np.where(sd <= CONSTANT_SPREAD * np.abs(mean), 0.0, sd)
+
+
+def column_scale(A, weights=None):
+    """Standard deviations of the columns of ``A`` (:func:`column_moments`), 1 for a constant column:
+    the units in which the starts standardise the inputs and their ridge, and in which moves of the
+    search draw directions and perturbations."""
+    scale = column_moments(A, weights)[1]
     scale[scale == 0] = 1.0
     return scale
 
@@ -148,9 +166,10 @@ class Problem:
 
     @functools.cached_property
     def column_scales(self):
-        """``(gating, expert)`` standard deviations of the design columns (1 for a constant column):
-        the units in which moves of the search perturb coefficients, computed once per problem."""
-        return column_scale(self.Z), column_scale(self.X)
+        """``(gating, expert)`` weighted standard deviations of the design columns (1 for a constant
+        column): the units of the starts' ridge (``_init.start_penalty``) and in which moves of the
+        search perturb coefficients, computed once per problem."""
+        return column_scale(self.Z, self.sample_weight), column_scale(self.X, self.sample_weight)
 
     @functools.cached_property
     def _input_scale(self):

@@ -21,16 +21,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._problem import column_moments
+
 # A column is centred when its mean lies more than this many standard deviations from 0 (inputs in
 # [-1, 1] and their sigmoid, the studies' gating design, stay as they are), and scaled when its
 # standard deviation lies outside this range.
 SHIFT_RATIO = 10.0
 SCALE_RANGE = (1e-3, 1e3)
+# A ridge on the caller's slopes weighs a slope of scale s by 1 / s^2; at most RIDGE_WEIGHT_CAP^2, so that
+# penalties stay finite (a column below 1e-100 in spread then has its slope pinned near 0 under any
+# ridge, as the exact weight would, without overflowing).
+RIDGE_WEIGHT_CAP = 1e100
 
 
-def _column_map(A):
+def _column_map(A, weights):
     """``(shift, scale)`` of design ``A``'s columns: 0 and 1 where a column is used as it is."""
-    mean, sd = A.mean(axis=0), A.std(axis=0)
+    mean, sd = column_moments(A, weights)
     live = sd > 0.0  # a constant column is the intercept's twin in any units
     shift = np.where(live & (np.abs(mean) > SHIFT_RATIO * sd), mean, 0.0)
     scale = np.where(live & ((sd < SCALE_RANGE[0]) | (sd > SCALE_RANGE[1])), sd, 1.0)
@@ -48,12 +54,13 @@ class FitUnits:
     expert_scale: np.ndarray
 
     @classmethod
-    def choose(cls, X, Z, bounds):
-        """The units for designs ``X`` and ``Z`` (None: the inputs as they are, always so in a box)."""
+    def choose(cls, X, Z, bounds, sample_weight=None):
+        """The units for designs ``X`` and ``Z`` from their (weighted) column moments (None: the inputs
+        as they are, always so in a box)."""
         if bounds is not None or X.shape[0] == 0:
             return None
-        expert = _column_map(X)
-        gate = expert if Z is X else _column_map(Z)
+        expert = _column_map(X, sample_weight)
+        gate = expert if Z is X else _column_map(Z, sample_weight)
         if not any(np.any(shift != 0.0) or np.any(scale != 1.0) for shift, scale in (gate, expert)):
             return None
         return cls(gate[0], gate[1], expert[0], expert[1])
@@ -66,8 +73,10 @@ class FitUnits:
 
     @property
     def slope_scales(self):
-        """The ``Penalty`` weights that state a ridge on the caller's slopes (``a_j = a'_j / s_j``)."""
-        return 1.0 / self.gate_scale, 1.0 / self.expert_scale
+        """The ``Penalty`` scales that state a ridge on the caller's slopes (``a_j = a'_j / s_j``, so the
+        weight is ``1 / s_j^2``; capped, see ``RIDGE_WEIGHT_CAP``)."""
+        return (np.minimum(1.0 / self.gate_scale, RIDGE_WEIGHT_CAP),
+                np.minimum(1.0 / self.expert_scale, RIDGE_WEIGHT_CAP))
 
     def to_fit(self, W, V):
         """Packed caller's parameters in the fit's units: ``a' = a s``, ``b' = b + a . m``."""
