@@ -4,15 +4,15 @@ The model's logits are affine in the inputs, ``a . x + b``, so a column ``x_j = 
 the same likelihood with ``a'_j = a_j s_j`` and ``b' = b + sum_j a_j m_j``: the maxima are the same
 points in either units. Numerically they are not. A column whose mean is many spreads away from 0
 makes its slope and the intercept nearly collinear (the Hessian's condition grows as ``(m / s)^2``):
-a column offset by 1e3 (about 1700 spreads) ended the default fit 1.9 nats lower, judged diverged. A column of
-extreme spread puts its slope's curvature below the trust region's scaling floor (``1e-12`` of the
-largest diagonal entry, ``_trust_region.CONCAVE_EIGEN_FLOOR``): at spreads of 1e-15 no fit converged in
-1000 iterations. Such columns are centred (``|m_j| > SHIFT_RATIO s_j``) or scaled (``s_j`` outside
-``SCALE_RANGE``) for the fit, and the answer is mapped back; other columns are used as they are, so
-fits on well-conditioned inputs run exactly as before (bit for bit). A box (``bounds``) is stated on
-the caller's coefficients, which a shift would mix, so a boxed fit keeps its inputs. A ridge is
-stated on the caller's slopes, ``a_j = a'_j / s_j``: the fit's :class:`~fastmoe._penalty.Penalty`
-weighs each slope by ``1 / s_j^2`` (``slope_scales``).
+a column offset by 1e3 (about 1700 spreads) ended the default fit 1.9 nats lower, judged diverged.
+A column of extreme spread puts its slope's curvature below the trust region's scaling floor
+(``1e-12`` of the largest diagonal entry, ``_trust_region.CONCAVE_EIGEN_FLOOR``): at spreads of 1e-15
+no fit converged in 1000 iterations. Such columns are centred (``|m_j| > SHIFT_RATIO s_j``) or scaled
+(``s_j`` outside ``SCALE_RANGE``) for the fit, and the answer is mapped back; other columns are used
+as they are, so fits on well-conditioned inputs run exactly as before (bit for bit). A box
+(``bounds``) is stated on the caller's coefficients, which a shift would mix, so a boxed fit keeps
+its inputs. A ridge is stated on the caller's slopes, ``a_j = a'_j / s_j``: under one, the fit's
+:class:`~fastmoe._penalty.Penalty` weighs each slope by ``1 / s_j^2`` (``slope_scales``, capped).
 """
 
 from __future__ import annotations
