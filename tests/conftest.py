@@ -32,6 +32,16 @@ def random_params(rng, k, K, d, gating="identity", scale=1.0, d_gate=None):
     return fastmoe.MoEParams(beta0, beta1, a, b, gating).normalized()
 
 
+def units_problem():
+    """``(truth, X, y)``: two experts, d = 2, K = 3, n = 3000, a maximum that exists and that a default
+    fit reaches; the data of the tests that change the inputs' units."""
+    draw = np.random.default_rng(0)
+    truth = fastmoe.MoEParams(beta0=[0.3, 0.0], beta1=[[2.0, -1.0], [0.0, 0.0]], a=draw.normal(0.0, 2.0, (2, 3, 2)),
+                              b=draw.normal(0.0, 1.0, (2, 3))).normalized()
+    X, y = fastmoe.sample(truth, n=3000, random_state=1)
+    return truth, X, y
+
+
 @pytest.fixture
 def well_separated():
     """A well-conditioned truth (d=2, K=3, k=2) used for recovery tests."""

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import reference_numpy as ref
-from conftest import random_params
+from conftest import random_params, units_problem
 
 import fastmoe
 from fastmoe import _dispatch, losses
@@ -319,15 +319,12 @@ def test_callable_gating(rng):
 def test_a_fit_in_its_own_units_speaks_the_callers():
     """Inputs offset by 1e4 and scaled by 1e-5 are fitted centred and scaled (``_units``): the
     callback, a warm start and the ridge must still be in the caller's units."""
-    draw = np.random.default_rng(0)  # a truth whose maximum exists at this n (as in tests/test_search.py)
-    truth = fastmoe.MoEParams(beta0=[0.3, 0.0], beta1=[[2.0, -1.0], [0.0, 0.0]], a=draw.normal(0.0, 2.0, (2, 3, 2)),
-                              b=draw.normal(0.0, 1.0, (2, 3)))
-    X, y = fastmoe.sample(truth, n=3000, random_state=1)
+    truth, X, y = units_problem()
     scale, shift = np.array([1e-5, 1.0]), np.array([0.0, 1e4])
     X_other = X * scale + shift
-    t = truth.normalized()
-    a, beta1 = t.a / scale, t.beta1 / scale
-    start = fastmoe.MoEParams(beta0=t.beta0 - beta1 @ shift, beta1=beta1, a=a, b=t.b - a @ shift)  # truth, other units
+    a, beta1 = truth.a / scale, truth.beta1 / scale
+    # The truth in the other units.
+    start = fastmoe.MoEParams(beta0=truth.beta0 - beta1 @ shift, beta1=beta1, a=a, b=truth.b - a @ shift)
     seen = []
 
     def record(n_iter, loglik, params):
@@ -339,7 +336,7 @@ def test_a_fit_in_its_own_units_speaks_the_callers():
     assert loglik == pytest.approx(fastmoe.loglik(params, X_other, y), rel=1e-10)
     assert result.loglik == pytest.approx(fastmoe.loglik(result.params, X_other, y), rel=1e-10)
     # The same fit as on X, in the caller's units: slopes / scale, intercepts moved by the shift.
-    plain = fastmoe.fit(X, y, 2, init=truth.normalized(), tol=1e-10)
+    plain = fastmoe.fit(X, y, 2, init=truth, tol=1e-10)
     assert result.objective == pytest.approx(plain.objective, rel=1e-9)
     np.testing.assert_allclose(result.params.a * scale, plain.params.a, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(result.params.b + result.params.a @ shift, plain.params.b, rtol=1e-4, atol=1e-5)
@@ -348,8 +345,8 @@ def test_a_fit_in_its_own_units_speaks_the_callers():
     assert abs(warm.objective - result.objective) <= 1e-10 * abs(result.objective)
     # A ridge on the caller's slopes: l2 on X * s is l2 / s^2 on X (s the same for every column).
     tiny = X * 1e-4
-    ridged = fastmoe.fit(tiny, y, 2, init=truth.normalized(), l2=1e-8, tol=1e-10)
-    assert ridged.objective == pytest.approx(fastmoe.fit(X, y, 2, init=truth.normalized(), l2=1.0, tol=1e-10).objective,
+    ridged = fastmoe.fit(tiny, y, 2, init=truth, l2=1e-8, tol=1e-10)
+    assert ridged.objective == pytest.approx(fastmoe.fit(X, y, 2, init=truth, l2=1.0, tol=1e-10).objective,
                                              rel=1e-9)
 
 
@@ -374,10 +371,7 @@ def test_a_start_that_saturates_every_probability_claims_no_maximum_it_is_not_at
     -1837), and so was plain EM's. A fit may fail from such a start, but must say so: converged only at
     the maximum the default fit reaches."""
     if truth_seed is None:
-        draw = np.random.default_rng(0)
-        truth = fastmoe.MoEParams(beta0=[0.3, 0.0], beta1=[[2.0, -1.0], [0.0, 0.0]], a=draw.normal(0.0, 2.0, (2, 3, 2)),
-                                  b=draw.normal(0.0, 1.0, (2, 3)))
-        X, y = fastmoe.sample(truth, n=3000, random_state=1)
+        truth, X, y = units_problem()
     else:
         draw = np.random.default_rng(truth_seed)
         truth = random_params(draw, 2, 3, 2)
@@ -385,7 +379,7 @@ def test_a_start_that_saturates_every_probability_claims_no_maximum_it_is_not_at
     X_other = X * np.array([1e-5, 1.0]) + np.array([0.0, 1e4])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
-        result = fastmoe.fit(X_other, y, 2, init=truth.normalized(), newton=newton)
+        result = fastmoe.fit(X_other, y, 2, init=truth, newton=newton)
         best = fastmoe.fit(X_other, y, 2, random_state=0)
     assert np.isfinite(result.objective)
     assert not result.converged or result.objective >= best.objective - 1e-6 * abs(best.objective)
@@ -427,10 +421,7 @@ def test_columns_of_extreme_units_under_a_ridge_on_the_callers_slopes(l2, tiny):
     1e-17 and was once taken for a column of tiny spread): the fit's objective is the penalised
     log-likelihood of its answer in the caller's units, computed here by hand, and the answer is a
     maximum of it (a warm start from it gains nothing)."""
-    draw = np.random.default_rng(0)
-    truth = fastmoe.MoEParams(beta0=[0.3, 0.0], beta1=[[2.0, -1.0], [0.0, 0.0]], a=draw.normal(0.0, 2.0, (2, 3, 2)),
-                              b=draw.normal(0.0, 1.0, (2, 3)))
-    X, y = fastmoe.sample(truth, n=3000, random_state=1)
+    truth, X, y = units_problem()
     inputs = np.c_[X[:, 0] * tiny, X[:, 1], X[:, 1] + 1e4, X[:, 0], np.full(3000, 0.1)]
     constant = [4] if l2 > 0 else []  # without a ridge its slope and the intercept are not identified
     options = dict(gating_features=[0, 1] + constant, expert_features=[2, 3] + constant, l2=l2, tol=1e-10)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastmoe
+from conftest import units_problem
 from fastmoe._monitor import StartLog
 from fastmoe.model_selection import select_n_experts
 
@@ -123,10 +124,7 @@ def test_the_answer_does_not_depend_on_the_units_of_the_inputs(scale, shift, str
     # one. Before: starts fitted under a ridge on the raw slopes ended elsewhere (at 1e-3 a k-means
     # start 1.8 nats lower, at 1e-6 the default 0.4), an offset of 1e3 ended the default 1.9 nats lower
     # judged diverged, and at 1e-15 no fit converged.
-    rng = np.random.default_rng(0)
-    truth = fastmoe.MoEParams(beta0=[0.3, 0.0], beta1=[[2.0, -1.0], [0.0, 0.0]], a=rng.normal(0.0, 2.0, (2, 3, 2)),
-                              b=rng.normal(0.0, 1.0, (2, 3))).normalized()
-    X, y = fastmoe.sample(truth, n=3000, random_state=1)
+    _, X, y = units_problem()
     X_other = X * np.asarray(scale, dtype=float) + np.asarray(shift, dtype=float)
     base = _fit(X, y, 2, random_state=0, **strategy)
     other = _fit(X_other, y, 2, random_state=0, **strategy)
