@@ -197,7 +197,7 @@ class FastmoeEMIteration:
         from fastmoe._mstep import newton_directions
 
         active = self.result.expert_weight > self.prob.empty_expert_cut
-        dW, dV = newton_directions(self.result, self.W, self.V, self.penalty, active)
+        dW, dV, _ = newton_directions(self.result, self.W, self.V, self.penalty, active)
         W_new, V_new = self.W + dW, self.V + dV
         result_new = self.prob.newton_pass(W_new, V_new)
         accepted = result_new.loglik >= self.result.loglik - self.prob.slack(self.result.loglik)

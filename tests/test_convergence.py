@@ -209,6 +209,27 @@ def test_em_settled_edge_cases():
     assert not em_settled(1e-7, 0.9e-7, 1e-6)
 
 
+def test_m_step_solves_report_the_blocks_whose_model_broke_down(rng):
+    """``solve_pd`` against NumPy's solver, and its report of blocks left without a step: a block whose
+    Hessian underflowed to 0 while its gradient did not has no Newton direction, and its zero step
+    must not read as a fixed point (EM's "no change" verdict); a zero gradient needs no solve."""
+    from fastmoe._mstep import solve_pd
+
+    p = 4
+    B = rng.standard_normal((p, p))
+    healthy = B @ B.T + 0.1 * np.eye(p)
+    singular = np.outer(B[0], B[0])  # rank 1: the ridge fallback solves it
+    A = np.stack([healthy, singular, np.zeros((p, p)), np.full((p, p), np.nan), np.zeros((p, p))])
+    g = rng.standard_normal((5, p))
+    g[3] = 0.0
+    g[4] = 0.0
+    d, unsolved = solve_pd(A, g)
+    np.testing.assert_allclose(d[0], np.linalg.solve(healthy, g[0]), rtol=1e-10)
+    assert np.isfinite(d[1]).all() and d[1] @ g[1] > 0.0  # an ascent direction
+    assert not d[2:].any()
+    assert unsolved.tolist() == [False, False, True, False, False]
+
+
 def test_newton_settled_needs_collapsing_decrements():
     threshold = 1e-2
     # quadratic convergence: each decrement about the square of the last (in units of the first)

@@ -10,7 +10,7 @@ import reference_numpy as ref
 from conftest import random_params, units_problem
 
 import fastmoe
-from fastmoe import _dispatch, losses
+from fastmoe import losses
 from fastmoe._problem import Problem
 
 # An R flexmix fit and its data, kept with the tests (provenance: tests/data/README.md).
@@ -350,26 +350,18 @@ def test_a_fit_in_its_own_units_speaks_the_callers():
                                              rel=1e-9)
 
 
-# Open defect: with the baseline kernels the second start's first EM step is accepted (the parameters
-# move, the saturated log-likelihood does not), EM reads the zero change as settled, Newton steps find
-# no gain, and the run is still reported converged at -9.0e6. The avx512 and avx2 kernels leave every
-# block unmoved there, which the no-move guard catches. A verdict that asks the Newton model's
-# predicted gain to be within tolerance would close it.
-_BASELINE_SATURATED = pytest.mark.xfail(
-    condition=_dispatch.variant == "baseline", strict=True,
-    reason="baseline kernels: a zero change at a saturated start still reads as converged (open defect)")
-
-
 @pytest.mark.parametrize("newton", [True, False])
-@pytest.mark.parametrize("truth_seed", [None, pytest.param(1074327066, marks=_BASELINE_SATURATED)])
+@pytest.mark.parametrize("truth_seed", [None, 1074327066])
 def test_a_start_that_saturates_every_probability_claims_no_maximum_it_is_not_at(truth_seed, newton):
     """The truth given in X's units as the start of a fit on other units (a column offset by 1e4): the
     logits on the data are in the thousands, every probability saturates and the M-step's Hessians
     underflow. Before, the trust region's root search ran on an infinite bracket and raised scipy's
     ``ValueError`` ("function value at x=nan"); with that mended alone, the second start's run, in
     which no block of the M-step could move, was reported converged at -9.0e6 (the default fit reaches
-    -1837), and so was plain EM's. A fit may fail from such a start, but must say so: converged only at
-    the maximum the default fit reaches."""
+    -1837), and so was plain EM's. With the baseline kernels that start's expert Hessian underflows to
+    exactly 0: its Newton system has no solution, the M-step gives a zero step, and a zero change read
+    as settled. A fit may fail from such a start, but must say so: converged only at the maximum the
+    default fit reaches."""
     if truth_seed is None:
         truth, X, y = units_problem()
     else:

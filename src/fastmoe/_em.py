@@ -531,12 +531,13 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
 
     while monitor.iterations_left > 0 and not monitor.stopped:
         active = result.expert_weight > problem.empty_expert_cut
-        dW, dV = newton_directions(result, W, V, penalty, active)
+        dW, dV, unsolved = newton_directions(result, W, V, penalty, active)
         W_new, V_new = penalty.project(W + dW, V + dV)
         result_new = problem.newton_pass(W_new, V_new)
         objective_new = result_new.loglik - penalty.total(W_new, V_new)
         slack = problem.slack(objective)
-        if not objective_new >= objective - slack:  # also catches NaN
+        halved = not objective_new >= objective - slack  # also catches NaN
+        if halved:
             # Q at the current parameters is needed only here, so the fused pass does not carry it.
             q_old = problem.q_values(W, V, W, V) - penalty.blocks(W, V)
             W_new, V_new = halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty)
@@ -559,22 +560,24 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
                 )
                 monitor.stop("no_increase")
                 break
-            if (dW.any() or dV.any()) and np.array_equal(W_new, W) and np.array_equal(V_new, V):
-                # No block moved: each one's Newton step failed every halving. That is no fixed point
-                # (there the steps are small and rise within rounding) but the M-step breaking down, as
-                # where the probabilities saturate (logits in the thousands) and the blocks' Hessians
-                # underflow. Newton steps on the whole objective go on from here, or the run stops short.
-                n_steps = 0
-                if newton:
-                    W, V, objective, n_steps, result = newton_phase(problem, W, V, objective, result, penalty,
-                                                                    monitor, allow_indefinite=True, ceiling=ceiling)
-                if monitor.stopped:
-                    break
-                if not n_steps:
-                    monitor.stop("no_increase")
-                    break
-                change = np.inf
-                continue
+        if (halved or unsolved) and np.array_equal(W_new, W) and np.array_equal(V_new, V):
+            # No block moved: each one's Newton step failed every halving, or its Newton system could
+            # not be solved. That is no fixed point (there the steps are small and rise within
+            # rounding; a step below the parameters' rounding is taken, unchanged, with no halving)
+            # but the M-step breaking down, as where the probabilities saturate (logits in the
+            # thousands) and the blocks' Hessians underflow. Newton steps on the whole objective go on
+            # from here, or the run stops short.
+            n_steps = 0
+            if newton:
+                W, V, objective, n_steps, result = newton_phase(problem, W, V, objective, result, penalty,
+                                                                monitor, allow_indefinite=True, ceiling=ceiling)
+            if monitor.stopped:
+                break
+            if not n_steps:
+                monitor.stop("no_increase")
+                break
+            change = np.inf
+            continue
         change, previous_change = objective_new - objective, change
         W, V, result, objective = W_new, V_new, result_new, objective_new
         if monitor.record(W, V, objective, change):
@@ -590,7 +593,9 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
                     next_newton, retry = monitor.n_iter + NEWTON_RETRY, NEWTON_RETRY
                     change = np.inf
                     continue
-            monitor.stop("converged")  # where Newton steps gain nothing either, EM's verdict stands
+            # Where Newton steps gain nothing either, EM's verdict stands; unless a block's Newton
+            # system could not be solved in the last step: EM settled without that block.
+            monitor.stop("no_increase" if unsolved else "converged")
             break
         if gauge.diverging(W, V, result.expert_weight, monitor.n_iter):
             # Slopes that grew for a long time may still be heading for a finite maximum with large

@@ -34,23 +34,32 @@ def solve_pd(A, g):
     Returns
     -------
     d : ndarray of shape (n_blocks, p)
-        Newton directions; a block whose matrix stays indefinite (or non-finite) under every ridge
-        gets a zero direction.
+        Newton directions; a block whose matrix stays indefinite (or non-finite) under every ridge,
+        or whose solution is not finite, gets a zero direction.
+    unsolved : bool ndarray of shape (n_blocks,)
+        The blocks given a zero direction for that reason while their gradient is not zero: their
+        quadratic model broke down (as where every probability saturates and the Hessian underflows
+        to 0 while the gradient does not), so their zero step says nothing about a fixed point.
     """
     from scipy.linalg.lapack import dpotrf, dpotrs  # on first use: keeps ``import fastmoe`` light
 
     d = np.zeros_like(g)
+    unsolved = np.zeros(A.shape[0], dtype=bool)
     for b in range(A.shape[0]):
+        if not g[b].any():  # nothing to solve: the direction is 0 whatever A is
+            continue
         # LAPACK directly: the blocks are small, and numpy.linalg's per-call overhead (tens of
         # microseconds) would rival the kernel pass on small data sets.
         factor, info = dpotrf(A[b], lower=True, clean=False)
         if info != 0:
             factor = _cholesky_with_ridge(A[b])
             if factor is None:
+                unsolved[b] = True
                 continue
         d[b], info = dpotrs(factor, g[b], lower=True)
-    d[~np.isfinite(d).all(axis=1)] = 0.0
-    return d
+    infinite = ~np.isfinite(d).all(axis=1)
+    d[infinite] = 0.0
+    return d, unsolved | infinite
 
 
 def _cholesky_with_ridge(A):
@@ -89,7 +98,7 @@ def _box_directions(A, g, theta, limit, penalty):
         idx = np.arange(A.shape[1])
         A[:, idx, idx] = np.where(held, 1.0, A[:, idx, idx])
         g = np.where(held, 0.0, g)
-    d = solve_pd(A, g)
+    d, unsolved = solve_pd(A, g)
     d = np.where(side * d > 0.0, 0.0, d)
     slope = np.sum(g * d, axis=1)
     fallback = (slope <= 0.0) & (np.abs(g).max(axis=1) > 0.0)
@@ -98,11 +107,12 @@ def _box_directions(A, g, theta, limit, penalty):
         scaled = g / np.maximum(diag, floor)
         scaled = np.where(side * scaled > 0.0, 0.0, scaled)
         d[fallback] = scaled[fallback]
-    return d
+    return d, unsolved & ~fallback  # a fallback direction is a step, which the halving judges
 
 
 def _solve(A, g, theta, limit, penalty):
-    """Newton directions of stacked blocks; projected ones when there is a box."""
+    """Newton directions of stacked blocks, projected ones when there is a box, and which blocks'
+    systems could not be solved (:func:`solve_pd`)."""
     if limit is None:
         return solve_pd(A, g)
     return _box_directions(A, g, theta, limit, penalty)
@@ -124,11 +134,15 @@ def newton_directions(result, W, V, penalty, active):
     Returns
     -------
     dW, dV : arrays shaped like W and V (zero on the reference rows).
+    unsolved : bool
+        Whether an updated block's Newton system could not be solved although its gradient is not
+        zero (:func:`solve_pd`): that block stays put, and EM is not at a fixed point there.
     """
     k, K = V.shape[0], V.shape[1]
     l2 = penalty.l2
     dW = np.zeros_like(W)
     dV = np.zeros_like(V)
+    unsolved = False
     boxed = penalty.bounds is not None
     rows = np.flatnonzero(active[: k - 1])
     if rows.size == k - 1 and k > 1:
@@ -136,7 +150,9 @@ def newton_directions(result, W, V, penalty, active):
         g = result.grad_gate - l2 * penalty.gate_mask * theta
         A = result.neg_hess_gate + np.diag(l2 * penalty.gate_mask)
         limit = penalty.limit_W[: k - 1].ravel()[None] if boxed else None
-        dW[: k - 1] = _solve(A[None], g[None], theta[None], limit, penalty)[0].reshape(k - 1, -1)
+        d, failed = _solve(A[None], g[None], theta[None], limit, penalty)
+        dW[: k - 1] = d[0].reshape(k - 1, -1)
+        unsolved |= bool(failed.any())
     elif rows.size:
         # An empty expert's gating row is frozen with the rest of it: its Hessian rows are ~0, and a
         # Newton step on them would fling the row anywhere (and could revive the expert on a handful of
@@ -146,14 +162,18 @@ def newton_directions(result, W, V, penalty, active):
         g = result.grad_gate[free] - l2 * penalty.gate_mask[free] * theta
         A = result.neg_hess_gate[np.ix_(free, free)] + np.diag(l2 * penalty.gate_mask[free])
         limit = penalty.limit_W[rows].ravel()[None] if boxed else None
-        dW[rows] = _solve(A[None], g[None], theta[None], limit, penalty)[0].reshape(rows.size, -1)
+        d, failed = _solve(A[None], g[None], theta[None], limit, penalty)
+        dW[rows] = d[0].reshape(rows.size, -1)
+        unsolved |= bool(failed.any())
     if active.any():
         theta = V[active, : K - 1].reshape(int(active.sum()), -1)
         g = result.grad_expert[active] - l2 * penalty.expert_mask * theta
         A = result.neg_hess_expert[active] + l2 * np.diag(penalty.expert_mask)
         limit = penalty.limit_V[active, : K - 1].reshape(theta.shape) if boxed else None
-        dV[active, : K - 1] = _solve(A, g, theta, limit, penalty).reshape(int(active.sum()), K - 1, -1)
-    return dW, dV
+        d, failed = _solve(A, g, theta, limit, penalty)
+        dV[active, : K - 1] = d.reshape(int(active.sum()), K - 1, -1)
+        unsolved |= bool(failed.any())
+    return dW, dV, unsolved
 
 
 def halve_until_q_increases(problem, W, V, dW, dV, q_old, penalty, resp=None):
@@ -224,6 +244,6 @@ def m_step_from_responsibilities(problem, resp, penalty, max_iter):
         if abs(q.sum() - q_prev) <= 1e-10 * abs(q.sum()):
             break
         q_prev = q.sum()
-        dW, dV = newton_directions(result, W, V, penalty, active)
+        dW, dV, _ = newton_directions(result, W, V, penalty, active)
         W, V = halve_until_q_increases(problem, W, V, dW, dV, q, penalty, resp)
     return W, V
