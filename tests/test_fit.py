@@ -377,6 +377,55 @@ def test_a_start_that_saturates_every_probability_claims_no_maximum_it_is_not_at
     assert not result.converged or result.objective >= best.objective - 1e-6 * abs(best.objective)
 
 
+def _gain_left(result, X, y, l2):
+    """What a Newton step would still gain at ``result``'s parameters, and the smallest eigenvalue of the
+    objective's negative Hessian over the largest: both from the NumPy reference's gradient and Hessian
+    (independent of the kernels). Directions of zero curvature (an empty expert's) are left out."""
+    W, V = result.params.normalized().packed()
+    X_design, Z_design = result.params.designs(X)
+    grad, hess = ref.full_loglik_grad_hess(W, V, X_design, Z_design, y)
+    slopes_W, slopes_V = np.zeros_like(W), np.zeros_like(V)
+    slopes_W[:, 1:], slopes_V[:, :, 1:] = 1.0, 1.0
+    mask = ref.pack_free(slopes_W, slopes_V)
+    grad = grad - l2 * mask * ref.pack_free(W, V)
+    eigval, eigvec = np.linalg.eigh(-hess + np.diag(l2 * mask))
+    scale = np.abs(eigval).max()
+    curved = np.abs(eigval) > 1e-10 * scale
+    along = eigvec.T @ grad
+    return 0.5 * float(np.sum(along[curved] ** 2 / np.abs(eigval[curved]))), eigval.min() / scale
+
+
+def test_a_converged_verdict_is_a_maximum():
+    """Wherever a fit says converged (and not diverged), the point is a maximum to its tolerance: what a
+    Newton step would still gain, by the NumPy reference's gradient and Hessian, is within a few times
+    ``tol * |objective|``, and no direction rises (the negative Hessian has no clearly negative
+    eigenvalue). Starts of every kind, wild ones included (the parameters of a random truth times 10),
+    with and without Newton steps and a ridge. Stopping rules a hundred times too lax (EM's and
+    Newton's thresholds times 100, patched in) fail here; so would a verdict read from a step that
+    could not be taken, were a start to saturate every probability (the test above)."""
+    tol, checked, wrong = 1e-9, 0, []
+    for case in range(12):
+        draw = np.random.default_rng(7000 + case)
+        k, gating = (2, 3)[case % 2], ("identity", "tanh")[case // 6]
+        truth = random_params(draw, k, 3, 2, gating=gating)
+        X, y = fastmoe.sample(truth, n=1000, random_state=draw)
+        start = ("kmeans", "random", "wild")[case % 3]
+        init = random_params(draw, k, 3, 2, gating=gating, scale=10.0) if start == "wild" else start
+        newton, l2 = case % 4 != 2, (0.03, 0.3, 0.0, 0.03)[case % 4]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
+            result = fastmoe.fit(X, y, k, init=init, n_init=1, gating=gating, newton=newton, l2=l2, tol=tol,
+                                 max_iter=1000, random_state=case, n_threads=1)
+        if not result.converged or result.diverged:
+            continue
+        checked += 1
+        gain, lowest = _gain_left(result, X, y, l2)
+        if not (gain <= 10 * tol * abs(result.objective) and lowest >= -1e-8):
+            wrong.append((case, start, newton, l2, gain, lowest, result.message))
+    assert not wrong, wrong
+    assert checked >= 8, f"only {checked} of 12 fits converged: the check says little"
+
+
 def test_fit_units_choose_and_map_back(rng):
     """``_units.FitUnits``: None where the inputs are well conditioned and in a box; otherwise a map of
     packed parameters that the fit's designs undo exactly (the logits are the same numbers)."""
