@@ -82,6 +82,21 @@ def test_trust_region_step_on_a_flat_model_far_from_its_maximum(rng, curvature):
         assert best <= gain * (1 + 1e-9) + 1e-12 * abs(gain)
 
 
+def test_trust_region_step_whose_root_lies_decades_below_its_bracket():
+    # The scaled eigensystem measured where a default fit raised brentq's "Failed to converge after 100
+    # iterations" (n = 3000, k = 4, K = 4, l2 = 0.1; found by an audit of fits from random truths):
+    # saturated directions with eigenvalues of 1e-276 and gradient components of 1e-146 beside healthy
+    # ones put the boundary's shift near 3e-148, far below the bracket's upper end of 2e-8.
+    model = object.__new__(QuadraticModel)
+    model.eigval = np.array([-1.221e-276, 0.0, 6.340e-285, 8.662e-17, 5.809e-12, 3.62, 3.968, 4.876])
+    model.coef = np.array([-6.893e-146, 0.0, 3.570e-287, 2.077e-16, 1.341e-10, 2e-6, -3e-6, 1.5e-6])
+    model.eigvec, model.scale, model.concave = np.eye(8), np.ones(8), False
+    radius = 244.385
+    p, gain, length = model.step(radius)
+    assert np.isfinite(p).all() and gain >= 0.0
+    assert radius * (1 - 1e-9) <= length <= radius * (1 + 1e-12)
+
+
 @pytest.mark.parametrize("Model, p", [(QuadraticModel, 6), (LargeQuadraticModel, 40)])
 def test_concave_model_gives_the_newton_step_and_decrement(rng, Model, p):
     # LargeQuadraticModel takes them from its Cholesky factor, QuadraticModel from its eigenvectors.
