@@ -245,6 +245,28 @@ def test_m_step_solves_report_the_blocks_whose_model_broke_down(rng):
     assert unsolved.tolist() == [False, False, True, False, False]
 
 
+@pytest.mark.parametrize("newton", [False, True])
+def test_em_settled_with_a_broken_block_is_no_verdict_without_newton(monkeypatch, rng, well_separated, newton):
+    """Where EM settles in an iteration in which some block's Newton system had no solution (the flag
+    of ``newton_directions``, forced here on a healthy problem), its verdict does not stand: plain EM
+    stops without claiming convergence; with Newton steps the Newton finish certifies the maximum."""
+    from fastmoe import _em
+
+    X, y = fastmoe.sample(well_separated, n=2000, random_state=rng)
+    truth = well_separated
+    plain = fastmoe.fit(X, y, 2, init=truth, newton=newton, tol=1e-8)
+    assert plain.converged
+    directions = _em.newton_directions
+    monkeypatch.setattr(_em, "newton_directions", lambda *args: directions(*args)[:2] + (True,))
+    if newton:
+        broken = fastmoe.fit(X, y, 2, init=truth, newton=newton, tol=1e-8)
+        assert broken.converged and broken.objective == pytest.approx(plain.objective, rel=1e-12)
+    else:
+        with pytest.warns(fastmoe.ConvergenceWarning, match="no further step"):
+            broken = fastmoe.fit(X, y, 2, init=truth, newton=newton, tol=1e-8)
+        assert not broken.converged and broken.n_iter == plain.n_iter
+
+
 def test_newton_settled_needs_collapsing_decrements():
     threshold = 1e-2
     # quadratic convergence: each decrement about the square of the last (in units of the first)

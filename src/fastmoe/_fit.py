@@ -279,7 +279,10 @@ def fit(
         Once EM has settled, switch to Newton steps on the log-likelihood itself (exact Hessian, one
         fused pass per step), guarded so that the objective never decreases and falling back to EM
         when the Hessian is not negative definite. Converges in a handful of steps where EM crawls;
-        ``False`` gives plain generalised EM.
+        ``False`` gives plain generalised EM. Its verdict rests on EM's own changes, and from a start
+        far out (a truth's parameters times 100: logits in the hundreds) some blocks' M-steps can fail
+        every halving while the others settle, and it stops as converged away from any maximum; the
+        Newton finish checks EM's verdict.
     sample_weight : array-like of shape (n_samples,), optional
     n_threads : int, optional
         OpenMP threads; None uses all usable cores (honouring ``OMP_NUM_THREADS``), -1 too, -2 all but one.

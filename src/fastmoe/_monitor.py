@@ -43,7 +43,8 @@ def same_maximum(a, b):
 #: Names of parameters held by their bound that a message lists before it says "...".
 MESSAGE_NAMES = 8
 #: Why a run stopped: its objective is within tolerance of a maximum; the iteration cap; the user's
-#: callback asked; coefficients ran past the divergence gauge; no step could increase the objective;
+#: callback asked; coefficients ran past the divergence gauge; no further step could increase the
+#: objective, or EM settled while some block's M-step could not be solved;
 #: it entered the quadratic basin of a maximum an earlier run of the search reached (``joined``); its
 #: Newton model showed it heading for a maximum below one the search already holds (``below``).
 STOP_REASONS = ("converged", "max_iter", "callback", "diverging", "no_increase", "joined", "below")
@@ -229,7 +230,7 @@ class ConvergenceMonitor:
             "callback": f"stopped by the callback after {n} iterations",
             "max_iter": f"did not converge within max_iter={self.max_iter} iterations",
             "diverging": f"diverged: stopped after {n} iterations",
-            "no_increase": f"stopped after {n} iterations: no step could increase the objective",
+            "no_increase": f"stopped after {n} iterations: no further step could increase the objective",
             "joined": f"joined a maximum found before after {n} iterations",
             "below": f"stopped after {n} iterations below a higher maximum found before",
             None: f"stopped after {n} iterations",

@@ -107,7 +107,10 @@ def _box_directions(A, g, theta, limit, penalty):
         scaled = g / np.maximum(diag, floor)
         scaled = np.where(side * scaled > 0.0, 0.0, scaled)
         d[fallback] = scaled[fallback]
-    return d, unsolved & ~fallback  # a fallback direction is a step, which the halving judges
+    # A block without a solution has slope 0 and takes the fallback, a step the halving judges (not
+    # always a finite one: where the Hessian is 0 its scaled gradient is infinite, and the projection
+    # or the halving deals with it); so in a box the flag stays set only for a non-finite gradient.
+    return d, unsolved & ~fallback
 
 
 def _solve(A, g, theta, limit, penalty):
@@ -136,7 +139,10 @@ def newton_directions(result, W, V, penalty, active):
     dW, dV : arrays shaped like W and V (zero on the reference rows).
     unsolved : bool
         Whether an updated block's Newton system could not be solved although its gradient is not
-        zero (:func:`solve_pd`): that block stays put, and EM is not at a fixed point there.
+        zero (:func:`solve_pd`, any nonzero gradient: in an over-fitted model a block whose Hessian
+        and gradient both underflow, near 1e-154, is flagged too): that block stays put, and its
+        standing still is no sign of a fixed point. In a box such a block takes the scaled-gradient
+        fallback of :func:`_box_directions` instead, and is not flagged.
     """
     k, K = V.shape[0], V.shape[1]
     l2 = penalty.l2
