@@ -94,3 +94,31 @@ def test_a_finite_maximum_far_out_is_not_called_diverged():
     again = fastmoe.fit(X, y, 3, init=result.params, tol=1e-10, max_iter=5000, n_threads=1)
     assert again.converged and not again.diverged
     assert again.objective == pytest.approx(result.objective, rel=1e-12)
+
+
+def test_one_diverged_run_does_not_claim_the_mle_is_missing():
+    """One run can head for a supremum at infinity below a finite maximum: on issue 12's p4 (d = 5,
+    k = 2, K = 4, n = 1e4, whose MLE the fit from the truth certifies), a start with N(0, 3000^2)
+    coefficients saturates an expert and diverges about 700 nats lower. Its message must not say
+    that the MLE does not exist; a search all of whose starts diverge (separable data) may."""
+    rng = np.random.default_rng(12400)  # bench/global_max.py's p4, drawn the same way
+    d, k, K = 5, 2, 4
+    truth = fastmoe.MoEParams(rng.normal(0, 0.5, k), rng.normal(0, 4 / np.sqrt(d), (k, d)),
+                              rng.normal(0, 3 / np.sqrt(d), (k, K, d)), rng.normal(0, 1, (k, K))).normalized()
+    X, y = fastmoe.sample(truth, n=10_000, random_state=rng)
+    finite = fastmoe.fit(X, y, k, init=truth, tol=1e-10, max_iter=5000, n_threads=1)
+    assert finite.converged and not finite.diverged, finite.message
+    wild = np.random.default_rng(2)
+    start = fastmoe.MoEParams(*(wild.normal(0, 3000, np.shape(v))
+                                for v in (truth.beta0, truth.beta1, truth.a, truth.b)))
+    with pytest.warns(fastmoe.ConvergenceWarning, match="diverged"):
+        run = fastmoe.fit(X, y, k, init=start, tol=1e-10, max_iter=5000, n_threads=1)
+    assert run.diverged and run.objective < finite.objective - 100
+    assert "unless another start reaches a finite maximum" in run.message
+    assert "in every start" not in run.message
+    separable = np.random.default_rng(0).standard_normal((400, 3))
+    labels = (separable @ np.array([1.0, -2.0, 0.5]) > 0).astype(int)
+    with pytest.warns(fastmoe.ConvergenceWarning, match="diverged"):
+        searched = fastmoe.fit(separable, labels, 2, random_state=0, max_iter=1000)
+    assert searched.diverged and searched.starts.diverged.all(), searched.message
+    assert "in every start" in searched.message and "the MLE does not exist" in searched.message

@@ -217,10 +217,13 @@ class ConvergenceMonitor:
     def converged(self):
         return self.reason == "converged"
 
-    def message(self, penalised=False, empty_experts=(), boundary=(), active_bounds=()):
+    def message(self, penalised=False, empty_experts=(), boundary=(), active_bounds=(), every_start=False):
         """The sentence that says how the run ended.
 
-        ``penalised``: the fit had a ridge; ``empty_experts``: experts without responsibility mass;
+        ``penalised``: the fit had a ridge; ``every_start``: several starts were run and every one
+        diverged (only then does a diverged answer say that the MLE does not exist: one run can head
+        for a supremum at infinity below a finite maximum that other starts reach, measured from wild
+        starts on issue 12's p4); ``empty_experts``: experts without responsibility mass;
         ``boundary``: ``(expert, class)`` pairs with probability 0 (their intercepts ran off);
         ``active_bounds``: names of the free parameters on their bound in a box-constrained fit.
         """
@@ -239,8 +242,12 @@ class ConvergenceMonitor:
             parts.append(
                 "the intercepts run off to infinity (a class that never occurs, or gets no probability in "
                 "some expert): the penalised maximum does not exist" if penalised else
-                "coefficients run off to infinity (separable data, or a class that never occurs): "
-                "the MLE does not exist; consider l2 > 0 or a box on every slope (bounds=...)"
+                "coefficients run off to infinity in every start (separable data, or a class that never "
+                "occurs): the MLE does not exist; consider l2 > 0 or a box on every slope (bounds=...)"
+                if every_start else
+                "coefficients run off to infinity along this run (separable data, a class that never occurs, "
+                "or a start that separates part of the data): unless another start reaches a finite maximum "
+                "above it, the MLE does not exist; consider l2 > 0 or a box on every slope (bounds=...)"
             )
         if empty_experts:
             parts.append(f"experts {list(empty_experts)} have no responsibility mass")
