@@ -122,3 +122,37 @@ def test_one_diverged_run_does_not_claim_the_mle_is_missing():
         searched = fastmoe.fit(separable, labels, 2, random_state=0, max_iter=1000)
     assert searched.diverged and searched.starts.diverged.all(), searched.message
     assert "in every start" in searched.message and "the MLE does not exist" in searched.message
+
+
+def _bench_problem(seed, d, k, K, gating, n=10_000):
+    """bench/global_max.py's truth-and-data rule for a benchmark problem's seed."""
+    rng = np.random.default_rng(seed)
+    truth = fastmoe.MoEParams(rng.normal(0, 0.5, k), rng.normal(0, 4 / np.sqrt(d), (k, d)),
+                              rng.normal(0, 3 / np.sqrt(d), (k, K, d)), rng.normal(0, 1, (k, K)),
+                              gating).normalized()
+    X, y = fastmoe.sample(truth, n=n, random_state=rng)
+    return truth, X, y
+
+
+@pytest.mark.parametrize("newton", [False, True])
+def test_a_run_stuck_in_a_saturated_start_is_neither_converged_nor_diverged(newton):
+    """A start with N(0, 3000^2) coefficients saturates every probability (logits in the thousands):
+    the blocks' steps underflow, and on issue 12's p2 the run stops within a few dozen iterations
+    hundreds to thousands of nats a sample below the fit from the truth, its slopes still saturating.
+    That is no maximum and no sign of divergence (fastmoe 0.2.1 said 'diverged ... the MLE does not
+    exist', and a boundary maximum); the run stopped short, and says why."""
+    truth, X, y = _bench_problem(12200, 2, 3, 3, "tanh")
+    wild = np.random.default_rng(3)
+    start = fastmoe.MoEParams(*(wild.normal(0, 3000, np.shape(v))
+                                for v in (truth.beta0, truth.beta1, truth.a, truth.b)), "tanh")
+    with pytest.warns(fastmoe.ConvergenceWarning, match="no maximum was reached"):
+        run = fastmoe.fit(X, y, 3, n_classes=3, gating="tanh", init=start, newton=newton, tol=1e-10, max_iter=5000,
+                          n_threads=1)
+    assert not run.converged and not run.diverged and run.boundary == ()
+    assert "start elsewhere" in run.message
+    # The end point, in plain NumPy: the experts' slopes alone still give logits beyond exp's range.
+    p = run.params
+    expert_logits = np.einsum("nd,ksd->nks", X, p.a)
+    assert np.abs(expert_logits[:, [i for i in range(3) if i not in run.empty_experts]]).max() > 709
+    near = fastmoe.fit(X, y, 3, n_classes=3, gating="tanh", init=truth, tol=1e-10, max_iter=5000, n_threads=1)
+    assert run.objective < near.objective - 500

@@ -195,6 +195,15 @@ class DivergenceGauge:
             and self.max_logit(W, V, expert_weight) >= DIVERGENCE_LOGIT
         )
 
+    def slope_logit(self, W, V, expert_weight):
+        """Largest |logit| the slopes alone give on the gauge's rows, over the experts that carry data."""
+        live = np.flatnonzero(expert_weight >= self.vanishing)
+        K = V.shape[1]
+        G = W - W[int(np.argmax(expert_weight))]
+        # An explicit row count: intercept-only experts (0 slope columns) cannot infer it from -1.
+        expert_slopes = V[live, : K - 1, 1:].reshape(live.size * (K - 1), V.shape[2] - 1)
+        return max(np.abs(self.X @ expert_slopes.T).max(initial=0.0), np.abs(self.Z @ G[live, 1:].T).max(initial=0.0))
+
     def saturated(self, problem, W, V, expert_weight, loglik=None):
         """Whether the end point is a supremum at infinity that the run's steps can no longer climb.
 
@@ -210,14 +219,11 @@ class DivergenceGauge:
         """
         if not self.active:
             return False
+        if self.slope_logit(W, V, expert_weight) >= NUMERICAL_LOGIT:
+            return True
         live = np.flatnonzero(expert_weight >= self.vanishing)
         K = V.shape[1]
         G = W - W[int(np.argmax(expert_weight))]
-        # An explicit row count: intercept-only experts (0 slope columns) cannot infer it from -1.
-        slope_logit = max(np.abs(self.X @ V[live, : K - 1, 1:].reshape(live.size * (K - 1), V.shape[2] - 1).T).max(initial=0.0),
-                          np.abs(self.Z @ G[live, 1:].T).max(initial=0.0))
-        if slope_logit >= NUMERICAL_LOGIT:
-            return True
         base = problem.loglik(W, V) if loglik is None else loglik
         slack = problem.slack(base)
         for i in live if self.sharpen_experts else ():
@@ -521,6 +527,9 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
     objective = result.loglik - penalty.total(W, V)
     monitor.start(objective)
     gauge.diverging(W, V, result.expert_weight, 0)
+    # A start whose slopes already saturate the probabilities (a wild user start: logits in the
+    # thousands) gives steps that underflow; a run that never leaves that region proves nothing.
+    saturated_start = gauge.active and gauge.slope_logit(W, V, result.expert_weight) >= NUMERICAL_LOGIT
     next_newton, retry = NEWTON_MIN_EM_ITER, NEWTON_RETRY
     change = np.inf
     if newton_first and monitor.iterations_left > 0:
@@ -619,6 +628,16 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
             change = np.inf  # EM's ratio of changes restarts from the point Newton left
     if not monitor.stopped:
         monitor.stop("max_iter")
+    # Stuck where it started: the steps failed or their gains vanished in a region saturated from the
+    # start on (the slopes' logits on the data beyond NUMERICAL_LOGIT at both ends), where they
+    # underflow. Its objective can be as low as -2566 nats a sample (issue 12's p2 from N(0, 3000^2)
+    # coefficients; p4, whose MLE exists at -9308, settled at -11080): no supremum was approached, so
+    # the saturation is no sign of divergence, nor the settling of convergence. The run stops short,
+    # and says why. (Runs whose slopes the gauge saw growing keep their "diverging".)
+    stuck = (saturated_start and not monitor.certified and monitor.reason in ("converged", "no_increase")
+             and gauge.slope_logit(W, V, result.expert_weight) >= NUMERICAL_LOGIT)
+    if stuck:
+        monitor.judge_stuck()
     # One verdict. The gauge judges the final point too (a run whose gains vanished while its slopes
     # ran off has converged only to a supremum at infinity); the supremum is also at infinity when the
     # likelihood is saturated at 1 (separable data: every label predicted with certainty) or when a
@@ -629,7 +648,7 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
         # The slopes' growth on the way proves nothing at a strict local maximum Newton certified: a
         # finite maximum can lie far out (measured: issue 12's p1 from its truth, |a| = 54).
         or (not monitor.certified and gauge.diverging(W, V, result.expert_weight, monitor.n_iter))
-        or gauge.saturated(problem, W, V, result.expert_weight, result.loglik)
+        or (not stuck and gauge.saturated(problem, W, V, result.expert_weight, result.loglik))
         or result.loglik > -SATURATED_LOGLIK * problem.total_weight
         or (bool((problem.class_weight == 0).any()) and not penalty.intercepts_bounded)
     )
@@ -644,8 +663,9 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
         loglik=result.loglik,
         diverged=diverged,
         empty_experts=empty,
-        # A bounded expert intercept cannot run off: a class it starves is reported as a bound held instead.
-        boundary=() if penalty.bounds is not None and np.isfinite(penalty.bounds.expert_intercept)
+        # A bounded expert intercept cannot run off: a class it starves is reported as a bound held
+        # instead. A stuck run reached no maximum, on a boundary or elsewhere.
+        boundary=() if stuck or (penalty.bounds is not None and np.isfinite(penalty.bounds.expert_intercept))
         else tuple(pair for pair in gauge.boundary(W, V) if pair[0] not in empty),
         monitor=monitor,
     )

@@ -146,6 +146,9 @@ class ConvergenceMonitor:
         # Whether Newton steps certified the stop: a point where the Hessian is negative definite and
         # the decrement within tolerance, i.e. a strict local maximum, not a supremum at infinity.
         self.certified = False
+        # Whether the run stopped where every step failed in a region whose probabilities were
+        # saturated from the start on (``run_em``): a stop that says nothing of a maximum.
+        self.stuck_saturated = False
         self._clock = time.perf_counter()
 
     def start(self, objective):
@@ -209,6 +212,13 @@ class ConvergenceMonitor:
         if self.reason != "callback":
             self.reason = "diverging"
 
+    def judge_stuck(self):
+        """The verdict on a run that never left a region whose probabilities were saturated from its
+        start on (``run_em``): its steps underflow there, so its stop is neither a maximum nor a
+        divergence; it stopped short (``"no_increase"``), and its message says why."""
+        self.reason = "no_increase"
+        self.stuck_saturated = True
+
     @property
     def stopped(self):
         return self.reason is not None
@@ -249,6 +259,10 @@ class ConvergenceMonitor:
                 "or a start that separates part of the data): unless another start reaches a finite maximum "
                 "above it, the MLE does not exist; consider l2 > 0 or a box on every slope (bounds=...)"
             )
+        if self.reason == "no_increase" and self.stuck_saturated:
+            parts.append("the slopes saturate the probabilities here as at the start (logits beyond 709 on the "
+                         "data), where steps cannot be computed: no maximum was reached; start elsewhere "
+                         "(init='search')")
         if empty_experts:
             parts.append(f"experts {list(empty_experts)} have no responsibility mass")
         if boundary:
