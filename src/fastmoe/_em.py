@@ -628,32 +628,37 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
             change = np.inf  # EM's ratio of changes restarts from the point Newton left
     if not monitor.stopped:
         monitor.stop("max_iter")
-    # Stuck where it started: the steps failed or their gains vanished in a region saturated from the
-    # start on (the slopes' logits on the data beyond NUMERICAL_LOGIT at both ends), where they
-    # underflow. Its objective can be as low as -2566 nats a sample (issue 12's p2 from N(0, 3000^2)
-    # coefficients; p4, whose MLE exists at -9308, settled at -11080): no supremum was approached, so
-    # the saturation is no sign of divergence, nor the settling of convergence. The run stops short,
-    # and says why. (Runs whose slopes the gauge saw growing keep their "diverging".)
-    stuck = (saturated_start and not monitor.certified and monitor.reason in ("converged", "no_increase")
+    # Stuck where it started: the steps failed, or their gains vanished, or the run ran out of
+    # iterations, in a region saturated from the start on (the slopes' logits beyond NUMERICAL_LOGIT
+    # on the gauge's rows at both ends), where the steps underflow. Its objective can be as low as
+    # -2566 nats a sample (issue 12's p2 from N(0, 3000^2) coefficients; p4, whose MLE exists at
+    # -9308, settled at -11080): no supremum was approached, so the saturation is no sign of
+    # divergence, nor the settling of convergence. Runs whose slopes the gauge saw growing keep their
+    # "diverging", and the start-independent proofs below still judge.
+    stuck = (saturated_start and not monitor.certified and monitor.reason in ("converged", "no_increase", "max_iter")
              and gauge.slope_logit(W, V, result.expert_weight) >= NUMERICAL_LOGIT)
-    if stuck:
-        monitor.judge_stuck()
+    # The supremum is at infinity whatever the start when the likelihood is saturated at 1 (separable
+    # data: every label predicted with certainty) or when a class never occurs (its intercepts head
+    # to -inf).
+    proved = not penalty.compact and (
+        result.loglik > -SATURATED_LOGLIK * problem.total_weight
+        or (bool((problem.class_weight == 0).any()) and not penalty.intercepts_bounded)
+    )
     # One verdict. The gauge judges the final point too (a run whose gains vanished while its slopes
-    # ran off has converged only to a supremum at infinity); the supremum is also at infinity when the
-    # likelihood is saturated at 1 (separable data: every label predicted with certainty) or when a
-    # class never occurs (its intercepts head to -inf). In a compact box the maximum exists: the run
-    # has converged at a bound, whatever the data.
-    diverged = not penalty.compact and (
+    # ran off has converged only to a supremum at infinity). In a compact box the maximum exists: the
+    # run has converged at a bound, whatever the data.
+    diverged = proved or (not penalty.compact and (
         monitor.reason == "diverging"
         # The slopes' growth on the way proves nothing at a strict local maximum Newton certified: a
         # finite maximum can lie far out (measured: issue 12's p1 from its truth, |a| = 54).
         or (not monitor.certified and gauge.diverging(W, V, result.expert_weight, monitor.n_iter))
         or (not stuck and gauge.saturated(problem, W, V, result.expert_weight, result.loglik))
-        or result.loglik > -SATURATED_LOGLIK * problem.total_weight
-        or (bool((problem.class_weight == 0).any()) and not penalty.intercepts_bounded)
-    )
+    ))
+    stuck = stuck and not diverged
+    if stuck:
+        monitor.judge_stuck()
     if diverged:
-        monitor.judge_diverging()
+        monitor.judge_diverging(proved)
     empty = tuple(int(i) for i in np.flatnonzero(result.expert_weight <= problem.empty_expert_cut))
     # Both from the final fused pass, so that objective == loglik exactly when there is no penalty.
     return RunResult(

@@ -376,9 +376,11 @@ def fit(
     params = MoEParams.from_packed(*callers(best.W, best.V), gating, **inputs)
     held = penalty.at_bound(free_vector(best.W, best.V))
     active_bounds = tuple(name for name, side in zip(free_parameter_names(params), held) if side != 0)
-    every_start = starts is not None and starts.diverged.size > 1 and bool(starts.diverged.all())
+    # One diverged run of several experts does not show that the MLE is missing (another start may
+    # reach a finite maximum above it); every explored start diverging, or a concave problem, does.
+    definite = n_experts == 1 or (starts is not None and starts.diverged.size > 1 and bool(starts.diverged.all()))
     message = monitor.message(penalised=l2 > 0, empty_experts=best.empty_experts, boundary=best.boundary,
-                              active_bounds=active_bounds, every_start=every_start)
+                              active_bounds=active_bounds, definite=definite)
     if monitor.reason not in ("converged", "callback"):
         warnings.warn(f"fastmoe.fit: {message}", exceptions.ConvergenceWarning, stacklevel=2)
     search_warning = None if starts is None else starts.search_warning(monitor.converged)

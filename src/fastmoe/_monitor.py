@@ -146,9 +146,11 @@ class ConvergenceMonitor:
         # Whether Newton steps certified the stop: a point where the Hessian is negative definite and
         # the decrement within tolerance, i.e. a strict local maximum, not a supremum at infinity.
         self.certified = False
-        # Whether the run stopped where every step failed in a region whose probabilities were
-        # saturated from the start on (``run_em``): a stop that says nothing of a maximum.
+        # Whether the run stopped in a region whose probabilities were saturated from its start on
+        # (``judge_stuck``): a stop that says nothing of a maximum.
         self.stuck_saturated = False
+        # Whether the data prove divergence whatever the start (``judge_diverging``).
+        self.divergence_proved = False
         self._clock = time.perf_counter()
 
     def start(self, objective):
@@ -202,22 +204,31 @@ class ConvergenceMonitor:
         if self.reason is None:
             self.reason = reason
 
-    def judge_diverging(self):
+    def judge_diverging(self, proved=False):
         """The verdict after the run: its supremum lies at infinity, however the loop ended.
 
         A run can settle numerically (its gains vanish) while the likelihood only approaches a
         supremum at infinity (separable data, a class that never occurs); it is then reported as
-        diverging, never as converged and diverged at once. A callback's stop stands.
+        diverging, never as converged and diverged at once. A callback's stop stands. ``proved``: the
+        data prove it whatever the start (a class that never occurs, every label predicted with
+        certainty), so that the message can say the MLE does not exist.
         """
+        self.divergence_proved = proved
+        self.stuck_saturated = False
         if self.reason != "callback":
             self.reason = "diverging"
 
     def judge_stuck(self):
-        """The verdict on a run that never left a region whose probabilities were saturated from its
-        start on (``run_em``): its steps underflow there, so its stop is neither a maximum nor a
-        divergence; it stopped short (``"no_increase"``), and its message says why."""
-        self.reason = "no_increase"
-        self.stuck_saturated = True
+        """The verdict on a run that never left a region whose probabilities were saturated from its start on.
+
+        Its steps underflow there (``run_em``), so its stop is neither a maximum nor a divergence: a
+        settled run stopped short (``"no_increase"``), a run out of iterations stays ``"max_iter"``,
+        and the message says why. A callback's stop stands.
+        """
+        if self.reason in ("converged", "no_increase"):
+            self.reason = "no_increase"
+        if self.reason in ("no_increase", "max_iter"):
+            self.stuck_saturated = True
 
     @property
     def stopped(self):
@@ -227,15 +238,17 @@ class ConvergenceMonitor:
     def converged(self):
         return self.reason == "converged"
 
-    def message(self, penalised=False, empty_experts=(), boundary=(), active_bounds=(), every_start=False):
+    def message(self, penalised=False, empty_experts=(), boundary=(), active_bounds=(), definite=False):
         """The sentence that says how the run ended.
 
-        ``penalised``: the fit had a ridge; ``every_start``: several starts were run and every one
-        diverged (only then does a diverged answer say that the MLE does not exist: one run can head
-        for a supremum at infinity below a finite maximum that other starts reach, measured from wild
-        starts on issue 12's p4); ``empty_experts``: experts without responsibility mass;
-        ``boundary``: ``(expert, class)`` pairs with probability 0 (their intercepts ran off);
-        ``active_bounds``: names of the free parameters on their bound in a box-constrained fit.
+        ``penalised``: the fit had a ridge; ``definite``: the divergence does not depend on the
+        start (every one of several explored starts diverged, or the problem is concave: one expert).
+        Only then, or where the data prove it (``judge_diverging(proved=True)``), does a diverged run
+        say that the MLE does not exist: one run can head for a supremum at infinity below a finite
+        maximum that other starts reach (measured from wild starts on issue 12's p4).
+        ``empty_experts``: experts without responsibility mass; ``boundary``: ``(expert, class)``
+        pairs with probability 0 (their intercepts ran off); ``active_bounds``: names of the free
+        parameters on their bound in a box-constrained fit.
         """
         n = self.n_iter
         parts = [{
@@ -252,14 +265,14 @@ class ConvergenceMonitor:
             parts.append(
                 "the intercepts run off to infinity (a class that never occurs, or gets no probability in "
                 "some expert): the penalised maximum does not exist" if penalised else
-                "coefficients run off to infinity in every start (separable data, or a class that never "
-                "occurs): the MLE does not exist; consider l2 > 0 or a box on every slope (bounds=...)"
-                if every_start else
+                "coefficients run off to infinity (separable data, or a class that never occurs): the MLE "
+                "does not exist; consider l2 > 0 or a box on every slope (bounds=...)"
+                if definite or self.divergence_proved else
                 "coefficients run off to infinity along this run (separable data, a class that never occurs, "
                 "or a start that separates part of the data): unless another start reaches a finite maximum "
                 "above it, the MLE does not exist; consider l2 > 0 or a box on every slope (bounds=...)"
             )
-        if self.reason == "no_increase" and self.stuck_saturated:
+        if self.stuck_saturated:
             parts.append("the slopes saturate the probabilities here as at the start (logits beyond 709 on the "
                          "data), where steps cannot be computed: no maximum was reached; start elsewhere "
                          "(init='search')")

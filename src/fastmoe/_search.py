@@ -271,12 +271,13 @@ def run_starts(problem, penalty, starts, *, tol, max_iter, newton, n_threads, ca
 
 
 def _best(runs):
-    """Index of the best run that did not diverge (of the best run when all diverged); a run the
-    callback stopped wins, since the user asked the fit to end there."""
+    """Index of the best run that ended at a finite maximum, neither diverged nor stuck in a saturated
+    start (of the best run when none did); a run the callback stopped wins, since the user asked the
+    fit to end there."""
     if runs[-1].monitor.reason == "callback":
         return len(runs) - 1
     objectives = np.array([r.objective for r in runs])
-    finite = np.array([not r.diverged for r in runs])
+    finite = np.array([not (r.diverged or r.monitor.stuck_saturated) for r in runs])
     pool = np.flatnonzero(finite) if finite.any() else np.arange(len(runs))
     return int(pool[np.argmax(objectives[pool])])
 
