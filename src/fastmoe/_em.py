@@ -197,12 +197,10 @@ class DivergenceGauge:
 
     def slope_logit(self, W, V, expert_weight):
         """Largest |logit| the slopes alone give on the gauge's rows, over the experts that carry data."""
-        live = np.flatnonzero(expert_weight >= self.vanishing)
-        K = V.shape[1]
-        G = W - W[int(np.argmax(expert_weight))]
+        G, E = self._live(W, V, expert_weight)
         # An explicit row count: intercept-only experts (0 slope columns) cannot infer it from -1.
-        expert_slopes = V[live, : K - 1, 1:].reshape(live.size * (K - 1), V.shape[2] - 1)
-        return max(np.abs(self.X @ expert_slopes.T).max(initial=0.0), np.abs(self.Z @ G[live, 1:].T).max(initial=0.0))
+        expert_slopes = E[:, :, 1:].reshape(E.shape[0] * E.shape[1], E.shape[2] - 1)
+        return max(np.abs(self.X @ expert_slopes.T).max(initial=0.0), np.abs(self.Z @ G[:, 1:].T).max(initial=0.0))
 
     def saturated(self, problem, W, V, expert_weight, loglik=None):
         """Whether the end point is a supremum at infinity that the run's steps can no longer climb.
