@@ -99,7 +99,7 @@ def test_a_finite_maximum_far_out_is_not_called_diverged():
 def test_one_diverged_run_does_not_claim_the_mle_is_missing():
     """One run can head for a supremum at infinity below a finite maximum: on issue 12's p4 (d = 5,
     k = 2, K = 4, n = 1e4, whose MLE the fit from the truth certifies), a start with N(0, 3000^2)
-    coefficients saturates an expert and diverges about 700 nats lower. Its message must not say
+    coefficients saturates an expert and diverges 1600-1700 nats lower (on every kernel variant). Its message must not say
     that the MLE does not exist; a search all of whose starts diverge (separable data) may."""
     rng = np.random.default_rng(12400)  # bench/global_max.py's p4, drawn the same way
     d, k, K = 5, 2, 4
@@ -108,7 +108,7 @@ def test_one_diverged_run_does_not_claim_the_mle_is_missing():
     X, y = fastmoe.sample(truth, n=10_000, random_state=rng)
     finite = fastmoe.fit(X, y, k, init=truth, tol=1e-10, max_iter=5000, n_threads=1)
     assert finite.converged and not finite.diverged, finite.message
-    wild = np.random.default_rng(2)
+    wild = np.random.default_rng(3)
     start = fastmoe.MoEParams(*(wild.normal(0, 3000, np.shape(v))
                                 for v in (truth.beta0, truth.beta1, truth.a, truth.b)))
     with pytest.warns(fastmoe.ConvergenceWarning, match="diverged"):
@@ -136,20 +136,23 @@ def _bench_problem(seed, d, k, K, gating, n=10_000):
     return truth, X, y
 
 
-@pytest.mark.parametrize("newton", [False, True])
-def test_a_run_stuck_in_a_saturated_start_is_neither_converged_nor_diverged(newton):
-    """A start with N(0, 3000^2) coefficients saturates every probability (logits in the thousands):
-    the blocks' steps underflow, and on issue 12's p2 the run stops within a few dozen iterations
-    hundreds to thousands of nats a sample below the fit from the truth, its slopes still saturating.
-    That is no maximum and no sign of divergence (fastmoe 0.2.1 said 'diverged ... the MLE does not
-    exist', and a boundary maximum); the run stopped short, and says why."""
+def _wild_start(truth, seed, scale=3000.0):
+    wild = np.random.default_rng(seed)
+    return fastmoe.MoEParams(*(wild.normal(0, scale, np.shape(v))
+                               for v in (truth.beta0, truth.beta1, truth.a, truth.b)), truth.gating)
+
+
+def test_a_run_stuck_in_a_saturated_start_is_neither_converged_nor_diverged():
+    """A start with N(0, 1e5^2) coefficients saturates every probability (logits near 1e5): every
+    block's step underflows, and on issue 12's p2 plain EM cannot take one, 1.15e9 nats below the
+    fit from the truth (on every kernel variant: the exponentials are 0 or 1 in all of them). That is
+    no maximum, and sharpening the logits costs, so no supremum at infinity either (fastmoe 0.2.1
+    said 'diverged ... the MLE does not exist', and a boundary maximum); the run stopped short, and
+    says why."""
     truth, X, y = _bench_problem(12200, 2, 3, 3, "tanh")
-    wild = np.random.default_rng(3)
-    start = fastmoe.MoEParams(*(wild.normal(0, 3000, np.shape(v))
-                                for v in (truth.beta0, truth.beta1, truth.a, truth.b)), "tanh")
     with pytest.warns(fastmoe.ConvergenceWarning, match="no maximum was reached"):
-        run = fastmoe.fit(X, y, 3, n_classes=3, gating="tanh", init=start, newton=newton, tol=1e-10, max_iter=5000,
-                          n_threads=1)
+        run = fastmoe.fit(X, y, 3, n_classes=3, gating="tanh", init=_wild_start(truth, 3, 1e5), newton=False,
+                          tol=1e-10, max_iter=5000, n_threads=1)
     assert not run.converged and not run.diverged and run.boundary == ()
     assert "start elsewhere" in run.message
     # The end point, in plain NumPy: the experts' slopes alone still give logits beyond exp's range.
@@ -160,26 +163,15 @@ def test_a_run_stuck_in_a_saturated_start_is_neither_converged_nor_diverged(newt
     assert run.objective < near.objective - 500
 
 
-def _wild_start(truth, seed, scale=3000.0):
-    wild = np.random.default_rng(seed)
-    return fastmoe.MoEParams(*(wild.normal(0, scale, np.shape(v))
-                               for v in (truth.beta0, truth.beta1, truth.a, truth.b)), truth.gating)
-
-
-def test_a_stuck_run_that_settles_or_runs_out_of_iterations_is_stuck_too():
-    # p4 (MLE certified at -9308.195): from this start plain EM's gains vanish at -11080, with the
-    # slopes still saturating; it was 'converged', then 'diverged'. p2's stuck start cut off by
-    # max_iter before it stops: not converged, and still no divergence claimed.
+def test_a_stuck_run_out_of_iterations_claims_no_divergence():
+    # p4 (MLE certified at -9308.195) from N(0, 3000^2) coefficients, cut off by max_iter while its
+    # slopes still saturate (on every kernel variant): not converged, and no divergence claimed.
     truth, X, y = _bench_problem(12400, 5, 2, 4, "identity")
-    with pytest.warns(fastmoe.ConvergenceWarning, match="no maximum was reached"):
-        settled = fastmoe.fit(X, y, 2, n_classes=4, init=_wild_start(truth, 1), newton=False, tol=1e-10,
-                              max_iter=5000, n_threads=1)
-    assert not settled.converged and not settled.diverged and settled.objective < -10_000
-    truth, X, y = _bench_problem(12200, 2, 3, 3, "tanh")
-    with pytest.warns(fastmoe.ConvergenceWarning, match="did not converge within max_iter=10"):
-        cut = fastmoe.fit(X, y, 3, n_classes=3, gating="tanh", init=_wild_start(truth, 3), newton=False,
-                          tol=1e-10, max_iter=10, n_threads=1)
+    with pytest.warns(fastmoe.ConvergenceWarning, match="did not converge within max_iter=5"):
+        cut = fastmoe.fit(X, y, 2, n_classes=4, init=_wild_start(truth, 1), newton=False, tol=1e-10, max_iter=5,
+                          n_threads=1)
     assert not cut.converged and not cut.diverged and "no maximum was reached" in cut.message
+    assert cut.objective < -10_000
 
 
 def test_a_divergence_the_data_prove_stands_in_a_saturated_start():
