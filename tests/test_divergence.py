@@ -22,6 +22,22 @@ def _standardised(name):
     return StandardScaler().fit_transform(X), y
 
 
+def _bench_problem(seed, d, k, K, gating, n=10_000):
+    """bench/global_max.py's truth-and-data rule for a benchmark problem's seed."""
+    rng = np.random.default_rng(seed)
+    truth = fastmoe.MoEParams(rng.normal(0, 0.5, k), rng.normal(0, 4 / np.sqrt(d), (k, d)),
+                              rng.normal(0, 3 / np.sqrt(d), (k, K, d)), rng.normal(0, 1, (k, K)),
+                              gating).normalized()
+    X, y = fastmoe.sample(truth, n=n, random_state=rng)
+    return truth, X, y
+
+
+def _wild_start(truth, seed, scale=3000.0):
+    wild = np.random.default_rng(seed)
+    return fastmoe.MoEParams(*(wild.normal(0, scale, np.shape(v))
+                               for v in (truth.beta0, truth.beta1, truth.a, truth.b)), truth.gating)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["iris", "wine", "breast_cancer", "digits"])
 def test_no_false_divergence_with_a_ridge(name):
@@ -81,10 +97,7 @@ def test_a_finite_maximum_far_out_is_not_called_diverged():
     (n = 1e4, d = 2, k = 3, K = 3) the fit from the truth climbs for 150 iterations, its slopes growing
     from |a| ~ 4 to 54, to a strict local maximum that Newton certifies; the slopes' growth on the way
     once made that run 'diverged' while a run from elsewhere ending at the same point was 'converged'."""
-    rng = np.random.default_rng(12100)  # bench/global_max.py's p1, drawn the same way
-    truth = fastmoe.MoEParams(rng.normal(0, 0.5, 3), rng.normal(0, 4 / np.sqrt(2), (3, 2)),
-                              rng.normal(0, 3 / np.sqrt(2), (3, 3, 2)), rng.normal(0, 1, (3, 3))).normalized()
-    X, y = fastmoe.sample(truth, n=10_000, random_state=rng)
+    truth, X, y = _bench_problem(12100, 2, 3, 3, "identity")  # bench/global_max.py's p1
     result = fastmoe.fit(X, y, 3, init=truth, tol=1e-10, max_iter=5000, n_threads=1)
     assert result.converged and not result.diverged, result.message
     assert np.abs(result.params.a).max() > 30  # far out, and yet a maximum:
@@ -99,20 +112,15 @@ def test_a_finite_maximum_far_out_is_not_called_diverged():
 def test_one_diverged_run_does_not_claim_the_mle_is_missing():
     """One run can head for a supremum at infinity below a finite maximum: on issue 12's p4 (d = 5,
     k = 2, K = 4, n = 1e4, whose MLE the fit from the truth certifies), a start with N(0, 3000^2)
-    coefficients saturates an expert and diverges 1600-1700 nats lower (on every kernel variant). Its message must not say
-    that the MLE does not exist; a search all of whose starts diverge (separable data) may."""
-    rng = np.random.default_rng(12400)  # bench/global_max.py's p4, drawn the same way
-    d, k, K = 5, 2, 4
-    truth = fastmoe.MoEParams(rng.normal(0, 0.5, k), rng.normal(0, 4 / np.sqrt(d), (k, d)),
-                              rng.normal(0, 3 / np.sqrt(d), (k, K, d)), rng.normal(0, 1, (k, K))).normalized()
-    X, y = fastmoe.sample(truth, n=10_000, random_state=rng)
+    coefficients saturates an expert and diverges 1600-1700 nats lower (on every kernel variant). Its
+    message must not say that the MLE does not exist; a search all of whose starts diverge (separable
+    data) may."""
+    k = 2
+    truth, X, y = _bench_problem(12400, 5, k, 4, "identity")  # bench/global_max.py's p4
     finite = fastmoe.fit(X, y, k, init=truth, tol=1e-10, max_iter=5000, n_threads=1)
     assert finite.converged and not finite.diverged, finite.message
-    wild = np.random.default_rng(3)
-    start = fastmoe.MoEParams(*(wild.normal(0, 3000, np.shape(v))
-                                for v in (truth.beta0, truth.beta1, truth.a, truth.b)))
     with pytest.warns(fastmoe.ConvergenceWarning, match="diverged"):
-        run = fastmoe.fit(X, y, k, init=start, tol=1e-10, max_iter=5000, n_threads=1)
+        run = fastmoe.fit(X, y, k, init=_wild_start(truth, 3), tol=1e-10, max_iter=5000, n_threads=1)
     assert run.diverged and run.objective < finite.objective - 100
     assert "unless another start reaches a finite maximum" in run.message
     separable = np.random.default_rng(0).standard_normal((400, 3))
@@ -124,22 +132,6 @@ def test_one_diverged_run_does_not_claim_the_mle_is_missing():
     with pytest.warns(fastmoe.ConvergenceWarning, match="diverged"):
         one = fastmoe.fit(separable, labels, 1, max_iter=1000)  # concave: one run is every run
     assert one.diverged and "the MLE does not exist" in one.message and "unless another" not in one.message
-
-
-def _bench_problem(seed, d, k, K, gating, n=10_000):
-    """bench/global_max.py's truth-and-data rule for a benchmark problem's seed."""
-    rng = np.random.default_rng(seed)
-    truth = fastmoe.MoEParams(rng.normal(0, 0.5, k), rng.normal(0, 4 / np.sqrt(d), (k, d)),
-                              rng.normal(0, 3 / np.sqrt(d), (k, K, d)), rng.normal(0, 1, (k, K)),
-                              gating).normalized()
-    X, y = fastmoe.sample(truth, n=n, random_state=rng)
-    return truth, X, y
-
-
-def _wild_start(truth, seed, scale=3000.0):
-    wild = np.random.default_rng(seed)
-    return fastmoe.MoEParams(*(wild.normal(0, scale, np.shape(v))
-                               for v in (truth.beta0, truth.beta1, truth.a, truth.b)), truth.gating)
 
 
 def test_a_run_stuck_in_a_saturated_start_is_neither_converged_nor_diverged():
