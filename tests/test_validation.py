@@ -261,9 +261,17 @@ def test_overflowing_linear_predictors_are_reported_not_returned(data):
     X = X * 1e150
     for call in (lambda: fastmoe.predict_proba(huge, X), lambda: fastmoe.expert_proba(huge, X),
                  lambda: fastmoe.loglik(huge, X, y), lambda: fastmoe.loglik_samples(huge, X, y),
-                 lambda: fastmoe.responsibilities(huge, X, y)):
+                 lambda: fastmoe.responsibilities(huge, X, y), lambda: fastmoe.sample(huge, X=X)):
         with pytest.raises(FloatingPointError, match="overflows"):
             call()
+    # A gating logit of +inf: the draw used to fall through every comparison with NaN to the last
+    # expert (and its last class), where expert 0 speaks with certainty.
+    gate = fastmoe.MoEParams(beta0=[0.0, 0.0, 0.0], beta1=[[1e300], [0.0], [0.0]], a=np.zeros((3, 2, 1)),
+                             b=[[0.0, 500.0], [0.0, -500.0], [0.0, -500.0]])
+    with pytest.raises(FloatingPointError, match="overflows"):
+        fastmoe.sample(gate, X=np.full((50, 1), 1e10), random_state=0)
+    _, labels, experts = fastmoe.sample(gate, X=np.full((50, 1), 1e-10), random_state=0, return_latent=True)
+    assert labels.min() >= 0 and experts.min() >= 0  # finite logits still draw
 
 
 def test_other_entry_points_name_their_argument(data, well_separated):

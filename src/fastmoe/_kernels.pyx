@@ -1013,6 +1013,9 @@ def sample_labels(const double[:, ::1] X, const double[:, ::1] Z, const double[:
 
     ``uniforms[s, 0]`` picks ``z ~ Categorical(pi(x_s))``, ``uniforms[s, 1]`` picks
     ``y ~ Categorical(f_z(. | x_s))``: the caller's Generator fixes the draw, the thread count does not.
+    Where a logit is not finite (a linear predictor overflowed) the distribution is undefined and the
+    draw is -1, for the caller to report: every comparison with NaN fails, so the inverse CDF would
+    otherwise fall through to the last expert or class.
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
     cdef Py_ssize_t k = W.shape[0], K = V.shape[1]
@@ -1039,23 +1042,32 @@ def sample_labels(const double[:, ::1] X, const double[:, ::1] Z, const double[:
         pe = le + K
         for s in prange(n, schedule="static"):
             _gate_logits(Zp + s * dg, Wp, k, dg, lg)
-            _log_softmax(lg, pg, k)
             z = k - 1
-            cum = 0.0
-            for i in range(k - 1):
-                cum = cum + pg[i]
-                if uniforms[s, 0] < cum:
-                    z = i
-                    break
-            _expert_logits(Xp + s * d, Vp + z * K * (d + 1), K, d, le)
-            _log_softmax(le, pe, K)
-            t = K - 1
-            cum = 0.0
-            for i in range(K - 1):
-                cum = cum + pe[i]
-                if uniforms[s, 1] < cum:
-                    t = i
-                    break
+            for i in range(k):
+                if lg[i] - lg[i] != 0.0:  # inf or NaN (no -ffast-math: this is not folded away)
+                    z = -1
+            t = -1
+            if z >= 0:
+                _log_softmax(lg, pg, k)
+                cum = 0.0
+                for i in range(k - 1):
+                    cum = cum + pg[i]
+                    if uniforms[s, 0] < cum:
+                        z = i
+                        break
+                _expert_logits(Xp + s * d, Vp + z * K * (d + 1), K, d, le)
+                t = K - 1
+                for i in range(K):
+                    if le[i] - le[i] != 0.0:
+                        t = -1
+                if t >= 0:
+                    _log_softmax(le, pe, K)
+                    cum = 0.0
+                    for i in range(K - 1):
+                        cum = cum + pe[i]
+                        if uniforms[s, 1] < cum:
+                            t = i
+                            break
             expert_out[s] = z
             y_out[s] = t
         fastmoe_restore_fp(fp_mode)

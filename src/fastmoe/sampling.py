@@ -57,4 +57,8 @@ def sample(params, n=None, X=None, random_state=None, *, low=-1.0, high=1.0, ret
     y = np.empty(X.shape[0], dtype=np.int64)
     z = np.empty(X.shape[0], dtype=np.int64)
     _dispatch.kernels.sample_labels(X_expert, Z, W, V, uniforms, y, z, effective_n_threads(n_threads))
+    if (y < 0).any():  # the kernel's mark of a logit that is not finite
+        raise FloatingPointError("a linear predictor (coefficients times features) overflows for some rows of X: "
+                                 "the class probabilities there are undefined; the coefficients are too large "
+                                 "for these inputs")
     return (X, y, z) if return_latent else (X, y)
