@@ -234,6 +234,31 @@ def test_singular_information_gives_nan_standard_errors():
     assert np.isnan(table["beta0[0]"].lower)
 
 
+def test_a_boundary_maximum_has_no_standard_errors_for_its_runaway_class():
+    # README's truth: the ridge-penalised maximum (l2 = 2, n = 2000) puts probability 0 on class 1 of
+    # expert 0; its intercept stopped at -17.6 on the way to -inf, where the information is not singular
+    # and gave a standard error of 3892 with no warning.
+    truth = fastmoe.MoEParams(beta0=[0.5, 0.0], beta1=[[3.0, -2.0], [0.0, 0.0]],
+                              a=[[[3.0, 1.0], [-1.0, 2.5], [0.0, 0.0]], [[-2.5, 0.0], [1.5, -2.0], [0.0, 0.0]]],
+                              b=[[0.5, -0.5, 0.0], [-0.3, 0.4, 0.0]])
+    X, y = fastmoe.sample(truth, n=2000, random_state=0)
+    result = fastmoe.fit(X, y, 2, init=truth, l2=2.0, n_threads=1)
+    assert result.boundary == ((0, 1),)
+    with pytest.warns(UncertaintyWarning, match=r"boundary of the model.*b\[0,1\], a\[0,1,0\], a\[0,1,1\] have no"):
+        table = parameter_table(result, X, y)
+    runaway = {"b[0,1]", "a[0,1,0]", "a[0,1,1]"}
+    for row in table:
+        assert np.isnan(row.std_error) == (row.name in runaway), row
+
+
+def test_boundary_names_cover_the_classes_measured_from_a_class_without_mass():
+    from fastmoe.uncertainty import _boundary_names
+
+    params = random_params(np.random.default_rng(0), k=2, K=3, d=1)
+    assert _boundary_names(params, ((1, 0),)) == ["b[1,0]", "a[1,0,0]"]
+    # The last class is every other class's reference: all of the expert's class parameters go.
+    assert _boundary_names(params, ((1, 2),)) == ["b[1,0]", "a[1,0,0]", "b[1,1]", "a[1,1,0]"]
+
 # ----------------------------------------------------------------------------------------------------------
 # Expected (Fisher) information
 # ----------------------------------------------------------------------------------------------------------

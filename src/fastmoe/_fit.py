@@ -72,9 +72,10 @@ class FitResult:
         Which iterations those were (1-based: ``history[i]`` is the objective after iteration ``i``);
         the others were EM iterations. ``fastmoe.plot.history`` marks the two phases with it.
     boundary : tuple of (int, int)
-        ``(expert, class)`` pairs whose fitted probability is 0 (below e^-30) wherever the data are: a
+        ``(expert, class)`` pairs whose fitted probability is 0 (below e^-15) wherever the data are: a
         maximum on the boundary of the model, whose class intercepts are not finite (they ran off to
-        -inf; the probabilities, and ``loglik``, are fine).
+        -inf; the probabilities, and ``loglik``, are fine). Their class parameters have no standard
+        error (:func:`fastmoe.parameter_table` gives nan and says so).
     starts : StartLog or None
         How settled the answer is when it came from several starts: the objective each start
         reached (``starts.objectives``; on the exploration subsample for the search), how many reached

@@ -277,14 +277,16 @@ def _covariance(information):
 
 
 def _resolve_model(model, y, sample_weight=None):
-    """``(params, y_codes, sample_weight, l2, problems)`` from an MoEParams, a FitResult or a fitted estimator.
+    """``(params, y_codes, sample_weight, l2, problems, boundary)`` from an MoEParams, a FitResult or a
+    fitted estimator.
 
     ``l2`` is the ridge the estimate maximised with (0 for an MoEParams); ``problems`` lists the reasons
-    the fit may not be an interior maximum. For an estimator the labels are encoded and its class
+    the fit may not be an interior maximum; ``boundary`` the fit's ``(expert, class)`` pairs of
+    probability 0 (``FitResult.boundary``). For an estimator the labels are encoded and its class
     weights multiplied into ``sample_weight``, as in its fit.
     """
     if isinstance(model, MoEParams):
-        return model, y, sample_weight, 0.0, []
+        return model, y, sample_weight, 0.0, [], ()
     if isinstance(model, FitResult):
         problems = []
         if not model.converged:
@@ -298,16 +300,40 @@ def _resolve_model(model, y, sample_weight=None):
                 f"{len(model.active_bounds)} free parameter(s) ended on their bound "
                 f"({', '.join(model.active_bounds[:8])}{', ...' if len(model.active_bounds) > 8 else ''}): "
                 "standard errors are not valid for them, and the others are conditional on the bound")
-        return model.params, y, sample_weight, model.l2, problems
+        if model.boundary:
+            names = _boundary_names(model.params, model.boundary)
+            problems.append(
+                f"it ended on a boundary of the model (probability 0 for {_pairs_text(model.boundary)}): the "
+                f"intercepts there are not finite, so {', '.join(names[:8])}{', ...' if len(names) > 8 else ''} "
+                "have no standard error (nan), and the others are conditional on that boundary")
+        return model.params, y, sample_weight, model.l2, problems, tuple(model.boundary)
     # The estimator module is loaded whenever an estimator exists; importing it here would need scikit-learn.
     estimator = sys.modules.get("fastmoe.estimator")
     if estimator is not None and isinstance(model, estimator.MixtureOfExpertsClassifier):
-        params, _, _, l2, problems = _resolve_model(model.fit_result_, None)
+        params, _, _, l2, problems, boundary = _resolve_model(model.fit_result_, None)
         codes = model.encode_labels(y)
-        return params, codes, model._fit_weights(codes, sample_weight), l2, problems
+        return params, codes, model._fit_weights(codes, sample_weight), l2, problems, boundary
     raise TypeError(
         f"model must be an MoEParams, a FitResult or a fitted MixtureOfExpertsClassifier, got {type(model).__name__}"
     )
+
+
+def _pairs_text(pairs):
+    return ", ".join(f"class {c} in expert {i}" for i, c in pairs)
+
+
+def _boundary_names(params, boundary):
+    """The free parameters of a boundary maximum's ``(expert, class)`` pairs, which have no standard error.
+
+    Where class ``c`` has probability 0 in expert ``i``, its intercept ``b[i,c]`` ran off to -inf and
+    its slopes ``a[i,c,:]`` no longer act on the likelihood; where that class is the last (the
+    reference of the expert's classes), every other intercept ran off to +inf against it, and each
+    of expert ``i``'s free class parameters is measured from a class with no mass.
+    """
+    K = params.n_classes
+    rows = {(i, s) for i, c in boundary for s in (range(K - 1) if c == K - 1 else (c,))}
+    names = {f"b[{i},{s}]" for i, s in rows} | {f"a[{i},{s},{j}]" for i, s in rows for j in range(params.n_features)}
+    return [name for name in free_parameter_names(params) if name in names]
 
 
 def _fitted_bounds(model):
@@ -374,7 +400,7 @@ def parameter_table(
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     if covariance not in COVARIANCES:
         raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
-    params, y, sample_weight, fitted_l2, problems = _resolve_model(model, y, sample_weight)
+    params, y, sample_weight, fitted_l2, problems, boundary = _resolve_model(model, y, sample_weight)
     l2 = fitted_l2 if l2 is None else l2
     if not (is_finite_real(l2) and l2 >= 0):
         raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
@@ -409,6 +435,8 @@ def parameter_table(
     estimate = free_parameters(params)
     std_error = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     std_error[~identified] = np.nan
+    if boundary:  # finite only because the run stopped somewhere along the way to -inf
+        std_error[np.isin(free_parameter_names(params), _boundary_names(params, boundary))] = np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         z = estimate / std_error
     from scipy.special import ndtr, ndtri  # on first use: keeps ``import fastmoe`` light
@@ -549,7 +577,7 @@ def bootstrap_table(
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     n_boot = check_positive_int(n_boot, "n_boot", minimum=2)
     n_jobs = effective_n_threads(n_jobs, "n_jobs") if n_jobs is not None else 1
-    params, y_codes, weights, l2, _ = _resolve_model(model, y, sample_weight)
+    params, y_codes, weights, l2, _, _ = _resolve_model(model, y, sample_weight)
     bounds = _fitted_bounds(model)  # refits maximise over the estimate's own box
     params = check_params(params).normalized()
     X = check_X(X, n_features=params.n_inputs)
