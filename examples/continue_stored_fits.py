@@ -69,7 +69,8 @@ def continue_fit(experiment, row, metrics, tol=None):
         result = fit(X, y, experiment.n_experts, n_classes=truth.n_classes, gating=truth.gating,
                      gating_features=truth.gating_features, expert_features=truth.expert_features,
                      init=stored, n_init=1, max_iter=options.max_iter,
-                     tol=options.tol if tol is None else tol, l2=options.l2, bounds=options.bounds, n_threads=1)
+                     tol=options.tol if tol is None else tol, l2=options.l2, ridge=options.ridge,
+                     bounds=options.bounds, n_threads=1)
     scores = score(result.params, truth, experiment.losses, experiment.exact_translation)
     record = {"study": experiment.name, "n": n, "replication": replication,
               "objective": float(row["objective"]), "gain": float(result.objective - float(row["objective"])),

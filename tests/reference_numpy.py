@@ -576,6 +576,41 @@ def unpack_free(theta, W, V):
     return W, V
 
 
+def ridge(W, V, l2, form="centred"):
+    """The ridge on the slopes as the docs state it, summed over pairs of rows (not through a mean).
+
+    Per block (the gating's k rows of slopes ``W[:, 1:]``, each expert's K rows ``V[i, :, 1:]``, the
+    last row 0): ``l2 / 2 * ||v_1||^2`` for two rows and, for the reference form, ``l2 / 2 * sum_s
+    ||v_s||^2``; else (``"centred"``, LogisticRegression's multinomial ridge on sum-to-zero slopes)
+    ``l2 / (2 m) * sum_{s<t} ||v_s - v_t||^2``.
+    """
+
+    def block(slopes):
+        m = slopes.shape[0]
+        if m < 2:
+            return 0.0
+        if form == "reference" or m == 2:
+            return 0.5 * l2 * np.sum(slopes[: m - 1] ** 2)
+        return l2 / (2 * m) * sum(np.sum((slopes[s] - slopes[t]) ** 2) for s in range(m) for t in range(s + 1, m))
+
+    return block(np.asarray(W)[:, 1:]) + sum(block(np.asarray(V)[i, :, 1:]) for i in range(len(V)))
+
+
+def ridge_grad_hess(W, V, l2, form="centred", h=1e-3):
+    """Gradient and Hessian of :func:`ridge` in the free parameters (order of :func:`pack_free`), by
+    central differences: exact up to rounding, the ridge being quadratic."""
+    theta = pack_free(W, V)
+    eye = np.eye(theta.size)
+
+    def value(t):
+        return ridge(*unpack_free(t, W, V), l2, form)
+
+    grad = np.array([(value(theta + h * e) - value(theta - h * e)) / (2 * h) for e in eye])
+    hess = np.array([[(value(theta + h * (a + b)) - value(theta + h * (a - b)) - value(theta - h * (a - b))
+                       + value(theta - h * (a + b))) / (4 * h * h) for b in eye] for a in eye])
+    return grad, hess
+
+
 def full_loglik_grad_hess(W, V, X, Z, y, w=None):
     """Gradient and Hessian of the marginal log-likelihood in all free parameters (order of :func:`pack_free`).
 

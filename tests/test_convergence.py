@@ -318,7 +318,8 @@ def test_fit_reaches_the_maximum_near_a_degenerate_truth(preset, n, replication)
     # an independent optimiser (scipy's trust-exact on the NumPy reference log-likelihood) started at
     # the fit gains nothing.
     X, y, init, gating, o = _vanishing_job(preset, n, replication)
-    result = fastmoe.fit(X, y, 3, gating=gating, init=init, l2=o.l2, tol=o.tol, n_threads=1, max_iter=o.max_iter)
+    result = fastmoe.fit(X, y, 3, gating=gating, init=init, l2=o.l2, ridge=o.ridge, tol=o.tol, n_threads=1,
+                         max_iter=o.max_iter)
     assert result.converged and not result.diverged
     l2 = o.l2
     W, V = result.params.normalized().packed()
@@ -349,7 +350,7 @@ def test_a_warm_start_on_a_ridge_goes_on_to_the_maximum():
     X, y, init, gating, o = _vanishing_job("vanishing-standard-spread", 51_600, 18)
 
     def fit(start, **extra):
-        return fastmoe.fit(X, y, 3, gating=gating, init=start, l2=o.l2, tol=o.tol, n_threads=1,
+        return fastmoe.fit(X, y, 3, gating=gating, init=start, l2=o.l2, ridge=o.ridge, tol=o.tol, n_threads=1,
                            max_iter=o.max_iter, **extra)
 
     full = fit(init)
@@ -379,8 +380,8 @@ def test_a_point_certified_on_a_ridge_bend_is_left_for_the_maximum():
 
     start = fastmoe.MoEParams.from_dict(stored["params"])
     assert penalised(start) == pytest.approx(stored["objective"], rel=1e-12)  # the job's data came back
-    result = fastmoe.fit(X, y, experiment.n_experts, gating=truth.gating, init=start, l2=o.l2, tol=o.tol,
-                         max_iter=o.max_iter)
+    result = fastmoe.fit(X, y, experiment.n_experts, gating=truth.gating, init=start, l2=o.l2, ridge=o.ridge,
+                         tol=o.tol, max_iter=o.max_iter)
     assert result.converged and not result.diverged
     assert result.objective == pytest.approx(penalised(result.params), rel=1e-12)
     assert result.objective - stored["objective"] > 0.4

@@ -43,8 +43,7 @@ def test_penalised_objective_never_decreases(rng, well_separated):
     X, y = fastmoe.sample(well_separated, n=2000, random_state=rng)
     result = fastmoe.fit(X, y, 3, l2=5.0, random_state=rng, max_iter=2000)
     assert _monotone(result.history)
-    params = result.params
-    penalty = 2.5 * (np.sum(params.beta1**2) + np.sum(params.a**2))
+    penalty = ref.ridge(*result.params.normalized().packed(), 5.0, result.ridge)
     assert result.objective == pytest.approx(result.loglik - penalty, rel=1e-12)
 
 
@@ -343,11 +342,16 @@ def test_a_fit_in_its_own_units_speaks_the_callers():
     # A warm start from the answer, given in the caller's units, stays there.
     warm = fastmoe.fit(X_other, y, 2, init=result.params, tol=1e-10)
     assert abs(warm.objective - result.objective) <= 1e-10 * abs(result.objective)
-    # A ridge on the caller's slopes: l2 on X * s is l2 / s^2 on X (s the same for every column).
+    # A ridge on the caller's slopes: l2 on X * s is l2 / s^2 on X (s the same for every column). The
+    # fit on X * 1e-4 (in rescaled units inside) ends at a maximum of the ridge on its caller's slopes:
+    # its objective is that ridge's, and the same point in X's units is a maximum of l2 = 1 there.
     tiny = X * 1e-4
     ridged = fastmoe.fit(tiny, y, 2, init=truth, l2=1e-8, tol=1e-10)
-    assert ridged.objective == pytest.approx(fastmoe.fit(X, y, 2, init=truth, l2=1.0, tol=1e-10).objective,
-                                             rel=1e-9)
+    p = ridged.params
+    assert ridged.objective == pytest.approx(ridged.loglik - ref.ridge(*p.packed(), 1e-8), rel=1e-12)
+    same = fastmoe.MoEParams(beta0=p.beta0, beta1=p.beta1 * 1e-4, a=p.a * 1e-4, b=p.b)
+    there = fastmoe.fit(X, y, 2, init=same, l2=1.0, tol=1e-10)
+    assert there.objective == pytest.approx(ridged.objective, rel=1e-9)
 
 
 @pytest.mark.parametrize("newton", [True, False])
@@ -384,11 +388,9 @@ def _gain_left(result, X, y, l2):
     W, V = result.params.normalized().packed()
     X_design, Z_design = result.params.designs(X)
     grad, hess = ref.full_loglik_grad_hess(W, V, X_design, Z_design, y)
-    slopes_W, slopes_V = np.zeros_like(W), np.zeros_like(V)
-    slopes_W[:, 1:], slopes_V[:, :, 1:] = 1.0, 1.0
-    mask = ref.pack_free(slopes_W, slopes_V)
-    grad = grad - l2 * mask * ref.pack_free(W, V)
-    eigval, eigvec = np.linalg.eigh(-hess + np.diag(l2 * mask))
+    ridge_grad, ridge_hess = ref.ridge_grad_hess(W, V, l2, result.ridge)
+    grad = grad - ridge_grad
+    eigval, eigvec = np.linalg.eigh(-hess + ridge_hess)
     scale = np.abs(eigval).max()
     curved = np.abs(eigval) > 1e-10 * scale
     along = eigvec.T @ grad
@@ -471,7 +473,7 @@ def test_columns_of_extreme_units_under_a_ridge_on_the_callers_slopes(l2, tiny):
         result = fastmoe.fit(inputs, y, 2, random_state=0, **options)
     assert result.converged and not result.diverged
     p = result.params
-    penalty = 0.5 * l2 * (np.sum(p.beta1 ** 2) + np.sum(p.a ** 2)) if l2 > 0 else 0.0  # a slope of 1e160 squared overflows
+    penalty = ref.ridge(*p.packed(), l2) if l2 > 0 else 0.0  # without: a slope of 1e160 squared overflows
     assert result.objective == pytest.approx(fastmoe.loglik(p, inputs, y) - penalty, rel=1e-9)
     if l2 == 0.0:  # the same likelihood as the data in plain units: the same maximum
         plain = fastmoe.fit(X, y, 2, init=truth, tol=1e-10)

@@ -189,7 +189,8 @@ def test_doubtful_fits_are_flagged(fitted):
 
 
 def test_penalised_fits_get_the_penalised_covariance(fitted):
-    """With l2 > 0 the table uses the penalised information J + l2 D (issue 16: every SE was nan)."""
+    """With l2 > 0 the table uses the penalised information J + l2 D (issue 16: every SE was nan); two
+    experts and two classes, where the ridge's Hessian is l2 D in either form (tests/test_penalty.py)."""
     X, y, _ = fitted
     l2 = 5.0
     penalised = fastmoe.fit(X, y, 2, init=BINARY_TRUTH, l2=l2, n_threads=1)
@@ -235,14 +236,14 @@ def test_singular_information_gives_nan_standard_errors():
 
 
 def test_a_boundary_maximum_has_no_standard_errors_for_its_runaway_class():
-    # README's truth: the ridge-penalised maximum (l2 = 2, n = 2000) puts probability 0 on class 1 of
-    # expert 0; its intercept stopped at -17.6 on the way to -inf, where the information is not singular
-    # and gave a standard error of 3892 with no warning.
+    # README's truth: the maximum of fastmoe 0.2's ridge (l2 = 2, n = 2000) puts probability 0 on class 1
+    # of expert 0; its intercept stopped at -17.6 on the way to -inf, where the information is not
+    # singular and gave a standard error of 3892 with no warning.
     truth = fastmoe.MoEParams(beta0=[0.5, 0.0], beta1=[[3.0, -2.0], [0.0, 0.0]],
                               a=[[[3.0, 1.0], [-1.0, 2.5], [0.0, 0.0]], [[-2.5, 0.0], [1.5, -2.0], [0.0, 0.0]]],
                               b=[[0.5, -0.5, 0.0], [-0.3, 0.4, 0.0]])
     X, y = fastmoe.sample(truth, n=2000, random_state=0)
-    result = fastmoe.fit(X, y, 2, init=truth, l2=2.0, n_threads=1)
+    result = fastmoe.fit(X, y, 2, init=truth, l2=2.0, ridge="reference", n_threads=1)
     assert result.boundary == ((0, 1),)
     with pytest.warns(UncertaintyWarning, match=r"boundary of the model.*b\[0,1\], a\[0,1,0\], a\[0,1,1\] have no"):
         table = parameter_table(result, X, y)

@@ -51,7 +51,7 @@ def __getattr__(name):
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'fastmoe' has no attribute {name!r}")
 
-__version__ = "0.2.1"
+__version__ = "0.3.0"
 
 __all__ = [
     "Bounds",

@@ -297,7 +297,6 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
         The last accepted point and how many steps were accepted; ``monitor.reason`` is set when the
         run must stop (converged, callback, joined; iteration cap reached is left to the caller).
     """
-    l2 = penalty.l2
     boxed = penalty.bounds is not None
     radius = None
     n_steps = 0
@@ -312,12 +311,12 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
         theta = free_vector(W, V)
         chord = exact_model is not None and point_grad is not None
         if chord:
-            grad = point_grad - l2 * penalty.mask * theta
+            grad = point_grad - penalty.gradient(theta)
             model = exact_model.with_gradient(grad)
         else:
             _, grad, neg_hess = problem.hessian_pass(W, V)
-            grad = grad - l2 * penalty.mask * theta
-            A = neg_hess + np.diag(l2 * penalty.mask)
+            grad = grad - penalty.gradient(theta)
+            A = neg_hess + penalty.hessian
             if not (np.isfinite(A).all() and np.isfinite(grad).all()):
                 return W, V, objective, n_steps
             free = ~penalty.binding(theta, grad) if boxed else None

@@ -12,7 +12,7 @@ from . import _predict
 from ._em import run_em
 from ._init import INIT_METHODS
 from ._monitor import ConvergenceMonitor
-from ._penalty import Penalty
+from ._penalty import RIDGES, Penalty
 from ._problem import Problem, serial_blas
 from ._search import SEARCH_N_INIT, restarts, search
 from ._units import FitUnits
@@ -66,6 +66,8 @@ class FitResult:
         A sentence saying how the fit ended.
     l2 : float
         The ridge penalty the fit maximised with (0 for the plain likelihood).
+    ridge : str
+        Which form of the ridge (``fit``'s ``ridge``): ``"centred"`` or ``"reference"``.
     n_newton : int
         How many of the ``n_iter`` iterations were Newton steps on the log-likelihood itself.
     newton_iterations : tuple of int
@@ -101,6 +103,7 @@ class FitResult:
     n_samples: int
     message: str
     l2: float = 0.0
+    ridge: str = "centred"
     n_newton: int = 0
     newton_iterations: tuple = ()
     boundary: tuple = ()
@@ -203,6 +206,7 @@ def fit(
     max_iter=1000,
     tol=1e-8,
     l2=0.0,
+    ridge="centred",
     bounds=None,
     newton=True,
     sample_weight=None,
@@ -263,7 +267,18 @@ def fit(
         (an over-fitted, vanishing expert) EM crawls, and a fit stopped by its last change can lie
         whole nats short of the maximum at large ``n``.
     l2 : float, default=0.0
-        Optional ridge penalty ``l2 / 2 * ||slopes||^2`` (intercepts are not penalised); off by default.
+        Optional ridge penalty on the slopes (intercepts are not penalised); off by default. ``l2`` is
+        ``1 / C`` of ``LogisticRegression(C)`` (see ``ridge``).
+    ridge : {"centred", "reference"}, default="centred"
+        Which slopes the ridge shrinks. ``"centred"``, the ridge of ``LogisticRegression`` and glmnet:
+        with three classes or more ``l2 / 2 * sum_s ||a_is - mean_t a_it||^2`` in each expert (the
+        multinomial ridge on slopes made to sum to zero over the classes), and the same over the
+        experts for the gating slopes with three experts or more; with two, ``l2 / 2 * ||a_i0||^2`` on
+        the one log-odds slope vector (the binary ridge). No renaming or reordering of the classes or
+        the experts changes the fit. ``"reference"``: ``l2 / 2 * sum_s ||a_is||^2`` on the slopes in
+        reference conventions, the log-odds against the last class (and the last expert), which
+        shrinks towards whichever class sorts last: fastmoe 0.2's ridge, kept to reproduce its fits
+        (the rate studies' presets use it). The two differ only with three classes or experts or more.
     bounds : float, mapping or Bounds, optional
         Maximise over a box, the compact parameter space of the theory: a positive number ``B`` bounds
         every free parameter, ``|theta_j| <= B``; a mapping (or :class:`fastmoe.Bounds`) with keys
@@ -316,6 +331,8 @@ def fit(
     for name, value in (("tol", tol), ("l2", l2)):
         if not (is_finite_real(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if ridge not in RIDGES:
+        raise ValueError(f"ridge must be one of {RIDGES}, got {ridge!r}")
     verbose = check_positive_int(int(verbose) if isinstance(verbose, (bool, np.bool_)) else verbose, "verbose",
                                  minimum=0)
     if callback is not None and not callable(callback):
@@ -345,7 +362,8 @@ def fit(
         X, Z = units.designs(X, Z)
     problem = Problem(X, Z, y, sample_weight, n_experts, n_classes, effective_n_threads(n_threads))
     # Without a ridge no weights (an infinite one would make 0 * inf).
-    penalty = Penalty(l2, problem, bounds, slope_scales=None if units is None or l2 == 0 else units.slope_scales)
+    penalty = Penalty(l2, problem, bounds, slope_scales=None if units is None or l2 == 0 else units.slope_scales,
+                      ridge=ridge)
 
     def callers(W, V):
         """Packed parameters of the fit in the caller's units."""
@@ -400,6 +418,7 @@ def fit(
         n_samples=n_samples,
         message=message,
         l2=float(l2),
+        ridge=ridge,
         n_newton=monitor.n_newton,
         newton_iterations=tuple(monitor.newton_iterations),
         boundary=best.boundary,

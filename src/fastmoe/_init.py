@@ -46,8 +46,9 @@ SPLIT_SPREAD = 0.3
 def start_penalty(problem: Problem, part: Problem):
     """The starts' ridge ``INIT_L2`` for a fit on ``part`` (a subset of ``problem``'s rows), in the
     standardised units of ``problem``'s rows (the search's exploration subsample, where it has one;
-    see ``Penalty``'s ``slope_scales``)."""
-    return Penalty(INIT_L2, part, slope_scales=problem.column_scales)
+    see ``Penalty``'s ``slope_scales``). The reference ridge: it only keeps a start finite, and its
+    form was the one the search was tuned and measured with (bench/README.md), whatever the fit's own."""
+    return Penalty(INIT_L2, part, slope_scales=problem.column_scales, ridge="reference")
 
 
 def _kmeans_labels(Z, k, rng, weights=None, n_lloyd=20):

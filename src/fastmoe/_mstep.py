@@ -128,7 +128,7 @@ def newton_directions(result, W, V, penalty, active):
     ----------
     result : PassResult of the fused pass at (W, V).
     penalty : Penalty
-        The ridge ``l2 / 2 * ||slopes||^2`` (intercepts are not penalised) and the box, if any: then
+        The ridge on the slopes (intercepts are not penalised; ``_penalty``) and the box, if any: then
         the directions are projected Newton directions (:func:`_box_directions`).
     active : bool array (k,)
         Experts to update; an empty expert (no responsibility mass) keeps its parameters, its gating
@@ -145,7 +145,6 @@ def newton_directions(result, W, V, penalty, active):
         fallback of :func:`_box_directions` instead, and is not flagged.
     """
     k, K = V.shape[0], V.shape[1]
-    l2 = penalty.l2
     dW = np.zeros_like(W)
     dV = np.zeros_like(V)
     unsolved = False
@@ -153,8 +152,8 @@ def newton_directions(result, W, V, penalty, active):
     rows = np.flatnonzero(active[: k - 1])
     if rows.size == k - 1 and k > 1:
         theta = W[: k - 1].ravel()
-        g = result.grad_gate - l2 * penalty.gate_mask * theta
-        A = result.neg_hess_gate + np.diag(l2 * penalty.gate_mask)
+        g = result.grad_gate - penalty.gate_gradient(theta)
+        A = result.neg_hess_gate + penalty.gate_hessian
         limit = penalty.limit_W[: k - 1].ravel()[None] if boxed else None
         d, failed = _solve(A[None], g[None], theta[None], limit, penalty)
         dW[: k - 1] = d[0].reshape(k - 1, -1)
@@ -165,16 +164,17 @@ def newton_directions(result, W, V, penalty, active):
         # points, a degenerate solution). It stays where it is, on the boundary (share 0).
         free = (rows[:, None] * W.shape[1] + np.arange(W.shape[1])).ravel()
         theta = W[rows].ravel()
-        g = result.grad_gate[free] - l2 * penalty.gate_mask[free] * theta
-        A = result.neg_hess_gate[np.ix_(free, free)] + np.diag(l2 * penalty.gate_mask[free])
+        # The centred ridge couples the rows: its gradient on these is taken at the whole gating block.
+        g = result.grad_gate[free] - penalty.gate_gradient(W[: k - 1].ravel())[free]
+        A = result.neg_hess_gate[np.ix_(free, free)] + penalty.gate_hessian[np.ix_(free, free)]
         limit = penalty.limit_W[rows].ravel()[None] if boxed else None
         d, failed = _solve(A[None], g[None], theta[None], limit, penalty)
         dW[rows] = d[0].reshape(rows.size, -1)
         unsolved |= bool(failed.any())
     if active.any():
         theta = V[active, : K - 1].reshape(int(active.sum()), -1)
-        g = result.grad_expert[active] - l2 * penalty.expert_mask * theta
-        A = result.neg_hess_expert[active] + l2 * np.diag(penalty.expert_mask)
+        g = result.grad_expert[active] - penalty.expert_gradient(theta)
+        A = result.neg_hess_expert[active] + penalty.expert_hessian
         limit = penalty.limit_V[active, : K - 1].reshape(theta.shape) if boxed else None
         d, failed = _solve(A, g, theta, limit, penalty)
         dV[active, : K - 1] = d.reshape(int(active.sum()), K - 1, -1)

@@ -202,7 +202,7 @@ class KnownMaxima:
                 continue
             theta = free_vector(run.W, run.V)
             _, _, neg_hess = self._problem.hessian_pass(run.W, run.V)
-            A = neg_hess + np.diag(self._penalty.l2 * self._penalty.mask)
+            A = neg_hess + self._penalty.hessian
             try:
                 np.linalg.cholesky(A)
             except np.linalg.LinAlgError:

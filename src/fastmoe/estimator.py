@@ -150,12 +150,18 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         experts (a latent-class model whose class membership depends on the gating columns).
         None: all columns. ``X`` keeps all its columns at ``predict`` time; the model selects them.
     l2 : float, default=1.0
-        Ridge penalty ``l2 / 2 * ||slopes||^2`` on all slopes, gating and experts (intercepts are not
-        penalised), added to the summed log-likelihood. It plays the role of ``1 / C`` in
-        ``LogisticRegression``, and the default is that of ``LogisticRegression(C=1.0)``: it keeps the
-        slopes finite on separable data and on data with fewer samples than free parameters, where the
-        maximum-likelihood estimate does not exist. ``l2=0`` is maximum likelihood, the default of
-        :func:`fastmoe.fit` (standard errors of :func:`~fastmoe.parameter_table` assume it).
+        Ridge penalty on all slopes, gating and experts (intercepts are not penalised), subtracted from
+        the summed log-likelihood: ``LogisticRegression(C=1 / l2)``'s ridge (with ``ridge="centred"``;
+        one expert gives that model), and the default is that of ``LogisticRegression(C=1.0)``. It
+        keeps the slopes finite on separable data and on data with fewer samples than free
+        parameters, where the maximum-likelihood estimate does not exist. ``l2=0`` is maximum likelihood, the default of :func:`fastmoe.fit` (standard errors
+        of :func:`~fastmoe.parameter_table` assume it).
+    ridge : {"centred", "reference"}, default="centred"
+        Which slopes the ridge shrinks (:func:`fastmoe.fit`): ``"centred"`` those of all classes (and
+        experts) made to sum to zero, as ``LogisticRegression`` does, so that renaming or reordering
+        the labels does not change the fit; ``"reference"`` the log-odds against the last class and
+        expert, fastmoe 0.2's ridge (what a model saved by fastmoe 0.2 was fitted with). They differ
+        only with three classes or experts or more.
     bounds : float, dict or Bounds, default=None
         A box on the reference-normalised free parameters, the compact parameter space of the theory
         (see :func:`fastmoe.fit`): a positive number bounds every one, a dict (or
@@ -244,6 +250,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         gating_features=None,
         expert_features=None,
         l2=1.0,
+        ridge="centred",
         bounds=None,
         class_weight=None,
         init="search",
@@ -260,6 +267,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         self.gating_features = gating_features
         self.expert_features = expert_features
         self.l2 = l2
+        self.ridge = ridge
         self.bounds = bounds
         self.class_weight = class_weight
         self.init = init
@@ -374,6 +382,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             max_iter=self.max_iter,
             tol=self.tol,
             l2=self.l2,
+            ridge=self.ridge,
             bounds=box,
             sample_weight=w_fit,
             n_threads=self.n_threads,
@@ -456,6 +465,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         if data.get("format_version") != _SAVE_VERSION:
             raise ValueError(f"{path} has format version {data.get('format_version')!r}; this fastmoe reads {_SAVE_VERSION}")
         settings = dict(data["settings"])
+        settings.setdefault("ridge", "reference")  # saved by fastmoe 0.2, whose only ridge that was
         if isinstance(settings.get("init"), dict):
             settings["init"] = MoEParams.from_dict(settings["init"]["MoEParams"])
         if isinstance(settings.get("class_weight"), list):
@@ -795,6 +805,8 @@ def _result_from_json(data, params):
         elif isinstance(value, dict) and "bounds" in value:
             value = Bounds(**value["bounds"])
         kwargs[name] = value
+    if "ridge" not in data:  # written by fastmoe 0.2, whose only ridge this was
+        kwargs["ridge"] = "reference"
     return FitResult(**kwargs)
 
 

@@ -39,7 +39,7 @@ def _yes(flag):
 def _penalty(fit):
     if fit.result.l2 == 0:
         return "none (maximum likelihood)"
-    return f"ridge l2={fit.result.l2:g} on all slopes; objective {fit.result.objective:.4f}"
+    return f"ridge l2={fit.result.l2:g} on all slopes ({fit.result.ridge}); objective {fit.result.objective:.4f}"
 
 
 #: The header, line by line: ``(label, function of the _Fit giving the text, or None to leave it out)``.

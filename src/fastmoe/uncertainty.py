@@ -23,9 +23,9 @@ covariance of ``grad l_ni``, couples the gating and all experts and is the "miss
 quadrature of the input law it is the population information, whose null space shows which parameters the
 data cannot pin down at first order (used in ``docs/results-history.md`` for the split cell of a vanishing expert).
 
-A penalised fit (ridge ``l2 / 2 ||slopes||^2``, the estimator's default) is not an MLE and ``J^{-1}`` does
-not describe it. :func:`parameter_table` then uses the *penalised* information ``J_p = J + l2 D`` (``D`` the
-diagonal slope mask), the negative Hessian of the objective the fit maximised: ``covariance="penalised"``
+A penalised fit (a ridge on the slopes, the estimator's default) is not an MLE and ``J^{-1}`` does
+not describe it. :func:`parameter_table` then uses the *penalised* information ``J_p = J + R`` (``R`` the
+ridge's Hessian, ``l2`` times the slope mask for the reference ridge; ``fastmoe._penalty``), the negative Hessian of the objective the fit maximised: ``covariance="penalised"``
 (the default there) gives ``J_p^{-1}``, the posterior covariance under the Gaussian prior the ridge
 amounts to (Wood's ``V_p``; it includes an allowance for the shrinkage bias), and ``covariance="sandwich"``
 gives ``J_p^{-1} J J_p^{-1}``, the model-based variance of the penalised estimator (no bias allowance).
@@ -48,11 +48,13 @@ import warnings
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from types import SimpleNamespace
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from ._fit import FitResult, fit
+from ._penalty import RIDGES, Penalty
 from ._predict import predict_proba
 from ._problem import Problem
 from ._validation import (
@@ -66,7 +68,7 @@ from ._validation import (
     is_finite_real,
 )
 from . import exceptions
-from .params import MoEParams, free_parameter_names, free_parameters, slope_masks
+from .params import MoEParams, free_parameter_names, free_parameters
 
 __all__ = [
     "ParameterTable",
@@ -276,17 +278,26 @@ def _covariance(information):
     return cov, ~bad
 
 
-def _resolve_model(model, y, sample_weight=None):
-    """``(params, y_codes, sample_weight, l2, problems, boundary)`` from an MoEParams, a FitResult or a
-    fitted estimator.
+class _Resolved(NamedTuple):
+    params: MoEParams
+    y: object
+    sample_weight: object
+    l2: float
+    ridge: str
+    problems: list
+    boundary: tuple
 
-    ``l2`` is the ridge the estimate maximised with (0 for an MoEParams); ``problems`` lists the reasons
-    the fit may not be an interior maximum; ``boundary`` the fit's ``(expert, class)`` pairs of
-    probability 0 (``FitResult.boundary``). For an estimator the labels are encoded and its class
-    weights multiplied into ``sample_weight``, as in its fit.
+
+def _resolve_model(model, y, sample_weight=None) -> _Resolved:
+    """The estimate, labels and weights of an MoEParams, a FitResult or a fitted estimator.
+
+    ``l2`` and ``ridge`` are the ridge the estimate maximised with (none for an MoEParams); ``problems``
+    lists the reasons the fit may not be an interior maximum; ``boundary`` the fit's ``(expert, class)``
+    pairs of probability 0 (``FitResult.boundary``). For an estimator the labels are encoded and its
+    class weights multiplied into ``sample_weight``, as in its fit.
     """
     if isinstance(model, MoEParams):
-        return model, y, sample_weight, 0.0, [], ()
+        return _Resolved(model, y, sample_weight, 0.0, "centred", [], ())
     if isinstance(model, FitResult):
         problems = []
         if not model.converged:
@@ -306,13 +317,12 @@ def _resolve_model(model, y, sample_weight=None):
                 f"it ended on a boundary of the model (probability 0 for {_pairs_text(model.boundary)}): the "
                 f"intercepts there are not finite, so {', '.join(names[:8])}{', ...' if len(names) > 8 else ''} "
                 "have no standard error (nan), and the others are conditional on that boundary")
-        return model.params, y, sample_weight, model.l2, problems, tuple(model.boundary)
+        return _Resolved(model.params, y, sample_weight, model.l2, model.ridge, problems, tuple(model.boundary))
     # The estimator module is loaded whenever an estimator exists; importing it here would need scikit-learn.
     estimator = sys.modules.get("fastmoe.estimator")
     if estimator is not None and isinstance(model, estimator.MixtureOfExpertsClassifier):
-        params, _, _, l2, problems, boundary = _resolve_model(model.fit_result_, None)
         codes = model.encode_labels(y)
-        return params, codes, model._fit_weights(codes, sample_weight), l2, problems, boundary
+        return _resolve_model(model.fit_result_, None)._replace(y=codes, sample_weight=model._fit_weights(codes, sample_weight))
     raise TypeError(
         f"model must be an MoEParams, a FitResult or a fitted MixtureOfExpertsClassifier, got {type(model).__name__}"
     )
@@ -342,17 +352,18 @@ def _fitted_bounds(model):
     return getattr(result, "bounds", None) if isinstance(result, FitResult) else None
 
 
-def _penalty_matrix(params, l2):
-    """``l2`` times the diagonal slope mask over the free vector: the Hessian of the ridge."""
-    gate, expert = slope_masks(params.n_experts, params.n_classes, params.n_features, params.n_gate_features)
-    return l2 * np.diag(np.concatenate([gate, np.tile(expert, params.n_experts)]))
+def _penalty_matrix(params, l2, ridge):
+    """The Hessian of the ridge (``l2`` of form ``ridge``) over the free vector."""
+    shapes = SimpleNamespace(n_experts=params.n_experts, n_classes=params.n_classes, n_features=params.n_features,
+                             n_gate_features=params.n_gate_features)
+    return Penalty(l2, shapes, ridge=ridge).hessian
 
 
 COVARIANCES = ("auto", "observed", "penalised", "sandwich")
 
 
 def parameter_table(
-    model, X, y, *, sample_weight=None, level=0.95, covariance="auto", l2=None, n_threads=None
+    model, X, y, *, sample_weight=None, level=0.95, covariance="auto", l2=None, ridge=None, n_threads=None
 ) -> ParameterTable:
     """Standard errors and Wald confidence intervals of the free parameters.
 
@@ -371,11 +382,14 @@ def parameter_table(
         Coverage of the intervals, in (0, 1).
     covariance : {"auto", "observed", "penalised", "sandwich"}, default="auto"
         ``"observed"``: ``J^{-1}``, the classical covariance of the MLE. ``"penalised"``: ``J_p^{-1}``
-        with ``J_p = J + l2 D`` the negative Hessian of the penalised objective. ``"sandwich"``:
+        with ``J_p = J + R`` the negative Hessian of the penalised objective (``R`` the ridge's). ``"sandwich"``:
         ``J_p^{-1} J J_p^{-1}``. ``"auto"`` is ``"observed"`` for an unpenalised fit and ``"penalised"``
         for a penalised one (see the module notes). The table's ``method`` says which was used.
     l2 : float, optional
         The ridge the estimate maximised with; by default the FitResult's or estimator's (0 for an
+        MoEParams).
+    ridge : {"centred", "reference"}, optional
+        Its form (:func:`fastmoe.fit`); by default the FitResult's or estimator's ("centred" for an
         MoEParams).
     n_threads : int, optional
 
@@ -400,10 +414,13 @@ def parameter_table(
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     if covariance not in COVARIANCES:
         raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
-    params, y, sample_weight, fitted_l2, problems, boundary = _resolve_model(model, y, sample_weight)
+    params, y, sample_weight, fitted_l2, fitted_ridge, problems, boundary = _resolve_model(model, y, sample_weight)
     l2 = fitted_l2 if l2 is None else l2
+    ridge = fitted_ridge if ridge is None else ridge
     if not (is_finite_real(l2) and l2 >= 0):
         raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    if ridge not in RIDGES:
+        raise ValueError(f"ridge must be one of {RIDGES}, got {ridge!r}")
     if covariance == "auto":
         covariance = "observed" if l2 == 0 else "penalised"
     if covariance == "observed" and l2 > 0:
@@ -419,7 +436,7 @@ def parameter_table(
         cov, identified = _covariance(information)
         method = "observed information"
     else:
-        inverse, identified = _covariance(information + _penalty_matrix(params, l2))
+        inverse, identified = _covariance(information + _penalty_matrix(params, l2, ridge))
         if covariance == "penalised":
             cov, method = inverse, f"inverse penalised Hessian (l2={l2:g})"
         else:
@@ -577,7 +594,7 @@ def bootstrap_table(
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     n_boot = check_positive_int(n_boot, "n_boot", minimum=2)
     n_jobs = effective_n_threads(n_jobs, "n_jobs") if n_jobs is not None else 1
-    params, y_codes, weights, l2, _, _ = _resolve_model(model, y, sample_weight)
+    params, y_codes, weights, l2, ridge, _, _ = _resolve_model(model, y, sample_weight)
     bounds = _fitted_bounds(model)  # refits maximise over the estimate's own box
     params = check_params(params).normalized()
     X = check_X(X, n_features=params.n_inputs)
@@ -592,12 +609,13 @@ def bootstrap_table(
 
         _, y_star = sample(params, X=X, random_state=np.random.default_rng(seed), n_threads=1)
         refit = fit(X, y_star, params.n_experts, n_classes=params.n_classes, gating=params.gating, init=params,
-                    max_iter=max_iter, tol=tol, l2=l2, bounds=bounds, sample_weight=weights, n_threads=1)
+                    max_iter=max_iter, tol=tol, l2=l2, ridge=ridge, bounds=bounds, sample_weight=weights,
+                    n_threads=1)
         theta = _aligned(refit.params, theta_hat)  # a failed refit's last iterate, kept for failed="keep"
         se = np.full(theta_hat.shape, np.nan)
         failed = not refit.converged or refit.diverged or not np.isfinite(theta).all()
         if studentized and not failed:
-            table = parameter_table(refit.params, X, y_star, sample_weight=weights, l2=l2,
+            table = parameter_table(refit.params, X, y_star, sample_weight=weights, l2=l2, ridge=ridge,
                                     covariance=covariance, n_threads=1)
             se = _aligned_se(refit.params, table, theta_hat)
         return theta, se, failed

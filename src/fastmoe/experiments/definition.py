@@ -236,6 +236,8 @@ class Experiment:
             del fit["oracle_check"]
         if fit["bounds"] is None:
             del fit["bounds"]
+        if fit["ridge"] == "reference":
+            del fit["ridge"]
         return {
             "name": self.name,
             "description": self.description,

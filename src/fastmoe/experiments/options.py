@@ -82,6 +82,11 @@ class FitOptions:
         ``tol * |objective|`` of its maximum.
     l2 : float, default=0.0
         Ridge penalty passed to :func:`fastmoe.fit`.
+    ridge : {"reference", "centred"}, default="reference"
+        Its form (:func:`fastmoe.fit`'s ``ridge``). The studies' default is the reference ridge, on the
+        slopes in the reference conventions the truths and losses are stated in (fastmoe 0.2's only
+        form, with which every stored study ran; ``fastmoe.fit`` defaults to ``"centred"``). Left out
+        of the definition (and so of its digest) at its default.
     bounds : float, table or None, default=None
         A box on the free parameters passed to :func:`fastmoe.fit` (the compact parameter space of the
         theory, issue 14): one positive number bounds every free parameter, a table bounds the groups
@@ -104,6 +109,7 @@ class FitOptions:
     max_iter: int = 2000
     tol: float = 1e-8
     l2: float = 0.0
+    ridge: str = "reference"
     bounds: Optional[Union[float, Mapping[str, float]]] = None
     oracle_check: bool = False
 

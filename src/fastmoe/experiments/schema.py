@@ -300,6 +300,7 @@ FIT = {
     "max_iter": Integer(1),
     "tol": Real(above=0),
     "l2": Real(low=0),
+    "ridge": Text(choices=("reference", "centred")),
     "bounds": Nullable(BoxBounds()),
     "oracle_check": Boolean(),
 }
