@@ -1006,6 +1006,22 @@ def predict(const double[:, ::1] X, const double[:, ::1] Z, const double[:, ::1]
         fastmoe_restore_fp(fp_mode)
 
 
+cdef inline Py_ssize_t _inverse_cdf(double* logits, double* prob, Py_ssize_t m, double u) noexcept nogil:
+    """The category ``u`` picks from ``softmax(logits)`` by inverse CDF, or -1 where a logit is not finite
+    (``prob`` is scratch; ``logits`` is overwritten)."""
+    cdef Py_ssize_t i
+    cdef double cum = 0.0
+    for i in range(m):
+        if logits[i] - logits[i] != 0.0:  # inf or NaN (no -ffast-math: this is not folded away)
+            return -1
+    _log_softmax(logits, prob, m)
+    for i in range(m - 1):
+        cum = cum + prob[i]
+        if u < cum:
+            return i
+    return m - 1
+
+
 def sample_labels(const double[:, ::1] X, const double[:, ::1] Z, const double[:, ::1] W,
                   const double[:, :, ::1] V, const double[:, ::1] uniforms,
                   int64_t[::1] y_out, int64_t[::1] expert_out, int n_threads):
@@ -1030,8 +1046,7 @@ def sample_labels(const double[:, ::1] X, const double[:, ::1] Z, const double[:
     cdef double* pg = NULL
     cdef double* le = NULL
     cdef double* pe = NULL
-    cdef Py_ssize_t s, i, t, z
-    cdef double cum
+    cdef Py_ssize_t s, t, z
     cdef unsigned int fp_mode
 
     with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
@@ -1042,32 +1057,11 @@ def sample_labels(const double[:, ::1] X, const double[:, ::1] Z, const double[:
         pe = le + K
         for s in prange(n, schedule="static"):
             _gate_logits(Zp + s * dg, Wp, k, dg, lg)
-            z = k - 1
-            for i in range(k):
-                if lg[i] - lg[i] != 0.0:  # inf or NaN (no -ffast-math: this is not folded away)
-                    z = -1
+            z = _inverse_cdf(lg, pg, k, uniforms[s, 0])
             t = -1
             if z >= 0:
-                _log_softmax(lg, pg, k)
-                cum = 0.0
-                for i in range(k - 1):
-                    cum = cum + pg[i]
-                    if uniforms[s, 0] < cum:
-                        z = i
-                        break
                 _expert_logits(Xp + s * d, Vp + z * K * (d + 1), K, d, le)
-                t = K - 1
-                for i in range(K):
-                    if le[i] - le[i] != 0.0:
-                        t = -1
-                if t >= 0:
-                    _log_softmax(le, pe, K)
-                    cum = 0.0
-                    for i in range(K - 1):
-                        cum = cum + pe[i]
-                        if uniforms[s, 1] < cum:
-                            t = i
-                            break
+                t = _inverse_cdf(le, pe, K, uniforms[s, 1])
             expert_out[s] = z
             y_out[s] = t
         fastmoe_restore_fp(fp_mode)
