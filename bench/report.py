@@ -256,7 +256,11 @@ def memory_table(mem):
             f"| {mem['input_bytes'] / mib:.0f} MiB | {mem['rss_data'] / mib:.0f} MiB | {mem['peak'] / mib:.0f} MiB | "
             f"{mem['fit_overhead']:.2f} | {mem['total']:.2f} |", "",
             f"{mem['n_iter']} iterations, {mem['n_threads']} threads, {mem['fit_s']:.1f} s "
-            f"(`python bench/memory_fit.py`, peak from VmHWM{' after clear_refs' if mem['hwm_reset'] else ''}).", ""]
+            f"(`python bench/memory_fit.py`, peak from VmHWM{' after clear_refs' if mem['hwm_reset'] else ''})."
+            + ("" if "warmup_bytes" not in mem else
+               f" Measured after a first small fit, which loads what every first fit loads once and keeps "
+               f"(LAPACK, BLAS and their buffers, the OpenMP threads): {mem['warmup_bytes'] / mib:.0f} MiB, "
+               "whatever n."), ""]
 
 
 def targets(idx, roof, mem, N):

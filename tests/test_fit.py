@@ -428,6 +428,29 @@ def test_a_converged_verdict_is_a_maximum():
     assert checked >= 8, f"only {checked} of 12 fits converged: the check says little"
 
 
+def test_column_moments_over_blocks_of_rows(rng, monkeypatch):
+    """Large designs have their moments summed over blocks of rows (no (n, d) temporary): the moments
+    of exactly rounded sums (math.fsum) to rounding, weighted too, and a constant column's spread
+    exactly 0 (the corrected two-pass mean; NumPy's sum of 5e5 copies of 0.1 is off by 9e-12, more
+    than CONSTANT_SPREAD)."""
+    import math
+
+    from fastmoe import _problem
+
+    A = np.c_[rng.normal(3.0, 2.0, 500_000), rng.normal(0.0, 1e-6, 500_000), np.full(500_000, 0.1)]
+    weights = rng.integers(1, 4, 500_000).astype(float)
+    monkeypatch.setattr(_problem, "MOMENT_BLOCKED", 1000)
+    monkeypatch.setattr(_problem, "MOMENT_BLOCK", 30_000)
+    for w in (None, weights):
+        mean, sd = _problem.column_moments(A, w)
+        ww = np.ones(len(A)) if w is None else w
+        expected_mean = np.array([math.fsum(ww * col) / math.fsum(ww) for col in A.T])
+        expected_sd = np.sqrt([math.fsum(ww * (col - m) ** 2) / math.fsum(ww) for col, m in zip(A.T, expected_mean)])
+        np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
+        np.testing.assert_allclose(sd[:2], expected_sd[:2], rtol=1e-10)
+        assert sd[2] == 0.0
+
+
 def test_fit_units_choose_and_map_back(rng):
     """``_units.FitUnits``: None where the inputs are well conditioned and in a box; otherwise a map of
     packed parameters that the fit's designs undo exactly (the logits are the same numbers)."""

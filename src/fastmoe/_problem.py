@@ -33,15 +33,42 @@ ROUNDING_SLACK = 1e-12
 CONSTANT_SPREAD = 1e-12
 
 
+# Designs larger than MOMENT_BLOCKED entries have their moments summed over blocks of MOMENT_BLOCK
+# entries' rows: every fit computes them (``_units``), and the (n, d) temporaries of the plain sums
+# came to two thirds of the data's size on top of the data at n = 1e7 (bench/README.md, memory of a
+# fit). Smaller ones are summed as they always were (the same bits as before).
+MOMENT_BLOCKED = 1 << 22
+MOMENT_BLOCK = 1 << 20
+
+
 def column_moments(A, weights=None):
     """Weighted means and standard deviations of the columns of ``A``, the deviation 0 where a column
     is constant to rounding (``CONSTANT_SPREAD``). Integer weights give the moments of the repeated
-    rows, so a weighted fit is set up as the fit of the expanded data would be."""
+    rows, so a weighted fit is set up as the fit of the expanded data would be. Two passes (the mean,
+    then the squared deviations from it), over blocks of rows when ``A`` is large."""
     if A.shape[1] == 0:  # intercept-only experts
         return np.zeros(0), np.zeros(0)
     w = None if weights is None or weights.size == 0 else weights
-    mean = np.average(A, axis=0, weights=w)
-    sd = np.sqrt(np.average((A - mean) ** 2, axis=0, weights=w))
+    if A.size <= MOMENT_BLOCKED:
+        mean = np.average(A, axis=0, weights=w)
+        sd = np.sqrt(np.average((A - mean) ** 2, axis=0, weights=w))
+    else:
+        step = max(1, MOMENT_BLOCK // A.shape[1])
+        blocks = [slice(start, start + step) for start in range(0, A.shape[0], step)]
+        total = A.shape[0] if w is None else float(w.sum())
+
+        def weighted_sum(values, rows):
+            return values.sum(axis=0) if w is None else w[rows] @ values
+
+        mean = sum(weighted_sum(A[b], b) for b in blocks) / total
+        # The corrected two-pass mean: a sum of millions of rows is off by more than CONSTANT_SPREAD,
+        # and one more pass over the deviations from it puts a constant column's mean back on its value.
+        mean = mean + sum(weighted_sum(A[b] - mean, b) for b in blocks) / total
+        def squares(rows):
+            deviation = A[rows] - mean
+            return np.square(deviation, out=deviation)  # one block-sized temporary, not two
+
+        sd = np.sqrt(sum(weighted_sum(squares(b), b) for b in blocks) / total)
     return mean, np.where(sd <= CONSTANT_SPREAD * np.abs(mean), 0.0, sd)
 
 
