@@ -289,6 +289,15 @@ def test_other_entry_points_name_their_argument(data, well_separated):
         fastmoe.dendrogram(well_separated, X, y, omega="a")
 
 
+def test_labels_taken_for_class_indices_are_refused_before_allocating():
+    # A label of 10^6 on 50 rows made a model of 10^6 + 1 classes, and numpy's MemoryError (43.7 TiB)
+    # was all the user learnt.
+    X = np.random.default_rng(0).normal(size=(50, 2))
+    y = np.r_[np.zeros(49, dtype=int), 10**6]
+    with pytest.raises(ValueError, match=r"1000001 classes.*only 2 distinct labels occur in y.*encode them"):
+        fastmoe.fit(X, y, 2, l2=1.0)
+
+
 def test_sample_arguments(well_separated):
     with pytest.raises(ValueError, match="give either n"):
         fastmoe.sample(well_separated)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -159,6 +160,33 @@ class FitResult:
         return summarize(self, X, y, sample_weight=sample_weight, level=level, covariance=covariance,
                          feature_names=feature_names, class_names=class_names, n_threads=n_threads,
                          n_boot=n_boot, random_state=random_state)
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on this platform: no check
+        return None
+
+
+def _check_size(n_experts, n_classes, n_features, n_free, newton, y):
+    """A model whose curvature matrices cannot fit in memory is refused with the reason, before any
+    allocation: the experts' class-pair Hessian blocks, and the (P, P) Hessian of the Newton finish.
+    Labels taken for class indices (a label of 10^6 on a few rows) are the usual cause."""
+    pe = n_features + 1
+    needed = 8 * n_experts * (n_classes * (n_classes - 1) // 2) * (pe * (pe + 1) // 2)
+    if newton:
+        needed = max(needed, 8 * n_free * n_free)
+    memory = _physical_memory()
+    if memory is None or needed <= memory:
+        return
+    present = np.unique(y).size
+    hint = (f"; only {present} distinct labels occur in y: labels are class indices 0..n_classes-1, so encode "
+            "them first (np.unique(y, return_inverse=True)) or use MixtureOfExpertsClassifier, which takes any "
+            "labels" if present < n_classes else "")
+    raise ValueError(f"a model with {n_experts} experts, {n_classes} classes and {n_features} features has "
+                     f"{n_free} free parameters, whose curvature matrices need {needed / 2**30:.3g} GiB, more than "
+                     f"this machine's {memory / 2**30:.3g} GiB{hint}")
 
 
 def _check_init(init, gating, n_experts, n_features, n_classes):
@@ -347,6 +375,9 @@ def fit(
     X, Z = designs(gating, X, **inputs)
     inputs["n_inputs"] = n_features
     n_free = n_free_params(n_experts, n_classes, X.shape[1], Z.shape[1])
+    # The search's starts take Newton steps (with the whole Hessian) whatever ``newton`` says.
+    searching = isinstance(init, str) and init == "search" and n_experts > 1
+    _check_size(n_experts, n_classes, X.shape[1], n_free, newton or searching, y)
     # A ridge, or a box on every parameter, makes the fit well defined.
     if n_samples < n_free and l2 == 0 and not (bounds is not None and bounds.compact):
         shape = (f"{n_features} features" if inputs["gating_features"] is None and inputs["expert_features"] is None
