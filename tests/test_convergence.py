@@ -324,13 +324,13 @@ def test_fit_reaches_the_maximum_near_a_degenerate_truth(preset, n, replication)
     l2 = o.l2
     W, V = result.params.normalized().packed()
     Z = np.tanh(X) if gating == "tanh" else X
-    slope = 1.0 - ref.pack_free(*_intercept_mask(W, V))
 
     def negative(theta):
         Wt, Vt = ref.unpack_free(theta, W, V)
         g, H = ref.full_loglik_grad_hess(Wt, Vt, X, Z, y)
-        value = ref.loglik(Wt, Vt, X, Z, y) - 0.5 * l2 * np.sum(slope * theta**2)
-        return -value, -(g - l2 * slope * theta), -(H - np.diag(l2 * slope))
+        ridge_grad, ridge_hess = ref.ridge_grad_hess(Wt, Vt, l2, o.ridge)
+        value = ref.loglik(Wt, Vt, X, Z, y) - ref.ridge(Wt, Vt, l2, o.ridge)
+        return -value, -(g - ridge_grad), -(H - ridge_hess)
 
     theta0 = ref.pack_free(W, V)
     start_value, _, start_hess = negative(theta0)
@@ -375,8 +375,7 @@ def test_a_point_certified_on_a_ridge_bend_is_left_for_the_maximum():
     o = experiment.fit
 
     def penalised(params):  # the study's objective: the log-likelihood less the ridge on the slopes
-        W, V = params.packed()
-        return fastmoe.loglik(params, X, y) - 0.5 * o.l2 * (np.sum(W[:, 1:] ** 2) + np.sum(V[:, :, 1:] ** 2))
+        return fastmoe.loglik(params, X, y) - ref.ridge(*params.packed(), o.l2, o.ridge)
 
     start = fastmoe.MoEParams.from_dict(stored["params"])
     assert penalised(start) == pytest.approx(stored["objective"], rel=1e-12)  # the job's data came back
@@ -386,13 +385,6 @@ def test_a_point_certified_on_a_ridge_bend_is_left_for_the_maximum():
     assert result.objective == pytest.approx(penalised(result.params), rel=1e-12)
     assert result.objective - stored["objective"] > 0.4
 
-
-def _intercept_mask(W, V):
-    """``(W, V)``-shaped booleans that are True on the intercepts (column 0), in ``pack_free`` order."""
-    mW, mV = np.zeros(W.shape), np.zeros(V.shape)
-    mW[:, 0] = 1.0
-    mV[:, :, 0] = 1.0
-    return mW, mV
 
 
 def test_monitor_books_iterations_and_keeps_the_first_stop_reason():

@@ -430,15 +430,17 @@ def test_a_converged_verdict_is_a_maximum():
 
 def test_column_moments_over_blocks_of_rows(rng, monkeypatch):
     """Large designs have their moments summed over blocks of rows (no (n, d) temporary): the moments
-    of exactly rounded sums (math.fsum) to rounding, weighted too, and a constant column's spread
-    exactly 0 (the corrected two-pass mean; NumPy's sum of 5e5 copies of 0.1 is off by 9e-12, more
-    than CONSTANT_SPREAD)."""
+    of exactly rounded sums (math.fsum) to rounding, weighted too; and a constant column's spread is
+    exactly 0 on either path (NumPy's sum of 5e5 copies of 0.1 is off by 9e-12, more than
+    CONSTANT_SPREAD allows)."""
     import math
 
     from fastmoe import _problem
 
     A = np.c_[rng.normal(3.0, 2.0, 500_000), rng.normal(0.0, 1e-6, 500_000), np.full(500_000, 0.1)]
     weights = rng.integers(1, 4, 500_000).astype(float)
+    # Unblocked (1e6 entries): the constant column is constant all the same (its min is its max).
+    assert _problem.column_moments(A[:, [0, 2]])[1][1] == 0.0
     monkeypatch.setattr(_problem, "MOMENT_BLOCKED", 1000)
     monkeypatch.setattr(_problem, "MOMENT_BLOCK", 30_000)
     for w in (None, weights):

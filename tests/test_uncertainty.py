@@ -250,6 +250,9 @@ def test_a_boundary_maximum_has_no_standard_errors_for_its_runaway_class():
     runaway = {"b[0,1]", "a[0,1,0]", "a[0,1,1]"}
     for row in table:
         assert np.isnan(row.std_error) == (row.name in runaway), row
+    gone = np.isin(table.names, list(runaway))
+    assert np.isnan(table.covariance[gone]).all() and np.isnan(table.covariance[:, gone]).all()
+    assert np.isfinite(table.covariance[np.ix_(~gone, ~gone)]).all()
 
 
 def test_boundary_names_cover_the_classes_measured_from_a_class_without_mass():

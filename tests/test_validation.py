@@ -272,6 +272,13 @@ def test_overflowing_linear_predictors_are_reported_not_returned(data):
         fastmoe.sample(gate, X=np.full((50, 1), 1e10), random_state=0)
     _, labels, experts = fastmoe.sample(gate, X=np.full((50, 1), 1e-10), random_state=0, return_latent=True)
     assert labels.min() >= 0 and experts.min() >= 0  # finite logits still draw
+    # An expert that overflows is an error whichever expert the draw picks (its gate share here is
+    # e^-6: most draws never pick it), as predict_proba's is.
+    rare = fastmoe.MoEParams(beta0=[-6.0, 0.0], beta1=[[0.0], [0.0]], a=[[[1e300], [0.0]], [[0.0], [0.0]]],
+                             b=np.zeros((2, 2)))
+    for seed in range(5):
+        with pytest.raises(FloatingPointError, match="overflows"):
+            fastmoe.sample(rare, X=np.full((50, 1), 1e10), random_state=seed)
 
 
 def test_other_entry_points_name_their_argument(data, well_separated):

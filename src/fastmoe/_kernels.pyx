@@ -1006,14 +1006,21 @@ def predict(const double[:, ::1] X, const double[:, ::1] Z, const double[:, ::1]
         fastmoe_restore_fp(fp_mode)
 
 
+cdef inline bint _all_finite(const double* v, Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(m):
+        if v[i] - v[i] != 0.0:  # inf or NaN (no -ffast-math: this is not folded away)
+            return False
+    return True
+
+
 cdef inline Py_ssize_t _inverse_cdf(double* logits, double* prob, Py_ssize_t m, double u) noexcept nogil:
     """The category ``u`` picks from ``softmax(logits)`` by inverse CDF, or -1 where a logit is not finite
     (``prob`` is scratch; ``logits`` is overwritten)."""
     cdef Py_ssize_t i
     cdef double cum = 0.0
-    for i in range(m):
-        if logits[i] - logits[i] != 0.0:  # inf or NaN (no -ffast-math: this is not folded away)
-            return -1
+    if not _all_finite(logits, m):
+        return -1
     _log_softmax(logits, prob, m)
     for i in range(m - 1):
         cum = cum + prob[i]
@@ -1029,9 +1036,10 @@ def sample_labels(const double[:, ::1] X, const double[:, ::1] Z, const double[:
 
     ``uniforms[s, 0]`` picks ``z ~ Categorical(pi(x_s))``, ``uniforms[s, 1]`` picks
     ``y ~ Categorical(f_z(. | x_s))``: the caller's Generator fixes the draw, the thread count does not.
-    Where a logit is not finite (a linear predictor overflowed) the distribution is undefined and the
-    draw is -1, for the caller to report: every comparison with NaN fails, so the inverse CDF would
-    otherwise fall through to the last expert or class.
+    Where a logit of the gating or of any expert is not finite (a linear predictor overflowed) the
+    row's distribution is undefined and its label is -1, for the caller to report, whichever expert the
+    draw picks (as ``predict_proba`` raises for such a row): every comparison with NaN fails, so the
+    inverse CDF would otherwise fall through to the last expert or class.
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], dg = Z.shape[1]
     cdef Py_ssize_t k = W.shape[0], K = V.shape[1]
@@ -1046,7 +1054,7 @@ def sample_labels(const double[:, ::1] X, const double[:, ::1] Z, const double[:
     cdef double* pg = NULL
     cdef double* le = NULL
     cdef double* pe = NULL
-    cdef Py_ssize_t s, t, z
+    cdef Py_ssize_t s, i, t, z
     cdef unsigned int fp_mode
 
     with nogil, parallel(num_threads=_threads_for(n_threads, n_chunks)):
@@ -1059,6 +1067,11 @@ def sample_labels(const double[:, ::1] X, const double[:, ::1] Z, const double[:
             _gate_logits(Zp + s * dg, Wp, k, dg, lg)
             z = _inverse_cdf(lg, pg, k, uniforms[s, 0])
             t = -1
+            for i in range(k if z >= 0 else 0):
+                _expert_logits(Xp + s * d, Vp + i * K * (d + 1), K, d, le)
+                if not _all_finite(le, K):
+                    z = -1
+                    break
             if z >= 0:
                 _expert_logits(Xp + s * d, Vp + z * K * (d + 1), K, d, le)
                 t = _inverse_cdf(le, pe, K, uniforms[s, 1])

@@ -32,6 +32,8 @@ coordinates, so the reference entries (0) are inside it and projection is one cl
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .params import free_vector, slope_masks
@@ -45,17 +47,6 @@ def _centring(m, ridge):
     if ridge == "reference" or m <= 2:
         return np.eye(max(m - 1, 0))
     return np.eye(m - 1) - 1.0 / m
-
-
-def _block_diagonal(blocks):
-    size = sum(block.shape[0] for block in blocks)
-    out = np.zeros((size, size))
-    start = 0
-    for block in blocks:
-        stop = start + block.shape[0]
-        out[start:stop, start:stop] = block
-        start = stop
-    return out
 
 
 class Penalty:
@@ -87,7 +78,8 @@ class Penalty:
         The same over the whole free vector (:func:`fastmoe.params.free_vector` order).
     diagonal : bool
         Whether the ridge's Hessian is diagonal (``l2 * mask``): no ridge, the reference ridge, or two
-        experts and two classes. The code then takes the elementwise path of fastmoe 0.2, bit for bit.
+        experts and two classes. The gradients are then the elementwise products of fastmoe 0.2, bit for
+        bit.
     gate_hessian, expert_hessian, hessian : ndarray
         The ridge's Hessians (``l2 * kron(C_m, D)``) on the gating block, on one expert's block, and on
         the whole free vector (block diagonal).
@@ -121,8 +113,6 @@ class Penalty:
         self.diagonal = self.l2 == 0.0 or ridge == "reference" or (k <= 2 and K <= 2)
         self.gate_hessian = self.l2 * np.kron(self._gate_c, np.diag(self.gate_mask[: problem.n_gate_features + 1]))
         self.expert_hessian = self.l2 * np.kron(self._expert_c, np.diag(self.expert_mask[: problem.n_features + 1]))
-        self.hessian = np.diag(self.l2 * self.mask) if self.diagonal else _block_diagonal(
-            [self.gate_hessian] + [self.expert_hessian] * k)
         self.bounds = bounds
         if bounds is None:
             self.limit_W = self.limit_V = self.limit = None
@@ -131,6 +121,16 @@ class Penalty:
                 problem.n_experts, problem.n_classes, problem.n_features, problem.n_gate_features)
             self.limit = free_vector(self.limit_W, self.limit_V)
 
+    @functools.cached_property
+    def hessian(self):
+        """The ridge's Hessian on the whole free vector, formed when first asked for (by Newton steps
+        and standard errors): (P, P), 0.2 GB at P = 5000, which no EM iteration needs."""
+        if self.diagonal:
+            return np.diag(self.l2 * self.mask)
+        from scipy.linalg import block_diag  # on first use: keeps ``import fastmoe`` light
+
+        return block_diag(self.gate_hessian, *[self.expert_hessian] * self.n_experts)
+
     def blocks(self, W, V):
         """The penalty of each M-step block: ``[gating, expert 1, ..., expert k]``, at packed ``(W, V)``
         in reference conventions (the last expert's gating row and each expert's last class zero)."""
@@ -138,9 +138,9 @@ class Penalty:
         if self.l2 > 0.0:
             # Where C_m = I the sums of squares of fastmoe 0.2, as they were summed.
             gate, expert = W[:, 1:], V[:, :, 1:]
-            if self._gate_c.shape[0] >= 2 and self.ridge == "centred":
+            if self.ridge == "centred" and W.shape[0] >= 3:
                 gate = gate - gate.mean(axis=0)
-            if self._expert_c.shape[0] >= 2 and self.ridge == "centred":
+            if self.ridge == "centred" and V.shape[1] >= 3:
                 expert = expert - expert.mean(axis=1, keepdims=True)
             out[0] = 0.5 * self.l2 * np.sum(gate ** 2 * self._gate_weight)
             out[1:] = 0.5 * self.l2 * np.sum(expert ** 2 * self._expert_weight, axis=(1, 2))

@@ -69,7 +69,10 @@ def column_moments(A, weights=None):
             return np.square(deviation, out=deviation)  # one block-sized temporary, not two
 
         sd = np.sqrt(sum(weighted_sum(squares(b), b) for b in blocks) / total)
-    return mean, np.where(sd <= CONSTANT_SPREAD * np.abs(mean), 0.0, sd)
+    # A column of one repeated value is constant whatever its sums round to (a sum of 5e5 copies of 0.1
+    # is 9e-12 off, more than CONSTANT_SPREAD allows).
+    constant = (A.min(axis=0) == A.max(axis=0)) | (sd <= CONSTANT_SPREAD * np.abs(mean))
+    return mean, np.where(constant, 0.0, sd)
 
 
 def column_scale(A, weights=None):

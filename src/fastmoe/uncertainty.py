@@ -291,7 +291,7 @@ class _Resolved(NamedTuple):
 def _resolve_model(model, y, sample_weight=None) -> _Resolved:
     """The estimate, labels and weights of an MoEParams, a FitResult or a fitted estimator.
 
-    ``l2`` and ``ridge`` are the ridge the estimate maximised with (none for an MoEParams); ``problems``
+    ``l2`` and ``ridge`` are the ridge the estimate maximised with (``l2 = 0`` for an MoEParams); ``problems``
     lists the reasons the fit may not be an interior maximum; ``boundary`` the fit's ``(expert, class)``
     pairs of probability 0 (``FitResult.boundary``). For an estimator the labels are encoded and its
     class weights multiplied into ``sample_weight``, as in its fit.
@@ -453,7 +453,10 @@ def parameter_table(
     std_error = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     std_error[~identified] = np.nan
     if boundary:  # finite only because the run stopped somewhere along the way to -inf
-        std_error[np.isin(free_parameter_names(params), _boundary_names(params, boundary))] = np.nan
+        runaway = np.isin(free_parameter_names(params), _boundary_names(params, boundary))
+        std_error[runaway] = np.nan
+        cov = cov.copy()
+        cov[runaway], cov[:, runaway] = np.nan, np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         z = estimate / std_error
     from scipy.special import ndtr, ndtri  # on first use: keeps ``import fastmoe`` light
