@@ -147,10 +147,10 @@ class Penalty:
         return out
 
     def gradient(self, theta):
-        """The ridge's gradient at the free vector ``theta``."""
-        if self.diagonal:
-            return self.l2 * self.mask * theta
-        return self.hessian @ theta
+        """The ridge's gradient at the free vector ``theta``, block by block (no (P, P) product)."""
+        n_gate = self.gate_mask.size
+        experts = self.expert_gradient(theta[n_gate:].reshape(self.n_experts, -1))
+        return np.concatenate([self.gate_gradient(theta[:n_gate]), experts.ravel()])
 
     def gate_gradient(self, theta):
         """The ridge's gradient on the gating block's free vector ``W[:k-1].ravel()``."""
