@@ -39,8 +39,9 @@ def test_the_ridge_value_gradient_and_hessian_match_the_numpy_statement(ridge, k
     # The block pieces the M-steps use are the whole Hessian's blocks.
     n_gate = (k - 1) * (params.n_gate_features + 1)
     np.testing.assert_allclose(penalty.hessian[:n_gate, :n_gate], penalty.gate_hessian, atol=0)
-    np.testing.assert_allclose(penalty.hessian[n_gate:, n_gate:][: penalty.expert_hessian.shape[0], : penalty.expert_hessian.shape[0]],
-                               penalty.expert_hessian, atol=0)
+    size = penalty.expert_hessian.shape[0]
+    np.testing.assert_allclose(penalty.hessian[n_gate:n_gate + size, n_gate:n_gate + size], penalty.expert_hessian,
+                               atol=0)
     # With two rows a block's two forms coincide, and where no block has more the Hessian is l2 times the mask.
     if k <= 2 and K <= 2:
         assert penalty.diagonal and np.array_equal(penalty.hessian, np.diag(l2 * penalty.mask))

@@ -185,8 +185,8 @@ def _check_size(n_experts, n_classes, n_features, n_free, newton, y):
             "them first (np.unique(y, return_inverse=True)) or use MixtureOfExpertsClassifier, which takes any "
             "labels" if present < n_classes else "")
     raise ValueError(f"a model with {n_experts} experts, {n_classes} classes and {n_features} features has "
-                     f"{n_free} free parameters, whose curvature matrices need at least {needed / 2**30:.3g} GiB, more than "
-                     f"this machine's {memory / 2**30:.3g} GiB{hint}")
+                     f"{n_free} free parameters, whose curvature matrices need at least {needed / 2**30:.3g} GiB, "
+                     f"more than this machine's {memory / 2**30:.3g} GiB{hint}")
 
 
 def _check_init(init, gating, n_experts, n_features, n_classes):

@@ -36,6 +36,11 @@ SLOWING_RATIO = 0.1
 SAME_MAXIMUM_RTOL = 1e-6
 
 
+def boundary_pairs_text(boundary):
+    """``(expert, class)`` pairs of a boundary maximum in words, as messages and warnings name them."""
+    return ", ".join(f"class {c} in expert {i}" for i, c in boundary)
+
+
 def same_maximum(a, b):
     """Whether objectives ``a`` and ``b`` belong to one maximum (``SAME_MAXIMUM_RTOL``)."""
     return abs(a - b) <= SAME_MAXIMUM_RTOL * max(abs(a), abs(b), 1.0)
@@ -279,8 +284,8 @@ class ConvergenceMonitor:
         if empty_experts:
             parts.append(f"experts {list(empty_experts)} have no responsibility mass")
         if boundary:
-            pairs = ", ".join(f"class {c} in expert {i}" for i, c in boundary)
-            parts.append(f"at a boundary of the model: probability 0 for {pairs} (those intercepts are not finite)")
+            parts.append(f"at a boundary of the model: probability 0 for {boundary_pairs_text(boundary)} (those "
+                         "intercepts are not finite)")
         if active_bounds:
             shown = ", ".join(active_bounds[:MESSAGE_NAMES]) + (", ..." if len(active_bounds) > MESSAGE_NAMES else "")
             parts.append(f"at a bound: {len(active_bounds)} free parameter(s) on the box ({shown}); "

@@ -154,8 +154,9 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         the summed log-likelihood: ``LogisticRegression(C=1 / l2)``'s ridge (with ``ridge="centred"``;
         one expert gives that model), and the default is that of ``LogisticRegression(C=1.0)``. It
         keeps the slopes finite on separable data and on data with fewer samples than free
-        parameters, where the maximum-likelihood estimate does not exist. ``l2=0`` is maximum likelihood, the default of :func:`fastmoe.fit` (standard errors
-        of :func:`~fastmoe.parameter_table` assume it).
+        parameters, where the maximum-likelihood estimate does not exist. ``l2=0`` is maximum
+        likelihood, the default of :func:`fastmoe.fit` (standard errors of
+        :func:`~fastmoe.parameter_table` assume it).
     ridge : {"centred", "reference"}, default="centred"
         Which slopes the ridge shrinks (:func:`fastmoe.fit`): ``"centred"`` those of all classes (and
         experts) made to sum to zero, as ``LogisticRegression`` does, so that renaming or reordering

@@ -25,7 +25,8 @@ data cannot pin down at first order (used in ``docs/results-history.md`` for the
 
 A penalised fit (a ridge on the slopes, the estimator's default) is not an MLE and ``J^{-1}`` does
 not describe it. :func:`parameter_table` then uses the *penalised* information ``J_p = J + R`` (``R`` the
-ridge's Hessian, ``l2`` times the slope mask for the reference ridge; ``fastmoe._penalty``), the negative Hessian of the objective the fit maximised: ``covariance="penalised"``
+ridge's Hessian, ``l2`` times the slope mask for the reference ridge; ``fastmoe._penalty``), the negative
+Hessian of the objective the fit maximised: ``covariance="penalised"``
 (the default there) gives ``J_p^{-1}``, the posterior covariance under the Gaussian prior the ridge
 amounts to (Wood's ``V_p``; it includes an allowance for the shrinkage bias), and ``covariance="sandwich"``
 gives ``J_p^{-1} J J_p^{-1}``, the model-based variance of the penalised estimator (no bias allowance).
@@ -54,6 +55,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from ._fit import FitResult, fit
+from ._monitor import boundary_pairs_text
 from ._penalty import RIDGES, Penalty
 from ._predict import predict_proba
 from ._problem import Problem
@@ -314,7 +316,7 @@ def _resolve_model(model, y, sample_weight=None) -> _Resolved:
         if model.boundary:
             names = _boundary_names(model.params, model.boundary)
             problems.append(
-                f"it ended on a boundary of the model (probability 0 for {_pairs_text(model.boundary)}): the "
+                f"it ended on a boundary of the model (probability 0 for {boundary_pairs_text(model.boundary)}): the "
                 f"intercepts there are not finite, so {', '.join(names[:8])}{', ...' if len(names) > 8 else ''} "
                 "have no standard error (nan), and the others are conditional on that boundary")
         return _Resolved(model.params, y, sample_weight, model.l2, model.ridge, problems, tuple(model.boundary))
@@ -322,14 +324,11 @@ def _resolve_model(model, y, sample_weight=None) -> _Resolved:
     estimator = sys.modules.get("fastmoe.estimator")
     if estimator is not None and isinstance(model, estimator.MixtureOfExpertsClassifier):
         codes = model.encode_labels(y)
-        return _resolve_model(model.fit_result_, None)._replace(y=codes, sample_weight=model._fit_weights(codes, sample_weight))
+        weights = model._fit_weights(codes, sample_weight)
+        return _resolve_model(model.fit_result_, None)._replace(y=codes, sample_weight=weights)
     raise TypeError(
         f"model must be an MoEParams, a FitResult or a fitted MixtureOfExpertsClassifier, got {type(model).__name__}"
     )
-
-
-def _pairs_text(pairs):
-    return ", ".join(f"class {c} in expert {i}" for i, c in pairs)
 
 
 def _boundary_names(params, boundary):
