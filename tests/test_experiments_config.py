@@ -112,6 +112,9 @@ def test_digest_ignores_the_grid_but_not_the_model():
     centred = small_experiment(fit={"l2": 0.5, "ridge": "centred"})
     assert centred.to_dict()["fit"]["ridge"] == "centred"
     assert centred.model_digest() != small_experiment(fit={"l2": 0.5}).model_digest()
+    # Without a ridge its form changes no fit, and so no digest.
+    assert small_experiment(fit={"l2": 0.0, "ridge": "centred"}).model_digest() == \
+        small_experiment(fit={"l2": 0.0}).model_digest()
 
 
 @pytest.mark.parametrize(

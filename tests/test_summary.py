@@ -80,7 +80,7 @@ def test_estimator_summary_names_features_and_classes(frame):
     assert _block(out, "expert", "0", "dog").index.tolist() == ["intercept", "age", "dose"]
     assert set(out.index.get_level_values("class")) == {"", "cat", "dog"}  # eel is the reference
     # the default ridge: the penalised Hessian, said in the header, and finite standard errors
-    assert dict(summary.header)["standard errors"] == "inverse penalised Hessian (l2=1); Wald 95% intervals"
+    assert dict(summary.header)["standard errors"] == "inverse penalised Hessian (centred ridge, l2=1); Wald 95% intervals"
     assert dict(summary.header)["penalty"].startswith("ridge l2=1 on all slopes")
     assert np.isfinite(out["std_error"]).all()
     text = str(summary)

@@ -203,11 +203,14 @@ def test_penalised_fits_get_the_penalised_covariance(fitted):
     Jp = J + l2 * np.diag(slopes)
     np.testing.assert_allclose(auto.covariance, np.linalg.inv(Jp), rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(sandwich.covariance, np.linalg.inv(Jp) @ J @ np.linalg.inv(Jp), rtol=1e-7, atol=1e-12)
-    assert auto.method == "inverse penalised Hessian (l2=5)" and sandwich.method.startswith("sandwich")
+    assert auto.method == "inverse penalised Hessian (centred ridge, l2=5)"
+    assert sandwich.method == "sandwich around the penalised Hessian (centred ridge, l2=5)"
     assert (sandwich.std_error <= auto.std_error * (1 + 1e-9)).all()  # the sandwich has no bias allowance
     # An MoEParams carries no penalty: give l2 to get the same table.
     by_hand = parameter_table(penalised.params, X, y, l2=l2)
     np.testing.assert_allclose(by_hand.std_error, auto.std_error, rtol=1e-12)
+    assert parameter_table(penalised.params, X, y, l2=l2, ridge="reference").method == \
+        "inverse penalised Hessian (reference ridge, l2=5)"
     assert parameter_table(penalised.params, X, y).method == "observed information"
     with pytest.raises(ValueError, match="covariance must be one of"):
         parameter_table(penalised, X, y, covariance="robust")

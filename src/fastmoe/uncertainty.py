@@ -437,9 +437,10 @@ def parameter_table(
     else:
         inverse, identified = _covariance(information + _penalty_matrix(params, l2, ridge))
         if covariance == "penalised":
-            cov, method = inverse, f"inverse penalised Hessian (l2={l2:g})"
+            cov, method = inverse, f"inverse penalised Hessian ({ridge} ridge, l2={l2:g})"
         else:
-            cov, method = inverse @ information @ inverse, f"sandwich around the penalised Hessian (l2={l2:g})"
+            cov, method = (inverse @ information @ inverse,
+                           f"sandwich around the penalised Hessian ({ridge} ridge, l2={l2:g})")
     if not identified.all():
         warnings.warn(
             f"the {'observed' if covariance == 'observed' else 'penalised'} information is not positive definite "

@@ -236,7 +236,7 @@ class Experiment:
             del fit["oracle_check"]
         if fit["bounds"] is None:
             del fit["bounds"]
-        if fit["ridge"] == "reference":
+        if fit["ridge"] == "reference" or fit["l2"] == 0.0:  # without a ridge its form changes no fit
             del fit["ridge"]
         return {
             "name": self.name,

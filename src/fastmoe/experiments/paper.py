@@ -373,7 +373,7 @@ def _definition_facts(exp: Experiment) -> str:
     how = {"truth": "oracle start near the truth", "search": "fastmoe.fit's default search"}.get(fit.init, fit.init)
     extra = []
     if fit.l2:
-        extra.append(f"ridge l2 = {fit.l2:g}")
+        extra.append(f"{fit.ridge} ridge l2 = {fit.l2:g}")
     if fit.bounds is not None:
         extra.append(f"box {fit.bounds}")
     return (f"k* = {t.n_experts}, k = {exp.n_experts}, {t.gating} gating, d = {t.beta1.shape[1]}, K = {t.n_classes}; "
