@@ -21,6 +21,8 @@ gives the direction to leave by. :func:`quadratic_model` chooses.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 # Eigenvalues below this fraction of the largest count as zero: the model is then not strictly
@@ -147,33 +149,41 @@ class QuadraticModel:
         """``z(mu) = c / (lam + mu)`` with ``||z(mu)|| = radius`` and ``mu >= max(0, -lam_min)``."""
         lam, c = self.eigval, self.coef
         low = max(0.0, -float(lam[0]))
+        # A zero gradient component adds nothing, even where its lam + mu is 0 (a saddle's gradient).
+        moves = c != 0.0
+        z = np.zeros_like(c)  # entries outside ``moves`` stay 0
 
         def excess(mu):
+            # The root search calls this some 30 times a step, and on small data steps are most of a
+            # fit's time (iris, k = 3: half of it with a fresh error state and array per call), so it
+            # writes into one buffer; sqrt(z.z) is how np.linalg.norm computes the norm, to the bit.
             # Near mu = -lam_min the norm is huge or inf; inf is the right answer (far outside the radius).
-            # A zero gradient component adds nothing, even where its lam + mu is 0 (a saddle's gradient).
-            with np.errstate(divide="ignore", over="ignore"):
-                return float(np.linalg.norm(np.divide(c, lam + mu, out=np.zeros_like(c), where=c != 0.0))) - radius
+            np.divide(c, lam + mu, out=z, where=moves)
+            return math.sqrt(z.dot(z)) - radius
 
-        # lam_i + high >= ||c|| / radius for every i, so ||z(high)|| <= radius in exact arithmetic. In
-        # floating point it can come out an ulp above (eigenvalues far below ||c|| / radius: a flat model
-        # far from its maximum), and then no root lies in [edge, high]: widen until the sign is right.
-        high = low + _norm(c) / radius + np.finfo(float).tiny
-        while excess(high) > 0.0:
-            high *= 2.0
-        edge = low * (1.0 + 1e-12) + 1e-300
-        if excess(edge) > 0.0:
-            from scipy.optimize import brentq  # here, not at import: scipy.optimize costs ~0.5 s to load
+        with np.errstate(divide="ignore", over="ignore"):
+            # lam_i + high >= ||c|| / radius for every i, so ||z(high)|| <= radius in exact arithmetic. In
+            # floating point it can come out an ulp above (eigenvalues far below ||c|| / radius: a flat
+            # model far from its maximum), and then no root lies in [edge, high]: widen until the sign is right.
+            high = low + _norm(c) / radius + np.finfo(float).tiny
+            while excess(high) > 0.0:
+                high *= 2.0
+            edge = low * (1.0 + 1e-12) + 1e-300
+            mu = None
+            if excess(edge) > 0.0:
+                from scipy.optimize import brentq  # here, not at import: scipy.optimize costs ~0.5 s to load
 
-            try:
-                mu = brentq(excess, edge, high, xtol=1e-14 * high, rtol=1e-12)
-            except RuntimeError:
-                # A root many decades below ``high`` can defeat brentq on the linear scale (measured: a
-                # gradient component of 7e-146 along an eigenvalue of -1e-276 put the root near 3e-148
-                # with high = 2e-8; 100 iterations did not find it). Bisect on the log scale instead.
-                # (Short of failing, brentq can also stop within its absolute tolerance at a shift whose
-                # step falls short of the radius; judging its roots changes the last digits of some
-                # running studies' fits, so that waits for the next version.)
-                mu = _log_bisection(excess, low, edge, high)
+                try:
+                    mu = brentq(excess, edge, high, xtol=1e-14 * high, rtol=1e-12)
+                except RuntimeError:
+                    # A root many decades below ``high`` can defeat brentq on the linear scale (measured: a
+                    # gradient component of 7e-146 along an eigenvalue of -1e-276 put the root near 3e-148
+                    # with high = 2e-8; 100 iterations did not find it). Bisect on the log scale instead.
+                    # (Short of failing, brentq can also stop within its absolute tolerance at a shift
+                    # whose step falls short of the radius; judging its roots changes the last digits of
+                    # some running studies' fits, so that waits for the next version.)
+                    mu = _log_bisection(excess, low, edge, high)
+        if mu is not None:
             return c / (lam + mu)
         # The hard case: the gradient has (almost) no component along the lowest eigenvector, so no
         # shift reaches the boundary. Fill the rest of the radius along that eigenvector.
