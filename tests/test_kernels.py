@@ -65,6 +65,28 @@ def test_e_step_and_predict_match_reference(rng, k, K, d):
     assert logp.sum() == pytest.approx(ref.loglik(W, V, X, Z, y), rel=1e-12)
 
 
+def test_predicted_rows_sum_to_one_with_intercepts_running_off(rng):
+    """A boundary maximum sends intercepts to +-1e9 and beyond (seen: iris, k = 2, l2 = 10, in a grid
+    search). The log-probabilities must be formed as (v - max) - log(sum), or the rounding of max +
+    log(sum) at 1e9 (1e-7) moved every row's sum by up to 5e-8 and scikit-learn's log_loss warned."""
+    params = fastmoe.MoEParams(
+        beta0=np.array([-1.2153, 0.0]), beta1=np.array([[0.3052, 0.0609, 0.6444, 0.8287], [0.0, 0.0, 0.0, 0.0]]),
+        a=np.array([np.zeros((3, 4)), [[-0.3227, 0.336, -0.4393, -0.4009], [0.3227, -0.336, 0.4393, 0.4009], [0, 0, 0, 0]]]),
+        b=np.array([[-6.2038e11, -6.2038e11, 0.0], [9.7962e8, 9.7962e8, 0.0]]),
+    )
+    X = rng.standard_normal((500, 4))
+    proba = fastmoe.predict_proba(params, X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-14)
+    # Independently: each expert's softmax normalised by division, then mixed. The logits themselves
+    # carry the rounding of 1e9 (1.2e-7), so the two agree to that, not to the last bit.
+    from scipy.special import softmax
+
+    gate = softmax(params.beta1 @ X.T + params.beta0[:, None], axis=0).T  # (n, k)
+    logits = np.einsum("ksd,nd->nks", params.a, X) + params.b  # (n, k, K)
+    expected = np.einsum("nk,nks->ns", gate, softmax(logits, axis=2))
+    np.testing.assert_allclose(proba, expected, rtol=1e-6, atol=1e-15)
+
+
 def test_resp_in_replaces_responsibilities(rng):
     params = random_params(rng, 3, 3, 2)
     X, Z, y = _data(rng, params, 400)

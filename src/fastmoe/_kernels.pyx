@@ -277,7 +277,7 @@ cdef inline double _log_softmax(double* v, double* prob, Py_ssize_t m) noexcept 
     -inf. ``v`` and ``prob`` must not alias.
     """
     cdef Py_ssize_t j
-    cdef double vmax = _max_shift(v, m), total = 0.0, lse
+    cdef double vmax = _max_shift(v, m), total = 0.0, log_total
     if vmax == -INFINITY:
         for j in range(m):
             prob[j] = 0.0
@@ -285,11 +285,14 @@ cdef inline double _log_softmax(double* v, double* prob, Py_ssize_t m) noexcept 
     for j in range(m):
         prob[j] = exp(v[j] - vmax)
         total += prob[j]
-    lse = vmax + log(total)
+    log_total = log(total)
     for j in range(m):
-        v[j] = v[j] - lse
+        # (v - max) - log(total), not v - (max + log(total)): with logits of 1e9 (an intercept running
+        # off to a boundary maximum) max + log(total) rounds to the logits' ulp, 1e-7, and the
+        # log-probabilities, so predict_proba's rows, were off by that (rows summing to 1 +- 5e-8).
+        v[j] = (v[j] - vmax) - log_total
         prob[j] = prob[j] / total
-    return lse
+    return vmax + log_total
 
 
 cdef inline void _gate_logits(const double* z, const double* W, Py_ssize_t k, Py_ssize_t dg,
