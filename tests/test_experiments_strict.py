@@ -223,6 +223,57 @@ def test_a_refused_definition_does_not_replace_experiment_toml(tmp_path, capsys)
     assert Experiment.load(out / "experiment.toml") == exp
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--jobs", "0"], "n_jobs must be >= 1, got 0"),
+    (["--threads-per-job", "-1"], "threads_per_job must be >= 1, got -1"),
+    (["--max-minutes", "-1"], "stop_after must be a number of seconds >= 0"),
+    (["--max-minutes", "nan"], "stop_after must be a number of seconds >= 0"),
+])
+def test_refused_run_options_write_nothing(tmp_path, capsys, options, message):
+    """The command's own options are checked with the definition, before the store registers the grid
+    or experiment.toml is replaced: a refused run neither creates a directory nor changes a study's grid."""
+    out = tmp_path / "new"
+    assert main(["rates", "run", "exact-fit", "--out", str(out), "--no-progress", *options]) == 2
+    assert message in one_line(capsys.readouterr().err)
+    assert not out.exists()
+    exp = small_experiment()
+    run = fake_run(tmp_path / "run", exp)
+    before = snapshot(run)
+    spec = tmp_path / "spec.toml"
+    exp.save(spec)
+    assert main(["rates", "run", str(spec), "--out", str(run), "--no-progress", "--sample-sizes", "100",
+                 "--replications", "1", *options]) == 2
+    assert message in one_line(capsys.readouterr().err)
+    assert snapshot(run) == before
+
+
+def test_an_unknown_preset_is_one_line(capsys):
+    assert main(["rates", "presets", "--show", "nope"]) == 2
+    assert "no preset 'nope'" in one_line(capsys.readouterr().err)
+
+
+def test_bootstrap_counts_and_windows_that_leave_no_slope_are_refused(tmp_path, capsys):
+    parser = build_parser()
+    for bad in ("-5", "1", "19", "many"):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(["rates", "report", "x", "--bootstrap", bad])
+        assert exit_.value.code == 2
+        assert "--bootstrap" in capsys.readouterr().err
+    assert parser.parse_args(["rates", "report", "x", "--bootstrap", "0"]).bootstrap == 0
+    exp = small_experiment().with_grid(sample_sizes=[1000, 3000, 10000], n_replications=4)
+    run = fake_run(tmp_path / "run", exp)
+    assert main(["rates", "report", str(run), "--bootstrap", "20", "--no-plots"]) == 0
+    before = snapshot(run)
+    capsys.readouterr()
+    assert main(["rates", "report", str(run), "--bootstrap", "20", "--min-n", "20000"]) == 2
+    assert "leave 0 of the run's sample sizes (1000, 3000, 10000); a slope needs two" in one_line(
+        capsys.readouterr().err)
+    assert snapshot(run) == before  # slopes.csv is not overwritten with nan
+    other = fake_run(tmp_path / "other", exp.with_grid(sample_sizes=[20000, 50000], n_replications=4))
+    assert main(["rates", "compare", str(run), str(other), "--bootstrap", "20"]) == 2
+    assert "shares fewer than two sample sizes with" in one_line(capsys.readouterr().err)
+
+
 # -- 3 and 5: damaged and read-only stores ----------------------------------------------------------------
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "other database"])
 def test_a_damaged_store_is_refused_with_one_line(tmp_path, capsys, damage):

@@ -45,6 +45,22 @@ from .runner import ORDERS
 __all__ = ["main", "build_parser"]
 
 
+#: The fewest bootstrap resamples a command takes (0: no intervals): a 95% percentile interval from fewer
+#: is no interval (from 1 it is a single resample, which need not contain its own estimate).
+MIN_BOOTSTRAP = 20
+
+
+def _bootstrap_count(text: str) -> int:
+    """``--bootstrap``: 0 (no intervals) or at least ``MIN_BOOTSTRAP`` resamples."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value != 0 and value < MIN_BOOTSTRAP:
+        raise argparse.ArgumentTypeError(f"must be 0 (no intervals) or at least {MIN_BOOTSTRAP}, got {value}")
+    return value
+
+
 def _int_list(text: str) -> List[int]:
     """Comma-separated whole numbers; ``1e4`` is 10000, ``3000.9`` is refused (not rounded)."""
     sizes = []
@@ -104,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="average converged fits only (default also keeps fits that hit max_iter)")
     report.add_argument("--min-n", type=int, default=None, help="fit slopes on n >= this only")
     report.add_argument("--max-n", type=int, default=None, help="fit slopes on n <= this only")
-    report.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
+    report.add_argument("--bootstrap", type=_bootstrap_count, default=2000,
+                        help=f"bootstrap resamples for the intervals (0: none; else at least {MIN_BOOTSTRAP})")
     report.add_argument("--statistic", choices=STATISTICS, default="median",
                         help="what summarises the replications of one n for the slopes (default: median; the "
                              "slopes of the means are listed beside)")
@@ -125,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--ok-only", action="store_true", help="average converged fits only")
     compare.add_argument("--min-n", type=int, default=None, help="fit slopes on n >= this only")
     compare.add_argument("--max-n", type=int, default=None, help="fit slopes on n <= this only")
-    compare.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
+    compare.add_argument("--bootstrap", type=_bootstrap_count, default=2000,
+                        help=f"bootstrap resamples for the intervals (0: none; else at least {MIN_BOOTSTRAP})")
     compare.add_argument("--statistic", choices=STATISTICS, default="median",
                          help="what summarises the replications of one n (default: median)")
     compare.add_argument("--plot", type=Path, default=None,
@@ -158,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument("--max-minutes", type=float, default=None, metavar="M",
                        help="start no job after M minutes (over all the studies): running jobs finish and are "
                             "stored, run again to resume")
-    paper.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
+    paper.add_argument("--bootstrap", type=_bootstrap_count, default=2000,
+                        help=f"bootstrap resamples for the intervals (0: none; else at least {MIN_BOOTSTRAP})")
     paper.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     presets = sub.add_parser("presets", help="list the shipped experiment presets")
@@ -230,7 +249,11 @@ def _presets(args) -> int:
     from .presets import get_preset, preset_names
 
     if args.show:
-        print(get_preset(args.show).to_toml(), end="")
+        try:
+            exp = get_preset(args.show)
+        except KeyError as exc:
+            return _fail("presets", exc)
+        print(exp.to_toml(), end="")
         return 0
     for name in preset_names():
         exp = get_preset(name)
@@ -243,16 +266,17 @@ def _presets(args) -> int:
 
 def _run(args) -> int:
     from .presets import load_experiment
-    from .runner import check_scheduler, run_experiment
+    from .runner import check_run_options, run_experiment
     from .store import ResultStore, StoreError
 
+    stop_after = None if args.max_minutes is None else 60.0 * args.max_minutes
     try:  # everything about the definition and the command is checked before anything is written
         exp = load_experiment(args.spec)
         sizes = args.sample_sizes if args.sample_sizes is not None else list(exp.sample_sizes)
         if args.max_n is not None:
             sizes = [n for n in sizes if n <= args.max_n]
         exp = exp.with_grid(sample_sizes=sizes, n_replications=args.replications)
-        check_scheduler(args.scheduler)
+        check_run_options(args.scheduler, args.jobs, args.threads_per_job, args.order, stop_after)
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         return _fail("run", exc)
     out = args.out if args.out is not None else Path(f"rates-{exp.name}")
@@ -264,8 +288,7 @@ def _run(args) -> int:
         exp.save(out / "experiment.toml")
         summary = run_experiment(exp, out, scheduler=args.scheduler, n_jobs=args.jobs,
                                  threads_per_job=args.threads_per_job, retry_failed=args.retry_failed,
-                                 progress=not args.no_progress, order=args.order,
-                                 stop_after=None if args.max_minutes is None else 60.0 * args.max_minutes)
+                                 progress=not args.no_progress, order=args.order, stop_after=stop_after)
     except (ValueError, StoreError, sqlite3.DatabaseError, OSError, RuntimeError) as exc:
         return _fail("run", exc)
     where = summary.executor + (f", {summary.n_workers} workers x {summary.threads_per_job} threads"
@@ -292,6 +315,12 @@ def _report(directory, experiment=None, ok_only=False, min_n=None, max_n=None, n
                          n_boot=n_boot, min_n=min_n, max_n=max_n, statistic=statistic)
     except (OSError, KeyError, ValueError, StoreError, sqlite3.DatabaseError) as exc:
         return _fail("report", exc)
+    sizes = sorted({int(r["n"]) for r in report.records})
+    window = [n for n in sizes if (min_n is None or n >= min_n) and (max_n is None or n <= max_n)]
+    if (min_n is not None or max_n is not None) and len(window) < 2 <= len(sizes):
+        # every slope would be nan, and the exports would be overwritten with them
+        return _fail("report", f"--min-n/--max-n leave {len(window)} of the run's sample sizes "
+                               f"({', '.join(map(str, sizes)) or 'none'}); a slope needs two")
     print(report.format_table(all_metrics=all_metrics))
     out_dir = Path(out) if out is not None else directory if directory.is_dir() else store_path(directory).parent
     exported = []
@@ -345,6 +374,15 @@ def _compare(args) -> int:
             return _fail("compare", f"not in every run: {', '.join(missing)}")
     else:
         metrics = [m for m in base.metrics if all(m in r.metrics for r in others)]
+    if not metrics:
+        return _fail("compare", "the runs have no metric in common")
+    table = compare_runs(reports, metrics, include=include, n_boot=args.bootstrap, min_n=args.min_n,
+                         max_n=args.max_n, statistic=args.statistic)
+    for i in range(1, len(reports)):
+        if all(len(row[i - 1].difference.sizes) < 2 for row in table):
+            return _fail("compare", f"{args.dirs[i]} shares fewer than two sample sizes with {args.dirs[0]}"
+                                    f"{' within --min-n/--max-n' if args.min_n or args.max_n else ''}: no slopes "
+                                    "to compare")
     names = [f"{r.experiment.name} ({r.experiment.truth.gating_name})" for r in reports]
     print("runs: " + "; ".join(f"[{i}] {name}" for i, name in enumerate(names)))
     print(f"slopes of log({args.statistic} metric) on log(n) over the sample sizes (count in 'sizes') that run [i] "
@@ -358,9 +396,6 @@ def _compare(args) -> int:
         head += (f" {f'slope[{i}]':>9} {f'[{i}] - [0]':>10} {'95% CI':>18} {'plan':>4} {'p':>7} {'Holm':>7}"
                  f"   {'sizes':>5}")
     print(head)
-
-    table = compare_runs(reports, metrics, include=include, n_boot=args.bootstrap, min_n=args.min_n,
-                         max_n=args.max_n, statistic=args.statistic)
     for metric, row in zip(metrics, table):
         line = f"{metric:<14} {row[0].difference.slope_a:>+9.3f}"
         for c in row:
@@ -399,12 +434,13 @@ def _paper(args) -> int:
         return 0
     try:
         if not args.report_only:
-            check = __import__("fastmoe.experiments.runner", fromlist=["check_scheduler"]).check_scheduler
-            check(args.scheduler)
+            from .runner import check_run_options
+
+            stop_after = None if args.max_minutes is None else 60.0 * args.max_minutes
+            check_run_options(args.scheduler, args.jobs, args.threads_per_job, args.order, stop_after)
             run_paper(paper, args.root, args.only, scheduler=args.scheduler, n_jobs=args.jobs,
                       threads_per_job=args.threads_per_job, progress=not args.no_progress,
-                      results=None if args.fresh else args.results, order=args.order,
-                      stop_after=None if args.max_minutes is None else 60.0 * args.max_minutes)
+                      results=None if args.fresh else args.results, order=args.order, stop_after=stop_after)
         if not args.no_report:
             print(f"wrote {write_paper(paper, args.root, args.results, args.doc, n_boot=args.bootstrap, only=args.only)}")
     except (ValueError, KeyError, StoreError, sqlite3.DatabaseError, OSError, RuntimeError) as exc:

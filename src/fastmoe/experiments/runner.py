@@ -235,10 +235,7 @@ def run_experiment(
     -------
     RunSummary
     """
-    check_scheduler(scheduler)
-    _check_order(order)  # before the store is touched
-    if stop_after is not None and not stop_after >= 0:
-        raise ValueError(f"stop_after must be a number of seconds >= 0, got {stop_after!r}")
+    check_run_options(scheduler, n_jobs, threads_per_job, order, stop_after)  # before the store is touched
     deadline = _Deadline(stop_after)
     out = Path(out)
     store = ResultStore(out)
@@ -284,6 +281,20 @@ def run_experiment(
         return summary
     finally:
         store.close()
+
+
+def check_run_options(scheduler=None, n_jobs=None, threads_per_job=None, order="size", stop_after=None) -> None:
+    """Refuse the options of a run (:func:`run_experiment`'s) before anything is written: the command
+    line checks them before it registers a definition or saves ``experiment.toml``, so that a refused
+    command leaves a run directory as it was."""
+    check_scheduler(scheduler)
+    _check_order(order)
+    if stop_after is not None and not stop_after >= 0:  # also refuses NaN
+        raise ValueError(f"stop_after must be a number of seconds >= 0, got {stop_after!r}")
+    if scheduler is None:
+        resolve_parallelism(n_jobs, threads_per_job)
+    elif threads_per_job is not None and int(threads_per_job) < 1:
+        raise ValueError(f"threads_per_job must be >= 1, got {threads_per_job}")
 
 
 def check_scheduler(scheduler) -> None:
