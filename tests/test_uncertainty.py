@@ -446,6 +446,37 @@ def test_bootstrap_of_an_estimator_and_bad_arguments(bootstrap_fit, well_separat
         bootstrap_table(model, X, labels, n_boot=1)
 
 
+def test_class_weights_warn_in_wald_and_follow_the_drawn_labels_in_the_bootstrap(
+        bootstrap_fit, well_separated, monkeypatch):
+    """Class weights are not frequency weights: the Wald table says so, and a bootstrap refit weights
+    each row by the class of its drawn label, as the estimator's fit weighted it (not by its old label)."""
+    import fastmoe.uncertainty as uncertainty
+
+    X, y, _ = bootstrap_fit
+    model = MixtureOfExpertsClassifier(2, init=well_separated, class_weight={0: 4.0}, n_threads=1).fit(X, y)
+    text = "class weights enter the information as frequency weights"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parameter_table(model, X, y)
+    assert any(text in str(w.message) for w in caught if w.category is UncertaintyWarning)
+    seen = []
+    real_fit = uncertainty.fit
+
+    def recording_fit(X_, y_star, *args, sample_weight=None, **kwargs):
+        seen.append((np.asarray(y_star).copy(), np.asarray(sample_weight).copy()))
+        return real_fit(X_, y_star, *args, sample_weight=sample_weight, **kwargs)
+
+    monkeypatch.setattr(uncertainty, "fit", recording_fit)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bootstrap_table(model, X, y, n_boot=3, random_state=1)
+    assert not any(text in str(w.message) for w in caught)  # the refits redraw the weights: no such warning
+    assert len(seen) == 3
+    for y_star, w in seen:
+        assert not np.array_equal(y_star, y)
+        np.testing.assert_array_equal(w, np.where(y_star == 0, 4.0, 1.0))
+
+
 def test_replicates_are_aligned_to_the_estimate(well_separated):
     """A refit whose experts come back in the other order is relabelled onto the estimate's order."""
     from fastmoe.uncertainty import _aligned

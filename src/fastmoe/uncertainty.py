@@ -44,6 +44,7 @@ information is (near) singular and the parameters of split cells converge slower
 from __future__ import annotations
 
 import itertools
+import re
 import sys
 import warnings
 from collections import namedtuple
@@ -351,6 +352,23 @@ def _fitted_bounds(model):
     return getattr(result, "bounds", None) if isinstance(result, FitResult) else None
 
 
+def _class_weighted(model):
+    """The fitted estimator ``model`` when its fit used class weights other than 1, else None."""
+    estimator = sys.modules.get("fastmoe.estimator")
+    if (estimator is not None and isinstance(model, estimator.MixtureOfExpertsClassifier)
+            and model.class_weight is not None and not np.all(model.class_weight_ == 1.0)):
+        return model
+    return None
+
+
+#: The UncertaintyWarning of a class-weighted estimator's Wald table (bootstrap_table, which redraws the
+#: weights with the labels, leaves it out of its own Wald column).
+CLASS_WEIGHT_WARNING = (
+    "the fit's class weights enter the information as frequency weights (a row of weight 4 counts as four "
+    "observations), which they are not: the Wald standard errors misstate the spread of a class-weighted "
+    "fit (too small where the weights exceed 1); bootstrap_table redraws the labels with their weights")
+
+
 def _penalty_matrix(params, l2, ridge):
     """The Hessian of the ridge (``l2`` of form ``ridge``) over the free vector."""
     shapes = SimpleNamespace(n_experts=params.n_experts, n_classes=params.n_classes, n_features=params.n_features,
@@ -401,8 +419,9 @@ def parameter_table(
     UncertaintyWarning
         When a FitResult or estimator did not converge or diverged, ended with parameters on the
         bound of its box (``bounds``: their standard errors are not valid), when a penalised fit is given
-        ``covariance="observed"``, or when the information is not positive definite (the affected
-        standard errors are ``nan``).
+        ``covariance="observed"``, when the information is not positive definite (the affected
+        standard errors are ``nan``), or when an estimator was fitted with class weights (they enter
+        the information as frequency weights, which they are not).
 
     Notes
     -----
@@ -430,6 +449,8 @@ def parameter_table(
             UncertaintyWarning,
             stacklevel=2,
         )
+    if _class_weighted(model) is not None:
+        warnings.warn(CLASS_WEIGHT_WARNING, UncertaintyWarning, stacklevel=2)
     information = observed_information(params, X, y, sample_weight, n_threads)
     if covariance == "observed":
         cov, identified = _covariance(information)
@@ -562,7 +583,8 @@ def bootstrap_table(
         (and so the normal interval) always use the converged refits only.
     level : float, default=0.95
     sample_weight : array-like of shape (n_samples,), optional
-        The fit's (frequency) weights; every replicate keeps them.
+        The fit's (frequency) weights; every replicate keeps them. A class-weighted estimator's class
+        weights follow each replicate's drawn labels, as they followed the labels in its fit.
     covariance : {"auto", "observed", "penalised", "sandwich"}, default="auto"
         How the Wald standard errors of the studentized interval are formed (see :func:`parameter_table`).
     n_jobs : int, default=1
@@ -601,8 +623,19 @@ def bootstrap_table(
     bounds = _fitted_bounds(model)  # refits maximise over the estimate's own box
     params = check_params(params).normalized()
     X = check_X(X, n_features=params.n_inputs)
-    wald = parameter_table(model, X, y, sample_weight=sample_weight, level=level, covariance=covariance, n_threads=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape(CLASS_WEIGHT_WARNING), category=UncertaintyWarning)
+        wald = parameter_table(model, X, y, sample_weight=sample_weight, level=level, covariance=covariance,
+                               n_threads=1)
     weights = None if weights is None else check_sample_weight(weights, X.shape[0])
+    class_weighted = _class_weighted(model)
+
+    def weights_of(labels):
+        """A replicate's weights: a class-weighted estimator's follow the drawn labels, as in its fit."""
+        if class_weighted is None:
+            return weights
+        return check_sample_weight(class_weighted._fit_weights(labels, sample_weight), X.shape[0])
+
     theta_hat = wald.estimate
     seeds = np.random.SeedSequence(check_random_state(random_state).integers(2**63)).spawn(n_boot)
     studentized = interval == "studentized"
@@ -611,14 +644,15 @@ def bootstrap_table(
         from .sampling import sample
 
         _, y_star = sample(params, X=X, random_state=np.random.default_rng(seed), n_threads=1)
+        w_star = weights_of(y_star)
         refit = fit(X, y_star, params.n_experts, n_classes=params.n_classes, gating=params.gating, init=params,
-                    max_iter=max_iter, tol=tol, l2=l2, ridge=ridge, bounds=bounds, sample_weight=weights,
+                    max_iter=max_iter, tol=tol, l2=l2, ridge=ridge, bounds=bounds, sample_weight=w_star,
                     n_threads=1)
         theta = _aligned(refit.params, theta_hat)  # a failed refit's last iterate, kept for failed="keep"
         se = np.full(theta_hat.shape, np.nan)
         failed = not refit.converged or refit.diverged or not np.isfinite(theta).all()
         if studentized and not failed:
-            table = parameter_table(refit.params, X, y_star, sample_weight=weights, l2=l2, ridge=ridge,
+            table = parameter_table(refit.params, X, y_star, sample_weight=w_star, l2=l2, ridge=ridge,
                                     covariance=covariance, n_threads=1)
             se = _aligned_se(refit.params, table, theta_hat)
         return theta, se, failed
