@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from typing import Optional
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +64,7 @@ class FitResult:
     time : float
         Wall-clock seconds of the whole fit (all restarts).
     n_samples : int
+        Rows of ``X``.
     message : str
         A sentence saying how the fit ended.
     l2 : float
@@ -90,6 +92,10 @@ class FitResult:
         Names (:func:`fastmoe.free_parameter_names`) of the free parameters that ended on their bound:
         the constrained maximum lies on the box's surface there, and their standard errors are not
         valid (the fitted value is not an interior maximum). Empty without a box.
+    n_observations : float
+        The ``n`` of :attr:`bic`: the sum of the sample weights (frequency weights: a row of weight 3 is
+        three observations, one of weight 0 none), or ``n_samples`` without weights. None (on results
+        made by hand) reads as ``n_samples``.
     """
 
     params: MoEParams
@@ -111,6 +117,7 @@ class FitResult:
     starts: object = None
     bounds: object = None
     active_bounds: tuple = ()
+    n_observations: Optional[float] = None
 
     @property
     def n_free_params(self) -> int:
@@ -118,8 +125,14 @@ class FitResult:
 
     @property
     def bic(self) -> float:
-        """Bayesian information criterion ``-2 loglik + p log n``."""
-        return -2.0 * self.loglik + self.n_free_params * np.log(self.n_samples)
+        """Bayesian information criterion ``-2 loglik + p log n``, ``n`` the observations (:attr:`n_observations`).
+
+        So the same data, given with frequency weights or with their rows repeated, have the same
+        criterion, and rows of weight 0 do not count. (Counting the rows of ``X``, as fastmoe did
+        before, gave 3000 weighted rows BIC 8059.6 and their 4652 repetitions 8066.2.)
+        """
+        n = self.n_samples if self.n_observations is None else self.n_observations
+        return -2.0 * self.loglik + self.n_free_params * np.log(n)
 
     @property
     def aic(self) -> float:
@@ -447,6 +460,7 @@ def fit(
         history=np.asarray(monitor.history),
         time=time.perf_counter() - started,
         n_samples=n_samples,
+        n_observations=float(sample_weight.sum()) if sample_weight.size else float(n_samples),
         message=message,
         l2=float(l2),
         ridge=ridge,

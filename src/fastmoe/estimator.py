@@ -221,7 +221,8 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     n_free_params_ : int
         Free parameters ``(k - 1)(d_gate + 1) + k (K - 1)(d + 1)``.
     bic_, aic_ : float
-        Information criteria of the training fit (see :meth:`bic`), with ``n`` the number of rows of ``X``.
+        Information criteria of the training fit (see :meth:`bic`), with ``n`` the number of rows of ``X``,
+        or the sum of ``sample_weight`` when given (frequency weights; class weights do not count).
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Only when ``X`` had string column names.
@@ -350,6 +351,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             if (sample_weight < 0).any():
                 i = int(np.argmin(sample_weight))
                 raise ValueError(f"sample_weight must be non-negative; sample_weight[{i}] = {sample_weight[i]}")
+        user_weight = sample_weight
         class_weight = _class_weights(self.class_weight, classes, y_encoded, sample_weight)
         if self.class_weight is not None:
             sample_weight = class_weight[y_encoded] * (1.0 if sample_weight is None else sample_weight)
@@ -390,8 +392,10 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             random_state=_as_generator(self.random_state),
             verbose=self.verbose,
         )
-        # n counts the rows given (as before merging), so that bic_ is that of the data as given.
-        result = dataclasses.replace(result, n_samples=n_rows)
+        # n_samples counts the rows given (as before merging); the criteria's n is the observations: the
+        # sum of the sample weights (class weights reweight observations, they add none).
+        n_obs = float(n_rows) if user_weight is None else float(user_weight.sum())
+        result = dataclasses.replace(result, n_samples=n_rows, n_observations=n_obs)
         return self._set_fitted(result, classes, class_weight)
 
     def _set_fitted(self, result, classes, class_weight):

@@ -139,7 +139,8 @@ def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", method="s
         parameters (the top level's fit itself when it is chosen). ``docs/dendrogram.md`` says what
         the method assumes and how it compares with BIC and AIC.
     sample_weight : array-like of shape (n_samples,), optional
-        Passed to every fit; the criteria then use the weighted log-likelihood and ``n = n_samples``.
+        Passed to every fit; the criteria then use the weighted log-likelihood and ``n`` the sum of the
+        weights (frequency weights: the same data with rows repeated select alike).
     estimator : MixtureOfExpertsClassifier, optional
         Template whose settings every candidate uses (it is cloned, never fitted itself).
     **params
@@ -244,13 +245,13 @@ def _select_by_dendrogram(estimator, candidates, X, y, sample_weight) -> Selecti
     fitted = {k_max: model}
     if best != k_max:
         fitted[best] = clone(estimator).set_params(n_experts=best, init=params).fit(X, y, sample_weight=sample_weight)
-    n_rows = model.fit_result_.n_samples
+    n_obs = model.fit_result_.n_observations  # the criteria's n, as in FitResult.bic
     rows = []
     for k in candidates:
         level = tree.params[k]
         loglik = tree.loglik[k]
         p = level.n_free_params
-        rows.append((k, p, loglik, -2 * loglik + p * np.log(n_rows), -2 * loglik + 2 * p,
+        rows.append((k, p, loglik, -2 * loglik + p * np.log(n_obs), -2 * loglik + 2 * p,
                      model.n_iter_ if k == k_max else 0, model.converged_, model.diverged_,
                      elapsed if k == k_max else 0.0))
     table = {c: np.array(values) for c, values in zip(_COLUMNS, zip(*rows))}

@@ -49,7 +49,9 @@ HEADER = [
     ("experts, classes, features", lambda f: f"k = {f.result.params.n_experts}, K = {f.result.params.n_classes}, "
                                              f"d = {f.result.params.n_features}"),
     ("inputs", lambda f: f.inputs_line),
-    ("samples", lambda f: f"n = {f.result.n_samples}"),
+    ("samples", lambda f: f"n = {f.result.n_samples}" + (
+        "" if f.result.n_observations in (None, f.result.n_samples)
+        else f" rows, {f.result.n_observations:g} observations (the weights' sum, BIC's n)")),
     ("log-likelihood", lambda f: f"{f.result.loglik:.4f}"),
     ("penalty", _penalty),
     ("box", lambda f: None if f.result.bounds is None else
