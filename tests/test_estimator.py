@@ -155,6 +155,12 @@ def test_warm_start_continues_from_the_fitted_parameters(data):
         warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
         model.fit(X, y)
     assert model.params_.n_experts == 3
+    # So does one with another gating transform (found by a QA pass: it raised "init uses gating ...").
+    model.set_params(gating="tanh")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
+        model.fit(X, y)
+    assert model.params_.gating == "tanh"
 
 
 def test_cold_start_ignores_previous_fit(data):

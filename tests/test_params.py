@@ -29,6 +29,33 @@ def test_callable_gating_cannot_be_serialised(rng):
         params.to_dict()
 
 
+def test_transforms_are_told_apart_by_identity_not_by_name():
+    """Found by a QA pass: gatings were compared by ``__name__``, so a user's function called ``sigmoid``
+    (here Z**2) was the built-in sigmoid to ``allclose``, ``losses.D1`` (0 between different models) and
+    ``fit(init=..., gating=...)`` (which dropped the given transform), and any two lambdas were one."""
+
+    def sigmoid(Z):
+        return Z**2
+
+    coefficients = dict(beta0=[0.3, 0.0], beta1=[[2.0], [0.0]], a=[[[1.0], [0.0]], [[-1.0], [0.0]]],
+                        b=[[0.0, 0.0], [0.0, 0.0]])
+    builtin, user = MoEParams(**coefficients, gating="sigmoid"), MoEParams(**coefficients, gating=sigmoid)
+    assert user.gating_name == "sigmoid"  # the name still reads as given, in messages and summaries
+    assert not np.allclose(fastmoe.gate_proba(builtin, [[0.9]]), fastmoe.gate_proba(user, [[0.9]]))  # two models
+    assert not builtin.allclose(user) and user.allclose(MoEParams(**coefficients, gating=sigmoid))
+    with pytest.raises(ValueError, match="not comparable"):
+        fastmoe.losses.D1(user, builtin)
+    X, y = fastmoe.sample(builtin, 300, random_state=0)
+    with pytest.raises(ValueError, match="another transform"):
+        fastmoe.fit(X, y, 2, init=builtin, gating=sigmoid, n_threads=1)
+    first, second = (MoEParams(**coefficients, gating=f) for f in (lambda Z: Z**3, lambda Z: np.exp(Z)))
+    assert not first.allclose(second)
+    # A built-in given as its function is that built-in: it compares, and saves, by name.
+    as_function = MoEParams(**coefficients, gating=np.tanh)
+    assert as_function.gating == "tanh" and as_function.allclose(MoEParams(**coefficients, gating="tanh"))
+    assert MoEParams.from_dict(as_function.to_dict()).gating == "tanh"
+
+
 def test_arrays_are_read_only_copies(rng):
     beta0 = np.zeros(2)
     params = MoEParams(beta0, np.zeros((2, 2)), np.zeros((2, 3, 2)), np.zeros((2, 3)))

@@ -30,7 +30,8 @@ from ._validation import (
 )
 from . import exceptions
 from .exceptions import SearchWarning
-from .params import Bounds, MoEParams, designs, free_parameter_names, free_vector, gating_name, n_free_params, resolve_features
+from .params import (Bounds, MoEParams, designs, free_parameter_names, free_vector, gating_name, n_free_params,
+                     resolve_features, same_gating)
 
 __all__ = ["fit", "FitResult", "INIT_STRATEGIES"]
 
@@ -210,8 +211,9 @@ def _check_init(init, gating, n_experts, n_features, n_classes):
             raise ValueError(f"init has {init.n_experts} experts but n_experts={n_experts}")
         if n_classes is not None and init.n_classes != n_classes:
             raise ValueError(f"init has {init.n_classes} classes but n_classes={n_classes}")
-        if gating is not None and init.gating_name != gating_name(gating):
-            raise ValueError(f"init uses gating {init.gating_name!r} but gating={gating!r}")
+        if gating is not None and not same_gating(init.gating, gating):
+            raise ValueError(f"init uses gating {init.gating_name!r} but gating={gating_name(gating)!r} "
+                             "(another transform)")
         return init, init.gating, init.n_classes
     if not isinstance(init, str) or init not in INIT_STRATEGIES:
         raise ValueError(f"init must be one of {INIT_STRATEGIES} or an MoEParams, got {init!r}")

@@ -23,7 +23,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from . import _predict
 from ._fit import INIT_STRATEGIES, FitResult, fit
 from ._monitor import StartLog
-from .params import Bounds, MoEParams, gate_input, n_free_params, resolve_features
+from .params import Bounds, MoEParams, gate_input, n_free_params, resolve_features, same_gating
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -300,6 +300,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             or params.n_classes != n_classes
             or params.n_inputs != n_features
             or (params.gating_features, params.expert_features) != inputs
+            or not same_gating(params.gating, self.gating)  # another transform: its beta1 means something else
         ):
             return None
         return params

@@ -26,7 +26,7 @@ import warnings
 
 import numpy as np
 
-from .params import MoEParams
+from .params import MoEParams, same_gating
 
 __all__ = [
     "align_translation",
@@ -82,7 +82,7 @@ def _check_pair(fitted, true):
         if got != want:
             raise ValueError(f"fitted has {what}={got} but true has {what}={want}")
     # beta1 of a tanh gating and of a standard gating are coordinates of different models.
-    if fitted.gating_name != true.gating_name:
+    if not same_gating(fitted.gating, true.gating):
         raise ValueError(
             f"fitted uses gating {fitted.gating_name!r} but true uses {true.gating_name!r}; "
             "their gating parameters are not comparable"

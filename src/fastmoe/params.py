@@ -68,14 +68,30 @@ def _check_gating(gating):
             )
         return gating
     if callable(gating):
+        # A built-in transform given as its function (np.tanh) is that transform: it is kept by name, so
+        # that it compares, prints and saves as one.
+        for name, transform in GATING_TRANSFORMS.items():
+            if gating is transform:
+                return name
         return gating
     raise TypeError(f"gating must be a transform name or a callable, got {type(gating).__name__}")
 
 
 def gating_name(gating) -> str:
-    """A transform's name: the built-in name, or the callable's ``__name__`` (checked first)."""
+    """A transform's name, for messages and summaries: the built-in name, or the callable's ``__name__``.
+    Not an identity: :func:`same_gating` tells transforms apart."""
     gating = _check_gating(gating)
     return gating if isinstance(gating, str) else getattr(gating, "__name__", "callable")
+
+
+def same_gating(first, second) -> bool:
+    """Whether two gatings are the same transform: the same built-in (by name or by its function), or the
+    same callable object. A callable's name says nothing (every lambda is ``<lambda>``, and a user's
+    function may be called ``sigmoid``), so a callable other than a built-in's equals no name."""
+    first, second = _check_gating(first), _check_gating(second)
+    if isinstance(first, str) or isinstance(second, str):
+        return first == second
+    return first is second
 
 
 def n_free_params(n_experts, n_classes, n_features, n_gate_features) -> int:
@@ -621,7 +637,7 @@ class MoEParams:
     def allclose(self, other: "MoEParams", rtol=1e-7, atol=1e-9) -> bool:
         """Whether two parameter sets agree entry by entry (same expert order, same conventions)."""
         return (
-            self.gating_name == other.gating_name
+            same_gating(self.gating, other.gating)
             and self.inputs == other.inputs
             and all(
                 getattr(self, f).shape == getattr(other, f).shape
