@@ -53,6 +53,38 @@ def test_expert_regions_one_panel_per_expert(fitted):
         assert ax.get_images()[0].get_array().shape == (30, 30, 4)
     with pytest.raises(ValueError, match="one Axes per expert"):
         fastmoe.plot.expert_regions(result.params, axes=[axes[0]])
+    # The labels are drawn (found by a QA pass: y was thinned and never drawn): one scatter per class, at
+    # most max_points points in all, faint where the gate sends the point to another expert.
+    for ax in axes:
+        assert len(ax.collections) == 3
+        assert sum(len(c.get_offsets()) for c in ax.collections) == 300
+    plt.close("all")
+    unlabelled = fastmoe.plot.expert_regions(result.params, X, resolution=30, max_points=300)
+    assert [len(ax.collections) for ax in unlabelled] == [1, 1]
+
+
+def test_pictures_check_their_data_and_take_an_estimators_labels(fitted):
+    """Found by a QA pass: a y of the wrong length failed inside NumPy, an estimator's own string labels
+    failed on int(), infinite bounds were reported as NaN in X, a negative max_points by NumPy."""
+    from fastmoe.estimator import MixtureOfExpertsClassifier
+
+    result, X, y = fitted
+    with pytest.raises(ValueError, match="y has 10 labels but X has 3000 rows"):
+        fastmoe.plot.gating_partition(result, X, y[:10], resolution=20)
+    with pytest.raises(ValueError, match="integer class codes"):
+        fastmoe.plot.gating_partition(result, X, np.array(["a", "b", "c"])[y], resolution=20)
+    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+        fastmoe.plot.expert_regions(result, X, y + 1, resolution=20)
+    with pytest.raises(ValueError, match="bounds must be finite"):
+        fastmoe.plot.gating_partition(result, bounds=(-np.inf, 1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="max_points must be >= 0"):
+        fastmoe.plot.gating_partition(result, X, y, max_points=-5)
+    labels = np.array(["cat", "dog", "eel"])[y]
+    model = MixtureOfExpertsClassifier(2, init=result.params, n_threads=1).fit(X, labels)
+    ax = fastmoe.plot.gating_partition(model, X, labels, resolution=20)
+    assert sorted(c.get_label() for c in ax.collections) == ["class cat", "class dog", "class eel"]
+    panels = fastmoe.plot.expert_regions(model, X, labels, resolution=20)
+    assert [t.get_text() for t in panels[-1].get_legend().get_texts()] == ["class cat", "class dog", "class eel"]
 
 
 def test_pictures_of_2d_inputs_refuse_other_dimensions(rng):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _predict
-from ._validation import check_X
+from ._validation import check_positive_int, check_X
 from .params import MoEParams
 
 __all__ = ["gating_partition", "expert_regions", "history", "dendrogram"]
@@ -67,6 +67,8 @@ def _grid(params, X, bounds, resolution):
             margin = 0.05 * (high - low + 1e-12)
             bounds = (low[0] - margin[0], high[0] + margin[0], low[1] - margin[1], high[1] + margin[1])
     x0, x1, y0, y1 = (float(v) for v in bounds)
+    if not np.isfinite([x0, x1, y0, y1]).all():
+        raise ValueError(f"bounds must be finite (xmin, xmax, ymin, ymax), got {bounds!r}")
     if not (x0 < x1 and y0 < y1):
         raise ValueError(f"bounds must be (xmin, xmax, ymin, ymax) with min < max, got {bounds!r}")
     resolution = int(resolution)
@@ -87,21 +89,62 @@ def _shaded(labels, strength, n_labels):
     return np.concatenate([rgb, np.ones(rgb.shape[:-1] + (1,))], axis=-1)
 
 
-def _scatter(ax, X, y, max_points):
+def _data(fitted, params, X, y, max_points):
+    """The data to draw: ``X`` checked, ``y`` as class codes (an estimator's own labels are encoded through
+    its ``classes_``; otherwise integer codes in ``[0, n_classes)``), ``max_points`` checked, and the names
+    of the classes for legends. Returns ``(X, codes, names)``, ``X`` and ``codes`` possibly None."""
+    if max_points is not None:
+        check_positive_int(max_points, "max_points", minimum=0)
+    classes = getattr(fitted, "classes_", None)
+    names = [str(c) for c in classes] if classes is not None else [str(s) for s in range(params.n_classes)]
+    if X is None:
+        if y is not None:
+            raise ValueError("y was given without X: the labels are drawn at the points of X")
+        return None, None, names
+    X = check_X(X, n_features=params.n_inputs)
+    if y is None:
+        return X, None, names
+    if classes is not None:
+        codes = fitted.encode_labels(y)
+    else:
+        codes = np.asarray(y)
+        if codes.ndim != 1 or not (np.issubdtype(codes.dtype, np.integer) or np.issubdtype(codes.dtype, np.bool_)):
+            raise ValueError("y must be a 1-d array of integer class codes (or give the fitted estimator, whose own "
+                             f"labels are encoded through its classes_), got dtype {codes.dtype} and shape {codes.shape}")
+        if codes.size and (codes.min() < 0 or codes.max() >= params.n_classes):
+            raise ValueError(f"y holds class codes outside [0, {params.n_classes}) for a model with "
+                             f"{params.n_classes} classes")
+    if codes.shape[0] != X.shape[0]:
+        raise ValueError(f"y has {codes.shape[0]} labels but X has {X.shape[0]} rows")
+    return X, codes.astype(np.intp), names
+
+
+def _thinned(max_points, X, *columns):
+    """Every row, or ``max_points`` rows evenly spaced (a light, deterministic thinning), of ``X`` and of the
+    other arrays (None passes through)."""
+    if max_points is None or X.shape[0] <= max_points:
+        return (X, *columns)
+    keep = np.linspace(0, X.shape[0] - 1, max_points).astype(int)
+    return (X[keep], *(None if c is None else c[keep] for c in columns))
+
+
+MARKERS = "o^sDv<>pP*"
+
+
+def _scatter(ax, X, codes, names, edge="k", alpha=0.6):
+    """The data over a picture: one marker per class when ``codes`` are given; ``edge`` may be per point (RGBA)."""
     if X is None:
         return
-    if max_points is not None and X.shape[0] > max_points:  # a light, deterministic thinning
-        keep = np.linspace(0, X.shape[0] - 1, max_points).astype(int)
-        X = X[keep]
-        y = None if y is None else y[keep]
-    markers = "o^sDv<>pP*"
-    if y is None:
-        ax.scatter(X[:, 0], X[:, 1], s=4, c="k", alpha=0.5, linewidths=0)
+    if codes is None:
+        ax.scatter(X[:, 0], X[:, 1], s=4, c=edge if np.ndim(edge) == 2 else "k", alpha=None if np.ndim(edge) == 2
+                   else 0.5, linewidths=0)
         return
-    for s in np.unique(y):
-        rows = y == s
-        ax.scatter(X[rows, 0], X[rows, 1], s=6, marker=markers[int(s) % len(markers)], facecolors="none",
-                   edgecolors="k", linewidths=0.4, alpha=0.6, label=f"class {int(s)}")
+    for s in np.unique(codes):
+        rows = codes == s
+        colour = edge[rows] if np.ndim(edge) == 2 else edge
+        ax.scatter(X[rows, 0], X[rows, 1], s=6, marker=MARKERS[int(s) % len(MARKERS)], facecolors="none",
+                   edgecolors=colour, linewidths=0.4, alpha=None if np.ndim(edge) == 2 else alpha,
+                   label=f"class {names[int(s)]}")
 
 
 def gating_partition(fitted, X=None, y=None, *, ax=None, bounds=None, resolution=200, max_points=2000):
@@ -113,7 +156,8 @@ def gating_partition(fitted, X=None, y=None, *, ax=None, bounds=None, resolution
     X : array-like of shape (n_samples, 2), optional
         Data drawn over the partition (and the picture's extent).
     y : array-like of shape (n_samples,), optional
-        Integer class labels of ``X``: one marker per class.
+        Class labels of ``X`` (integer codes; an estimator's own labels when ``fitted`` is one): one marker
+        per class.
     ax : matplotlib Axes, optional
     bounds : (xmin, xmax, ymin, ymax), optional
     resolution : int, default=200
@@ -127,7 +171,7 @@ def gating_partition(fitted, X=None, y=None, *, ax=None, bounds=None, resolution
     """
     _pyplot()
     params = _params_of(fitted)
-    X = None if X is None else check_X(X, n_features=params.n_inputs)
+    X, codes, names = _data(fitted, params, X, y, max_points)
     grid, extent, res = _grid(params, X, bounds, resolution)
     gate = _predict.gate_proba(params, grid)
     k = params.n_experts
@@ -137,7 +181,8 @@ def gating_partition(fitted, X=None, y=None, *, ax=None, bounds=None, resolution
     ax = _axes(ax)
     ax.imshow(_shaded(best, sure, k).reshape(res, res, 4), origin="lower", extent=extent, aspect="auto",
               interpolation="nearest")
-    _scatter(ax, X, None if y is None else np.asarray(y), max_points)
+    if X is not None:
+        _scatter(ax, *_thinned(max_points, X, codes), names)
     from matplotlib.patches import Patch
     from matplotlib import colormaps
 
@@ -160,7 +205,7 @@ def expert_regions(fitted, X=None, y=None, *, axes=None, bounds=None, resolution
     ----------
     fitted : MoEParams, FitResult or fitted MixtureOfExpertsClassifier
     X, y : optional
-        Data to draw (integer class labels).
+        Data to draw, one marker per class of ``y`` (as in :func:`gating_partition`).
     axes : sequence of matplotlib Axes, optional
         One per expert; new ones in a row otherwise.
     bounds, resolution, max_points
@@ -172,8 +217,7 @@ def expert_regions(fitted, X=None, y=None, *, axes=None, bounds=None, resolution
     """
     _pyplot()
     params = _params_of(fitted)
-    X = None if X is None else check_X(X, n_features=params.n_inputs)
-    y = None if y is None else np.asarray(y)
+    X, codes, names = _data(fitted, params, X, y, max_points)
     grid, extent, res = _grid(params, X, bounds, resolution)
     proba = _predict.expert_proba(params, grid)  # (m, k, K)
     k, n_classes = params.n_experts, params.n_classes
@@ -185,11 +229,8 @@ def expert_regions(fitted, X=None, y=None, *, axes=None, bounds=None, resolution
     if axes.size != k:
         raise ValueError(f"need one Axes per expert ({k}), got {axes.size}")
     if X is not None:
+        X, codes = _thinned(max_points, X, codes)
         gate_data = _predict.gate_proba(params, X)
-        if max_points is not None and X.shape[0] > max_points:
-            keep = np.linspace(0, X.shape[0] - 1, max_points).astype(int)
-            X, gate_data = X[keep], gate_data[keep]
-            y = None if y is None else y[keep]
     for i, ax in enumerate(axes):
         best = proba[:, i, :].argmax(axis=1)
         sure = (proba[:, i, :].max(axis=1) - 1.0 / n_classes) / (1.0 - 1.0 / n_classes)
@@ -198,14 +239,14 @@ def expert_regions(fitted, X=None, y=None, *, axes=None, bounds=None, resolution
         if X is not None:
             colours = np.zeros((X.shape[0], 4))
             colours[:, 3] = 0.05 + 0.75 * gate_data[:, i]
-            ax.scatter(X[:, 0], X[:, 1], s=4, c=colours, linewidths=0)
+            _scatter(ax, X, codes, names, edge=colours)
         ax.set_title(f"expert {i}: most probable class")
         ax.set_xlabel("x[0]")
     axes[0].set_ylabel("x[1]")
     from matplotlib.patches import Patch
     from matplotlib import colormaps
 
-    handles = [Patch(color=colormaps["tab10"](s % 10), label=f"class {s}") for s in range(n_classes)]
+    handles = [Patch(color=colormaps["tab10"](s % 10), label=f"class {names[s]}") for s in range(n_classes)]
     axes[-1].legend(handles=handles, loc="upper right", fontsize="small", framealpha=0.8)
     return axes
 
