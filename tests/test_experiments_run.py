@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import fastmoe
-from fastmoe.experiments import analyse, get_preset, run_experiment, run_job, runner
+from fastmoe.experiments import ResultStore, analyse, get_preset, run_experiment, run_job, runner
 from fastmoe.experiments.job import run_batch
 from fastmoe.experiments.plots import plot_comparison, plot_report
 
@@ -224,6 +224,8 @@ def test_dask_cluster_gives_the_local_rows(local_run, tmp_path):
     assert summary.executor == "dask" and summary.n_workers == 1
     assert summary.completed == exp.n_jobs
     assert_same_rows(rows(tmp_path / "dask", exp.name), rows(local_out, exp.name))
+    with ResultStore(tmp_path / "dask", read_only=True) as store:  # the run's record has it too (was NULL)
+        assert [(r["executor"], r["n_workers"]) for r in store.runs(exp.name)] == [("dask", 1)]
 
 
 def test_exact_fit_preset_has_the_root_n_rate(tmp_path):

@@ -273,6 +273,8 @@ def run_experiment(
                     batches = plan_batches(pending, 0.75 if batch_seconds is None else batch_seconds, order)
                     summary.n_workers = _run_dask(experiment, definition, batches, threads, scheduler, recorder,
                                                   deadline)
+                    if summary.n_workers:  # known only now: the cluster's, as the local pool's is known at start
+                        store.set_run_workers(run_id, summary.n_workers)
                 summary.timed_out = deadline.passed() and summary.already_done + summary.completed < summary.total
         finally:
             bar.close()

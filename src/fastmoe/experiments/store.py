@@ -251,6 +251,10 @@ class ResultStore:
         )
         return int(cur.lastrowid)
 
+    def set_run_workers(self, run_id: int, n_workers: int) -> None:
+        """Record the worker count of a run that learns it only once it has run (a Dask cluster's)."""
+        self._conn.execute("UPDATE runs SET n_workers = ? WHERE run_id = ?", (int(n_workers), int(run_id)))
+
     def runs(self, experiment: Optional[str] = None) -> List[dict]:
         """The recorded invocations, oldest first."""
         sql = "SELECT * FROM runs" + (" WHERE experiment = ?" if experiment else "") + " ORDER BY run_id"
