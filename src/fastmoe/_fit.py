@@ -328,7 +328,8 @@ def fit(
         ``gate_slope``, ``gate_intercept``, ``expert_slope``, ``expert_intercept`` bounds each group on
         its own (a missing key, None or ``inf`` leaves that group free). The box is on the
         reference-normalised free parameters (:func:`fastmoe.free_parameter_names`: the last expert's
-        gating and every expert's last class are 0), which is the compact set the theory means. The
+        gating and every expert's last class are 0), a compact set of identified parameters; being stated
+        relative to the last expert and class, it depends on which are last (``docs/bounds.md``). The
         M-steps become projected Newton steps and the Newton finish a trust-region step on the
         coordinates not held by their bound, so the objective still never decreases; the starts are
         projected into the box. With every parameter bounded the maximum exists on any data and no fit

@@ -149,6 +149,9 @@ class Bounds:
     every expert's last class are 0), which is what a compact set of identified parameters means: the
     raw ``(beta0, beta1)`` or ``(a, b)`` of an un-normalised parameter are only defined up to a shift.
     The box is symmetric about 0, so it always holds the reference entries (0) and the zero start.
+    Those coordinates are differences to the last expert and the last class, so the box (the feasible
+    set, not only its coordinates) depends on which expert and which class are last: see
+    ``docs/bounds.md``.
 
     Parameters
     ----------
