@@ -185,7 +185,8 @@ def test_a_start_outside_the_box_is_projected_into_it(rng):
     [
         (0.0, ValueError, "positive"),
         (-1.0, ValueError, "positive"),
-        (float("nan"), ValueError, "positive"),
+        (float("nan"), ValueError, r"^bounds must be a positive number .* got nan"),  # named as given, not as a group
+        (np.array(-1.0), ValueError, "bounds must be a positive number"),
         (True, TypeError, "bounds must be"),
         ("5", TypeError, "bounds must be"),
         ({"slopes": 1.0}, ValueError, "unknown keys"),
@@ -203,6 +204,7 @@ def test_bounds_coerce():
     assert Bounds.coerce(None) is None
     assert Bounds.coerce({"gate_slope": None}) is None  # nothing bounded
     assert Bounds.coerce(3) == Bounds(3.0, 3.0, 3.0, 3.0)
+    assert Bounds.coerce(np.array(3.0)) == Bounds.coerce(np.float32(3.0)) == Bounds(3.0, 3.0, 3.0, 3.0)  # 0-d array
     assert Bounds.coerce({"expert_slope": 2}) == Bounds(expert_slope=2.0)
     assert Bounds(expert_slope=2.0).to_dict() == {"expert_slope": 2.0}
     assert Bounds.uniform(1.0).compact and not Bounds(expert_slope=1.0).compact

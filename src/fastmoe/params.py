@@ -194,7 +194,11 @@ class Bounds:
             return None
         if isinstance(value, Bounds):
             bounds = value
+        elif isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+            return cls.coerce(value.item())  # a 0-d array is the number it holds
         elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if not float(value) > 0.0:  # one number for every group: name it as given, not as one group
+                raise ValueError(f"bounds must be a positive number (or inf for none), got {value!r}")
             bounds = cls.uniform(value)
         elif isinstance(value, dict) or hasattr(value, "keys"):
             unknown = set(value) - set(cls.GROUPS)
