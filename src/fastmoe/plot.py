@@ -131,19 +131,17 @@ def _thinned(max_points, X, *columns):
 MARKERS = "o^sDv<>pP*"
 
 
-def _scatter(ax, X, codes, names, edge="k", alpha=0.6):
-    """The data over a picture: one marker per class when ``codes`` are given; ``edge`` may be per point (RGBA)."""
-    if X is None:
-        return
+def _scatter(ax, X, codes, names, colours=None):
+    """The data over a picture, one marker per class when ``codes`` are given: in black, or in ``colours``
+    (RGBA per point)."""
+    black = colours is None
     if codes is None:
-        ax.scatter(X[:, 0], X[:, 1], s=4, c=edge if np.ndim(edge) == 2 else "k", alpha=None if np.ndim(edge) == 2
-                   else 0.5, linewidths=0)
+        ax.scatter(X[:, 0], X[:, 1], s=4, c="k" if black else colours, alpha=0.5 if black else None, linewidths=0)
         return
     for s in np.unique(codes):
         rows = codes == s
-        colour = edge[rows] if np.ndim(edge) == 2 else edge
         ax.scatter(X[rows, 0], X[rows, 1], s=6, marker=MARKERS[int(s) % len(MARKERS)], facecolors="none",
-                   edgecolors=colour, linewidths=0.4, alpha=None if np.ndim(edge) == 2 else alpha,
+                   edgecolors="k" if black else colours[rows], linewidths=0.4, alpha=0.6 if black else None,
                    label=f"class {names[int(s)]}")
 
 
@@ -239,7 +237,7 @@ def expert_regions(fitted, X=None, y=None, *, axes=None, bounds=None, resolution
         if X is not None:
             colours = np.zeros((X.shape[0], 4))
             colours[:, 3] = 0.05 + 0.75 * gate_data[:, i]
-            _scatter(ax, X, codes, names, edge=colours)
+            _scatter(ax, X, codes, names, colours)
         ax.set_title(f"expert {i}: most probable class")
         ax.set_xlabel("x[0]")
     axes[0].set_ylabel("x[1]")
