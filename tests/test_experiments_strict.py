@@ -247,6 +247,17 @@ def test_refused_run_options_write_nothing(tmp_path, capsys, options, message):
     assert snapshot(run) == before
 
 
+def test_report_says_when_it_skips_parquet(tmp_path, capsys, monkeypatch):
+    """pyarrow is in the test extra only: under fastmoe[experiments] the Parquet export was skipped silently."""
+    from fastmoe.experiments import store
+
+    monkeypatch.setattr(store, "write_parquet", lambda records, path: None)  # as without pyarrow
+    run = fake_run(tmp_path / "run", small_experiment().with_grid(sample_sizes=[1000, 3000], n_replications=3))
+    assert main(["rates", "report", str(run), "--bootstrap", "0", "--no-plots"]) == 0
+    assert "results.parquet not written: pyarrow is not installed" in capsys.readouterr().out
+    assert not (run / "results.parquet").exists() and (run / "results.csv").exists()
+
+
 def test_an_unknown_preset_is_one_line(capsys):
     assert main(["rates", "presets", "--show", "nope"]) == 2
     assert "no preset 'nope'" in one_line(capsys.readouterr().err)

@@ -343,6 +343,8 @@ def _report(directory, experiment=None, ok_only=False, min_n=None, max_n=None, n
             return 0
         return _fail("report", f"could not write {exc.filename or out_dir}: {exc.strerror or exc}")
     print("\nwrote " + ", ".join(str(p) for p in exported if p is not None))
+    if exported[1] is None:
+        print("(results.parquet not written: pyarrow is not installed; pip install pyarrow, or fastmoe[test])")
     return 0
 
 
