@@ -165,7 +165,8 @@ class QuadraticModel:
             # lam_i + high >= ||c|| / radius for every i, so ||z(high)|| <= radius in exact arithmetic. In
             # floating point it can come out an ulp above (eigenvalues far below ||c|| / radius: a flat
             # model far from its maximum), and then no root lies in [edge, high]: widen until the sign is right.
-            high = low + _norm(c) / radius + np.finfo(float).tiny
+            size = math.sqrt(c.dot(c))  # np.linalg.norm's arithmetic, without a second error state per step
+            high = low + (size if math.isfinite(size) else _norm(c)) / radius + np.finfo(float).tiny
             while excess(high) > 0.0:
                 high *= 2.0
             edge = low * (1.0 + 1e-12) + 1e-300
