@@ -182,6 +182,46 @@ def test_large_model_stays_put_along_a_flat_direction(rng):
     assert length < 10.0 and p[0] == 0.0
 
 
+@pytest.mark.parametrize("p", [6, 410])  # either model inside
+def test_a_reduced_model_is_the_model_of_its_live_coordinates(rng, p):
+    """Held coordinates take no part in the model: the step is 0 there and the rest is the model
+    without them (exact and chord)."""
+    from fastmoe._trust_region import ReducedModel, quadratic_model
+
+    g, A = rng.normal(size=p), rng.normal(size=(p, p))
+    A = A @ A.T / p + np.diag(np.linspace(-0.5, 1.0, p))  # indefinite: boundary steps
+    live = np.ones(p, dtype=bool)
+    live[[1, p - 2]] = False
+    alone = quadratic_model(g[live], A[np.ix_(live, live)])
+    model = ReducedModel(alone, live)
+    assert model.concave == alone.concave and model.decrement() == alone.decrement()
+    for radius in (0.1, 1.0, 10.0):
+        step, gain, length = model.step(radius)
+        assert (step[~live] == 0.0).all()
+        expected = alone.step(radius)
+        np.testing.assert_array_equal(step[live], expected[0])
+        assert (gain, length) == expected[1:]
+    chord = model.with_gradient(g * 0.5)
+    np.testing.assert_array_equal(chord.step(1.0)[0][live], alone.with_gradient(g[live] * 0.5).step(1.0)[0])
+
+
+def test_an_all_zero_column_keeps_zero_coefficients():
+    """Found by a QA pass: with an all-zero feature column (a rare indicator absent from a training fold)
+    Newton steps moved its coefficients to -5e4 and 8e4, "converged", and predict_proba gave [0, 0, 1]
+    wherever the column is 1; the search's moves set it at random too. The likelihood does not see it."""
+    truth = fastmoe.MoEParams(beta0=[0.5, 0.0], beta1=[[3.0, -2.0], [0.0, 0.0]],
+                              a=[[[3.0, 1.0], [-1.0, 2.5], [0.0, 0.0]], [[-2.5, 0.0], [1.5, -2.0], [0.0, 0.0]]],
+                              b=[[0.5, -0.5, 0.0], [-0.3, 0.4, 0.0]])
+    X, y = fastmoe.sample(truth, n=5000, random_state=0)
+    X0 = np.column_stack([X, np.zeros(len(y))])
+    for init in ("search", "kmeans"):
+        result = fastmoe.fit(X0, y, 2, init=init, random_state=0, n_threads=1)
+        assert result.converged
+        assert np.all(result.params.beta1[:, 2] == 0.0) and np.all(result.params.a[:, :, 2] == 0.0)
+        ones = np.column_stack([X[:50], np.ones(50)])
+        np.testing.assert_array_equal(result.predict_proba(ones), result.predict_proba(X0[:50]))
+
+
 def test_fit_through_the_large_model_reaches_the_same_maximum(monkeypatch):
     """The whole fit with every trust-region step taken by LargeQuadraticModel (its threshold lowered
     to 0) ends at the maximum the exact subproblem solutions reach, from the same start."""

@@ -30,7 +30,7 @@ from ._monitor import ConvergenceMonitor, gain_left
 from ._mstep import halve_until_q_increases, newton_directions
 from ._penalty import Penalty
 from ._problem import PassResult, Problem
-from ._trust_region import quadratic_model
+from ._trust_region import ReducedModel, quadratic_model
 from .exceptions import FitWarning
 from .params import free_vector, from_free_vector
 
@@ -319,11 +319,17 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
             A = neg_hess + penalty.hessian
             if not (np.isfinite(A).all() and np.isfinite(grad).all()):
                 return W, V, objective, n_steps
-            free = ~penalty.binding(theta, grad) if boxed else None
+            held = _unseen(problem, grad, A)
+            free = ~penalty.binding(theta, grad) & ~held if boxed else None
             if boxed and not free.any():  # every coordinate held by its bound: a vertex of the box satisfying KKT
                 monitor.stop("converged")
                 return W, V, objective, n_steps
-            model = quadratic_model(grad[free], A[np.ix_(free, free)]) if boxed else quadratic_model(grad, A)
+            if boxed:
+                model = quadratic_model(grad[free], A[np.ix_(free, free)])
+            elif held.any():
+                model = ReducedModel(quadratic_model(grad[~held], A[np.ix_(~held, ~held)]), ~held)
+            else:
+                model = quadratic_model(grad, A)
             # In a box the free set moves with the point, so chord steps are kept to unbounded fits.
             exact_model = model if model.concave and not boxed else None
 
@@ -450,6 +456,14 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
             monitor.joined = target
             return W, V, objective, n_steps
     return W, V, objective, n_steps
+
+
+def _unseen(problem, grad, A):
+    """Coordinates Newton steps hold: slopes on all-zero design columns (``Problem.zero_column_coordinates``)
+    that the objective does not see at this point (no gradient, a zero row of the negative Hessian; a
+    ridge would see them). See ``_trust_region.ReducedModel`` for what moving them did."""
+    unseen = problem.zero_column_coordinates
+    return unseen & (grad == 0.0) & ~A.any(axis=0) if unseen.any() else unseen
 
 
 def certifying_step_holds(gain, decrement, slack):

@@ -142,6 +142,12 @@ def relocated_parameters(problem: Problem, W, V, rng):
     Z = problem.Z
     scale = problem.column_scales[0]
     direction = rng.standard_normal(Z.shape[1])
+    # Not along a column without spread: a half-space cannot cut it, and a gating slope on it (which no
+    # likelihood sees) would stay wherever the move put it, into predictions where the column is not
+    # constant (an all-zero indicator of the training rows).
+    constant = problem.constant_columns[0]
+    if constant.any() and not constant.all():
+        direction[constant] = 0.0
     direction /= np.linalg.norm(direction) * scale  # a unit direction in standardised coordinates
     offset = float(Z[rng.integers(n)] @ direction)
     projection = Z @ direction - offset
@@ -195,6 +201,9 @@ def split_merge_parameters(W, V, drop, split, spread=None):
         z_scale, x_scale = problem.column_scales
         dW = rng.normal(0.0, SPLIT_SPREAD, W.shape[1]) / np.concatenate([[1.0], z_scale])
         dV = rng.normal(0.0, SPLIT_SPREAD, V.shape[1:]) / np.concatenate([[1.0], x_scale])
+        z_constant, x_constant = problem.constant_columns  # coefficients no likelihood sees stay put
+        dW[1:][z_constant] = 0.0
+        dV[:, 1:][:, x_constant] = 0.0
         W_out[half] += dW
         W_out[-1] -= dW
         V_out[half] += dV

@@ -202,6 +202,26 @@ class Problem:
         return column_scale(self.Z, self.sample_weight), column_scale(self.X, self.sample_weight)
 
     @functools.cached_property
+    def constant_columns(self):
+        """``(gating, expert)`` masks of the design columns without spread (an all-zero indicator, a
+        constant): the likelihood cannot tell their coefficients from 0 (or from the intercept's), so the
+        search's moves leave those coefficients where they are."""
+        return (column_moments(self.Z, self.sample_weight)[1] == 0.0,
+                column_moments(self.X, self.sample_weight)[1] == 0.0)
+
+    @functools.cached_property
+    def zero_column_coordinates(self):
+        """Free-vector mask (:func:`fastmoe.params.free_vector` order) of the slopes on design columns that
+        are 0 in every row of positive weight (a rare indicator absent from these rows): no likelihood on
+        these data depends on them, so Newton steps hold them (``_em.newton_finish``)."""
+        rows = slice(None) if not self.sample_weight.size else self.sample_weight > 0
+        zero_z = ~np.any(self.Z[rows] != 0.0, axis=0)
+        zero_x = ~np.any(self.X[rows] != 0.0, axis=0)
+        gate = np.tile(np.concatenate([[False], zero_z]), self.n_experts - 1)
+        expert = np.tile(np.concatenate([[False], zero_x]), self.n_experts * (self.n_classes - 1))
+        return np.concatenate([gate, expert])
+
+    @functools.cached_property
     def _input_scale(self):
         """1 + the largest absolute input: a logit is at most this times the largest coefficient, per term."""
         return 1.0 + max(float(np.abs(self.X).max(initial=0.0)), float(np.abs(self.Z).max(initial=0.0)))
@@ -211,7 +231,7 @@ class Problem:
         the data's scales, once computed, are shared rather than computed again per run."""
         twin = Problem(self.X, self.Z, self.y, self.sample_weight, self.n_experts, self.n_classes, n_threads,
                        self.search_hessian)
-        for name in ("column_scales", "_input_scale"):
+        for name in ("column_scales", "constant_columns", "zero_column_coordinates", "_input_scale"):
             if name in self.__dict__:
                 twin.__dict__[name] = self.__dict__[name]
         return twin

@@ -46,6 +46,38 @@ def quadratic_model(grad, neg_hess):
     return QuadraticModel(grad, neg_hess)
 
 
+class ReducedModel:
+    """A model on some of the coordinates (``live``), the others held where they are: the step is 0 there.
+
+    For the coefficients of an all-zero feature column (``Problem.zero_column_coordinates``), which no
+    likelihood sees: their gradient and Hessian rows are exactly 0, so in Moré's scaled metric their unit
+    is the floor ``sqrt(CONCAVE_EIGEN_FLOOR * max diag)``, the eigendecomposition gives them an
+    eigenvalue and a gradient component of rounding size, and boundary steps moved them by the radius in
+    those units: found by a QA pass, an all-zero column got coefficients of -5e4 and 8e4 over a fit's
+    Newton steps ("converged"; predictions [0, 0, 1] wherever the column is not 0). Left out, they stay
+    at 0, and the model on the others can be concave and certify the maximum.
+    """
+
+    def __init__(self, inner, live):
+        self.inner, self.live = inner, live
+        self.concave = inner.concave
+
+    def with_gradient(self, grad):
+        return ReducedModel(self.inner.with_gradient(grad[self.live]), self.live)
+
+    def newton_length(self):
+        return self.inner.newton_length()
+
+    def decrement(self):
+        return self.inner.decrement()
+
+    def step(self, radius):
+        z, gain, length = self.inner.step(radius)
+        full = np.zeros(self.live.shape[0])
+        full[self.live] = z
+        return full, gain, length
+
+
 def _norm(v):
     """``||v||``, also where the squares of ``v`` overflow, and bit for bit ``np.linalg.norm`` wherever
     that is finite. (From a start whose logits on the data are in the thousands the scaled gradient
