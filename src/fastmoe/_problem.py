@@ -79,9 +79,12 @@ def column_scale(A, weights=None):
     """Standard deviations of the columns of ``A`` (:func:`column_moments`), 1 for a constant column:
     the units in which the starts standardise the inputs and their ridge, and in which moves of the
     search draw directions and perturbations."""
-    scale = column_moments(A, weights)[1]
-    scale[scale == 0] = 1.0
-    return scale
+    return _unit_if_constant(column_moments(A, weights)[1])
+
+
+def _unit_if_constant(spread):
+    """Standard deviations with 1 for a constant column (spread 0)."""
+    return np.where(spread == 0.0, 1.0, spread)
 
 
 @functools.lru_cache(maxsize=None)
@@ -199,15 +202,19 @@ class Problem:
         """``(gating, expert)`` weighted standard deviations of the design columns (1 for a constant
         column): the units of the starts' ridge (``_init.start_penalty``) and in which moves of the
         search perturb coefficients, computed once per problem."""
-        return column_scale(self.Z, self.sample_weight), column_scale(self.X, self.sample_weight)
+        return tuple(_unit_if_constant(spread) for spread in self._spreads)
 
     @functools.cached_property
     def constant_columns(self):
         """``(gating, expert)`` masks of the design columns without spread (an all-zero indicator, a
         constant): the likelihood cannot tell their coefficients from 0 (or from the intercept's), so the
         search's moves leave those coefficients where they are."""
-        return (column_moments(self.Z, self.sample_weight)[1] == 0.0,
-                column_moments(self.X, self.sample_weight)[1] == 0.0)
+        return tuple(spread == 0.0 for spread in self._spreads)
+
+    @functools.cached_property
+    def _spreads(self):
+        """``(gating, expert)`` weighted standard deviations of the design columns (:func:`column_moments`)."""
+        return column_moments(self.Z, self.sample_weight)[1], column_moments(self.X, self.sample_weight)[1]
 
     @functools.cached_property
     def zero_column_coordinates(self):
@@ -231,7 +238,7 @@ class Problem:
         the data's scales, once computed, are shared rather than computed again per run."""
         twin = Problem(self.X, self.Z, self.y, self.sample_weight, self.n_experts, self.n_classes, n_threads,
                        self.search_hessian)
-        for name in ("column_scales", "constant_columns", "zero_column_coordinates", "_input_scale"):
+        for name in ("_spreads", "column_scales", "constant_columns", "zero_column_coordinates", "_input_scale"):
             if name in self.__dict__:
                 twin.__dict__[name] = self.__dict__[name]
         return twin
