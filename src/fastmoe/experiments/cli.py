@@ -61,6 +61,16 @@ def _bootstrap_count(text: str) -> int:
     return value
 
 
+def _add_bootstrap(parser) -> None:
+    parser.add_argument("--bootstrap", type=_bootstrap_count, default=2000,
+                        help=f"bootstrap resamples for the intervals (0: none; else at least {MIN_BOOTSTRAP})")
+
+
+def _stop_after(args) -> Optional[float]:
+    """``--max-minutes`` in seconds (None: no limit)."""
+    return None if args.max_minutes is None else 60.0 * args.max_minutes
+
+
 def _int_list(text: str) -> List[int]:
     """Comma-separated whole numbers; ``1e4`` is 10000, ``3000.9`` is refused (not rounded)."""
     sizes = []
@@ -120,8 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="average converged fits only (default also keeps fits that hit max_iter)")
     report.add_argument("--min-n", type=int, default=None, help="fit slopes on n >= this only")
     report.add_argument("--max-n", type=int, default=None, help="fit slopes on n <= this only")
-    report.add_argument("--bootstrap", type=_bootstrap_count, default=2000,
-                        help=f"bootstrap resamples for the intervals (0: none; else at least {MIN_BOOTSTRAP})")
+    _add_bootstrap(report)
     report.add_argument("--statistic", choices=STATISTICS, default="median",
                         help="what summarises the replications of one n for the slopes (default: median; the "
                              "slopes of the means are listed beside)")
@@ -142,8 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--ok-only", action="store_true", help="average converged fits only")
     compare.add_argument("--min-n", type=int, default=None, help="fit slopes on n >= this only")
     compare.add_argument("--max-n", type=int, default=None, help="fit slopes on n <= this only")
-    compare.add_argument("--bootstrap", type=_bootstrap_count, default=2000,
-                        help=f"bootstrap resamples for the intervals (0: none; else at least {MIN_BOOTSTRAP})")
+    _add_bootstrap(compare)
     compare.add_argument("--statistic", choices=STATISTICS, default="median",
                          help="what summarises the replications of one n (default: median)")
     compare.add_argument("--plot", type=Path, default=None,
@@ -176,8 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument("--max-minutes", type=float, default=None, metavar="M",
                        help="start no job after M minutes (over all the studies): running jobs finish and are "
                             "stored, run again to resume")
-    paper.add_argument("--bootstrap", type=_bootstrap_count, default=2000,
-                        help=f"bootstrap resamples for the intervals (0: none; else at least {MIN_BOOTSTRAP})")
+    _add_bootstrap(paper)
     paper.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     presets = sub.add_parser("presets", help="list the shipped experiment presets")
@@ -269,7 +276,7 @@ def _run(args) -> int:
     from .runner import check_run_options, run_experiment
     from .store import ResultStore, StoreError
 
-    stop_after = None if args.max_minutes is None else 60.0 * args.max_minutes
+    stop_after = _stop_after(args)
     try:  # everything about the definition and the command is checked before anything is written
         exp = load_experiment(args.spec)
         sizes = args.sample_sizes if args.sample_sizes is not None else list(exp.sample_sizes)
@@ -326,9 +333,9 @@ def _report(directory, experiment=None, ok_only=False, min_n=None, max_n=None, n
     exported = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        exported += [write_csv(report.records, out_dir / "results.csv"),
-                     write_parquet(report.records, out_dir / "results.parquet"),
-                     write_rows(report.slope_rows(), out_dir / "slopes.csv"),
+        exported.append(write_csv(report.records, out_dir / "results.csv"))
+        parquet = write_parquet(report.records, out_dir / "results.parquet")  # None without pyarrow
+        exported += [parquet, write_rows(report.slope_rows(), out_dir / "slopes.csv"),
                      write_rows(report.summary_rows(), out_dir / "summary.csv")]
         if report.agreement:
             exported.append(write_rows(report.agreement, out_dir / "agreement.csv"))
@@ -343,7 +350,7 @@ def _report(directory, experiment=None, ok_only=False, min_n=None, max_n=None, n
             return 0
         return _fail("report", f"could not write {exc.filename or out_dir}: {exc.strerror or exc}")
     print("\nwrote " + ", ".join(str(p) for p in exported if p is not None))
-    if exported[1] is None:
+    if parquet is None:
         print("(results.parquet not written: pyarrow is not installed; pip install pyarrow, or fastmoe[test])")
     return 0
 
@@ -383,7 +390,7 @@ def _compare(args) -> int:
     for i in range(1, len(reports)):
         if all(len(row[i - 1].difference.sizes) < 2 for row in table):
             return _fail("compare", f"{args.dirs[i]} shares fewer than two sample sizes with {args.dirs[0]}"
-                                    f"{' within --min-n/--max-n' if args.min_n or args.max_n else ''}: no slopes "
+                                    f"{'' if args.min_n is None and args.max_n is None else ' within --min-n/--max-n'}: no slopes "
                                     "to compare")
     names = [f"{r.experiment.name} ({r.experiment.truth.gating_name})" for r in reports]
     print("runs: " + "; ".join(f"[{i}] {name}" for i, name in enumerate(names)))
@@ -438,7 +445,7 @@ def _paper(args) -> int:
         if not args.report_only:
             from .runner import check_run_options
 
-            stop_after = None if args.max_minutes is None else 60.0 * args.max_minutes
+            stop_after = _stop_after(args)
             check_run_options(args.scheduler, args.jobs, args.threads_per_job, args.order, stop_after)
             run_paper(paper, args.root, args.only, scheduler=args.scheduler, n_jobs=args.jobs,
                       threads_per_job=args.threads_per_job, progress=not args.no_progress,

@@ -150,9 +150,7 @@ def _fit_and_score(experiment: Experiment, n: int, replication: int, n_threads: 
         return fit(X, y, experiment.n_experts, n_classes=truth.n_classes, gating=truth.gating,
                    gating_features=truth.gating_features, expert_features=truth.expert_features, init=init,
                    n_init=n_init, max_iter=opts.max_iter, tol=opts.tol, l2=opts.l2, ridge=opts.ridge,
-                   bounds=opts.bounds,
-                   n_threads=n_threads,
-                   random_state=streams["fit"])
+                   bounds=opts.bounds, n_threads=n_threads, random_state=streams["fit"])
 
     if opts.init == "truth":
         result = run_fit(near_truth(), 1)
