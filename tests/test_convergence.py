@@ -10,7 +10,8 @@ import reference_numpy as ref
 from scipy.optimize import minimize
 
 import fastmoe
-from fastmoe._monitor import STOP_REASONS, ConvergenceMonitor, em_settled, gain_left, newton_settled
+from fastmoe._monitor import (STALL_HORIZON, STALL_STEPS, STOP_REASONS, ConvergenceMonitor, em_settled, gain_left,
+                              newton_settled, newton_stalled)
 from fastmoe._trust_region import LargeQuadraticModel, QuadraticModel
 from fastmoe.experiments import get_preset
 from fastmoe.experiments.job import job_data
@@ -582,3 +583,44 @@ def test_gain_left_extrapolates_collapsing_decrements():
     assert gain_left([1.0, 2.0, 3.0]) == np.inf  # not falling
     assert gain_left([4.0, 2.0]) == np.inf  # too few to say
     assert gain_left([4.0, np.inf, 1.0]) == np.inf  # an indefinite model in between
+
+
+def test_newton_steps_that_stall_stop_the_run():
+    # A random truth with many parameters for its data (d = 60, k = 2, K = 10: 1159 free parameters,
+    # n = 5000; the last class has 19 rows): the default fit ran for over 600 s, the kept start's
+    # Newton steps gaining 4e-9 nats each (1e-12 of the objective) for ever while its slopes grew, at
+    # points where the Hessian is singular to rounding (eigenvalue ratio 3e-15), so that no model could
+    # certify a maximum. Such steps now stop the run, and the divergence gauge judges where it stopped.
+    d, k, K = 60, 2, 10
+    rng = np.random.default_rng(0)
+    beta1, beta0 = rng.normal(0, 2, (k, d)), rng.normal(0, 0.5, k)
+    a, b = rng.normal(0, 2, (k, K, d)), rng.normal(0, 0.5, (k, K))
+    beta1[-1], beta0[-1], a[:, -1], b[:, -1] = 0.0, 0.0, 0.0, 0.0
+    X, y = fastmoe.sample(fastmoe.MoEParams(beta0=beta0, beta1=beta1, a=a, b=b), 5000, random_state=0)
+    with pytest.warns(fastmoe.ConvergenceWarning, match="diverged"):
+        result = fastmoe.fit(X, y, k, random_state=0, max_iter=300)
+    assert result.n_iter < 300  # the crawling start, the highest of the four, ran to the cap
+    # It stopped for the stall: its last STALL_STEPS steps, all Newton steps, gained that little.
+    assert set(range(result.n_iter - STALL_STEPS + 1, result.n_iter + 1)) <= set(result.newton_iterations)
+    assert np.diff(result.history)[-STALL_STEPS:].sum() * STALL_HORIZON <= 1e-8 * abs(result.objective)
+    assert result.diverged and not result.converged
+    # Every start diverged: strong evidence that the MLE does not exist, said as such.
+    assert result.starts.diverged.all() and "every one of the 4 starts" in result.message
+    assert "most likely does not exist" in result.message
+
+
+def test_newton_stalled_needs_a_long_run_of_negligible_gains():
+    threshold = 1.5e-5  # tol 1e-8 at an objective of -1500
+    crawl = [4e-9] * STALL_STEPS  # the d = 60 crawl: 4e-9 nats a step, for thousands of steps
+    assert newton_stalled(crawl, threshold)
+    assert not newton_stalled(crawl[1:], threshold)  # one step too few to say
+    # Only the last STALL_STEPS count: a large gain before them does not hide the stall ...
+    assert newton_stalled([10.0] + crawl, threshold)
+    # ... and one inside them ends it.
+    assert not newton_stalled(crawl[:-1] + [1e-3], threshold)
+    # The line: gains summing to threshold / STALL_HORIZON over the window stall; a little more does not.
+    edge = threshold / STALL_HORIZON / STALL_STEPS
+    assert newton_stalled([edge] * STALL_STEPS, threshold)
+    assert not newton_stalled([1.01 * edge] * STALL_STEPS, threshold)
+    # An over-fitted ridge that leads on: 0.49 nats over a few tens of steps at an objective of -6e5.
+    assert not newton_stalled([0.49 / 40] * 40, 6e-3)

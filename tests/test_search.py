@@ -69,6 +69,15 @@ def test_start_log_counts_and_warns():
     assert mixed.higher_diverged == 1 and "1 of 5 starts diverged" in mixed.message()
     assert "by up to 1 on the data" in mixed.message() and "is not the global maximum" in mixed.message()
     assert "no MLE exists" not in mixed.message() and "may not exist" in mixed.message()
+    # A kept run that stopped before converging warns of that itself: how many starts reached it is not
+    # said, but starts diverging above it still are (a stalled run below diverged ones on d = 30 data).
+    assert once.search_warning(converged=False) is None
+    assert "1 of 5 starts diverged" in mixed.search_warning(converged=False)
+    assert "only 1 of" not in dataclasses.replace(mixed, n_best=1).search_warning(converged=False)
+    # Many starts: the highest objectives are listed, not all of them.
+    many = StartLog(-np.arange(10.0, 42.0), np.zeros(32, dtype=bool), 0, 1, None)
+    assert "only 1 of 32 starts" in many.message() and "-17., ...]" in many.message()
+    assert "-18." not in many.message()
     # A split-and-merge move on all the data that rose above the diverged start found the answer: the
     # starts' divergence says nothing against it (issue 12's held-out h11, seed 5).
     moved = mixed.with_moves([SimpleNamespace(objective=-8.5, diverged=False),

@@ -307,6 +307,7 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
     # A certificate was withdrawn (its full step fell short of its model, or the chord steps after it
     # stalled): no certificate before a trust-region step has been taken.
     doubted = False
+    gains = []  # of the accepted steps: a run whose steps gain next to nothing for long has stalled
     while monitor.iterations_left > 0 and (max_steps is None or n_steps < max_steps):
         theta = free_vector(W, V)
         chord = exact_model is not None and point_grad is not None
@@ -388,6 +389,7 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
             gain = objective_try - objective
             if gain > 0.0:
                 n_steps += 1
+                gains.append(gain)
                 W, V, objective, point_grad = W_try, V_try, objective_try, grad_try
                 if monitor.record(W, V, objective, gain, newton=True):
                     return W, V, objective, n_steps
@@ -446,9 +448,13 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
             ratio = gain / predicted if predicted > 0 else 0.0
             radius = 2.0 * radius
         n_steps += 1
+        gains.append(gain)
         doubted = False
         W, V, objective, point_grad = W_try, V_try, objective_try, grad_try
         if monitor.record(W, V, objective, gain, newton=True):
+            return W, V, objective, n_steps
+        if monitor.newton_stalled(gains, objective):
+            monitor.stop("stalled")
             return W, V, objective, n_steps
         target = None if joins is None else joins(W, V, objective)
         if target is not None:

@@ -35,6 +35,16 @@ SLOWING_RATIO = 0.1
 #: in nats for objectives below 1 in size: near a saturated likelihood the relative gap means nothing).
 SAME_MAXIMUM_RTOL = 1e-6
 
+# Newton steps have stalled when the last STALL_STEPS of them gained so little in all that
+# STALL_HORIZON times as many more, at that rate, would still gain less than the stopping threshold.
+# Near a strict maximum the steps certify within a few (quadratic convergence, then chord steps);
+# where no model can certify (a Hessian singular to rounding) they can crawl for ever: on random
+# d = 60, k = 2, K = 10 data (n = 5000, 1159 parameters) the steps gained 4e-9 nats each, 1e-12 of the
+# objective, for thousands of steps while the slopes grew, a fit of over 600 s. Over-fitted ridges
+# that do lead on gain far more per step (0.49 nats over a few tens of steps at n = 1e6).
+STALL_STEPS = 20
+STALL_HORIZON = 10
+
 
 def boundary_pairs_text(boundary):
     """``(expert, class)`` pairs of a boundary maximum in words, as messages and warnings name them."""
@@ -51,8 +61,9 @@ MESSAGE_NAMES = 8
 #: callback asked; coefficients ran past the divergence gauge; no further step could increase the
 #: objective, or EM settled while some block's M-step could not be solved;
 #: it entered the quadratic basin of a maximum an earlier run of the search reached (``joined``); its
-#: Newton model showed it heading for a maximum below one the search already holds (``below``).
-STOP_REASONS = ("converged", "max_iter", "callback", "diverging", "no_increase", "joined", "below")
+#: Newton model showed it heading for a maximum below one the search already holds (``below``); its
+#: Newton steps gained next to nothing for many steps where no maximum could be certified (``stalled``).
+STOP_REASONS = ("converged", "max_iter", "callback", "diverging", "no_increase", "joined", "below", "stalled")
 
 
 def em_settled(change, previous_change, threshold):
@@ -107,6 +118,13 @@ def gain_left(decrements):
         return np.inf
     ratio = max(earlier, later)
     return last[2] / (1.0 - ratio) if ratio < 1.0 else np.inf
+
+
+def newton_stalled(gains, threshold):
+    """Whether Newton steps that gained ``gains`` (one per accepted step, the latest last) have
+    stalled: the last ``STALL_STEPS`` gained less than ``threshold / STALL_HORIZON`` in all. Gains are
+    not decrements: a stall says nothing of what is left, only that the steps no longer get there."""
+    return bool(len(gains) >= STALL_STEPS and sum(gains[-STALL_STEPS:]) * STALL_HORIZON <= threshold)
 
 
 class ConvergenceMonitor:
@@ -196,6 +214,10 @@ class ConvergenceMonitor:
         """:func:`newton_settled` at this run's tolerance."""
         return newton_settled(decrements, self.threshold(objective))
 
+    def newton_stalled(self, gains, objective):
+        """:func:`newton_stalled` at this run's tolerance."""
+        return newton_stalled(gains, self.threshold(objective))
+
     def certify(self):
         """Stop as converged at a strict local maximum that Newton steps certified."""
         if self.reason is None:
@@ -243,14 +265,16 @@ class ConvergenceMonitor:
     def converged(self):
         return self.reason == "converged"
 
-    def message(self, penalised=False, empty_experts=(), boundary=(), active_bounds=(), definite=False):
+    def message(self, penalised=False, empty_experts=(), boundary=(), active_bounds=(), definite=False,
+                every_start=0):
         """The sentence that says how the run ended.
 
         ``penalised``: the fit had a ridge; ``definite``: the divergence does not depend on the
-        start (every one of several explored starts diverged, or the problem is concave: one expert).
-        Only then, or where the data prove it (``judge_diverging(proved=True)``), does a diverged run
-        say that the MLE does not exist: one run can head for a supremum at infinity below a finite
-        maximum that other starts reach (measured from wild starts on issue 12's p4).
+        start (the problem is concave: one expert). Only then, or where the data prove it
+        (``judge_diverging(proved=True)``), does a diverged run say that the MLE does not exist: one
+        run can head for a supremum at infinity below a finite maximum that other starts reach
+        (measured from wild starts on issue 12's p4). ``every_start``: how many explored starts there
+        were, all of which diverged (0: not all did): strong evidence, not proof, and said as such.
         ``empty_experts``: experts without responsibility mass; ``boundary``: ``(expert, class)``
         pairs with probability 0 (their intercepts ran off); ``active_bounds``: names of the free
         parameters on their bound in a box-constrained fit.
@@ -264,6 +288,10 @@ class ConvergenceMonitor:
             "no_increase": f"stopped after {n} iterations: no further step could increase the objective",
             "joined": f"joined a maximum found before after {n} iterations",
             "below": f"stopped after {n} iterations below a higher maximum found before",
+            "stalled": f"stalled: stopped after {n} iterations, where the last {STALL_STEPS} Newton steps together "
+                       f"gained less than tol/{STALL_HORIZON} (relative) and no strict local maximum could be "
+                       "certified (a flat ridge: the Hessian is singular to rounding, or its model does not hold "
+                       "over its steps); the objective has settled, the parameters are not determined by it",
             None: f"stopped after {n} iterations",
         }[self.reason]]
         if self.reason == "diverging":
@@ -273,6 +301,10 @@ class ConvergenceMonitor:
                 "coefficients run off to infinity (separable data, or a class that never occurs): the MLE "
                 "does not exist; consider l2 > 0 or a box on every slope (bounds=...)"
                 if definite or self.divergence_proved else
+                f"coefficients run off to infinity from every one of the {every_start} starts (separable data, "
+                "or classes too rare to be fitted): the MLE most likely does not exist; consider l2 > 0 or a "
+                "box on every slope (bounds=...)"
+                if every_start else
                 "coefficients run off to infinity along this run (separable data, a class that never occurs, "
                 "or a start that separates part of the data): unless another start reaches a finite maximum "
                 "above it, the MLE does not exist; consider l2 > 0 or a box on every slope (bounds=...)"
@@ -393,15 +425,23 @@ class StartLog:
         return int(sum(bool(d) and v > kept and not same_maximum(v, kept)
                        for v, d in zip(self.objectives, self.diverged)))
 
-    def message(self):
+    def message(self, converged=True):
         """A warning's text when the kept maximum was found by one start of several, or when a start
-        diverged to a higher likelihood; else None."""
+        diverged to a higher likelihood; else None.
+
+        ``converged``: whether the kept run converged. A run stopped before converging already warns
+        of that, and its starts then agree on nothing, so how many reached it is not said; starts that
+        diverged above it still are (the kept point is not the global maximum either way).
+        """
         parts = []
-        if self.objectives.size >= 2 and self.n_best == 1 and not self.diverged[self.best]:
+        if converged and self.objectives.size >= 2 and self.n_best == 1 and not self.diverged[self.best]:
+            top = np.sort(self.objectives)[::-1]
+            shown = np.array2string(top[:MESSAGE_NAMES], precision=6, separator=", ")
+            if top.size > MESSAGE_NAMES:
+                shown = shown[:-1] + ", ...]"
             parts.append(
                 f"the best maximum was reached by only 1 of {self.objectives.size} starts (objectives "
-                f"{np.array2string(np.sort(self.objectives)[::-1], precision=6, separator=', ')}): a better one "
-                "may exist; consider a larger n_init")
+                f"{shown}): a better one may exist; consider a larger n_init")
         higher = self.higher_diverged
         if higher:
             gap = float(self.objectives[self.diverged].max() - self.kept_objective)
@@ -418,9 +458,6 @@ class StartLog:
         return "; ".join(parts) or None
 
     def search_warning(self, converged):
-        """The text of the SearchWarning a fit gives, or None.
-
-        A fit stopped before converging already warns of that; its starts then agree on nothing, so
-        saying so too would only repeat it (``converged``: whether the kept run converged).
-        """
-        return self.message() if converged else None
+        """The text of the SearchWarning a fit gives, or None (``converged``: whether the kept run
+        converged; see :meth:`message`)."""
+        return self.message(converged)
