@@ -105,3 +105,22 @@ def test_bad_arguments(two_expert_data):
         select_n_experts(X, y, (1,), estimator=MixtureOfExpertsClassifier(), l2=1.0)
     with pytest.raises(TypeError, match="MixtureOfExpertsClassifier"):
         select_n_experts(X, y, (1,), estimator=object())
+
+
+def test_a_sweep_refuses_candidates_it_cannot_fit_before_fitting_any(monkeypatch):
+    # 60 rows, 6 features, 3 classes: from 4 experts on the model has more free parameters than rows,
+    # which a fit at l2 = 0 refuses. The sweep used to fit 1, 2 and 3 experts first and then fail.
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((60, 6)), rng.integers(0, 3, 60)
+    fits, set_fitted = [], MixtureOfExpertsClassifier._set_fitted
+    monkeypatch.setattr(MixtureOfExpertsClassifier, "_set_fitted",
+                        lambda self, *args: fits.append(self.n_experts) or set_fitted(self, *args))
+    with pytest.raises(ValueError, match=r"candidates \[4, 5\] cannot be fitted .*with 4 experts: X has 60 samples"):
+        select_n_experts(X, y, (1, 2, 5, 3, 4), l2=0.0)
+    assert fits == []
+    # A problem with the data rather than the candidates is the fit's own error.
+    with pytest.raises(ValueError, match="only one class"):
+        select_n_experts(X, np.zeros(60, dtype=int), (1, 2))
+    # With a ridge every candidate can be fitted.
+    result = select_n_experts(X, y, (1, 4), l2=1.0, n_init=1, random_state=0, max_iter=50)
+    assert sorted(result.estimators) == [1, 4] and fits == [1, 4]

@@ -127,6 +127,25 @@ def _merge_rows(X, y, sample_weight):
     return np.ascontiguousarray(X), y, None if (weights == 1.0).all() else weights
 
 
+@dataclasses.dataclass(frozen=True)
+class _FitInputs:
+    """What :meth:`MixtureOfExpertsClassifier.fit` fits: ``X`` checked; ``X_fit, y_fit, w_fit`` its
+    rows merged (labels encoded, weights summed); the user's own weights; the classes and their
+    weights; the rows given; the feature sets; the box."""
+
+    X: np.ndarray
+    X_fit: np.ndarray
+    y_fit: np.ndarray
+    w_fit: object
+    user_weight: object
+    classes: np.ndarray
+    class_weight: np.ndarray
+    n_rows: int
+    n_classes: int
+    inputs: tuple
+    box: object
+
+
 class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     """Softmax-gated multinomial-logistic mixture of experts, fitted by maximum likelihood.
 
@@ -334,6 +353,39 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         fastmoe.ConvergenceWarning
             When EM stops before converging; ``converged_`` and ``diverged_`` record why.
         """
+        data = self._fit_inputs(X, y, sample_weight)
+        X, X_fit, y_fit, w_fit = data.X, data.X_fit, data.y_fit, data.w_fit
+        inputs, n_classes, n_rows = data.inputs, data.n_classes, data.n_rows
+        warm = self._warm_params(n_classes, X.shape[1], inputs)
+        result = fit(
+            X_fit,
+            y_fit,
+            self.n_experts,
+            n_classes=n_classes,
+            gating=self.gating,
+            gating_features=inputs[0],
+            expert_features=inputs[1],
+            init=self.init if warm is None else warm,
+            n_init=self.n_init,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            l2=self.l2,
+            ridge=self.ridge,
+            bounds=data.box,
+            sample_weight=w_fit,
+            n_threads=self.n_threads,
+            random_state=_as_generator(self.random_state),
+            verbose=self.verbose,
+        )
+        # n_samples counts the rows given (as before merging); the criteria's n is the observations: the
+        # sum of the sample weights (class weights reweight observations, they add none).
+        n_obs = float(n_rows) if data.user_weight is None else float(data.user_weight.sum())
+        result = dataclasses.replace(result, n_samples=n_rows, n_observations=n_obs)
+        return self._set_fitted(result, data.classes, data.class_weight)
+
+    def _fit_inputs(self, X, y, sample_weight):
+        """The checked, encoded and merged inputs of :meth:`fit`, or the exception that names what is
+        wrong with them (or with the settings for them), before anything is fitted."""
         if isinstance(self.n_experts, (bool, np.bool_)) or not isinstance(self.n_experts, numbers.Integral):
             raise TypeError(f"n_experts must be an integer, got {self.n_experts!r}")
         if not (isinstance(self.init, MoEParams) or self.init in INIT_STRATEGIES):
@@ -372,32 +424,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         box = Bounds.coerce(self.bounds)
         if self.l2 == 0 and not (box is not None and box.compact):  # else the maximum exists anyway
             self._check_enough_rows(X, X_fit.shape[0], n_rows, n_classes, inputs)
-        warm = self._warm_params(n_classes, X.shape[1], inputs)
-        result = fit(
-            X_fit,
-            y_fit,
-            self.n_experts,
-            n_classes=n_classes,
-            gating=self.gating,
-            gating_features=inputs[0],
-            expert_features=inputs[1],
-            init=self.init if warm is None else warm,
-            n_init=self.n_init,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            l2=self.l2,
-            ridge=self.ridge,
-            bounds=box,
-            sample_weight=w_fit,
-            n_threads=self.n_threads,
-            random_state=_as_generator(self.random_state),
-            verbose=self.verbose,
-        )
-        # n_samples counts the rows given (as before merging); the criteria's n is the observations: the
-        # sum of the sample weights (class weights reweight observations, they add none).
-        n_obs = float(n_rows) if user_weight is None else float(user_weight.sum())
-        result = dataclasses.replace(result, n_samples=n_rows, n_observations=n_obs)
-        return self._set_fitted(result, classes, class_weight)
+        return _FitInputs(X, X_fit, y_fit, w_fit, user_weight, classes, class_weight, n_rows, n_classes, inputs, box)
 
     def _set_fitted(self, result, classes, class_weight):
         self.classes_ = classes

@@ -198,6 +198,7 @@ def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", method="s
     if method == "dendrogram":
         return _select_by_dendrogram(estimator, candidates, X, y, sample_weight)
 
+    _check_candidates(estimator, candidates, X, y, sample_weight)
     fitted, elapsed = {}, {}
     previous = None
     for k in sorted(candidates):  # nested: each fit knows the fit with fewer experts
@@ -226,6 +227,27 @@ def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", method="s
         table=table,
         admissible=admissible,
     )
+
+
+def _check_candidates(estimator, candidates, X, y, sample_weight):
+    """Refuse, before any fit, a sweep whose inputs or candidates a fit would refuse: a sweep that
+    failed at its last candidate (more free parameters than rows at ``l2 = 0``) threw away the fits
+    before it. The free parameters grow with the number of experts, so the largest candidate is
+    checked first, and the others only where it fails, to name every candidate that cannot be fitted."""
+    refused = {}
+    for k in sorted(candidates, reverse=True):
+        try:
+            clone(estimator).set_params(n_experts=k)._fit_inputs(X, y, sample_weight)
+        except ValueError as exc:
+            refused[k] = exc
+        else:
+            break
+    if refused:
+        smallest = min(refused)
+        if len(refused) == len(candidates):  # the data themselves, or every candidate: the fit's own words
+            raise refused[smallest]
+        raise ValueError(f"n_experts candidates {sorted(refused)} cannot be fitted to these data (nothing was "
+                         f"fitted); with {smallest} experts: {refused[smallest]}") from refused[smallest]
 
 
 def _select_by_dendrogram(estimator, candidates, X, y, sample_weight) -> SelectionResult:
