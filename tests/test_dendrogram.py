@@ -316,3 +316,19 @@ def test_select_n_experts_by_dendrogram(clear_truth_data):
     assert choice.best_estimator.log_likelihood_ >= choice.dendrogram.loglik[2] - 1e-6
     with pytest.raises(ValueError, match="method must be one of"):
         fastmoe.select_n_experts(X, labels, (1, 2), method="tree")
+
+
+def test_select_by_dendrogram_counts_observations_not_class_weights(clear_truth_data):
+    # Class weights reweight the observations in the likelihood; the criterion's omega = log n counts
+    # them as BIC does (it counted the class-weighted sum: log 44000 for 8000 rows at weights 10 and 1).
+    truth, X, y = clear_truth_data
+    X, y = X[:2000], y[:2000]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastmoe.ConvergenceWarning)
+        warnings.simplefilter("ignore", fastmoe.SearchWarning)
+        choice = fastmoe.select_n_experts(X, y, (1, 2), method="dendrogram", class_weight={0: 10.0, 1: 1.0},
+                                          l2=0.1, n_init=1, random_state=0, n_threads=1)
+    tree = choice.dendrogram
+    assert tree.omega == pytest.approx(np.log(2000))
+    # the likelihood term stays the class-weighted mean: the tree's n is the class-weighted sum
+    assert tree.n_samples == pytest.approx(10.0 * np.sum(y == 0) + np.sum(y == 1))

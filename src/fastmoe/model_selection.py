@@ -252,16 +252,18 @@ def _check_candidates(estimator, candidates, X, y, sample_weight):
 
 def _select_by_dendrogram(estimator, candidates, X, y, sample_weight) -> SelectionResult:
     """One fit with the largest candidate, its dendrogram, the chosen level refitted from its merge."""
-    from ._dendrogram import dendrogram
+    from ._dendrogram import default_omega, dendrogram
 
     k_max = max(candidates)
     started = time.perf_counter()
     model = clone(estimator).set_params(n_experts=k_max).fit(X, y, sample_weight=sample_weight)
     # The tree scores merged models on the data as the fit saw them: integer codes, weights times
-    # class weights.
+    # class weights; its likelihood weight log n counts observations, as BIC's n does (class weights
+    # reweight the observations, they add none: FitResult.n_observations).
     codes = model.encode_labels(y)
     tree = dendrogram(model.fit_result_, model._check_X(X), codes,
-                      sample_weight=model._fit_weights(codes, sample_weight), n_threads=model.n_threads)
+                      sample_weight=model._fit_weights(codes, sample_weight), n_threads=model.n_threads,
+                      omega=default_omega(model.fit_result_.n_observations))
     elapsed = time.perf_counter() - started
     best, params = tree.select(candidates)
     fitted = {k_max: model}
