@@ -447,3 +447,43 @@ def test_estimator_refuses_bad_sets_at_fit():
         MixtureOfExpertsClassifier(2, gating_features=[]).fit(X3, Y3)
     with pytest.raises(ValueError, match="expert_features has column index 5"):
         MixtureOfExpertsClassifier(2, expert_features=[5]).fit(X3, Y3)
+
+
+def _dependent_warnings(X, y, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fastmoe.fit(X, y, 2, init="kmeans", max_iter=5, n_threads=1, **kwargs)
+    return [str(w.message) for w in caught if "linearly dependent" in str(w.message)]
+
+
+def test_linearly_dependent_columns_are_named():
+    # Slopes on columns that are linear combinations of others (and the intercept) are not identified:
+    # the likelihood is flat along a direction of the parameters whatever the labels. Checked against
+    # the rank of the centred design, computed here by NumPy's SVD.
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((400, 4))
+    y = rng.integers(0, 3, 400)
+    X = np.column_stack([base, 2.0 * base[:, 1] - base[:, 3] + 5.0])  # column 4 from columns 1 and 3
+    centred = X - X.mean(axis=0)
+    assert np.linalg.matrix_rank(centred) == 4 and np.linalg.matrix_rank(centred[:, [0, 2, 3, 4]]) == 4
+    (message,) = _dependent_warnings(X, y)
+    assert "features [1, 3, 4] are linearly dependent" in message and "l2 > 0" in message
+    assert _dependent_warnings(X, y, l2=0.1) == []  # a ridge identifies them
+    # Strongly correlated but independent columns are not flagged.
+    near = np.column_stack([base, base[:, 1] + 1e-3 * rng.standard_normal(400)])
+    assert np.linalg.matrix_rank(near - near.mean(axis=0), tol=1e-8) == 5
+    assert _dependent_warnings(near, y) == []
+    # A constant column is the intercept's twin; an all-zero one is held by the fit, not flagged.
+    assert "features [2]" in _dependent_warnings(np.column_stack([base, np.zeros(400), np.full(400, 3.0)])[:, [0, 1, 5, 4]], y)[0]
+    assert _dependent_warnings(np.column_stack([base, np.zeros(400)]), y) == []
+    # Rows of weight 0 do not count: the columns are dependent on the rows the likelihood sees.
+    weight = np.ones(400)
+    weight[:5] = 0.0
+    bent = X.copy()
+    bent[:5, 4] += 1.0
+    assert _dependent_warnings(bent, y) == []
+    assert "features [1, 3, 4]" in _dependent_warnings(bent, y, sample_weight=weight)[0]
+    # Separate designs are checked each in its own terms, named in the caller's columns.
+    (gate,) = _dependent_warnings(X, y, gating_features=[1, 3, 4], expert_features=[0, 2])
+    assert "gating features [1, 3, 4]" in gate
+    assert _dependent_warnings(X, y, gating="tanh") != []  # the experts read X itself

@@ -31,6 +31,11 @@ ROUNDING_SLACK = 1e-12
 # A column whose standard deviation is at most this fraction of its mean is constant to rounding (one
 # repeated value such as 0.1 gives a deviation of about 1e-17, not 0, since its mean rounds).
 CONSTANT_SPREAD = 1e-12
+# Standardised columns are linearly dependent when their correlation matrix has an eigenvalue below
+# DEPENDENT_EIGEN (a sum of two columns, rounded: about 1e-32; correlations of 1 - 1e-6: about 1e-6);
+# the columns of such an eigenvector with a loading above DEPENDENT_LOADING form the dependent set.
+DEPENDENT_EIGEN = 1e-10
+DEPENDENT_LOADING = 1e-3
 
 
 # Designs larger than MOMENT_BLOCKED entries have their moments summed over blocks of MOMENT_BLOCK
@@ -73,6 +78,41 @@ def column_moments(A, weights=None):
     # is 9e-12 off, more than CONSTANT_SPREAD allows).
     constant = (A.min(axis=0) == A.max(axis=0)) | (sd <= CONSTANT_SPREAD * np.abs(mean))
     return mean, np.where(constant, 0.0, sd)
+
+
+def dependent_columns(A, weights=None):
+    """Columns of design ``A`` that are linear combinations of the others and the intercept, to
+    rounding: their slopes are not identified (a direction of the parameters along which the
+    likelihood is flat whatever the data's labels). A constant column is the intercept's twin; an
+    all-zero column is left out (the fit holds its slopes: ``Problem.zero_column_coordinates``).
+
+    The weighted correlation matrix of the columns with spread is formed over blocks of rows (no copy
+    of ``A``); a column belongs to a dependent set when it loads (``DEPENDENT_LOADING``) on an
+    eigenvector whose eigenvalue is below ``DEPENDENT_EIGEN``.
+
+    Returns
+    -------
+    tuple of int
+        Sorted column indices (empty when the columns are independent).
+    """
+    if A.shape[1] == 0 or A.shape[0] == 0:
+        return ()
+    mean, sd = column_moments(A, weights)
+    zero = ~A.any(axis=0)
+    dependent = set(np.flatnonzero((sd == 0.0) & ~zero).tolist())
+    live = np.flatnonzero(sd > 0.0)
+    if live.size >= 2:
+        w = None if weights is None or weights.size == 0 else weights
+        total = A.shape[0] if w is None else float(w.sum())
+        step = max(1, MOMENT_BLOCK // live.size)
+        gram = np.zeros((live.size, live.size))
+        for start in range(0, A.shape[0], step):
+            block = (A[start:start + step, live] - mean[live]) / sd[live]
+            gram += block.T @ (block if w is None else block * w[start:start + step, None])
+        eigval, eigvec = np.linalg.eigh(gram / total)
+        flat = eigvec[:, eigval < DEPENDENT_EIGEN]
+        dependent.update(live[np.abs(flat).max(axis=1, initial=0.0) > DEPENDENT_LOADING].tolist())
+    return tuple(sorted(dependent))
 
 
 def column_scale(A, weights=None):
