@@ -666,7 +666,7 @@ def summarise(store, problem, seeds):
 
 def _warned(record):
     """Whether the stored fit warned that its answer may not be the global maximum (its StartLog's
-    SearchWarning; a fit that did not converge warns otherwise and is not counted)."""
+    SearchWarning: starts that diverged above it, and, where it converged, only one start reaching it)."""
     return StartLog.from_dict(record["starts"]).search_warning(bool(record.get("converged"))) is not None
 
 

@@ -599,14 +599,32 @@ def test_newton_steps_that_stall_stop_the_run():
     X, y = fastmoe.sample(fastmoe.MoEParams(beta0=beta0, beta1=beta1, a=a, b=b), 5000, random_state=0)
     with pytest.warns(fastmoe.ConvergenceWarning, match="diverged"):
         result = fastmoe.fit(X, y, k, random_state=0, max_iter=300)
-    assert result.n_iter < 300  # the crawling start, the highest of the four, ran to the cap
-    # It stopped for the stall: its last STALL_STEPS steps, all Newton steps, gained that little.
-    assert set(range(result.n_iter - STALL_STEPS + 1, result.n_iter + 1)) <= set(result.newton_iterations)
-    assert np.diff(result.history)[-STALL_STEPS:].sum() * STALL_HORIZON <= 1e-8 * abs(result.objective)
+    assert result.n_iter < 300  # before, the crawling start (the highest of the four) ran to the cap
+    # Its Newton steps stalled (STALL_STEPS of them in a row gained that little), EM took over, and the
+    # divergence gauge stopped it.
+    gains, newton = np.diff(result.history), set(result.newton_iterations)
+    stalled = [end for end in range(STALL_STEPS, result.n_iter + 1)
+               if set(range(end - STALL_STEPS + 1, end + 1)) <= newton
+               and gains[end - STALL_STEPS:end].sum() * STALL_HORIZON <= 1e-8 * abs(result.objective)]
+    assert stalled and result.n_iter not in newton
     assert result.diverged and not result.converged
     # Every start diverged: strong evidence that the MLE does not exist, said as such.
     assert result.starts.diverged.all() and "every one of the 4 starts" in result.message
     assert "most likely does not exist" in result.message
+
+
+def test_a_run_stops_as_stalled_only_when_it_stalls_twice_with_nothing_gained_between():
+    monitor = ConvergenceMonitor(tol=1e-8, max_iter=100)
+    limit = 1e-8 * 1500.0 / STALL_HORIZON  # what may be gained between two stalls at an objective of -1500
+    assert not monitor.stall(-1500.0) and not monitor.stopped  # the first: back to EM
+    assert not monitor.stall(-1500.0 + 2 * limit) and not monitor.stopped  # EM gained: back to EM again
+    assert monitor.stall(-1500.0 + 2.5 * limit) and monitor.reason == "stalled"
+    assert not monitor.converged and "stalled" in monitor.message()
+    # The divergence gauge's verdict overrules a stall, and nothing else.
+    monitor.stop("diverging", overrule=("stalled",))
+    assert monitor.reason == "diverging"
+    monitor.stop("converged", overrule=("stalled",))
+    assert monitor.reason == "diverging"
 
 
 def test_newton_stalled_needs_a_long_run_of_negligible_gains():

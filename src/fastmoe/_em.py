@@ -276,8 +276,10 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
     (:func:`certifying_step_holds`) or the chord steps after it stall above the gradient's floor; the
     model then describes a bend of a curved ridge, not its top (measured on an over-fitted model at
     n = 1e6: certified 0.49 nats below the maximum that the steps reach when they go on). It gives
-    up, leaving the parameters where its last accepted step put them, when no trial gains: the caller
-    then goes back to EM.
+    up, leaving the parameters where its last accepted step put them, when no trial gains, and when
+    its uncertified steps have stalled (``monitor.newton_stalled``: ``STALL_STEPS`` in a row gained next
+    to nothing): the caller then goes back to EM, unless ``monitor.stall`` stopped the run (it had
+    stalled before, and gained next to nothing since).
 
     In a box the model is restricted to the coordinates that their bound does not hold (``Penalty.binding``:
     on the bound with the gradient pointing out), every trial is projected into the box, and the gain
@@ -295,7 +297,8 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
     -------
     W, V, objective, n_steps
         The last accepted point and how many steps were accepted; ``monitor.reason`` is set when the
-        run must stop (converged, callback, joined; iteration cap reached is left to the caller).
+        run must stop (converged, callback, joined, below, stalled; iteration cap reached is left to the
+        caller).
     """
     boxed = penalty.bounds is not None
     radius = None
@@ -307,7 +310,7 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
     # A certificate was withdrawn (its full step fell short of its model, or the chord steps after it
     # stalled): no certificate before a trust-region step has been taken.
     doubted = False
-    gains = []  # of the accepted steps: a run whose steps gain next to nothing for long has stalled
+    gains = []  # of the trust-region and chord steps: steps that gain next to nothing for long have stalled
     while monitor.iterations_left > 0 and (max_steps is None or n_steps < max_steps):
         theta = free_vector(W, V)
         chord = exact_model is not None and point_grad is not None
@@ -389,7 +392,6 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
             gain = objective_try - objective
             if gain > 0.0:
                 n_steps += 1
-                gains.append(gain)
                 W, V, objective, point_grad = W_try, V_try, objective_try, grad_try
                 if monitor.record(W, V, objective, gain, newton=True):
                     return W, V, objective, n_steps
@@ -448,18 +450,18 @@ def newton_finish(problem: Problem, W, V, objective, penalty: Penalty, monitor: 
             ratio = gain / predicted if predicted > 0 else 0.0
             radius = 2.0 * radius
         n_steps += 1
-        gains.append(gain)
+        gains.append(max(gain, 0.0))  # a chord step within rounding may lose a little: no progress
         doubted = False
         W, V, objective, point_grad = W_try, V_try, objective_try, grad_try
         if monitor.record(W, V, objective, gain, newton=True):
-            return W, V, objective, n_steps
-        if monitor.newton_stalled(gains, objective):
-            monitor.stop("stalled")
             return W, V, objective, n_steps
         target = None if joins is None else joins(W, V, objective)
         if target is not None:
             monitor.stop("joined")
             monitor.joined = target
+            return W, V, objective, n_steps
+        if not certified and monitor.newton_stalled(gains, objective):
+            monitor.stall(objective)  # back to EM, or the run stops: stalled twice with nothing gained between
             return W, V, objective, n_steps
     return W, V, objective, n_steps
 
@@ -633,7 +635,7 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
                                                           allow_indefinite=False)
                 if monitor.certified:
                     break
-            monitor.stop("diverging")
+            monitor.stop("diverging", overrule=("stalled",))  # the gauge's verdict, however the phase ended
             break
         if newton and monitor.n_iter >= next_newton and abs(change) <= NEWTON_SWITCH * abs(objective):
             W, V, objective, n_steps, result = newton_phase(
@@ -655,7 +657,8 @@ def run_em(problem: Problem, W, V, penalty: Penalty, monitor: ConvergenceMonitor
     # where sharpening its saturated logits does not cost (a supremum at infinity, as on p2 from
     # other such starts, 375 iterations up to -9560), where its slopes were seen growing, or where
     # the data prove it whatever the start; else it stopped short, and says why.
-    stuck = (saturated_start and not monitor.certified and monitor.reason in ("converged", "no_increase", "max_iter")
+    stuck = (saturated_start and not monitor.certified
+             and monitor.reason in ("converged", "no_increase", "max_iter", "stalled")
              and gauge.slope_logit(W, V, result.expert_weight) >= NUMERICAL_LOGIT)
     # The supremum is at infinity whatever the start when the likelihood is saturated at 1 (separable
     # data: every label predicted with certainty) or when a class never occurs (its intercepts head

@@ -330,9 +330,10 @@ def fit(
         convergence (Aitken) or, in the Newton finish, by the Newton decrement at a point where the
         Hessian is negative definite. A small change alone is not enough: near a degenerate maximum
         (an over-fitted, vanishing expert) EM crawls, and a fit stopped by its last change can lie
-        whole nats short of the maximum at large ``n``. Where no Newton model can certify a maximum
-        (a Hessian singular to rounding) and 20 Newton steps in a row gained less than ``tol / 10``
-        (relative) in all, the run stops as *stalled*: not converged, and the message says so.
+        whole nats short of the maximum at large ``n``. Where no Newton model certifies a maximum and
+        20 Newton steps in a row gained less than ``tol / 10`` (relative) in all, EM takes over again;
+        when the run stalls so a second time with no more gained between, it stops as *stalled*: not
+        converged, and the message says so.
     l2 : float, default=0.0
         Optional ridge penalty on the slopes (intercepts are not penalised); off by default. ``l2`` is
         ``1 / C`` of ``LogisticRegression(C)`` (see ``ridge``).

@@ -38,10 +38,13 @@ SAME_MAXIMUM_RTOL = 1e-6
 # Newton steps have stalled when the last STALL_STEPS of them gained so little in all that
 # STALL_HORIZON times as many more, at that rate, would still gain less than the stopping threshold.
 # Near a strict maximum the steps certify within a few (quadratic convergence, then chord steps);
-# where no model can certify (a Hessian singular to rounding) they can crawl for ever: on random
-# d = 60, k = 2, K = 10 data (n = 5000, 1159 parameters) the steps gained 4e-9 nats each, 1e-12 of the
+# where no model certifies they can crawl for ever: on random d = 60, k = 2, K = 10 data (n = 5000,
+# 1159 parameters; a Hessian singular to rounding) the steps gained 4e-9 nats each, 1e-12 of the
 # objective, for thousands of steps while the slopes grew, a fit of over 600 s. Over-fitted ridges
-# that do lead on gain far more per step (0.49 nats over a few tens of steps at n = 1e6).
+# that do lead on gain far more per step (0.49 nats over a few tens of steps at n = 1e6). A stalled
+# Newton phase hands the run back to EM, which can still gain where Newton steps crawl (a search
+# start at n = 2e4: 1e-5 to 5e-5 nats per EM step, then Newton steps gaining 0.09 each); the run
+# stops as stalled only when it stalls again with less than the same amount gained in between.
 STALL_STEPS = 20
 STALL_HORIZON = 10
 
@@ -166,6 +169,7 @@ class ConvergenceMonitor:
         self.newton_iterations = []
         self.reason = None
         self.joined = None  # the run of the known maximum this run joined (reason "joined")
+        self.stalled_at = None  # the objective where a Newton phase last stalled (``stall``)
         # Whether Newton steps certified the stop: a point where the Hessian is negative definite and
         # the decrement within tolerance, i.e. a strict local maximum, not a supremum at infinity.
         self.certified = False
@@ -218,17 +222,27 @@ class ConvergenceMonitor:
         """:func:`newton_stalled` at this run's tolerance."""
         return newton_stalled(gains, self.threshold(objective))
 
+    def stall(self, objective):
+        """Book a Newton phase that stalled at ``objective``. The run stops as stalled, and this returns
+        True, when the run stalled before and has gained less than ``threshold / STALL_HORIZON`` since
+        (the EM steps between included); else the caller goes back to EM."""
+        previous, self.stalled_at = self.stalled_at, objective
+        if previous is not None and objective - previous <= self.threshold(objective) / STALL_HORIZON:
+            self.stop("stalled")
+            return True
+        return False
+
     def certify(self):
         """Stop as converged at a strict local maximum that Newton steps certified."""
         if self.reason is None:
             self.certified = True
         self.stop("converged")
 
-    def stop(self, reason):
-        """Record why the run stops (the first reason given stands)."""
+    def stop(self, reason, overrule=()):
+        """Record why the run stops: the first reason given stands, unless it is one of ``overrule``."""
         if reason not in STOP_REASONS:
             raise ValueError(f"unknown stop reason {reason!r}")
-        if self.reason is None:
+        if self.reason is None or self.reason in overrule:
             self.reason = reason
 
     def judge_diverging(self, proved=False):
@@ -254,7 +268,7 @@ class ConvergenceMonitor:
         """
         if self.reason in ("converged", "no_increase"):
             self.reason = "no_increase"
-        if self.reason in ("no_increase", "max_iter"):
+        if self.reason in ("no_increase", "max_iter", "stalled"):
             self.stuck_saturated = True
 
     @property
@@ -288,10 +302,10 @@ class ConvergenceMonitor:
             "no_increase": f"stopped after {n} iterations: no further step could increase the objective",
             "joined": f"joined a maximum found before after {n} iterations",
             "below": f"stopped after {n} iterations below a higher maximum found before",
-            "stalled": f"stalled: stopped after {n} iterations, where the last {STALL_STEPS} Newton steps together "
-                       f"gained less than tol/{STALL_HORIZON} (relative) and no strict local maximum could be "
-                       "certified (a flat ridge: the Hessian is singular to rounding, or its model does not hold "
-                       "over its steps); the objective has settled, the parameters are not determined by it",
+            "stalled": f"stalled: stopped after {n} iterations: twice {STALL_STEPS} Newton steps in a row gained "
+                       f"less than tol/{STALL_HORIZON} (relative) in all, with no more gained between, and no "
+                       "maximum was certified (a flat ridge, or coefficients creeping off too slowly for the "
+                       "divergence gauge): the parameters are not determined by the objective here",
             None: f"stopped after {n} iterations",
         }[self.reason]]
         if self.reason == "diverging":
@@ -436,7 +450,7 @@ class StartLog:
         parts = []
         if converged and self.objectives.size >= 2 and self.n_best == 1 and not self.diverged[self.best]:
             top = np.sort(self.objectives)[::-1]
-            shown = np.array2string(top[:MESSAGE_NAMES], precision=6, separator=", ")
+            shown = np.array2string(top[:MESSAGE_NAMES], precision=6, separator=", ", max_line_width=10**9)
             if top.size > MESSAGE_NAMES:
                 shown = shown[:-1] + ", ...]"
             parts.append(
@@ -448,8 +462,10 @@ class StartLog:
             if self.subsample:
                 verdict = (f"on the {self.subsample} explored rows: the best finite maximum found there is not "
                            "their global maximum, so the result may not be the data's")
-            else:
+            elif converged:
                 verdict = "on the data: the result, the best finite maximum found, is not the global maximum"
+            else:
+                verdict = "on the data: the result is not the global maximum"
             parts.append(
                 f"{higher} of {self.objectives.size} starts diverged (coefficients running off to infinity) to a "
                 f"higher likelihood than the kept maximum's, by up to {gap:.4g} {verdict}, and the MLE may not "

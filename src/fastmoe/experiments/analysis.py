@@ -12,8 +12,8 @@ replications of every ``n`` with replacement, recompute the statistic and the sl
 slopes between experiments carry a bootstrap p-value, and a family of them is corrected by Holm's
 step-down method (:func:`holm`).
 
-Bad fits are not averaged silently: by default the rows with status ``ok`` and ``not_converged`` (EM hit the
-iteration cap but the estimate is finite) enter the means, while ``diverged``, ``failed`` and ``crashed``
+Bad fits are not averaged silently: by default the rows with status ``ok`` and ``not_converged`` (the fit reached the
+iteration cap, or its steps stalled, but the estimate is finite) enter the means, while ``diverged``, ``failed`` and ``crashed``
 rows are left out; the summary counts every status per ``n`` so the table says what was left out.
 """
 
@@ -584,7 +584,7 @@ class Report:
                 s = next(row for row in self.summaries[m] if row["n"] == n)
                 line += f" {s['median']:>13.4g} [{s['median_low']:>8.3g}, {s['median_high']:>8.3g}] {s['mean']:>9.3g}"
             lines.append(line)
-        lines += ["", "ok: converged; cap: EM hit max_iter (kept); div: diverged coefficients (left out); "
+        lines += ["", "ok: converged; cap: max_iter reached or steps stalled (kept); div: diverged coefficients (left out); "
                       "fail: fit raised or worker died (left out)"
                       + ("; bnd: some parameter ended on the box of fit.bounds (kept)" if boxed else "")
                       + "; iters, time/s: medians; 95% CI: bootstrap interval of the median", ""]

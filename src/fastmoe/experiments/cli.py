@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the exports and plots here (default: the run directory)")
     report.add_argument("--experiment", default=None, help="experiment name (when the store holds several)")
     report.add_argument("--ok-only", action="store_true",
-                        help="average converged fits only (default also keeps fits that hit max_iter)")
+                        help="average converged fits only (default also keeps fits that hit max_iter or stalled)")
     report.add_argument("--min-n", type=int, default=None, help="fit slopes on n >= this only")
     report.add_argument("--max-n", type=int, default=None, help="fit slopes on n <= this only")
     _add_bootstrap(report)

@@ -6,7 +6,7 @@ plain Python values that the coordinating process stores. Everything that can go
 recorded in the record instead of raised, so that one bad job never stops a study:
 
 ``status``
-    ``"ok"``; ``"not_converged"`` (EM hit ``max_iter``); ``"diverged"`` (the fit reports diverging
+    ``"ok"``; ``"not_converged"`` (the fit reached ``max_iter``, or its steps stalled); ``"diverged"`` (the fit reports diverging
     coefficients, or a fitted coefficient exceeds ``coef_limit``: quasi-separation, the MLE does not
     exist); ``"failed"`` (the fit raised; ``error`` holds the exception). The runner adds ``"crashed"``
     for a job that killed its worker process.
