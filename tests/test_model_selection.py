@@ -121,6 +121,24 @@ def test_a_sweep_refuses_candidates_it_cannot_fit_before_fitting_any(monkeypatch
     # A problem with the data rather than the candidates is the fit's own error.
     with pytest.raises(ValueError, match="only one class"):
         select_n_experts(X, np.zeros(60, dtype=int), (1, 2))
+    # Refusals that depend on the number of experts in fastmoe.fit itself: a template init with another
+    # number of experts, and curvature matrices larger than memory (a machine of 60 KiB).
+    template = MixtureOfExpertsClassifier(2, l2=1.0).fit(X, y)
+    with pytest.raises(ValueError, match=r"candidates \[1, 3\] .*init has 2 experts but n_experts=1"):
+        select_n_experts(X, y, (1, 2, 3), l2=1.0, init=template.params_)
+    monkeypatch.setattr("fastmoe._fit._physical_memory", lambda: 60 * 1024)
+    with pytest.raises(ValueError, match=r"candidates \[12\] .*curvature matrices need"):
+        select_n_experts(X, y, (1, 2, 12), l2=1.0)
+    assert fits == [2]  # the template's own fit
+    monkeypatch.undo()
+    monkeypatch.setattr(MixtureOfExpertsClassifier, "_set_fitted",
+                        lambda self, *args: fits.append(self.n_experts) or set_fitted(self, *args))
+    fits.clear()
+    # Weights summing to less than one observation make log n negative: refused before any fit.
+    for method in ("sweep", "dendrogram"):
+        with pytest.raises(ValueError, match="sums to 0.1, less than one observation"):
+            select_n_experts(X, y, (1, 2), method=method, l2=1.0, sample_weight=np.full(60, 0.1 / 60))
+    assert fits == []
     # With a ridge every candidate can be fitted.
     result = select_n_experts(X, y, (1, 4), l2=1.0, n_init=1, random_state=0, max_iter=50)
     assert sorted(result.estimators) == [1, 4] and fits == [1, 4]

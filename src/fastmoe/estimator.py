@@ -21,7 +21,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from . import _predict
-from ._fit import INIT_STRATEGIES, FitResult, fit
+from ._fit import INIT_STRATEGIES, FitResult, _check_init, _check_size, fit
 from ._monitor import StartLog
 from .params import Bounds, MoEParams, gate_input, n_free_params, resolve_features, same_gating
 
@@ -539,14 +539,28 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
         weights = self.class_weight_[np.asarray(codes)]
         return weights if sample_weight is None else weights * sample_weight
 
+    def _design_widths(self, X, inputs):
+        """``(n_gate, n_expert)``: the columns of the gating input ``M(x)`` and of the experts' design."""
+        gating_features, expert_features = inputs
+        X_gate = X if gating_features is None else X[:2, list(gating_features)]
+        n_gate = X_gate.shape[1] if isinstance(self.gating, str) else gate_input(self.gating, X_gate[:2]).shape[1]
+        return n_gate, X.shape[1] if expert_features is None else len(expert_features)
+
+    def _check_model(self, data):
+        """The refusals of :func:`fastmoe.fit` that depend on the number of experts, run on
+        :meth:`_fit_inputs`' result without fitting: curvature matrices too large for memory, an
+        ``init`` with another number of experts (or classes, or gating)."""
+        n_gate, n_expert = self._design_widths(data.X, data.inputs)
+        n_free = n_free_params(self.n_experts, data.n_classes, n_expert, n_gate)
+        _check_size(self.n_experts, data.n_classes, n_expert, n_free, True, data.y_fit)
+        if isinstance(self.init, MoEParams):
+            _check_init(self.init, self.gating, self.n_experts, data.X.shape[1], data.n_classes)
+
     def _check_enough_rows(self, X, n_distinct, n_rows, n_classes, inputs):
         """Without a penalty the MLE needs at least as many distinct rows as free parameters."""
         if not isinstance(self.n_experts, numbers.Integral) or self.n_experts < 1:
             return  # fastmoe.fit names the problem
-        gating_features, expert_features = inputs
-        X_gate = X if gating_features is None else X[:2, list(gating_features)]
-        n_gate = X_gate.shape[1] if isinstance(self.gating, str) else gate_input(self.gating, X_gate[:2]).shape[1]
-        n_expert = X.shape[1] if expert_features is None else len(expert_features)
+        n_gate, n_expert = self._design_widths(X, inputs)
         n_free = n_free_params(self.n_experts, n_classes, n_expert, n_gate)
         if n_distinct < n_free:
             distinct = "" if n_distinct == n_rows else f" of which {n_distinct} are distinct rows of positive weight"

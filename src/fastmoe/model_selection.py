@@ -195,6 +195,10 @@ def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", method="s
         raise TypeError(f"give either estimator or estimator settings, not both (got {sorted(params)})")
     elif not isinstance(estimator, MixtureOfExpertsClassifier):
         raise TypeError(f"estimator must be a MixtureOfExpertsClassifier, got {type(estimator).__name__}")
+    if 0.0 <= _weight_sum(sample_weight) < 1.0:
+        raise ValueError(f"sample_weight sums to {_weight_sum(sample_weight):.3g}, less than one observation: "
+                         "the criteria weigh the parameters by log n (BIC, the dendrogram's omega) with n the sum "
+                         "of the weights, which must count observations (frequency weights)")
     if method == "dendrogram":
         return _select_by_dendrogram(estimator, candidates, X, y, sample_weight)
 
@@ -229,19 +233,26 @@ def select_n_experts(X, y, n_experts=(1, 2, 3, 4), *, criterion="bic", method="s
     )
 
 
+def _weight_sum(sample_weight):
+    """The sum of the sample weights; nan for none, or for weights the fit will refuse in its own words."""
+    try:
+        return float(np.sum(np.asarray(sample_weight, dtype=float))) if sample_weight is not None else np.nan
+    except (TypeError, ValueError):
+        return np.nan
+
+
 def _check_candidates(estimator, candidates, X, y, sample_weight):
     """Refuse, before any fit, a sweep whose inputs or candidates a fit would refuse: a sweep that
-    failed at its last candidate (more free parameters than rows at ``l2 = 0``) threw away the fits
-    before it. The free parameters grow with the number of experts, so the largest candidate is
-    checked first, and the others only where it fails, to name every candidate that cannot be fitted."""
+    failed at its last candidate (more free parameters than rows at ``l2 = 0``, curvature matrices
+    larger than memory, a template ``init`` with another number of experts) threw away the fits before
+    it. Every candidate is checked, so that the error names all that cannot be fitted."""
     refused = {}
-    for k in sorted(candidates, reverse=True):
+    for k in candidates:
         try:
-            clone(estimator).set_params(n_experts=k)._fit_inputs(X, y, sample_weight)
+            candidate = clone(estimator).set_params(n_experts=k)
+            candidate._check_model(candidate._fit_inputs(X, y, sample_weight))
         except ValueError as exc:
             refused[k] = exc
-        else:
-            break
     if refused:
         smallest = min(refused)
         if len(refused) == len(candidates):  # the data themselves, or every candidate: the fit's own words
