@@ -15,7 +15,7 @@ from ._em import run_em
 from ._init import INIT_METHODS
 from ._monitor import ConvergenceMonitor
 from ._penalty import RIDGES, Penalty
-from ._problem import Problem, dependent_columns, serial_blas
+from ._problem import Problem, serial_blas
 from ._search import SEARCH_N_INIT, restarts, search
 from ._units import FitUnits
 from ._validation import (
@@ -236,19 +236,19 @@ def _check_features(gating_features, expert_features, init, n_inputs, feature_na
 
 
 def _warn_dependent_columns(problem, gating, inputs, feature_names):
-    """Warn when design columns are linearly dependent (:func:`_problem.dependent_columns`): the data
-    then do not identify the coefficients on them, whichever maximum the fit reaches."""
+    """Warn when design columns are linearly dependent (``Problem.dependent_columns``): the data then
+    do not identify the coefficients on them, whichever maximum the fit reaches."""
     def named(columns, features, elementwise=True):
         if not elementwise:  # a user's gating transform: its output columns are not the input's
             return f"columns {list(columns)} of the gating input M(x)"
         index = [c if features is None else features[c] for c in columns]
         return str(index if feature_names is None else [feature_names[i] for i in index])
 
-    designs = [("features" if problem.Z is problem.X else "expert features", problem.X, inputs["expert_features"], True)]
+    gate, expert = problem.dependent_columns
+    designs = [("features" if problem.Z is problem.X else "expert features", expert, inputs["expert_features"], True)]
     if problem.Z is not problem.X:
-        designs.append(("gating features", problem.Z, inputs["gating_features"], isinstance(gating, str)))
-    for what, design, features, elementwise in designs:
-        dependent = dependent_columns(design, problem.sample_weight)
+        designs.append(("gating features", gate, inputs["gating_features"], isinstance(gating, str)))
+    for what, dependent, features, elementwise in designs:
         if dependent:
             warnings.warn(
                 f"fastmoe.fit: {what} {named(dependent, features, elementwise)} are linearly dependent (with the "

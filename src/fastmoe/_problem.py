@@ -80,7 +80,7 @@ def column_moments(A, weights=None):
     return mean, np.where(constant, 0.0, sd)
 
 
-def dependent_columns(A, weights=None):
+def dependent_columns(A, weights=None, moments=None):
     """Columns of design ``A`` that are linear combinations of the others and the intercept, to
     rounding: their slopes are not identified (a direction of the parameters along which the
     likelihood is flat whatever the data's labels). A constant column is the intercept's twin; an
@@ -88,7 +88,8 @@ def dependent_columns(A, weights=None):
 
     The weighted correlation matrix of the columns with spread is formed over blocks of rows (no copy
     of ``A``); a column belongs to a dependent set when it loads (``DEPENDENT_LOADING``) on an
-    eigenvector whose eigenvalue is below ``DEPENDENT_EIGEN``.
+    eigenvector whose eigenvalue is below ``DEPENDENT_EIGEN``. ``moments``: :func:`column_moments` of
+    ``A`` when the caller has them.
 
     Returns
     -------
@@ -97,7 +98,7 @@ def dependent_columns(A, weights=None):
     """
     if A.shape[1] == 0 or A.shape[0] == 0:
         return ()
-    mean, sd = column_moments(A, weights)
+    mean, sd = column_moments(A, weights) if moments is None else moments
     zero = ~A.any(axis=0)
     dependent = set(np.flatnonzero((sd == 0.0) & ~zero).tolist())
     live = np.flatnonzero(sd > 0.0)
@@ -254,7 +255,20 @@ class Problem:
     @functools.cached_property
     def _spreads(self):
         """``(gating, expert)`` weighted standard deviations of the design columns (:func:`column_moments`)."""
-        return column_moments(self.Z, self.sample_weight)[1], column_moments(self.X, self.sample_weight)[1]
+        return tuple(sd for _, sd in self._moments)
+
+    @functools.cached_property
+    def _moments(self):
+        """``(gating, expert)`` weighted ``(mean, sd)`` of the design columns (:func:`column_moments`), one
+        pass over a design that both read."""
+        expert = column_moments(self.X, self.sample_weight)
+        return (expert if self.Z is self.X else column_moments(self.Z, self.sample_weight)), expert
+
+    @functools.cached_property
+    def dependent_columns(self):
+        """``(gating, expert)`` indices of linearly dependent design columns (:func:`dependent_columns`)."""
+        expert = dependent_columns(self.X, self.sample_weight, self._moments[1])
+        return (expert if self.Z is self.X else dependent_columns(self.Z, self.sample_weight, self._moments[0])), expert
 
     @functools.cached_property
     def zero_column_coordinates(self):
@@ -278,7 +292,8 @@ class Problem:
         the data's scales, once computed, are shared rather than computed again per run."""
         twin = Problem(self.X, self.Z, self.y, self.sample_weight, self.n_experts, self.n_classes, n_threads,
                        self.search_hessian)
-        for name in ("_spreads", "column_scales", "constant_columns", "zero_column_coordinates", "_input_scale"):
+        for name in ("_moments", "_spreads", "column_scales", "constant_columns", "zero_column_coordinates",
+                     "_input_scale", "dependent_columns"):
             if name in self.__dict__:
                 twin.__dict__[name] = self.__dict__[name]
         return twin
