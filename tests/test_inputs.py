@@ -483,6 +483,9 @@ def test_linearly_dependent_columns_are_named():
     bent[:5, 4] += 1.0
     assert _dependent_warnings(bent, y) == []
     assert "features [1, 3, 4]" in _dependent_warnings(bent, y, sample_weight=weight)[0]
+    # ... also for a column that is 0 on the rows of positive weight: held by the fit, like an all-zero one.
+    absent = np.column_stack([base, np.where(weight > 0, 0.0, 1.0)])
+    assert _dependent_warnings(absent, y, sample_weight=weight) == []
     # Separate designs are checked each in its own terms, named in the caller's columns.
     (gate,) = _dependent_warnings(X, y, gating_features=[1, 3, 4], expert_features=[0, 2])
     assert "gating features [1, 3, 4]" in gate

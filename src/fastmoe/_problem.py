@@ -80,11 +80,19 @@ def column_moments(A, weights=None):
     return mean, np.where(constant, 0.0, sd)
 
 
+def zero_columns(A, weights=None):
+    """Mask of the columns of ``A`` that are 0 in every row of positive weight (all rows without
+    weights): no likelihood on these data sees the slopes on them."""
+    rows = slice(None) if weights is None or not weights.size else weights > 0
+    return ~np.any(A[rows] != 0.0, axis=0)
+
+
 def dependent_columns(A, weights=None, moments=None):
     """Columns of design ``A`` that are linear combinations of the others and the intercept, to
     rounding: their slopes are not identified (a direction of the parameters along which the
-    likelihood is flat whatever the data's labels). A constant column is the intercept's twin; an
-    all-zero column is left out (the fit holds its slopes: ``Problem.zero_column_coordinates``).
+    likelihood is flat whatever the data's labels). A constant column is the intercept's twin; a column
+    that is 0 wherever the weight is positive (:func:`zero_columns`) is left out (the fit holds its
+    slopes: ``Problem.zero_column_coordinates``).
 
     The weighted correlation matrix of the columns with spread is formed over blocks of rows (no copy
     of ``A``); a column belongs to a dependent set when it loads (``DEPENDENT_LOADING``) on an
@@ -99,8 +107,7 @@ def dependent_columns(A, weights=None, moments=None):
     if A.shape[1] == 0 or A.shape[0] == 0:
         return ()
     mean, sd = column_moments(A, weights) if moments is None else moments
-    zero = ~A.any(axis=0)
-    dependent = set(np.flatnonzero((sd == 0.0) & ~zero).tolist())
+    dependent = set(np.flatnonzero((sd == 0.0) & ~zero_columns(A, weights)).tolist())
     live = np.flatnonzero(sd > 0.0)
     if live.size >= 2:
         w = None if weights is None or weights.size == 0 else weights
@@ -275,9 +282,7 @@ class Problem:
         """Free-vector mask (:func:`fastmoe.params.free_vector` order) of the slopes on design columns that
         are 0 in every row of positive weight (a rare indicator absent from these rows): no likelihood on
         these data depends on them, so Newton steps hold them (``_em.newton_finish``)."""
-        rows = slice(None) if not self.sample_weight.size else self.sample_weight > 0
-        zero_z = ~np.any(self.Z[rows] != 0.0, axis=0)
-        zero_x = ~np.any(self.X[rows] != 0.0, axis=0)
+        zero_z, zero_x = zero_columns(self.Z, self.sample_weight), zero_columns(self.X, self.sample_weight)
         gate = np.tile(np.concatenate([[False], zero_z]), self.n_experts - 1)
         expert = np.tile(np.concatenate([[False], zero_x]), self.n_experts * (self.n_classes - 1))
         return np.concatenate([gate, expert])
