@@ -490,3 +490,31 @@ def test_linearly_dependent_columns_are_named():
     (gate,) = _dependent_warnings(X, y, gating_features=[1, 3, 4], expert_features=[0, 2])
     assert "gating features [1, 3, 4]" in gate
     assert _dependent_warnings(X, y, gating="tanh") != []  # the experts read X itself
+
+
+def test_dependent_columns_are_named_by_feature_names():
+    # Names come from feature_names, from a DataFrame's columns, and through the estimator (which
+    # hands fit a validated array) from feature_names_in_.
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((300, 3))
+    X = np.column_stack([base, base[:, 0] + base[:, 2]])
+    y = rng.integers(0, 3, 300)
+    names = ["age", "dose", "weight", "total"]
+    expected = "features ['age', 'weight', 'total'] are linearly dependent"
+    assert expected in _dependent_warnings(X, y, feature_names=names)[0]
+    assert expected in _dependent_warnings(pd.DataFrame(X, columns=names), y)[0]
+    (gate,) = _dependent_warnings(X, y, feature_names=names, gating_features=["age", "weight", "total"],
+                                  expert_features=["dose"])
+    assert "gating features ['age', 'weight', 'total']" in gate
+    from fastmoe import MixtureOfExpertsClassifier
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        MixtureOfExpertsClassifier(2, l2=0.0, init="kmeans", max_iter=5, n_threads=1).fit(
+            pd.DataFrame(X, columns=names), y)
+    assert any(expected in str(w.message) for w in caught)
+    with pytest.raises(ValueError, match="feature_names has 3 names but X has 4 columns"):
+        fastmoe.fit(X, y, 2, feature_names=names[:3])
+    with pytest.raises(TypeError, match="not a string"):
+        fastmoe.fit(X, y, 2, feature_names="abcd")

@@ -266,6 +266,7 @@ def fit(
     gating=None,
     gating_features=None,
     expert_features=None,
+    feature_names=None,
     init="search",
     n_init=None,
     max_iter=1000,
@@ -303,13 +304,17 @@ def fit(
         gating), or that of ``init``.
     gating_features : sequence of int, boolean mask or sequence of str, optional
         Columns of ``X`` the gating (the concomitant model) reads: integer indices, a boolean mask, or
-        column names when ``X`` is a DataFrame; at least one. Default: all columns (or those of
+        column names (``feature_names``, or a DataFrame's); at least one. Default: all columns (or those of
         ``init``). The gating is ``softmax(beta0 + beta1 . M(X[:, gating_features]))``.
     expert_features : sequence of int, boolean mask or sequence of str, optional
         Columns of ``X`` the experts read, as for ``gating_features``; ``[]`` gives intercept-only
         experts (the covariate latent-class model: each expert a fixed class distribution, the
         gating on covariates). Default: all columns (or those of ``init``). A set that is all of
         ``X`` costs no copy of ``X``; a subset is copied once.
+    feature_names : sequence of str, optional
+        Names of the columns of ``X``, one each, by which ``gating_features`` and ``expert_features``
+        may name columns and warnings name them. Default: a DataFrame's column names (none for an
+        array).
     init : {"search", "kmeans", "random"} or MoEParams, default="search"
         ``"search"`` looks for the global maximum: ``n_init`` starts explored on a subsample of
         ``max(30 000, 25 p)`` rows (``p`` free parameters; all rows for smaller data), with
@@ -391,7 +396,7 @@ def fit(
         When of several starts only one reached the maximum that was kept (and the fit converged).
     """
     started = time.perf_counter()
-    columns = getattr(X, "columns", None)  # a DataFrame's names, for feature sets given by name
+    columns = getattr(X, "columns", None) if feature_names is None else feature_names
     X = check_X(X)
     n_samples, n_features = X.shape
     n_experts = check_positive_int(n_experts, "n_experts")
@@ -408,7 +413,11 @@ def fit(
         raise TypeError("callback must be callable")
     bounds = Bounds.coerce(bounds)
     init, gating, n_classes = _check_init(init, gating, n_experts, n_features, n_classes)
+    if isinstance(columns, str):
+        raise TypeError("feature_names must be a sequence of names, one per column of X, not a string")
     feature_names = None if columns is None else [str(c) for c in columns]
+    if feature_names is not None and len(feature_names) != n_features:
+        raise ValueError(f"feature_names has {len(feature_names)} names but X has {n_features} columns")
     inputs = _check_features(gating_features, expert_features, init, n_features, feature_names)
     y, n_classes = check_y(y, n_samples, n_classes)
     sample_weight = check_sample_weight(sample_weight, n_samples)

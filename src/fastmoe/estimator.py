@@ -365,6 +365,7 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
             gating=self.gating,
             gating_features=inputs[0],
             expert_features=inputs[1],
+            feature_names=getattr(self, "feature_names_in_", None),
             init=self.init if warm is None else warm,
             n_init=self.n_init,
             max_iter=self.max_iter,
