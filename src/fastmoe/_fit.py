@@ -85,8 +85,8 @@ class FitResult:
     starts : StartLog or None
         How settled the answer is when it came from several starts: the objective each start
         reached (``starts.objectives``; on the exploration subsample for the search), how many reached
-        the kept maximum (``starts.n_best``), which diverged, what the search's split-and-merge moves
-        reached on all the data (``starts.moves``); None for a fit from given parameters.
+        the kept maximum (``starts.n_best``), which diverged, what the search's final moves
+        (split-and-merge or soft-direction) reached on all the data (``starts.moves``); None for a fit from given parameters.
     bounds : Bounds or None
         The box the fit was constrained to (``fit(bounds=...)``), or None.
     active_bounds : tuple of str
@@ -321,7 +321,8 @@ def fit(
         trust-region Newton steps on the likelihood first, in parallel threads, in rounds until the
         best maximum was reached twice and a new one is unlikely; the best few are refined on all the
         data, and split-and-merge moves (one expert dropped, another split) are tried from the
-        answer there where affordable (see ``fastmoe._search``). ``"kmeans"`` partitions the gating
+        answer there where affordable, else moves along its flattest directions where those are
+        (see ``fastmoe._search``). ``"kmeans"`` partitions the gating
         inputs with k-means, ``"random"`` with a random linear gating, turns the partition into
         parameters by an M-step and runs EM from there on all the data (``n_init`` times). An
         ``MoEParams`` starts there (e.g. near the truth in a simulation).

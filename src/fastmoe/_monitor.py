@@ -361,7 +361,8 @@ class StartLog:
     subsample : int or None
         Rows of the exploration subsample, or None when the starts ran on all the data.
     moves : ndarray
-        The objective (on all the data) each split-and-merge move from the search's answer reached
+        The objective (on all the data) each final move (split-and-merge or soft-direction) from the
+        search's answer reached
         (empty when none ran); the answer is the best of these and the search's own, when it is higher.
     moves_diverged : ndarray of bool
         Which moves diverged.
@@ -389,7 +390,8 @@ class StartLog:
         return once / max(self.objectives.size, 1)
 
     def with_moves(self, runs):
-        """This log with the split-and-merge moves ``runs`` (RunResults on all the data) recorded."""
+        """This log with the final moves ``runs`` (split-and-merge or soft-direction; RunResults on all the
+        data) recorded."""
         return dataclasses.replace(self, moves=np.array([r.objective for r in runs]),
                                    moves_diverged=np.array([r.diverged for r in runs], dtype=bool))
 
@@ -409,7 +411,7 @@ class StartLog:
     @property
     def kept_objective(self) -> float:
         """The objective the starts are measured against: the kept start's, or the best finite
-        split-and-merge move's when the starts ran on all the data and a move rose above it (the
+        final move's when the starts ran on all the data and a move rose above it (the
         moves then found the answer)."""
         kept = self.objectives[self.best]
         if self.subsample is None and self.moves.size:
