@@ -516,5 +516,12 @@ def test_dependent_columns_are_named_by_feature_names():
     assert any(expected in str(w.message) for w in caught)
     with pytest.raises(ValueError, match="feature_names has 3 names but X has 4 columns"):
         fastmoe.fit(X, y, 2, feature_names=names[:3])
-    with pytest.raises(TypeError, match="not a string"):
-        fastmoe.fit(X, y, 2, feature_names="abcd")
+    for bad in ("abcd", b"abcd", np.array("abcd"), np.array([names])):
+        with pytest.raises(TypeError, match="sequence of names"):
+            fastmoe.fit(X, y, 2, feature_names=bad)
+    with pytest.raises(ValueError, match=r"must be distinct; \['age'\] name more than one column"):
+        fastmoe.fit(X, y, 2, feature_names=["age", "age", "weight", "total"], gating_features=["age"])
+    with pytest.raises(ValueError, match="must be distinct"):
+        fastmoe.fit(pd.DataFrame(X, columns=["a", "b", "a", "c"]), y, 2)
+    # Given names override a DataFrame's own.
+    assert expected in _dependent_warnings(pd.DataFrame(X, columns=list("pqrs")), y, feature_names=names)[0]

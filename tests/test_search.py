@@ -407,24 +407,24 @@ def test_a_start_diverging_above_the_answer_extends_the_search_once(hard_data, m
 
 def test_soft_direction_starts_lie_where_the_quadratic_model_drops_by_the_set_amount(hard_data):
     """Against the NumPy reference's Hessian at a maximum: each pair of starts is symmetric about it,
-    each direction is an eigenvector of the Hessian in standardised units (slopes times their column's
-    standard deviation) of one of its smallest eigenvalues, in ascending order, and the quadratic model
-    loses ``SOFT_DROP`` nats there."""
+    each direction is an eigenvector of the log-likelihood's Hessian in standardised units (slopes times
+    their column's standard deviation) of one of its smallest eigenvalues, in ascending order, and the
+    quadratic model loses ``SOFT_DROP`` nats there, among the directions where that takes at most
+    ``SOFT_MAX_STEP``."""
     import reference_numpy as ref
-    from fastmoe._init import SOFT_DIRECTIONS, SOFT_DROP, soft_direction_parameters
-    from fastmoe._penalty import Penalty
+    from fastmoe._init import SOFT_DIRECTIONS, SOFT_DROP, SOFT_MAX_STEP, soft_direction_parameters
     from fastmoe._problem import Problem
 
     X, y, oracle = hard_data
     assert oracle.converged and not oracle.diverged
     W, V = oracle.params.packed()
-    problem = Problem(X, X, y, np.empty(0), 3, 3, 1)
-    starts = soft_direction_parameters(problem, Penalty(0.0, problem), W, V)
+    starts = soft_direction_parameters(Problem(X, X, y, np.empty(0), 3, 3, 1), W, V)
     assert len(starts) == 2 * SOFT_DIRECTIONS
     _, H = ref.full_loglik_grad_hess(W, V, X, X, y)
     scale = ref.pack_free(np.tile(np.r_[1.0, X.std(axis=0)], (3, 1)), np.tile(np.r_[1.0, X.std(axis=0)], (3, 3, 1)))
     A = -H / np.outer(scale, scale)
     eigval = np.linalg.eigvalsh(A)
+    eigval = eigval[np.sqrt(2 * SOFT_DROP / np.maximum(eigval, 1e-300)) <= SOFT_MAX_STEP]
     theta = ref.pack_free(W, V)
     for m in range(SOFT_DIRECTIONS):
         plus, minus = (ref.pack_free(*starts[2 * m + i]) - theta for i in (0, 1))
@@ -432,6 +432,34 @@ def test_soft_direction_starts_lie_where_the_quadratic_model_drops_by_the_set_am
         u = plus * scale  # the step in standardised units
         assert np.linalg.norm(A @ u - eigval[m] * u) <= 1e-6 * eigval[-1] * np.linalg.norm(u)
         assert 0.5 * u @ A @ u == pytest.approx(SOFT_DROP, rel=1e-6)
+        assert np.linalg.norm(u) <= SOFT_MAX_STEP * (1 + 1e-12)
+
+
+def test_soft_direction_starts_move_what_the_likelihood_sees():
+    """With a column that is the sum of two others and a constant one, under a ridge: only the ridge
+    curves the objective along the dependent columns, and nothing along the constant one's slopes. A
+    move there could only come back; every start must change the log-likelihood (NumPy reference) by
+    nats, and leave the constant column's slopes as they are."""
+    import reference_numpy as ref
+    from fastmoe._init import SOFT_MAX_STEP, soft_direction_parameters
+    from fastmoe._problem import Problem
+
+    X, y = fastmoe.sample(HARD, n=5000, random_state=3)
+    X = np.column_stack([X, X[:, 0] + X[:, 1], np.full(len(X), 2.0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastmoe.FitWarning)
+        answer = fastmoe.fit(X, y, 3, l2=1.0, tol=1e-10, n_threads=1, random_state=0)
+    W, V = answer.params.packed()
+    starts = soft_direction_parameters(Problem(X, X, y, np.empty(0), 3, 3, 1), W, V)
+    assert starts
+    base = ref.loglik(W, V, X, X, y)
+    scale = np.r_[1.0, X[:, :3].std(axis=0), 1.0]
+    for W2, V2 in starts:
+        assert base - ref.loglik(W2, V2, X, X, y) > 1.0
+        np.testing.assert_array_equal(W2[:, 4], W[:, 4])
+        np.testing.assert_array_equal(V2[:, :, 4], V[:, :, 4])
+        step = np.concatenate([((W2 - W) * scale).ravel(), ((V2 - V) * scale).ravel()])
+        assert np.linalg.norm(step) <= SOFT_MAX_STEP * (1 + 1e-12)
 
 
 def test_final_moves_are_soft_direction_moves_where_split_merge_is_priced_out(monkeypatch, hard_data):
@@ -456,6 +484,14 @@ def test_final_moves_are_soft_direction_moves_where_split_merge_is_priced_out(mo
     monkeypatch.setattr(_search, "SOFT_MOVE_ROW_BUDGET", 0)
     _search.final_moves(problem, Penalty(0.0, problem), answer, None, rng, **options)
     assert calls == ["split_merge", "soft"]
+    # Neither from a diverged answer, nor with one expert.
+    monkeypatch.setattr(_search, "SPLIT_MERGE_ROW_BUDGET", 10**12)
+    monkeypatch.setattr(_search, "SOFT_MOVE_ROW_BUDGET", 10**12)
+    diverged = SimpleNamespace(**{**vars(answer), "diverged": True})
+    assert _search.final_moves(problem, Penalty(0.0, problem), diverged, "log", rng, **options) == (diverged, "log")
+    single = Problem(X, X, y, np.empty(0), 1, 3, 1)
+    assert _search.final_moves(single, Penalty(0.0, single), answer, "log", rng, **options) == (answer, "log")
+    assert calls == ["split_merge", "soft"]
 
 
 @pytest.mark.slow
@@ -467,7 +503,6 @@ def test_soft_direction_moves_reach_the_maximum_the_exploration_missed(monkeypat
     reaches it."""
     import json
     import os
-    import sys
 
     from fastmoe import _search
 
@@ -490,4 +525,3 @@ def test_soft_direction_moves_reach_the_maximum_the_exploration_missed(monkeypat
     assert explored.objective < best.objective - 1.0  # the exploration's answer: the moves have something to find
     assert searched.objective >= best.objective - 1e-6 * abs(best.objective)
     assert searched.converged and not searched.diverged and searched.starts.moves.size >= 8
-    del sys.modules["global_max"]

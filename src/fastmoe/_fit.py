@@ -235,6 +235,21 @@ def _check_features(gating_features, expert_features, init, n_inputs, feature_na
     return inputs
 
 
+def _check_feature_names(names, n_features):
+    """``names`` (``fit``'s ``feature_names`` or a DataFrame's columns) as a list of ``n_features``
+    distinct strings, or the error that says what is wrong with them."""
+    if isinstance(names, (str, bytes)) or not hasattr(names, "__iter__") or np.ndim(names) != 1:
+        raise TypeError(f"feature_names must be a sequence of names, one per column of X, got {names!r}")
+    names = [str(name) for name in names]
+    if len(names) != n_features:
+        raise ValueError(f"feature_names has {len(names)} names but X has {n_features} columns")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"the column names of X (feature_names, or a DataFrame's) must be distinct; {repeated} "
+                         "name more than one column")
+    return names
+
+
 def _warn_dependent_columns(problem, gating, inputs, feature_names):
     """Warn when design columns are linearly dependent (``Problem.dependent_columns``): the data then
     do not identify the coefficients on them, whichever maximum the fit reaches."""
@@ -312,9 +327,9 @@ def fit(
         gating on covariates). Default: all columns (or those of ``init``). A set that is all of
         ``X`` costs no copy of ``X``; a subset is copied once.
     feature_names : sequence of str, optional
-        Names of the columns of ``X``, one each, by which ``gating_features`` and ``expert_features``
-        may name columns and warnings name them. Default: a DataFrame's column names (none for an
-        array).
+        Names of the columns of ``X``, one each and distinct, by which ``gating_features`` and
+        ``expert_features`` may name columns and warnings name them; they override a DataFrame's own.
+        Default: a DataFrame's column names (none for an array).
     init : {"search", "kmeans", "random"} or MoEParams, default="search"
         ``"search"`` looks for the global maximum: ``n_init`` starts explored on a subsample of
         ``max(30 000, 25 p)`` rows (``p`` free parameters; all rows for smaller data), with
@@ -414,11 +429,7 @@ def fit(
         raise TypeError("callback must be callable")
     bounds = Bounds.coerce(bounds)
     init, gating, n_classes = _check_init(init, gating, n_experts, n_features, n_classes)
-    if isinstance(columns, str):
-        raise TypeError("feature_names must be a sequence of names, one per column of X, not a string")
-    feature_names = None if columns is None else [str(c) for c in columns]
-    if feature_names is not None and len(feature_names) != n_features:
-        raise ValueError(f"feature_names has {len(feature_names)} names but X has {n_features} columns")
+    feature_names = None if columns is None else _check_feature_names(columns, n_features)
     inputs = _check_features(gating_features, expert_features, init, n_features, feature_names)
     y, n_classes = check_y(y, n_samples, n_classes)
     sample_weight = check_sample_weight(sample_weight, n_samples)

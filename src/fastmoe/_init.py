@@ -44,13 +44,15 @@ RELOCATE_SHARPNESS = (2.0, 6.0)
 # A split-and-merge move's halves start this far apart (per coefficient, in standard deviations of the
 # inputs), when they do not start identical.
 SPLIT_SPREAD = 0.3
-# Soft-direction moves: along the SOFT_DIRECTIONS flattest directions of the answer's quadratic model,
-# each way, as far as the model says the objective drops by SOFT_DROP nats. Eigenvalues below
-# SOFT_EIGEN_FLOOR of the largest are directions the data do not identify (dependent columns), not
-# barriers to cross.
+# Soft-direction moves: along the SOFT_DIRECTIONS flattest directions of the log-likelihood's quadratic
+# model at the answer, each way, as far as the model says it drops by SOFT_DROP nats. A direction that
+# would need a step longer than SOFT_MAX_STEP (standardised units: logit per standard deviation of a
+# column) is one the data barely identify (near-dependent columns, near separation), not a barrier to
+# a neighbour: on issue 12's held-out h15 (seed 3's answer) the two flattest need 640 and 250 units,
+# the next two 20 and 15, and a move along one of those reaches the best known maximum.
 SOFT_DIRECTIONS = 4
 SOFT_DROP = 30.0
-SOFT_EIGEN_FLOOR = 1e-8
+SOFT_MAX_STEP = 25.0
 
 
 def start_penalty(problem: Problem, part: Problem):
@@ -221,45 +223,52 @@ def split_merge_parameters(W, V, drop, split, spread=None):
     return W_out - W_out[-1], V_out - V_out[:, -1:, :]
 
 
-def soft_direction_parameters(problem: Problem, penalty: Penalty, W, V):
-    """Starts near a maximum ``(W, V)``, along the directions in which its objective is flattest.
+def soft_direction_parameters(problem: Problem, W, V):
+    """Starts near a maximum ``(W, V)``, along the directions in which its log-likelihood is flattest.
 
     A neighbouring maximum of a mixture of experts often differs from the kept one in the coefficients
     of one expert that the data pin down weakly (issue 12's p5, d = 5, k = 4, K = 3, n = 1e5: the two
     maxima 2.88 nats apart differ by 1-2 units in one expert's slopes, four fifths of the difference
-    along the eight flattest directions). The negative Hessian ``A`` of the objective (penalty
-    included) at ``(W, V)`` is decomposed in the design columns' standardised units
-    (``Problem.column_scales``: a slope times its column's standard deviation, intercepts as they are),
-    and each of the ``SOFT_DIRECTIONS`` eigenvectors of least positive curvature ``lambda`` gives two
+    along the eight flattest directions). The log-likelihood's negative Hessian ``A`` at ``(W, V)`` is
+    decomposed in the design columns' standardised units (``Problem.column_scales``: a slope times its
+    column's standard deviation, intercepts as they are), and each of the ``SOFT_DIRECTIONS``
+    eigenvectors of least curvature ``lambda`` whose step stays within ``SOFT_MAX_STEP`` gives two
     starts, at ``+-sqrt(2 SOFT_DROP / lambda)`` along it: where the quadratic model has lost
     ``SOFT_DROP`` nats, past the barrier of a near neighbour, while Newton steps from a point that is
-    still in the maximum's basin bring it back. Coordinates the data cannot see
-    (``Problem.zero_column_coordinates``) stay put.
+    still in the maximum's basin bring it back. The likelihood's curvature, not a ridge's, chooses:
+    along linearly dependent columns only a ridge curves the objective, and a move there can only
+    return. Slopes of columns without spread (``Problem.constant_columns``, which include the all-zero
+    ones) stay put, as in the other moves.
 
     Parameters
     ----------
     problem : Problem
-    penalty : Penalty
-    W, V : packed parameters of a maximum of ``problem``'s objective.
+    W, V : packed parameters of a maximum of the fit's objective on ``problem``.
 
     Returns
     -------
     list of (W, V)
-        ``2 * SOFT_DIRECTIONS`` starts at most (fewer where fewer directions are curved), from the
-        flattest direction on, each direction's positive side first.
+        ``2 * SOFT_DIRECTIONS`` starts at most (fewer where fewer directions qualify, none where the
+        Hessian is not finite), from the flattest direction on, each direction's positive side first.
     """
     k, K = V.shape[0], V.shape[1]
     z_scale, x_scale = problem.column_scales
+    z_constant, x_constant = problem.constant_columns
     scale = free_vector(np.tile(np.concatenate([[1.0], z_scale]), (k, 1)),
                         np.tile(np.concatenate([[1.0], x_scale]), (k, K, 1)))
-    seen = np.flatnonzero(~problem.zero_column_coordinates)
+    held = free_vector(np.tile(np.concatenate([[False], z_constant]), (k, 1)),
+                       np.tile(np.concatenate([[False], x_constant]), (k, K, 1)))
+    seen = np.flatnonzero(~(held | problem.zero_column_coordinates))
     _, _, neg_hess = problem.hessian_pass(W, V)
-    A = (neg_hess + penalty.hessian)[np.ix_(seen, seen)] / np.outer(scale[seen], scale[seen])
+    A = neg_hess[np.ix_(seen, seen)] / np.outer(scale[seen], scale[seen])
+    if not np.isfinite(A).all():
+        return []
     eigval, eigvec = np.linalg.eigh(A)
-    curved = np.flatnonzero(eigval > SOFT_EIGEN_FLOOR * max(float(eigval[-1]), np.finfo(float).tiny))
+    # sqrt(2 SOFT_DROP / lambda) <= SOFT_MAX_STEP
+    wanted = np.flatnonzero(eigval >= 2.0 * SOFT_DROP / SOFT_MAX_STEP**2)[:SOFT_DIRECTIONS]
     theta = free_vector(W, V)
     starts = []
-    for m in curved[:SOFT_DIRECTIONS]:
+    for m in wanted:
         step = np.zeros_like(theta)
         step[seen] = np.sqrt(2.0 * SOFT_DROP / eigval[m]) * eigvec[:, m] / scale[seen]
         for sign in (1.0, -1.0):

@@ -130,7 +130,7 @@ FINAL_MOVE_ROUNDS = 3
 SPLIT_MERGE_ROW_BUDGET = 1_000_000
 #: Where a round of split-and-merge moves is priced out, the 2 SOFT_DIRECTIONS soft-direction moves run
 #: instead when their (n + EIGH_ROWS_PER_PARAM p) rows each (weighed by ``_row_weight``) are at most
-#: SOFT_MOVE_ROW_BUDGET: at n = 1e5 (issue 12's p3, p5, p6), not at n = 1e6 (p9).
+#: SOFT_MOVE_ROW_BUDGET: at n = 1e5 with k = 4 (issue 12's p5, p6, held-out h15), not at n = 1e6 (p9).
 SOFT_MOVE_ROW_BUDGET = 2_000_000
 #: A Newton step's eigendecomposition of the (p, p) Hessian costs about as much as the exact-Hessian
 #: pass over this many rows per free parameter (measured 10-45, median about 30, for p = 24-267 at
@@ -487,16 +487,16 @@ def soft_moves(problem, penalty, answer, log, *, tol, max_iter, newton, n_thread
     (``_init.soft_direction_parameters``), run Newton-first like a start.
 
     Where a round of split-and-merge moves costs more than ``SPLIT_MERGE_ROW_BUDGET`` rows (issue 12's
-    p3, p5, p6 at n = 1e5), these 8 moves stand in, within ``SOFT_MOVE_ROW_BUDGET``: most return to the
-    answer's quadratic basin within a few steps and stop there. Measured by hand, 1 thread, on the
-    default fits that missed the best known maximum with the search before them: on p5 (seeds 0, 7, 9,
-    all at a maximum 2.88 nats below it) and on held-out h15's seed 3 (1.06 nats below) a move reached
-    it; on h15's seed 0 no move rose (bench/README.md has the table's figures).
+    p5, p6 and held-out h15: k = 4, n = 1e5), these 8 moves at most stand in, within
+    ``SOFT_MOVE_ROW_BUDGET``: most return to the answer's quadratic basin within a few steps and stop
+    there. Measured by hand, 1 thread, on the default fits that missed the best known maximum with the
+    search before them: on p5 (seeds 0, 7, 9, all at a maximum 2.88 nats below it) and on h15's seed 3
+    (1.06 nats below) a move reached it; on h15's other misses none did (bench/README.md).
 
     Returns ``(the best RunResult, log with the moves of every round)``.
     """
     def moves(answer):
-        return soft_direction_parameters(problem, penalty, answer.W, answer.V)
+        return soft_direction_parameters(problem, answer.W, answer.V)
 
     return _climb(problem, penalty, answer, log, moves, tol=tol, max_iter=max_iter, newton=newton,
                   n_threads=n_threads)

@@ -347,7 +347,7 @@ def resolve_features(features, n_inputs, name, feature_names=None):
         values = [j for j, keep in enumerate(values) if keep]
     elif any(isinstance(v, str) for v in values):
         if feature_names is None:
-            raise ValueError(f"{name} names columns by string but X has no column names (pass a DataFrame or indices)")
+            raise ValueError(f"{name} names columns by string but X has no column names (pass a DataFrame, fit's feature_names, or indices)")
         names = [str(n) for n in feature_names]
         unknown = [v for v in values if not isinstance(v, str) or v not in names]
         if unknown:
