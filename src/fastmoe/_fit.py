@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 import warnings
@@ -86,7 +87,8 @@ class FitResult:
         How settled the answer is when it came from several starts: the objective each start
         reached (``starts.objectives``; on the exploration subsample for the search), how many reached
         the kept maximum (``starts.n_best``), which diverged, what the search's final moves
-        (split-and-merge or soft-direction) reached on all the data (``starts.moves``); None for a fit from given parameters.
+        (split-and-merge or soft-direction) reached on all the data (``starts.moves``); None for a fit
+        from given parameters.
     bounds : Bounds or None
         The box the fit was constrained to (``fit(bounds=...)``), or None.
     active_bounds : tuple of str
@@ -243,7 +245,7 @@ def _check_feature_names(names, n_features):
     names = [str(name) for name in names]
     if len(names) != n_features:
         raise ValueError(f"feature_names has {len(names)} names but X has {n_features} columns")
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    repeated = sorted(name for name, count in collections.Counter(names).items() if count > 1)
     if repeated:
         raise ValueError(f"the column names of X (feature_names, or a DataFrame's) must be distinct; {repeated} "
                          "name more than one column")

@@ -55,7 +55,7 @@ maximum, 6169 nats short at d = 10, n = 1e5). The default search (``init="search
    Where such a round is priced out (issue 12's p5 and p6 at n = 1e5, k = 4) but a round of 2
    ``SOFT_DIRECTIONS`` moves costs at most ``SOFT_MOVE_ROW_BUDGET`` rows, soft-direction moves run
    instead (:func:`soft_moves`: the answer pushed both ways along the directions in which its
-   objective is flattest, ``_init.soft_direction_parameters``), in rounds the same way. On p5 the
+   log-likelihood is flattest, ``_init.soft_direction_parameters``), in rounds the same way. On p5 the
    exploration led 3 seeds in 10 to a maximum 2.88 nats below the best known, which differs from it in
    one expert's slopes; a move from it reached the best in all three (10 of 10 seeds, from 7).
 
