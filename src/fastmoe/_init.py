@@ -22,7 +22,7 @@ import numpy as np
 from ._mstep import m_step_from_responsibilities
 from ._penalty import Penalty
 from ._problem import Problem, column_scale
-from .params import free_vector, from_free_vector
+from .params import free_column_values, free_vector, from_free_vector
 
 #: The data-driven starts ``fit(init=...)`` accepts by name.
 INIT_METHODS = ("kmeans", "random")
@@ -252,12 +252,8 @@ def soft_direction_parameters(problem: Problem, W, V):
         Hessian is not finite), from the flattest direction on, each direction's positive side first.
     """
     k, K = V.shape[0], V.shape[1]
-    z_scale, x_scale = problem.column_scales
-    z_constant, x_constant = problem.constant_columns
-    scale = free_vector(np.tile(np.concatenate([[1.0], z_scale]), (k, 1)),
-                        np.tile(np.concatenate([[1.0], x_scale]), (k, K, 1)))
-    held = free_vector(np.tile(np.concatenate([[False], z_constant]), (k, 1)),
-                       np.tile(np.concatenate([[False], x_constant]), (k, K, 1)))
+    scale = free_column_values(*problem.column_scales, 1.0, k, K)
+    held = free_column_values(*problem.constant_columns, False, k, K)
     seen = np.flatnonzero(~(held | problem.zero_column_coordinates))
     _, _, neg_hess = problem.hessian_pass(W, V)
     A = neg_hess[np.ix_(seen, seen)] / np.outer(scale[seen], scale[seen])

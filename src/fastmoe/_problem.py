@@ -19,6 +19,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from . import _dispatch
+from .params import free_column_values
 
 
 # An expert whose responsibility mass is below this fraction of the total weight has no data to fit.
@@ -282,10 +283,8 @@ class Problem:
         """Free-vector mask (:func:`fastmoe.params.free_vector` order) of the slopes on design columns that
         are 0 in every row of positive weight (a rare indicator absent from these rows): no likelihood on
         these data depends on them, so Newton steps hold them (``_em.newton_finish``)."""
-        zero_z, zero_x = zero_columns(self.Z, self.sample_weight), zero_columns(self.X, self.sample_weight)
-        gate = np.tile(np.concatenate([[False], zero_z]), self.n_experts - 1)
-        expert = np.tile(np.concatenate([[False], zero_x]), self.n_experts * (self.n_classes - 1))
-        return np.concatenate([gate, expert])
+        return free_column_values(zero_columns(self.Z, self.sample_weight), zero_columns(self.X, self.sample_weight),
+                                  False, self.n_experts, self.n_classes)
 
     @functools.cached_property
     def _input_scale(self):

@@ -110,6 +110,15 @@ def free_vector(W, V):
     return np.concatenate([W[: k - 1].ravel(), V[:, : K - 1].ravel()])
 
 
+def free_column_values(gate, expert, intercept, n_experts, n_classes):
+    """A per-column quantity of the gating and expert designs laid out on the free vector (in
+    :func:`free_vector`'s order): ``intercept`` at every intercept, ``gate[j]`` at every gating slope on
+    gating column ``j``, ``expert[j]`` at every expert slope on expert column ``j``."""
+    W = np.tile(np.concatenate([[intercept], gate]), (n_experts, 1))
+    V = np.tile(np.concatenate([[intercept], expert]), (n_experts, n_classes, 1))
+    return free_vector(W, V)
+
+
 def from_free_vector(theta, W, V):
     """Copies of ``(W, V)`` with their free entries replaced by ``theta`` (inverse of :func:`free_vector`)."""
     k, K = V.shape[0], V.shape[1]
