@@ -149,6 +149,14 @@ EIGH_ROWS_PER_PARAM = 30
 PARAMS_REF = 300
 
 
+def _move_rows(problem, penalty):
+    """What one final move on all the data costs against the budgets, in rows: its passes over the
+    data plus each Newton step's eigendecomposition (``EIGH_ROWS_PER_PARAM`` rows per parameter),
+    weighed by :func:`_row_weight`."""
+    n_free = penalty.mask.size
+    return (problem.n_samples + EIGH_ROWS_PER_PARAM * n_free) * _row_weight(n_free)
+
+
 def _row_weight(n_free):
     """What a row of the data costs against the budgets, for ``n_free`` free parameters."""
     return max(1.0, (n_free / PARAMS_REF) ** 2)
@@ -433,8 +441,7 @@ def final_moves(problem, penalty, answer, log, rng, *, tol, max_iter, newton, n_
     Returns ``(the best RunResult, log with the moves recorded)``.
     """
     options = dict(tol=tol, max_iter=max_iter, newton=newton, n_threads=n_threads)
-    k, n_free = problem.n_experts, penalty.mask.size
-    rows = (problem.n_samples + EIGH_ROWS_PER_PARAM * n_free) * _row_weight(n_free)
+    k, rows = problem.n_experts, _move_rows(problem, penalty)
     if k < 2 or answer.diverged:
         return answer, log
     if k * (k - 1) * rows <= SPLIT_MERGE_ROW_BUDGET:
@@ -466,9 +473,7 @@ def split_merge(problem, penalty, answer, log, rng, *, tol, max_iter, newton, n_
     """
     k = problem.n_experts
     pairs = [(drop, split) for drop in range(k) for split in range(k) if split != drop]
-    n_free = penalty.mask.size
-    rows = (problem.n_samples + EIGH_ROWS_PER_PARAM * n_free) * _row_weight(n_free)
-    if not pairs or answer.diverged or len(pairs) * rows > SPLIT_MERGE_ROW_BUDGET:
+    if not pairs or answer.diverged or len(pairs) * _move_rows(problem, penalty) > SPLIT_MERGE_ROW_BUDGET:
         return answer, log
 
     def moves(answer):
