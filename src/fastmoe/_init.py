@@ -253,8 +253,8 @@ def soft_direction_parameters(problem: Problem, W, V):
     """
     k, K = V.shape[0], V.shape[1]
     scale = free_column_values(*problem.column_scales, 1.0, k, K)
-    held = free_column_values(*problem.constant_columns, False, k, K)
-    seen = np.flatnonzero(~(held | problem.zero_column_coordinates))
+    # Constant columns include those that are 0 on every row of positive weight (weighted spreads).
+    seen = np.flatnonzero(~free_column_values(*problem.constant_columns, False, k, K))
     _, _, neg_hess = problem.hessian_pass(W, V)
     A = neg_hess[np.ix_(seen, seen)] / np.outer(scale[seen], scale[seen])
     if not np.isfinite(A).all():
