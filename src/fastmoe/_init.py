@@ -223,7 +223,7 @@ def split_merge_parameters(W, V, drop, split, spread=None):
     return W_out - W_out[-1], V_out - V_out[:, -1:, :]
 
 
-def soft_direction_parameters(problem: Problem, W, V):
+def soft_direction_parameters(problem: Problem, W, V, neg_hess=None):
     """Starts near a maximum ``(W, V)``, along the directions in which its log-likelihood is flattest.
 
     A neighbouring maximum of a mixture of experts often differs from the kept one in the coefficients
@@ -244,6 +244,9 @@ def soft_direction_parameters(problem: Problem, W, V):
     ----------
     problem : Problem
     W, V : packed parameters of a maximum of the fit's objective on ``problem``.
+    neg_hess : ndarray (p, p), optional
+        The log-likelihood's negative Hessian at ``(W, V)`` (``Problem.hessian_pass``), where the caller
+        has formed it already; else formed here.
 
     Returns
     -------
@@ -255,7 +258,8 @@ def soft_direction_parameters(problem: Problem, W, V):
     scale = free_column_values(*problem.column_scales, 1.0, k, K)
     # Constant columns include those that are 0 on every row of positive weight (weighted spreads).
     seen = np.flatnonzero(~free_column_values(*problem.constant_columns, False, k, K))
-    _, _, neg_hess = problem.hessian_pass(W, V)
+    if neg_hess is None:
+        _, _, neg_hess = problem.hessian_pass(W, V)
     A = neg_hess[np.ix_(seen, seen)] / np.outer(scale[seen], scale[seen])
     if not np.isfinite(A).all():
         return []

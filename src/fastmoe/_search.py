@@ -210,7 +210,7 @@ class KnownMaxima:
         order = itertools.permutations(range(k)) if k <= JOIN_MAX_EXPERTS else [tuple(range(k))]
         self._orders = np.array(list(order))
         self._problem, self._penalty = problem, penalty
-        self._entries = []  # (theta_m, A_m, run)
+        self._entries = []  # (theta_m, A_m, run, the log-likelihood's negative Hessian at the run)
 
     def add(self, runs):
         """Keep the maxima among ``runs`` not known yet (converged, finite, strictly concave there)."""
@@ -226,7 +226,12 @@ class KnownMaxima:
                 np.linalg.cholesky(A)
             except np.linalg.LinAlgError:
                 continue  # not a strict maximum: no quadratic basin to recognise
-            self._entries.append((theta, A, run))
+            self._entries.append((theta, A, run, neg_hess))
+
+    def neg_hessian(self, run):
+        """The log-likelihood's negative Hessian at ``run`` when :meth:`add` kept it, else None: a
+        soft-direction round needs it at the answer that this round's :meth:`add` has just formed."""
+        return next((entry[3] for entry in self._entries if entry[2] is run), None)
 
     def match(self, W, V, objective):
         """The run of the known maximum whose quadratic basin ``(W, V)`` lies in, or None."""
@@ -237,7 +242,7 @@ class KnownMaxima:
         Wp = Wp - Wp[:, -1:, :]  # the last expert of each order is the reference
         thetas = np.concatenate([Wp[:, : k - 1].reshape(len(self._orders), -1),
                                  V[self._orders][:, :, : V.shape[1] - 1].reshape(len(self._orders), -1)], axis=1)
-        for theta_m, A, run in self._entries:
+        for theta_m, A, run, _ in self._entries:
             gap = run.objective - objective
             if not 0.0 <= gap <= JOIN_RTOL * abs(run.objective):
                 continue
@@ -476,7 +481,7 @@ def split_merge(problem, penalty, answer, log, rng, *, tol, max_iter, newton, n_
     if not pairs or answer.diverged or len(pairs) * _move_rows(problem, penalty) > SPLIT_MERGE_ROW_BUDGET:
         return answer, log
 
-    def moves(answer):
+    def moves(answer, known):
         # The random halves are drawn here, in the calling thread, so no schedule can change them.
         spreads = [None] * len(pairs) + [(problem, np.random.default_rng(seed)) for seed in _seeds(rng, len(pairs))]
         return [split_merge_parameters(answer.W, answer.V, drop, split, spread)
@@ -500,16 +505,18 @@ def soft_moves(problem, penalty, answer, log, *, tol, max_iter, newton, n_thread
 
     Returns ``(the best RunResult, log with the moves of every round)``.
     """
-    def moves(answer):
-        return soft_direction_parameters(problem, answer.W, answer.V)
+    def moves(answer, known):
+        neg_hess = None if known is None else known.neg_hessian(answer)
+        return soft_direction_parameters(problem, answer.W, answer.V, neg_hess)
 
     return _climb(problem, penalty, answer, log, moves, tol=tol, max_iter=max_iter, newton=newton,
                   n_threads=n_threads)
 
 
 def _climb(problem, penalty, answer, log, moves, *, tol, max_iter, newton, n_threads):
-    """Up to ``FINAL_MOVE_ROUNDS`` rounds of Newton-first runs from the starts ``moves(answer)``, each
-    round from the highest maximum the one before reached, while one rises above ``answer``."""
+    """Up to ``FINAL_MOVE_ROUNDS`` rounds of Newton-first runs from the starts ``moves(answer, known)``
+    (``known``: the rounds' ``KnownMaxima``, the answer among them, or None in a box), each round from
+    the highest maximum the one before reached, while one rises above ``answer``."""
     runs_of_moves = []
     # Only a move that rises above the answer matters. One seen heading for a lower maximum stops there
     # (``ceiling``); one that enters the answer's quadratic basin stops there too (``KnownMaxima``; not
@@ -520,7 +527,7 @@ def _climb(problem, penalty, answer, log, moves, *, tol, max_iter, newton, n_thr
         if known is not None:
             known.add([answer])
         starts = [Start("given", True, None, start, joins=None if known is None else known.match,
-                        ceiling=answer.objective) for start in moves(answer)]
+                        ceiling=answer.objective) for start in moves(answer, known)]
         if not starts:
             break
         runs = run_starts(problem, penalty, starts, tol=tol, max_iter=max_iter, newton=newton, n_threads=n_threads)
