@@ -258,8 +258,8 @@ def test_replication_order_runs_whole_replications_in_turn(tmp_path, monkeypatch
 @pytest.mark.parametrize("scheduler", ["synchronous", None, "dask"])
 def test_stop_after_starts_no_job_past_the_deadline_and_resumes(tmp_path, monkeypatch, scheduler):
     # The deadline "passes" once two rows are stored: no job starts after that, the jobs running then
-    # finish and are stored (on Dask the unfinished tasks are cancelled), and the next run does the rest,
-    # each job once.
+    # finish and are stored (on Dask no more tasks are submitted than the worker has threads), and the
+    # next run does the rest, each job once. A deadline passed at the start runs nothing.
     if scheduler == "dask":
         with dask_cluster(tmp_path) as address:
             _stop_and_resume(tmp_path / "run", monkeypatch, address)
@@ -277,10 +277,12 @@ def _stop_and_resume(tmp_path, monkeypatch, scheduler):
         return add(self, records)
 
     monkeypatch.setattr(runner._Recorder, "add", counting)
-    monkeypatch.setattr(runner._Deadline, "passed", lambda self: self.active and len(recorded) >= 2)
     local = scheduler is None
     options = dict(scheduler=scheduler, n_jobs=2 if local else None, threads_per_job=1, progress=False,
                    batch_seconds=0.0)  # one job per task
+    none = run_experiment(exp, tmp_path, stop_after=0.0, **options)  # passed before the first job
+    assert none.completed == 0 and none.timed_out
+    monkeypatch.setattr(runner._Deadline, "passed", lambda self: self.active and len(recorded) >= 2)
     first = run_experiment(exp, tmp_path, stop_after=3600.0, **options)
     assert first.timed_out
     # Synchronous and Dask: one job at a time, so exactly two. Local, two workers: at most the two
@@ -302,3 +304,64 @@ def test_cli_max_minutes_stops_and_says_so(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "exact-fit: 0 jobs run" in out and "stopped at the time limit with 2 jobs left" in out
     assert main(args) == 0 and "2 jobs run (0 already stored" in capsys.readouterr().out
+
+
+def test_cli_run_takes_an_archived_run_over_and_never_overwrites_it(tmp_path, capsys):
+    # An archived run (results.csv and experiment.toml, what a repository keeps) given as --out: its jobs
+    # are taken over, not run again and overwritten by the report's export; another version's is refused.
+    from fastmoe.experiments.cli import main
+    from fastmoe.experiments.store import load_run, read_csv, write_csv
+
+    exp = get_preset("exact-fit").with_grid(sample_sizes=[3000], n_replications=2)
+    run_experiment(exp, tmp_path / "run", scheduler="synchronous", progress=False)
+    _, records, _ = load_run(tmp_path / "run")
+    for name in ("archive", "old"):
+        (tmp_path / name).mkdir()
+        write_csv(records, tmp_path / name / "results.csv")
+        exp.save(tmp_path / name / "experiment.toml")
+    args = ["rates", "run", "exact-fit", "--sample-sizes", "3000", "--replications", "3", "--scheduler",
+            "synchronous", "--no-progress", "--no-report"]
+    assert main(args + ["--out", str(tmp_path / "archive")]) == 0
+    out = capsys.readouterr().out
+    assert "2 jobs taken over from the archived run" in out and "1 jobs run (2 already stored" in out
+    old = read_csv(tmp_path / "old" / "results.csv")
+    for record in old:
+        record["fastmoe_version"] = "0.0.1"
+    write_csv(old, tmp_path / "old" / "results.csv")
+    before = (tmp_path / "old" / "results.csv").read_text()
+    assert main(args + ["--out", str(tmp_path / "old")]) == 2
+    assert "cannot be resumed" in capsys.readouterr().err
+    assert (tmp_path / "old" / "results.csv").read_text() == before
+    assert not (tmp_path / "old" / "results.sqlite").exists()
+    assert main(args + ["--out", str(tmp_path / "x"), "--max-minutes", "-1"]) == 2
+    assert "--max-minutes must be a number of minutes >= 0, got -1.0" in capsys.readouterr().err
+
+
+def test_retry_failed_reruns_this_grids_failures_only(tmp_path):
+    exp = get_preset("exact-fit").with_grid(sample_sizes=[3000], n_replications=1)
+    with ResultStore(tmp_path) as store:
+        store.register(exp)
+        for n in (5, 3000):
+            store.add({"experiment": exp.name, "n": n, "replication": 0, "status": "failed", "error": "x"})
+    summary = run_experiment(exp, tmp_path, scheduler="synchronous", retry_failed=True, progress=False)
+    assert summary.completed == 1
+    with ResultStore(tmp_path, read_only=True) as store:
+        assert {(r["n"], r["status"]) for r in store.records(exp.name)} == {(5, "failed"), (3000, "ok")}
+
+
+def test_a_run_without_progress_bar_needs_no_tqdm(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    summary = run_experiment(small_grid(), tmp_path, scheduler="synchronous", progress=False, stop_after=0.0)
+    assert summary.completed == 0 and summary.timed_out
+
+
+def test_report_without_matplotlib_writes_the_tables_and_says_so(local_run, tmp_path, monkeypatch, capsys):
+    from fastmoe.experiments.cli import main
+
+    _, out, _ = local_run
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    assert main(["rates", "report", str(out), "--out", str(tmp_path), "--bootstrap", "50"]) == 0
+    assert "plots not drawn" in capsys.readouterr().out and (tmp_path / "slopes.csv").is_file()

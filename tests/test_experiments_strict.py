@@ -226,8 +226,8 @@ def test_a_refused_definition_does_not_replace_experiment_toml(tmp_path, capsys)
 @pytest.mark.parametrize("options, message", [
     (["--jobs", "0"], "n_jobs must be >= 1, got 0"),
     (["--threads-per-job", "-1"], "threads_per_job must be >= 1, got -1"),
-    (["--max-minutes", "-1"], "stop_after must be a number of seconds >= 0"),
-    (["--max-minutes", "nan"], "stop_after must be a number of seconds >= 0"),
+    (["--max-minutes", "-1"], "--max-minutes must be a number of minutes >= 0, got -1.0"),
+    (["--max-minutes", "nan"], "--max-minutes must be a number of minutes >= 0, got nan"),
 ])
 def test_refused_run_options_write_nothing(tmp_path, capsys, options, message):
     """The command's own options are checked with the definition, before the store registers the grid

@@ -396,3 +396,78 @@ def test_a_slope_interval_decides_between_two_candidate_slopes():
     assert _decision(interval(-0.05, 0.10), "-1/8", "-1/4").endswith("(it lies above them): it decides neither")
     assert _decision(interval(-0.24, -0.13), "-1/8", "-1/4").endswith("(it lies between them): it decides neither")
     assert _decision(interval(float("nan"), float("nan")), "-1/8", "-1/4") == "cannot yet test either"
+
+
+def test_an_export_never_loses_archived_jobs(tmp_path, monkeypatch):
+    """Exports replace an archive's results.csv. From an older checkout's store (the archive advanced on
+    another machine) the archive's extra jobs are merged into the store first; a study run afresh with
+    another version replaces its archive only once it has every job the archive has, or on purpose."""
+    import fastmoe
+    from fastmoe.experiments import runner
+    from fastmoe.experiments.paper import ArchiveConflict
+
+    (tmp_path / "paper.toml").write_text(PAPER)
+    paper = load_paper(tmp_path / "paper.toml")
+    quiet = dict(scheduler="synchronous", progress=False, echo=lambda *_: None)
+    results, doc, csv = tmp_path / "results", tmp_path / "doc.md", tmp_path / "results" / "one" / "results.csv"
+    real = runner.run_experiment
+
+    def interrupted(experiment, out, **kwargs):
+        real(experiment.with_grid(sample_sizes=[3000]), out, **kwargs)
+        raise KeyboardInterrupt
+
+    def export(root, **kwargs):
+        return write_paper(paper, root, results, doc, n_boot=20, only=["one"], echo=lambda *_: None, **kwargs)
+
+    monkeypatch.setattr(runner, "run_experiment", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_paper(paper, tmp_path / "a", ["one"], results=results, **quiet)
+    monkeypatch.setattr(runner, "run_experiment", real)
+    export(tmp_path / "a")
+    assert len(read_csv(csv)) == 2
+    run_paper(paper, tmp_path / "b", ["one"], results=results, **quiet)  # takes the 2 over, runs 4
+    export(tmp_path / "b")
+    assert len(read_csv(csv)) == 6
+    export(tmp_path / "a")  # machine A's store has 2 of them: it takes the other 4 over, the archive keeps 6
+    assert len(read_csv(csv)) == 6
+    with ResultStore(tmp_path / "a" / "one", read_only=True) as store:
+        assert store.count("one") == 6
+    # The archive's rows are of another version: a fresh run that has not caught up does not replace it.
+    records = read_csv(csv)
+    for record in records:
+        record["fastmoe_version"] = "0.0.1"
+    write_csv(records, csv)
+    archived = csv.read_text()
+    notes = []
+    monkeypatch.setattr(runner, "run_experiment", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_paper(paper, tmp_path / "c", ["one"], results=results, scheduler="synchronous", progress=False,
+                  echo=notes.append)
+    monkeypatch.setattr(runner, "run_experiment", real)
+    assert any("not resumed from its archive" in note and "0.0.1" in note for note in notes)
+    doc.unlink()
+    with pytest.raises(ArchiveConflict, match="holds 4 jobs that the store .* lacks, of rows of fastmoe 0.0.1"):
+        export(tmp_path / "c")
+    assert csv.read_text() == archived and "### `one`" in doc.read_text()  # written from the archive
+    export(tmp_path / "c", replace_archives=True)  # on purpose
+    assert len(read_csv(csv)) == 2
+    run_paper(paper, tmp_path / "c", ["one"], **quiet)
+    export(tmp_path / "c")
+    assert len(read_csv(csv)) == 6 and {r["fastmoe_version"] for r in read_csv(csv)} == {fastmoe.__version__}
+
+
+def test_a_name_means_a_study_before_a_family_or_a_section(tmp_path):
+    (tmp_path / "paper.toml").write_text(PAPER.replace('id = "s"', 'id = "one"'))
+    paper = load_paper(tmp_path / "paper.toml")
+    assert [s.name for s in paper.select(["one"])] == ["one"]  # the study, not its section's seven
+    (tmp_path / "plain.toml").write_text(PAPER)
+    assert len(load_paper(tmp_path / "plain.toml").select(["s"])) == 7  # a section id that is no study's name
+    assert [s.name for s in paper.select(["fam"])] == ["fam-d1-t0", "fam-d1-t1", "fam-d3-t0", "fam-d3-t1"]
+
+
+def test_the_document_is_not_written_from_nothing(tmp_path):
+    (tmp_path / "paper.toml").write_text(PAPER)
+    with pytest.raises(ValueError, match="no study has a store under .* or an archive under .*typo"):
+        write_paper(load_paper(tmp_path / "paper.toml"), tmp_path / "runs", tmp_path / "typo", tmp_path / "doc.md",
+                    n_boot=20, echo=lambda *_: None)
+    assert not (tmp_path / "doc.md").exists()

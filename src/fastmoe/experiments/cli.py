@@ -68,7 +68,11 @@ def _add_bootstrap(parser) -> None:
 
 def _stop_after(args) -> Optional[float]:
     """``--max-minutes`` in seconds (None: no limit)."""
-    return None if args.max_minutes is None else 60.0 * args.max_minutes
+    if args.max_minutes is None:
+        return None
+    if not args.max_minutes >= 0:  # also refuses NaN
+        raise ValueError(f"--max-minutes must be a number of minutes >= 0, got {args.max_minutes!r}")
+    return 60.0 * args.max_minutes
 
 
 def _int_list(text: str) -> List[int]:
@@ -162,16 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run (or resume) every study of the paper's reproduction (paper.toml: presets, truth families, "
                     "large-n runs) into ROOT/<name>, export each to RESULTS/<archive> as CSV, and write the results "
                     "document and its figures from those exports. A study with no store under ROOT but an "
-                    "archive of the same definition goes on from the archive's rows (a study can span machines).")
+                    "archive of the same definition and fastmoe version goes on from the archive's rows (a study "
+                    "can span machines); no export drops a job its archive holds.")
     paper.add_argument("--root", type=Path, default=Path("rates-paper"), help="run directories (default: ./rates-paper)")
     paper.add_argument("--results", type=Path, default=Path("docs/results"),
                        help="archives: the committed CSV exports, and where a study without a store resumes "
                             "from (default: ./docs/results)")
     paper.add_argument("--fresh", action="store_true",
                        help="a study without a store starts afresh instead of from its archive (to measure new code)")
+    paper.add_argument("--replace-archive", action="store_true",
+                       help="export a store over its archive even where the archive holds jobs the store lacks "
+                            "(by default such a study is not exported: a partial rerun never replaces a fuller "
+                            "archive)")
     paper.add_argument("--doc", type=Path, default=Path("docs/results.md"), help="the document (default: ./docs/results.md)")
     paper.add_argument("--only", action="append", default=None, metavar="NAME",
-                       help="run only this study, truth family or section id (repeatable); the document covers all")
+                       help="run only this study, truth family or section id (repeatable; a study's name first, then a "
+                            "family's, then a section's); the document covers all")
     paper.add_argument("--list", action="store_true", help="list the studies and what each has stored, run nothing")
     paper.add_argument("--report-only", action="store_true", help="run nothing: export and write the document")
     paper.add_argument("--no-report", action="store_true", help="run, but do not export or write the document")
@@ -274,10 +284,10 @@ def _presets(args) -> int:
 def _run(args) -> int:
     from .presets import load_experiment
     from .runner import check_run_options, run_experiment
-    from .store import ResultStore, StoreError
+    from .store import ResultStore, StoreError, import_archive
 
-    stop_after = _stop_after(args)
     try:  # everything about the definition and the command is checked before anything is written
+        stop_after = _stop_after(args)
         exp = load_experiment(args.spec)
         sizes = args.sample_sizes if args.sample_sizes is not None else list(exp.sample_sizes)
         if args.max_n is not None:
@@ -288,6 +298,15 @@ def _run(args) -> int:
         return _fail("run", exc)
     out = args.out if args.out is not None else Path(f"rates-{exp.name}")
     try:
+        # An archived run (results.csv and experiment.toml, no store: what a repository keeps) is taken
+        # over, not run again and overwritten by the report's export; one of another definition or
+        # version is refused.
+        taken, why_not = import_archive(exp, out, out)
+        if why_not:
+            raise ValueError(f"{out} holds an archived run (results.csv) that cannot be resumed: {why_not}. "
+                             "Give another --out; the report would overwrite its results.csv")
+        if taken:
+            print(f"{exp.name}: {taken} jobs taken over from the archived run in {out}")
         # The store refuses another definition under this name (or another fastmoe version's rows) before
         # experiment.toml is replaced, so the directory keeps describing the study it holds.
         with ResultStore(out) as store:
@@ -342,7 +361,10 @@ def _report(directory, experiment=None, ok_only=False, min_n=None, max_n=None, n
         if plots:
             from .plots import plot_report
 
-            exported += plot_report(report, out_dir / "plots")
+            try:
+                exported += plot_report(report, out_dir / "plots")
+            except ImportError as exc:  # matplotlib is an optional dependency (fastmoe[experiments])
+                print(f"(plots not drawn: {exc}; pip install matplotlib, or fastmoe[experiments])")
     except OSError as exc:
         if out is None and not exported and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             print(f"fastmoe rates report: {out_dir} is read-only, so no files were written "
@@ -426,8 +448,8 @@ def _compare(args) -> int:
 
 
 def _paper(args) -> int:
-    from .paper import load_paper, run_paper, write_paper
-    from .store import CSV_FILENAME, STORE_FILENAME, StoreError
+    from .paper import ArchiveConflict, load_paper, run_paper, write_paper
+    from .store import CSV_FILENAME, STORE_FILENAME, StoreError, archive_resumable
 
     try:
         paper = load_paper()
@@ -439,6 +461,8 @@ def _paper(args) -> int:
             store = args.root / study.name / STORE_FILENAME
             archive = args.results / study.archive / CSV_FILENAME
             where = "store" if store.is_file() else "archive" if archive.is_file() else "not run"
+            if where == "archive" and archive_resumable(study.experiment, archive.parent):
+                where = "archive, not resumable"  # another version's rows: a run starts afresh
             print(f"{study.name:<36} {study.experiment.n_jobs:>6} jobs  {where:<8} {study.experiment.outline()}")
         return 0
     try:
@@ -451,7 +475,12 @@ def _paper(args) -> int:
                       threads_per_job=args.threads_per_job, progress=not args.no_progress,
                       results=None if args.fresh else args.results, order=args.order, stop_after=stop_after)
         if not args.no_report:
-            print(f"wrote {write_paper(paper, args.root, args.results, args.doc, n_boot=args.bootstrap, only=args.only)}")
+            doc = write_paper(paper, args.root, args.results, args.doc, n_boot=args.bootstrap, only=args.only,
+                              replace_archives=args.replace_archive)
+            print(f"wrote {doc}")
+    except ArchiveConflict as exc:
+        print(f"fastmoe rates paper: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, KeyError, StoreError, sqlite3.DatabaseError, OSError, RuntimeError) as exc:
         return _fail("paper", exc)
     return 0

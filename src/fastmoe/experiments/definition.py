@@ -33,7 +33,11 @@ from .seeds import job_streams
 from .truth_path import TruthPath
 from .vanishing import along, check_split_spread, vanishing_experts
 
-__all__ = ["Experiment"]
+__all__ = ["Experiment", "NOT_IN_DIGEST"]
+
+#: The fields of a definition that change no job's numbers, left out of :meth:`Experiment.model_digest`:
+#: the grid (a store may extend it), the description and the planned comparisons.
+NOT_IN_DIGEST = ("sample_sizes", "n_replications", "description", "planned")
 
 
 @dataclass(frozen=True, eq=False)
@@ -304,9 +308,8 @@ class Experiment:
         may extend a grid but refuses to mix rows of different digests under one name.
         """
         data = self.to_dict()
-        for key in ("sample_sizes", "n_replications", "description"):
-            data.pop(key)
-        data.pop("planned", None)
+        for key in NOT_IN_DIGEST:
+            data.pop(key, None)
         canonical = json.dumps(data, sort_keys=True, default=float)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -37,10 +37,11 @@ from .analysis import DEFAULT_INCLUDE, Report, analyse, compare_runs, pooled_slo
 from .definition import Experiment
 from .family import family_members
 from .presets import get_preset
-from .store import CSV_FILENAME, DEFINITION_FILENAME, STORE_FILENAME, load_run, utc_now
+from .store import (CSV_FILENAME, DEFINITION_FILENAME, STORE_FILENAME, archive_conflict, import_archive, load_run,
+                    utc_now)
 
-__all__ = ["Paper", "Study", "Section", "load_paper", "run_paper", "resume_from_archive", "write_paper",
-           "PAPER_FILE", "RUN_LOG"]
+__all__ = ["ArchiveConflict", "Paper", "Study", "Section", "load_paper", "run_paper", "resume_from_archive",
+           "write_paper", "PAPER_FILE", "RUN_LOG"]
 
 #: The shipped group.
 PAPER_FILE = Path(__file__).resolve().parent / "paper.toml"
@@ -90,7 +91,12 @@ class Paper:
     sections: Tuple[Section, ...]
 
     def select(self, only: Optional[Sequence[str]] = None) -> List[Study]:
-        """Studies in document order; ``only`` keeps the names, family names or section ids given."""
+        """Studies in document order; ``only`` keeps the names, family names or section ids given.
+
+        A name means a study where a study has it, else a family, else a section: the section
+        ``over-fit`` holds 18 studies, the study ``over-fit`` one, and ``--only over-fit`` means the
+        study (the section's studies can be named one by one).
+        """
         ordered = []
         for section in self.sections:
             names = list(section.studies) + [m for f in section.families for m in self.families[f]]
@@ -101,7 +107,9 @@ class Paper:
         unknown = wanted - set(self.studies) - set(self.families) - {s.id for s in self.sections}
         if unknown:
             raise KeyError(f"no study, family or section {', '.join(sorted(unknown))} in the paper")
-        return [s for sid, s in ordered if s.name in wanted or s.family in wanted or sid in wanted]
+        families = wanted - set(self.studies)
+        sections = families - set(self.families)
+        return [s for sid, s in ordered if s.name in wanted or s.family in families or sid in sections]
 
 
 def _study(entry: dict) -> Study:
@@ -193,28 +201,20 @@ def resume_from_archive(study: Study, out: Path, archive: Path, echo=print) -> i
     fresh clone) goes on where the exported one stopped instead of starting again.
 
     Only when ``out`` holds no store yet and the archive's definition has the study's digest and its
-    rows this fastmoe version (else the rows must not be mixed: the study starts afresh, and says so).
-    The archive's run log comes along. Returns the number of jobs taken over.
+    rows this fastmoe version (:func:`~fastmoe.experiments.store.import_archive`; else the rows must not
+    be mixed: the study starts afresh, says so, and its export will not replace the archive until it
+    has every job the archive has). The archive's run log comes along. Returns the number of jobs taken
+    over.
     """
-    from .. import __version__
-    from .store import ResultStore
-
-    if (out / STORE_FILENAME).exists() or not (archive / CSV_FILENAME).is_file() \
-            or not (archive / DEFINITION_FILENAME).is_file():
+    added, why_not = import_archive(study.experiment, out, archive)
+    if why_not:
+        echo(f"{study.name}: not resumed from its archive: {why_not}. It starts afresh here; its archive is "
+             "replaced only once this run has every job the archive has (or with --replace-archive)")
         return 0
-    exp, records, _ = load_run(archive)
-    if exp.model_digest() != study.experiment.model_digest():
-        echo(f"{study.name}: {archive} holds another definition (digest {exp.model_digest()}); not resumed from it")
-        return 0
-    versions = sorted({str(r.get("fastmoe_version")) for r in records} - {__version__})
-    if versions:
-        echo(f"{study.name}: {archive} holds rows of fastmoe {', '.join(versions)}; not resumed from it")
-        return 0
-    with ResultStore(out) as store:
-        added = store.import_records(study.experiment, records)
-    if (archive / RUN_LOG).is_file():
-        shutil.copyfile(archive / RUN_LOG, out / RUN_LOG)
-    echo(f"{study.name}: {added} jobs taken over from {archive}")
+    if added:
+        if (archive / RUN_LOG).is_file():
+            shutil.copyfile(archive / RUN_LOG, out / RUN_LOG)
+        echo(f"{study.name}: {added} jobs taken over from {archive}")
     return added
 
 
@@ -566,9 +566,21 @@ def _family_table(paper: Paper, family: str, reports: Dict[str, Report], metrics
     return lines
 
 
+class ArchiveConflict(ValueError):
+    """Some studies were not exported: their archives hold jobs their stores lack (the document was
+    written from the archives as they are)."""
+
+
 def write_paper(paper: Paper, root, results, doc, *, figures=None, n_boot: int = 2000,
-                only: Optional[Sequence[str]] = None, echo=print) -> Path:
+                only: Optional[Sequence[str]] = None, replace_archives: bool = False, echo=print) -> Path:
     """Export the studies that have stores and write the document (and its figures) from the archives.
+
+    An export never loses an archived job silently (:func:`~fastmoe.experiments.store.archive_conflict`):
+    archived jobs a store lacks are merged into it first where they are of its definition and version,
+    and a store that would still drop some (a study run afresh with another version, not finished yet)
+    is not exported unless ``replace_archives``; the document then reads that study's archive, and
+    :class:`ArchiveConflict` is raised once the document is written. With no store under ``root`` and
+    no archive under ``results`` for any study, nothing is written (``ValueError``: a mistyped path).
 
     Parameters
     ----------
@@ -586,18 +598,29 @@ def write_paper(paper: Paper, root, results, doc, *, figures=None, n_boot: int =
         Bootstrap resamples of every interval.
     only : sequence of str, optional
         Export only these studies (the document always covers every study).
+    replace_archives : bool, default=False
+        Export a store over its archive even where the archive holds jobs the store lacks.
     """
     root, results, doc = Path(root), Path(results), Path(doc)
     figures = Path(figures) if figures is not None else doc.parent / "figures"
     chosen = {s.name for s in paper.select(only)}
     reports: Dict[str, Report] = {}  # every study's report, read from its archive
+    conflicts = []
     for study in paper.studies.values():
         archive = results / study.archive
-        if study.name in chosen and _stored(root / study.name, study.name):
+        stored = study.name in chosen and _stored(root / study.name, study.name)
+        conflict = None if not stored or replace_archives else archive_conflict(root / study.name, archive, study.name)
+        if conflict:
+            echo(f"{study.name}: not exported: {conflict}")
+            conflicts.append(f"{study.name}: {conflict}")
+        if stored and not conflict:
             echo(f"export {study.name} -> {archive}")
             reports[study.name] = _export(study, root, results, n_boot)
         elif (archive / CSV_FILENAME).is_file():
             reports[study.name] = analyse(archive, n_boot=n_boot)
+    if not reports:
+        raise ValueError(f"no study has a store under {root} or an archive under {results}: nothing to write "
+                         f"(are --root and --results right?)")
     out = [f"# {paper.title}", "", "<!-- generated by `fastmoe rates paper --report-only` from paper.toml and "
            "docs/results/: edit those, not this file -->", "", paper.intro, ""]
     for section in paper.sections:
@@ -647,4 +670,6 @@ def write_paper(paper: Paper, root, results, doc, *, figures=None, n_boot: int =
     doc.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(doc, "w") as fh:
         fh.write(text)
+    if conflicts:
+        raise ArchiveConflict(f"wrote {doc} from the archives, but did not export " + "; ".join(conflicts))
     return doc

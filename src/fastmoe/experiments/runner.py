@@ -218,7 +218,7 @@ def run_experiment(
     batch_seconds : float, optional
         Target duration of one task; default 0.25 s locally, 0.75 s on Dask.
     retry_failed : bool, default=False
-        Delete stored ``failed`` and ``crashed`` rows first, so their jobs run again.
+        Delete the stored ``failed`` and ``crashed`` rows of this grid first, so their jobs run again.
     progress : bool, default=True
         Show a tqdm progress bar (completed/total, rate, ETA) on stderr.
     order : {"size", "replication"}, default="size"
@@ -226,8 +226,8 @@ def run_experiment(
         a study that will span sessions and should be readable whenever it stops).
     stop_after : float, optional
         Seconds after which no further job starts: the jobs running then finish and are stored (on a
-        Dask cluster, which holds every task from the start, the tasks not finished when the first one
-        after the deadline finishes are cancelled), and the run returns with
+        Dask cluster, tasks are then submitted no more than the cluster's threads at a time, and none
+        after the deadline), and the run returns with
         ``RunSummary.timed_out`` set. A run of hours can so end at a chosen time and lose no finished or
         running fit (an interrupt abandons the running ones); the next run resumes from the store.
 
@@ -241,8 +241,8 @@ def run_experiment(
     store = ResultStore(out)
     try:
         store.register(experiment)
-        if retry_failed:
-            store.delete(experiment.name, ("failed", "crashed"))
+        if retry_failed:  # this grid's failures only: those of other sizes stay on record
+            store.delete(experiment.name, ("failed", "crashed"), keys=experiment.jobs())
         # Rows of an earlier, larger grid stay stored but are not this grid's jobs.
         done = store.done_keys(experiment.name) & set(experiment.jobs())
         pending = [job for job in experiment.jobs() if job not in done]
@@ -326,11 +326,26 @@ def check_scheduler(scheduler) -> None:
                          f"({exc})") from None
 
 
+class _NoProgress:
+    """The progress bar's interface doing nothing (``--no-progress``: tqdm need not be installed)."""
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
 def _progress_bar(experiment, initial, enabled):
+    if not enabled:
+        return _NoProgress()
     from tqdm.auto import tqdm
 
     return tqdm(total=experiment.n_jobs, initial=initial, desc=experiment.name, unit="job",
-                disable=not enabled, dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+                dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
 
 
 # -- local process pool -----------------------------------------------------------------------------------
@@ -514,8 +529,21 @@ def _run_dask(experiment, definition, batches, threads, scheduler, recorder, dea
         except TimeoutError as exc:
             raise RuntimeError(f"no Dask worker joined {client.scheduler.address} "
                                f"within {WORKER_TIMEOUT:.0f} s") from exc
-        n_workers = len(client.scheduler_info().get("workers", {}))
-        futures = as_completed([submit(batch) for batch in batches], loop=client.loop)
+        workers = client.scheduler_info().get("workers", {})
+        n_workers = len(workers)
+        # With a deadline, no more tasks than the cluster has threads: the scheduler hands a held task to
+        # a worker as soon as one is free, so at the deadline the submitted tasks are (about to be)
+        # running; none is submitted after it, and those submitted finish and are stored. Without one,
+        # every task is submitted at once and the scheduler balances them.
+        slots = max(1, sum(int(w.get("nthreads", 1)) for w in workers.values())) if deadline.active else None
+        queue = collections.deque(batches)
+        futures = as_completed([], loop=client.loop)
+
+        def top_up():
+            while queue and (slots is None or len(tasks) < slots) and not deadline.passed():
+                futures.add(submit(queue.popleft()))
+
+        top_up()
         for future in futures:
             batch = tasks.pop(future.key)
             try:
@@ -530,9 +558,7 @@ def _run_dask(experiment, definition, batches, threads, scheduler, recorder, dea
             finally:
                 future.release()
             recorder.add(records)
-            if deadline.passed():  # the scheduler holds every task: cancel those not finished
-                client.cancel(list(futures.futures))
-                break
+            top_up()
         return n_workers
     finally:
         if own_client:

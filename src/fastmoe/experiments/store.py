@@ -34,10 +34,11 @@ from typing import Iterable, List, Optional
 
 from .. import __version__
 from ._atomic import atomic_open
-from .definition import Experiment
+from .definition import NOT_IN_DIGEST, Experiment
 
-__all__ = ["ResultStore", "StoreError", "flatten_record", "load_run", "read_csv", "store_path", "write_csv",
-           "write_rows", "write_parquet", "STORE_FILENAME", "CSV_FILENAME", "DEFINITION_FILENAME"]
+__all__ = ["ResultStore", "StoreError", "archive_conflict", "archive_resumable", "definition_changes", "flatten_record",
+           "import_archive", "load_run", "read_csv", "store_path", "write_csv", "write_rows", "write_parquet",
+           "STORE_FILENAME", "CSV_FILENAME", "DEFINITION_FILENAME"]
 
 #: File name of the store inside a run directory.
 STORE_FILENAME = "results.sqlite"
@@ -198,10 +199,12 @@ class ResultStore:
                 (experiment.name, digest, experiment.to_json(), __version__, now, now),
             )
         elif row[0] != digest:
+            stored = json.loads(self._conn.execute(
+                "SELECT definition FROM experiments WHERE name = ?", (experiment.name,)).fetchone()[0])
             raise ValueError(
                 f"{self.path} already holds experiment {experiment.name!r} with a different definition "
-                f"(digest {row[0]} vs {digest}: truth, fit options, losses or seed differ). Use another "
-                "output directory or give the experiment another name."
+                f"(digest {row[0]} vs {digest}; {definition_changes(stored, experiment.to_dict())} differ). "
+                "Use another output directory or give the experiment another name."
             )
         elif row[1] != __version__:
             raise ValueError(
@@ -280,10 +283,20 @@ class ResultStore:
         this store records next are numbered after them. Returns how many records were new.
         """
         self.register(experiment)
+        return self._add_records(experiment.name, records, __version__)
+
+    def merge_records(self, name: str, records: List[dict]) -> int:
+        """Add an archive's records of the stored experiment ``name`` that this store lacks, as
+        :meth:`import_records` does but without registering: for rows of the version and definition the
+        store already holds (the caller checks, :func:`archive_conflict`), whichever fastmoe version runs
+        now. Returns how many records were new."""
+        return self._add_records(name, records, self.version_of(name))
+
+    def _add_records(self, name: str, records: List[dict], version: str) -> int:
         for run_id in sorted({r["run_id"] for r in records if r.get("run_id") is not None}):
             self._conn.execute(
                 "INSERT OR IGNORE INTO runs (run_id, experiment, started, fastmoe_version, executor) "
-                "VALUES (?, ?, ?, ?, 'archive')", (int(run_id), experiment.name, utc_now(), __version__))
+                "VALUES (?, ?, ?, ?, 'archive')", (int(run_id), name, utc_now(), version))
         added = 0
         for record in records:
             record = dict(record)
@@ -315,16 +328,22 @@ class ResultStore:
         )
         return {s: int(c) for s, c in cur}
 
-    def delete(self, experiment: str, statuses: Iterable[str]) -> int:
-        """Delete the rows of ``experiment`` with one of ``statuses`` (to re-run failed jobs)."""
+    def delete(self, experiment: str, statuses: Iterable[str], keys: Optional[Iterable] = None) -> int:
+        """Delete the rows of ``experiment`` with one of ``statuses`` (to re-run failed jobs); with ``keys``
+        (``(n, replication)`` pairs: the grid about to run), only those rows, so that failures outside the
+        grid stay on record."""
         statuses = list(statuses)
         if not statuses:
             return 0
         marks = ",".join("?" * len(statuses))
-        cur = self._conn.execute(
-            f"DELETE FROM results WHERE experiment = ? AND status IN ({marks})", [experiment, *statuses]
-        )
-        return cur.rowcount
+        sql = f"DELETE FROM results WHERE experiment = ? AND status IN ({marks})"
+        if keys is None:
+            return self._conn.execute(sql, [experiment, *statuses]).rowcount
+        deleted = 0
+        for n, replication in keys:
+            deleted += self._conn.execute(sql + " AND n = ? AND replication = ?",
+                                          [experiment, *statuses, int(n), int(replication)]).rowcount
+        return deleted
 
     def records(self, experiment: Optional[str] = None) -> List[dict]:
         """All job records (dicts with ``run_id`` added), ordered by experiment, n, replication."""
@@ -484,6 +503,84 @@ def _load_archive(path: Path, experiment: Optional[str]):
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     return exp, records, counts
+
+
+def definition_changes(old: dict, new: dict) -> str:
+    """The top-level fields of two definitions (``Experiment.to_dict`` forms) that differ and enter the
+    digest, named for a message: ``"theory, fit"``."""
+    keys = sorted(key for key in (set(old) | set(new)) - set(NOT_IN_DIGEST) if old.get(key) != new.get(key))
+    return ", ".join(keys) if keys else "no field (only the digest's encoding)"
+
+
+def archive_conflict(store_dir, archive, name: str) -> Optional[str]:
+    """Why exporting the store in ``store_dir`` over ``archive`` would lose rows, or None when it would
+    not (after merging into the store the archive's rows it lacks, where they are of its definition
+    and version).
+
+    An export replaces the archive's ``results.csv``. That loses nothing when the store holds every job
+    the archive holds (it took them over, or ran them again: a study run afresh replaces its archive once
+    it has every job the archive has). Archived jobs the store lacks are merged into it first when the
+    archive has the store's definition (digest) and its rows the store's fastmoe version (an older
+    checkout's store, the archive advanced elsewhere); otherwise they would be lost, and this says why.
+    """
+    archive, store_dir = Path(archive), Path(store_dir)
+    if not (archive / CSV_FILENAME).is_file() or not (archive / DEFINITION_FILENAME).is_file():
+        return None
+    archived, records, _ = _load_archive(archive, None)
+    with ResultStore(store_dir, read_only=True) as store:
+        missing = {(r["n"], r["replication"]) for r in records} - store.done_keys(name)
+        if not missing:
+            return None
+        digest, version = store.experiment(name).model_digest(), store.version_of(name)
+    versions = sorted({str(r.get("fastmoe_version")) for r in records} - {version})
+    if archived.name == name and archived.model_digest() == digest and not versions:
+        with ResultStore(store_dir) as store:
+            store.merge_records(name, [r for r in records if (r["n"], r["replication"]) in missing])
+        return None
+    why = (f"another definition (digest {archived.model_digest()})" if archived.model_digest() != digest
+           else f"rows of fastmoe {', '.join(versions)}, the store's are of {version}")
+    return (f"{archive} holds {len(missing)} jobs that the store in {store_dir} lacks, of {why}: exporting would "
+            "lose them. Run the study until it has every job the archive has, or replace the archive on purpose "
+            "(--replace-archive)")
+
+
+def import_archive(experiment: Experiment, out, archive) -> tuple:
+    """Seed a run directory without a store from an archive of the same study: ``(jobs taken over, why
+    not)``, ``why not`` None when the archive's rows were taken over (or there is no archive).
+
+    Only when ``out`` holds no store yet and the archive's definition has ``experiment``'s digest and its
+    rows this fastmoe version; else the rows must not be mixed, and ``why not`` says which differs.
+    """
+    out, archive = Path(out), Path(archive)
+    if (out / STORE_FILENAME).exists() or not (archive / CSV_FILENAME).is_file() \
+            or not (archive / DEFINITION_FILENAME).is_file():
+        return 0, None
+    archived, records, _ = _load_archive(archive, None)
+    why_not = _not_resumable(experiment, archive, archived, records)
+    if why_not:
+        return 0, why_not
+    with ResultStore(out) as store:
+        return store.import_records(experiment, records), None
+
+
+def archive_resumable(experiment: Experiment, archive) -> Optional[str]:
+    """Why a run of ``experiment`` cannot go on from ``archive``'s rows (another definition, or rows
+    of another fastmoe version), or None when it can (or there is no archive)."""
+    archive = Path(archive)
+    if not (archive / CSV_FILENAME).is_file() or not (archive / DEFINITION_FILENAME).is_file():
+        return None
+    archived, records, _ = _load_archive(archive, None)
+    return _not_resumable(experiment, archive, archived, records)
+
+
+def _not_resumable(experiment, archive, archived, records) -> Optional[str]:
+    if archived.model_digest() != experiment.model_digest():
+        return (f"{archive} holds another definition (digest {archived.model_digest()}: "
+                f"{definition_changes(archived.to_dict(), experiment.to_dict())} differ)")
+    versions = sorted({str(r.get("fastmoe_version")) for r in records} - {__version__})
+    if versions:
+        return f"{archive} holds rows of fastmoe {', '.join(versions)}, and this is fastmoe {__version__}"
+    return None
 
 
 def flatten_record(record: dict) -> dict:
