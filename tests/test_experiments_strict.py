@@ -642,3 +642,12 @@ def _live_members(session):
         if int(fields[3]) == session and fields[0] != "Z":
             members.append(int(stat.parent.name))
     return members
+
+
+@pytest.mark.parametrize("name, text, kind", [("bad.toml", 'name = "x"\nsample_sizes = [1,\n', "TOML"),
+                                              ("bad.json", '{"name": "x",', "JSON")])
+def test_a_definition_that_does_not_parse_is_named(tmp_path, capsys, name, text, kind):
+    (tmp_path / name).write_text(text)
+    assert main(["rates", "run", str(tmp_path / name), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert f"{tmp_path / name} is not valid {kind}" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()

@@ -298,7 +298,10 @@ class Experiment:
         """Read a TOML (``.toml``) or JSON definition."""
         path = Path(path)
         text = path.read_text()
-        data = _toml.loads(text) if path.suffix == ".toml" else json.loads(text)
+        try:
+            data = _toml.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except ValueError as exc:  # TOMLDecodeError and JSONDecodeError: say which file
+            raise ValueError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
         return cls.from_dict(data)
 
     def model_digest(self) -> str:
