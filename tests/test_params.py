@@ -165,3 +165,11 @@ def test_parameter_arrays_accept_numpy_scalars_and_integers():
     params = fastmoe.MoEParams(**_arrays(beta0=[np.float32(0.5), np.int64(0)], b=np.array([[1, 0], [2, 0]])))
     np.testing.assert_array_equal(params.beta0, [0.5, 0.0])
     assert params.b.dtype == np.float64
+
+
+@pytest.mark.parametrize("expert", [1.0, 5, -1, True, "0"])
+def test_split_expert_names_a_bad_expert(rng, expert):
+    params = random_params(rng, 2, 3, 2)
+    with pytest.raises(ValueError, match=r"expert must be an integer in 0\.\.1, got"):
+        params.split_expert(expert)
+    assert params.split_expert(np.int64(1)).n_experts == 3

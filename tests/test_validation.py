@@ -56,6 +56,8 @@ def test_sparse_X_is_refused(data):
         (lambda y: y.astype(str), "integer class labels"),
         (lambda y: np.stack([y, y], axis=1), "1-d"),
         (lambda y: np.where(np.arange(len(y)) == 3, np.nan, y), "NaN or inf at position 3"),
+        # No int64 holds it: the cast wrapped to a "negative label -9223372036854775808".
+        (lambda y: np.where(np.arange(len(y)) == 5, 1e20, y), r"label 1e\+20 at position 5"),
     ],
 )
 def test_bad_labels(data, transform, message):
@@ -218,6 +220,23 @@ def test_pandas_nullable_dtypes_are_read_as_float(data, well_separated, X_dtype)
         result = fastmoe.fit(frame, labels, 2, sample_weight=weights, **kwargs)
     with pytest.warns(fastmoe.ConvergenceWarning, match="max_iter=3"):
         plain = fastmoe.fit(X, y, 2, sample_weight=weights.to_numpy(float), **kwargs)
+    assert result.params.allclose(plain.params, rtol=0, atol=0)
+
+
+def test_bool_dummies_beside_float_columns_are_numbers(data, well_separated):
+    """pd.get_dummies gives bool columns (pandas >= 2); beside float columns np.asarray makes the frame
+    dtype object, which was refused as "X must be numeric"."""
+    pd = pytest.importorskip("pandas")
+    X, y = data
+    flags = X[:, 1] > 0.0
+    frame = pd.DataFrame({"x1": X[:, 0], "flag": flags})
+    numbers = np.column_stack([X[:, 0], flags.astype(float)])
+    assert fastmoe.loglik(well_separated, frame, y) == fastmoe.loglik(well_separated, numbers, y)
+    kwargs = dict(init=well_separated, max_iter=5, tol=0.0, n_threads=1)
+    with pytest.warns(fastmoe.ConvergenceWarning):
+        result = fastmoe.fit(frame, y, 2, **kwargs)
+    with pytest.warns(fastmoe.ConvergenceWarning):
+        plain = fastmoe.fit(numbers, y, 2, **kwargs)
     assert result.params.allclose(plain.params, rtol=0, atol=0)
 
 

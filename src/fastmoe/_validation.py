@@ -27,7 +27,8 @@ def _first_bad_row(arr):
 
 def _pandas_to_numpy(value):
     """A pandas DataFrame or Series as a NumPy array; nullable numeric dtypes (``Float64``, ``Int64``,
-    ``boolean``) become float64 with ``pd.NA`` as NaN, so that a missing value is reported by row.
+    ``boolean``) become float64 with ``pd.NA`` as NaN, so that a missing value is reported by row, and so
+    do frames whose numeric columns differ in dtype (bool dummies beside floats).
 
     ``np.asarray`` would give such columns dtype object. Anything else (NumPy arrays, lists, pandas
     objects with non-numeric columns) comes back as it was, for the caller's own checks.
@@ -38,7 +39,9 @@ def _pandas_to_numpy(value):
     from pandas.api.types import is_extension_array_dtype, is_numeric_dtype
 
     dtypes = [dtypes] if not hasattr(dtypes, "__iter__") else list(dtypes)  # a Series has one dtype
-    if not any(is_extension_array_dtype(dtype) for dtype in dtypes):
+    # Bool columns beside numeric ones (pd.get_dummies' output since pandas 2) also give dtype object.
+    mixed = len({str(dtype) for dtype in dtypes}) > 1
+    if not (mixed or any(is_extension_array_dtype(dtype) for dtype in dtypes)):
         return value
     if not all(is_numeric_dtype(dtype) for dtype in dtypes):
         return value
@@ -113,6 +116,9 @@ def check_y(y, n_samples, n_classes=None):
         if (y != np.round(y)).any():
             pos = int(np.flatnonzero(y != np.round(y))[0])
             raise ValueError(f"y must hold integer class labels; y[{pos}] = {y[pos]!r}")
+        if y.size and np.abs(y).max() >= 2.0**62:  # no int64 holds it: the cast would wrap
+            pos = int(np.argmax(np.abs(y)))
+            raise ValueError(f"y has label {float(y[pos]):g} at position {pos}; labels must be 0..n_classes-1")
         y = y.astype(np.int64)
     elif y.dtype.kind not in "iu":
         raise ValueError(

@@ -614,8 +614,9 @@ class MoEParams:
         with ``k + 1`` experts started here begins at the ``k``-expert fit's likelihood, and EM never
         goes below it.
         """
-        if not 0 <= expert < self.n_experts:
-            raise ValueError(f"expert must be in 0..{self.n_experts - 1}, got {expert}")
+        if isinstance(expert, (bool, np.bool_)) or not isinstance(expert, numbers.Integral) \
+                or not 0 <= expert < self.n_experts:
+            raise ValueError(f"expert must be an integer in 0..{self.n_experts - 1}, got {expert!r}")
         beta0 = np.append(self.beta0, self.beta0[expert])
         beta0[[expert, -1]] -= np.log(2.0)
         return MoEParams(
