@@ -451,6 +451,12 @@ def test_column_moments_over_blocks_of_rows(rng, monkeypatch):
         np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
         np.testing.assert_allclose(sd[:2], expected_sd[:2], rtol=1e-10)
         assert sd[2] == 0.0
+        # Values this small have squared deviations that underflow: their moments are taken in units of
+        # their largest |value| (a column near 1e-165 once read as constant).
+        tiny_mean, tiny_sd = _problem.column_moments(A * 1e-200, w)
+        np.testing.assert_allclose(tiny_mean, expected_mean * 1e-200, rtol=1e-10)
+        np.testing.assert_allclose(tiny_sd[:2], expected_sd[:2] * 1e-200, rtol=1e-10)
+        assert tiny_sd[2] == 0.0
 
 
 def test_fit_units_choose_and_map_back(rng):
@@ -481,7 +487,7 @@ def test_fit_units_choose_and_map_back(rng):
     np.testing.assert_allclose(back[1], V, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("l2, tiny", [(0.0, 1e-160), (1.0, 1e-40)])
+@pytest.mark.parametrize("l2, tiny", [(0.0, 1e-160), (0.0, 1e-200), (1.0, 1e-40)])
 def test_columns_of_extreme_units_under_a_ridge_on_the_callers_slopes(l2, tiny):
     """Gating and expert columns in different extreme units (``tiny``, read by the gating only; under
     a ridge 1e-40, whose weight 1 / s^2 on the fit's slope, 1e80, is still exact; an offset
