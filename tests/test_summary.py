@@ -92,6 +92,20 @@ def test_estimator_summary_names_features_and_classes(frame):
     assert summary.header_frame()["samples"] == "n = 3000"
 
 
+def test_fit_result_summary_names_a_data_frames_columns(frame, well_separated):
+    """A FitResult keeps the names fit was given (a DataFrame's columns, or feature_names), and its
+    summary names the coefficients by them (it printed x0, x1 though fit knew the names)."""
+    X, labels = frame
+    y = np.searchsorted(LABELS, labels)
+    result = fastmoe.fit(X, y, 2, init=well_separated, n_threads=1)
+    assert result.feature_names == ("age", "dose")
+    out = result.summary(X, y).to_frame()
+    assert _block(out, "expert", "1", 0).index.tolist() == ["intercept", "age", "dose"]
+    named = fastmoe.fit(X.to_numpy(), y, 2, init=well_separated, n_threads=1, feature_names=["u", "v"])
+    assert _block(named.summary().to_frame(), "gating", "0", "").index.tolist() == ["intercept", "u", "v"]
+    assert fastmoe.fit(X.to_numpy(), y, 2, init=well_separated, n_threads=1).feature_names is None
+
+
 def test_summary_without_data_shows_the_estimates(data, well_separated):
     X, y = data
     result = fastmoe.fit(X, y, 2, init=well_separated, n_threads=1)

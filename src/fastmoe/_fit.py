@@ -99,6 +99,9 @@ class FitResult:
         The ``n`` of :attr:`bic`: the sum of the sample weights (frequency weights: a row of weight 3 is
         three observations, one of weight 0 none), or ``n_samples`` without weights. None (on results
         made by hand) reads as ``n_samples``.
+    feature_names : tuple of str or None
+        The names of the columns of ``X`` the fit was given (``fit``'s ``feature_names``, or a
+        DataFrame's columns): the summary's coefficient names. None without names.
     """
 
     params: MoEParams
@@ -121,6 +124,7 @@ class FitResult:
     bounds: object = None
     active_bounds: tuple = ()
     n_observations: Optional[float] = None
+    feature_names: Optional[tuple] = None
 
     @property
     def n_free_params(self) -> int:
@@ -526,4 +530,5 @@ def fit(
         starts=starts,
         bounds=bounds,
         active_bounds=active_bounds,
+        feature_names=None if feature_names is None else tuple(feature_names),
     )

@@ -202,7 +202,8 @@ def _resolve(model, feature_names, class_names):
     """``(result, features, classes)`` of a FitResult or fitted estimator."""
     if isinstance(model, FitResult):
         params = model.params
-        features = list(feature_names) if feature_names is not None else [f"x{j}" for j in range(params.n_inputs)]
+        names = feature_names if feature_names is not None else model.feature_names
+        features = list(names) if names is not None else [f"x{j}" for j in range(params.n_inputs)]
         classes = list(class_names) if class_names is not None else list(range(params.n_classes))
         return model, features, classes
     estimator = sys.modules.get("fastmoe.estimator")  # loaded whenever an estimator exists
@@ -245,7 +246,8 @@ def summarize(
         Seeds the bootstrap's refits.
     feature_names, class_names : sequence, optional
         Names to use; by default an estimator's ``feature_names_in_`` (or ``x0, x1, ...``) and
-        ``classes_``, and for a FitResult ``x0, x1, ...`` and ``0 .. K-1``. Feature names are those of
+        ``classes_``, and for a FitResult its ``feature_names`` (a DataFrame's columns, or ``fit``'s
+        ``feature_names``; else ``x0, x1, ...``) and ``0 .. K-1``. Feature names are those of
         every column of ``X`` (``params.n_inputs``); when the gating and the experts read different
         columns (``gating_features``, ``expert_features``), each table names the columns it reads.
     n_threads : int, optional
