@@ -91,6 +91,41 @@ def test_heights_with_another_exponent(rng):
     assert merge_dissimilarities(params, exponent=r)[0, 2] == pytest.approx(p[0] * p[2] / (p[0] + p[2]) * d)
 
 
+def test_boundary_atoms_are_merged_as_finite_ones(rng):
+    """An expert that gives a class probability 0 on every row (its intercept running off: a boundary
+    maximum) is merged as the finite atom that gives it e^-15 on its most likely row, so the merged
+    levels do not depend on where the intercept stopped (averaged as it stood, -1.7e6 made a merged
+    level's log-likelihood -6.3e8)."""
+    from fastmoe._dendrogram import tame_boundary
+
+    params = random_params(rng, 2, 3, 2)
+    X = rng.uniform(-1.0, 1.0, size=(2000, 2))
+    y = rng.integers(0, 3, size=2000)
+    for far in (-1e4, -1e6):
+        b = params.b.copy()
+        b[0, 1] = far  # expert 0 never gives class 1
+        fitted = fastmoe.MoEParams(params.beta0, params.beta1, params.a, b)
+        tamed = tame_boundary(fitted, X)
+        logits = np.einsum("nd,ksd->nks", X, tamed.a) + tamed.b
+        log_p = logits - logsumexp(logits, axis=2, keepdims=True)
+        assert log_p[:, 0, 1].max() == pytest.approx(-15.0, abs=1e-6)
+        # the other classes keep their odds; the other expert is untouched
+        raw = np.einsum("nd,ksd->nks", X, fitted.a) + fitted.b
+        np.testing.assert_allclose(logits[:, 0, 0] - logits[:, 0, 2], raw[:, 0, 0] - raw[:, 0, 2], atol=1e-9)
+        np.testing.assert_allclose(tamed.b[1], fitted.normalized().b[1], rtol=0, atol=0)
+        tree = fastmoe.dendrogram(fitted, X, y)
+        assert tree.loglik[2] == pytest.approx(ref.loglik(*fitted.packed(), X, X, y), rel=1e-12)  # as fitted
+        merged = merge_atoms(tamed, 0, 1)
+        assert tree.loglik[1] == pytest.approx(ref.loglik(*merged.packed(), X, X, y), rel=1e-9)
+        if far == -1e4:
+            first = tree
+        else:
+            assert tree.loglik[1] == pytest.approx(first.loglik[1], rel=1e-9)
+            assert tree.heights == pytest.approx(first.heights, rel=1e-9)
+    # an interior fit is left as it is
+    assert tame_boundary(params, X) is params
+
+
 def test_merge_rejects_bad_atoms(rng):
     params = random_params(rng, 3, 2, 2)
     with pytest.raises(ValueError, match="two distinct atoms"):

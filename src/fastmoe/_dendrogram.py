@@ -18,6 +18,13 @@ Merging two atoms ``i, j`` (masses ``p = exp(beta0)``):
 
 Both rules commute with the translations that leave the model unchanged, so the tree does not depend
 on which expert is the reference.
+
+An atom at the boundary of the model (an expert that gives some class probability 0 wherever the data
+are, its intercept running off towards -inf: ``FitResult.boundary``) is merged as the finite atom
+nearest to it that gives that class probability ``e^-BOUNDARY_LOGIT`` at most on every row
+(:func:`tame_boundary`): averaged as it stands, an intercept of -1.7e6 made the merged expert give a
+class of the data probability e^-837506, and the merged level's log-likelihood -6.3e8 (where the
+one-expert fit has -4640).
 """
 
 from __future__ import annotations
@@ -28,10 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _predict
+from ._em import BOUNDARY_LOGIT
 from ._validation import check_sample_weight, check_X, check_y, is_finite_real
 from .params import MoEParams
 
-__all__ = ["Dendrogram", "dendrogram", "merge_atoms", "merge_dissimilarities", "atom_masses"]
+__all__ = ["Dendrogram", "dendrogram", "merge_atoms", "merge_dissimilarities", "atom_masses", "tame_boundary"]
 
 
 def atom_masses(params: MoEParams) -> np.ndarray:
@@ -102,6 +110,31 @@ def merge_atoms(params: MoEParams, i: int, j: int) -> MoEParams:
         gating=params.gating,
         **params.inputs,  # the columns the gating and the experts read
     ).normalized()
+
+
+def tame_boundary(params: MoEParams, X) -> MoEParams:
+    """``params`` with every class an expert gives a probability below ``e^-BOUNDARY_LOGIT`` on every row
+    of ``X`` lifted to exactly that on its most likely row (its intercept raised; the reference class's
+    raises it against all the others), so that no atom sits at infinity.
+
+    The likelihood changes by at most ``e^-BOUNDARY_LOGIT`` (3e-7) per row and class so lifted; the
+    model's other classes keep their odds against one another.
+    """
+    from scipy.special import logsumexp  # on first use: keeps ``import fastmoe`` light
+
+    X_expert, _, W, V, _ = _predict._prepare(params, X, 1)
+    V = V.copy()
+    lifted = False
+    for i in range(V.shape[0]):
+        logits = X_expert @ V[i, :, 1:].T + V[i, :, 0]  # (n, K), one expert at a time
+        top = (logits - logsumexp(logits, axis=1, keepdims=True)).max(axis=0, initial=-np.inf)
+        lift = np.where(top < -BOUNDARY_LOGIT, -BOUNDARY_LOGIT - top, 0.0)
+        if lift.any():
+            V[i, :, 0] += lift
+            lifted = True
+    if not lifted:
+        return params
+    return MoEParams.from_packed(W, V, params.gating, **params.inputs).normalized()
 
 
 def default_omega(n_samples):
@@ -344,11 +377,11 @@ def dendrogram(result, X, y, *, sample_weight=None, exponent=2.0, omega=None, re
     omega = default_omega(n_samples) if omega is None else _check_omega(omega)
 
     k = params.n_experts
-    current = params.normalized()
+    levels = {k: params.normalized()}  # the fit as it is, scored as it is
+    current = tame_boundary(levels[k], X)  # its boundary atoms are merged as finite ones
     clusters = list(range(k))  # linkage ids of the current atoms
     members = {k: tuple((i,) for i in range(k))}
     groups = [(i,) for i in range(k)]
-    levels = {k: current}
     rows = []
     for step in range(k - 1):
         heights = merge_dissimilarities(current, exponent)
