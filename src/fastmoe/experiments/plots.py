@@ -12,6 +12,7 @@ the fitted line's value at the geometric middle of the grid.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import List, Sequence
 
@@ -102,7 +103,8 @@ def plot_report(report: Report, out_dir, formats: Sequence[str] = ("png", "pdf")
 
     fig = Figure(figsize=(6.4, 4.8), constrained_layout=True)
     FigureCanvasAgg(fig)
-    _panel(fig.add_subplot(1, 1, 1), report, list(exp.losses), subtitle)
+    # Wrapped: on one 6.4-inch panel the definition's outline ran past the right edge.
+    _panel(fig.add_subplot(1, 1, 1), report, list(exp.losses), textwrap.fill(subtitle, 80))
     fig.axes[0].set_ylabel(f"{report.statistic} Voronoi loss")
     written += _save(fig, out_dir / f"{exp.name}-losses", formats, dpi)
 
