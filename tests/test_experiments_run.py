@@ -315,10 +315,11 @@ def test_cli_run_takes_an_archived_run_over_and_never_overwrites_it(tmp_path, ca
     exp = get_preset("exact-fit").with_grid(sample_sizes=[3000], n_replications=2)
     run_experiment(exp, tmp_path / "run", scheduler="synchronous", progress=False)
     _, records, _ = load_run(tmp_path / "run")
-    for name in ("archive", "old"):
+    for name in ("archive", "old", "bare"):
         (tmp_path / name).mkdir()
         write_csv(records, tmp_path / name / "results.csv")
-        exp.save(tmp_path / name / "experiment.toml")
+        if name != "bare":
+            exp.save(tmp_path / name / "experiment.toml")
     args = ["rates", "run", "exact-fit", "--sample-sizes", "3000", "--replications", "3", "--scheduler",
             "synchronous", "--no-progress", "--no-report"]
     assert main(args + ["--out", str(tmp_path / "archive")]) == 0
@@ -333,6 +334,8 @@ def test_cli_run_takes_an_archived_run_over_and_never_overwrites_it(tmp_path, ca
     assert "cannot be resumed" in capsys.readouterr().err
     assert (tmp_path / "old" / "results.csv").read_text() == before
     assert not (tmp_path / "old" / "results.sqlite").exists()
+    assert main(args + ["--out", str(tmp_path / "bare")]) == 2  # rows without their definition
+    assert "holds results.csv but no experiment.toml" in capsys.readouterr().err
     assert main(args + ["--out", str(tmp_path / "x"), "--max-minutes", "-1"]) == 2
     assert "--max-minutes must be a number of minutes >= 0, got -1.0" in capsys.readouterr().err
 

@@ -446,7 +446,7 @@ def test_an_export_never_loses_archived_jobs(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "run_experiment", real)
     assert any("not resumed from its archive" in note and "0.0.1" in note for note in notes)
     doc.unlink()
-    with pytest.raises(ArchiveConflict, match="holds 4 jobs that the store .* lacks, of rows of fastmoe 0.0.1"):
+    with pytest.raises(ArchiveConflict, match="holds 4 jobs that the store .* lacks; it holds rows of fastmoe 0.0.1"):
         export(tmp_path / "c")
     assert csv.read_text() == archived and "### `one`" in doc.read_text()  # written from the archive
     export(tmp_path / "c", replace_archives=True)  # on purpose

@@ -449,7 +449,7 @@ def _compare(args) -> int:
 
 def _paper(args) -> int:
     from .paper import ArchiveConflict, load_paper, run_paper, write_paper
-    from .store import CSV_FILENAME, STORE_FILENAME, StoreError, archive_resumable
+    from .store import CSV_FILENAME, STORE_FILENAME, StoreError, why_not_resumable
 
     try:
         paper = load_paper()
@@ -461,7 +461,7 @@ def _paper(args) -> int:
             store = args.root / study.name / STORE_FILENAME
             archive = args.results / study.archive / CSV_FILENAME
             where = "store" if store.is_file() else "archive" if archive.is_file() else "not run"
-            if where == "archive" and archive_resumable(study.experiment, archive.parent):
+            if where == "archive" and why_not_resumable(study.experiment, archive.parent):
                 where = "archive, not resumable"  # another version's rows: a run starts afresh
             print(f"{study.name:<36} {study.experiment.n_jobs:>6} jobs  {where:<8} {study.experiment.outline()}")
         return 0

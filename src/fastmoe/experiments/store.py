@@ -36,8 +36,8 @@ from .. import __version__
 from ._atomic import atomic_open
 from .definition import NOT_IN_DIGEST, Experiment
 
-__all__ = ["ResultStore", "StoreError", "archive_conflict", "archive_resumable", "definition_changes", "flatten_record",
-           "import_archive", "load_run", "read_csv", "store_path", "write_csv", "write_rows", "write_parquet",
+__all__ = ["ResultStore", "StoreError", "archive_conflict", "definition_changes", "flatten_record", "import_archive",
+           "load_run", "read_csv", "store_path", "why_not_resumable", "write_csv", "write_rows", "write_parquet",
            "STORE_FILENAME", "CSV_FILENAME", "DEFINITION_FILENAME"]
 
 #: File name of the store inside a run directory.
@@ -513,74 +513,83 @@ def definition_changes(old: dict, new: dict) -> str:
 
 
 def archive_conflict(store_dir, archive, name: str) -> Optional[str]:
-    """Why exporting the store in ``store_dir`` over ``archive`` would lose rows, or None when it would
-    not (after merging into the store the archive's rows it lacks, where they are of its definition
-    and version).
+    """Why exporting experiment ``name`` from the store in ``store_dir`` over ``archive`` would lose
+    rows, or None when it would not (after merging into the store the archive's rows it lacks, where
+    they are of its definition and version).
 
     An export replaces the archive's ``results.csv``. That loses nothing when the store holds every job
     the archive holds (it took them over, or ran them again: a study run afresh replaces its archive once
     it has every job the archive has). Archived jobs the store lacks are merged into it first when the
-    archive has the store's definition (digest) and its rows the store's fastmoe version (an older
-    checkout's store, the archive advanced elsewhere); otherwise they would be lost, and this says why.
+    archive has the store's experiment, definition (digest) and fastmoe version (an older checkout's
+    store, the archive advanced elsewhere); otherwise they would be lost, and this says why.
     """
     archive, store_dir = Path(archive), Path(store_dir)
-    if not (archive / CSV_FILENAME).is_file() or not (archive / DEFINITION_FILENAME).is_file():
+    if not (archive / CSV_FILENAME).is_file():
         return None
-    archived, records, _ = _load_archive(archive, None)
+    rows = read_csv(archive / CSV_FILENAME)
     with ResultStore(store_dir, read_only=True) as store:
-        missing = {(r["n"], r["replication"]) for r in records} - store.done_keys(name)
+        held = {(name, n, replication) for n, replication in store.done_keys(name)}
+        missing = {(r.get("experiment"), r["n"], r["replication"]) for r in rows} - held
         if not missing:
             return None
         digest, version = store.experiment(name).model_digest(), store.version_of(name)
-    versions = sorted({str(r.get("fastmoe_version")) for r in records} - {version})
-    if archived.name == name and archived.model_digest() == digest and not versions:
+    why = _why_not_mixed(archive, name, digest, version)
+    if why is None:
         with ResultStore(store_dir) as store:
-            store.merge_records(name, [r for r in records if (r["n"], r["replication"]) in missing])
+            store.merge_records(name, [r for r in rows if (r.get("experiment"), r["n"], r["replication"]) in missing])
         return None
-    why = (f"another definition (digest {archived.model_digest()})" if archived.model_digest() != digest
-           else f"rows of fastmoe {', '.join(versions)}, the store's are of {version}")
-    return (f"{archive} holds {len(missing)} jobs that the store in {store_dir} lacks, of {why}: exporting would "
-            "lose them. Run the study until it has every job the archive has, or replace the archive on purpose "
+    return (f"{archive} holds {len(missing)} jobs that the store in {store_dir} lacks; it holds {why}: exporting "
+            "would lose them. Run the study until it has every job the archive has, or replace the archive on purpose "
             "(--replace-archive)")
+
+
+def _why_not_mixed(archive: Path, name: str, digest: str, version: str) -> Optional[str]:
+    """What ``archive`` holds instead of rows of experiment ``name`` with ``digest`` run by fastmoe
+    ``version``, worded to follow "the archive holds" (None when it holds those, so that a store of
+    them may take its rows)."""
+    if not (archive / DEFINITION_FILENAME).is_file():
+        return f"{CSV_FILENAME} but no {DEFINITION_FILENAME} (its rows cannot be read as a study)"
+    archived = Experiment.load(archive / DEFINITION_FILENAME)
+    if archived.name != name:
+        return f"rows of the experiment {archived.name!r}"
+    if archived.model_digest() != digest:
+        return f"another definition (digest {archived.model_digest()})"
+    versions = sorted({str(r.get("fastmoe_version")) for r in read_csv(archive / CSV_FILENAME)} - {version})
+    if versions:
+        return f"rows of fastmoe {', '.join(versions)}, not {version}"
+    return None
 
 
 def import_archive(experiment: Experiment, out, archive) -> tuple:
     """Seed a run directory without a store from an archive of the same study: ``(jobs taken over, why
     not)``, ``why not`` None when the archive's rows were taken over (or there is no archive).
 
-    Only when ``out`` holds no store yet and the archive's definition has ``experiment``'s digest and its
-    rows this fastmoe version; else the rows must not be mixed, and ``why not`` says which differs.
+    Only when ``out`` holds no store yet and the archive holds ``experiment``, with its digest, in rows
+    of this fastmoe version; else the rows must not be mixed, and ``why not`` says which differs.
     """
     out, archive = Path(out), Path(archive)
-    if (out / STORE_FILENAME).exists() or not (archive / CSV_FILENAME).is_file() \
-            or not (archive / DEFINITION_FILENAME).is_file():
+    if (out / STORE_FILENAME).exists() or not (archive / CSV_FILENAME).is_file():
         return 0, None
-    archived, records, _ = _load_archive(archive, None)
-    why_not = _not_resumable(experiment, archive, archived, records)
+    why_not = why_not_resumable(experiment, archive)
     if why_not:
         return 0, why_not
+    _, records, _ = _load_archive(archive, None)
     with ResultStore(out) as store:
         return store.import_records(experiment, records), None
 
 
-def archive_resumable(experiment: Experiment, archive) -> Optional[str]:
-    """Why a run of ``experiment`` cannot go on from ``archive``'s rows (another definition, or rows
-    of another fastmoe version), or None when it can (or there is no archive)."""
+def why_not_resumable(experiment: Experiment, archive) -> Optional[str]:
+    """Why a run of ``experiment`` cannot go on from ``archive``'s rows (no definition beside them,
+    another experiment or definition, rows of another fastmoe version), or None when it can (or there
+    is no archive)."""
     archive = Path(archive)
-    if not (archive / CSV_FILENAME).is_file() or not (archive / DEFINITION_FILENAME).is_file():
+    if not (archive / CSV_FILENAME).is_file():
         return None
-    archived, records, _ = _load_archive(archive, None)
-    return _not_resumable(experiment, archive, archived, records)
-
-
-def _not_resumable(experiment, archive, archived, records) -> Optional[str]:
-    if archived.model_digest() != experiment.model_digest():
-        return (f"{archive} holds another definition (digest {archived.model_digest()}: "
-                f"{definition_changes(archived.to_dict(), experiment.to_dict())} differ)")
-    versions = sorted({str(r.get("fastmoe_version")) for r in records} - {__version__})
-    if versions:
-        return f"{archive} holds rows of fastmoe {', '.join(versions)}, and this is fastmoe {__version__}"
-    return None
+    why = _why_not_mixed(archive, experiment.name, experiment.model_digest(), __version__)
+    if why and why.startswith("another definition"):
+        archived = Experiment.load(archive / DEFINITION_FILENAME)
+        why += f": {definition_changes(archived.to_dict(), experiment.to_dict())} differ"
+    return None if why is None else f"{archive} holds {why}"
 
 
 def flatten_record(record: dict) -> dict:
