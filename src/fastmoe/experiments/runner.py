@@ -498,6 +498,11 @@ def _run_local(experiment, definition, batches, workers, threads, recorder, dead
                 suspects.extend(job for batch in broken for job in batch)
     except BaseException:  # SIGINT/SIGTERM (KeyboardInterrupt) or an error: running jobs are abandoned
         _stop_workers(pool)
+        # With its workers gone the pool's manager thread ends at once; waiting for it here keeps
+        # CPython 3.11's exit hook from racing it on the wake-up pipe ("Exception ignored ... Bad file
+        # descriptor" under the command's one-line message, seen once in a loaded test run).
+        with contextlib.suppress(Exception):
+            pool.shutdown(wait=True, cancel_futures=True)
         raise
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
