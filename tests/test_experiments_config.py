@@ -534,3 +534,40 @@ def test_cli_reads_a_planned_comparison_on_its_own(capsys, tmp_path):
         tokens = line.split()  # ... plan, p, Holm ("-": not adjusted), significant, sizes
         assert (tokens[-5], tokens[-3], tokens[-2:]) == (mark, "-", ["*", "5"])
         assert float(tokens[-4]) <= round(1 / 501, 4)  # one-sided: no resample on the far side of 0
+
+
+def test_archive_rows_go_into_a_store_whole_or_not_at_all(tmp_path, monkeypatch):
+    """import_records is one transaction (a take-over stopped part-way left a partial store that later
+    runs took for the study's own, and their report overwrote the archive); a row without a status is
+    refused by name (INSERT OR IGNORE dropped it silently); merged rows' run ids follow the store's own."""
+    from fastmoe.experiments.store import StoreError
+
+    exp = small_experiment()
+    records = [dict(fake_record(exp, n, rep), run_id=1) for n, rep in exp.jobs()]
+    calls = []
+    real_add = ResultStore.add
+
+    def interrupted(self, record, run_id=None):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_add(self, record, run_id)
+
+    monkeypatch.setattr(ResultStore, "add", interrupted)
+    with pytest.raises(KeyboardInterrupt), ResultStore(tmp_path / "a") as store:
+        store.import_records(exp, records)
+    monkeypatch.setattr(ResultStore, "add", real_add)
+    with ResultStore(tmp_path / "a") as store:
+        assert store.count() == 0 and store.experiment_names() == []  # nothing, not two rows
+        bad = [dict(r) for r in records]
+        bad[4]["status"] = ""
+        with pytest.raises(StoreError, match="record 4 of experiment 'exact-fit' has no n, replication or status"):
+            store.import_records(exp, bad)
+        assert store.count() == 0
+        assert store.import_records(exp, records[:3]) == 3
+        own = store.start_run(exp.name, "synchronous")
+        assert store.merge_records(exp.name, records) == 3  # the three it lacked
+        by_run = {}
+        for r in store.records(exp.name):
+            by_run[r["run_id"]] = by_run.get(r["run_id"], 0) + 1
+        assert by_run == {1: 3, own + 1: 3}  # the archive's run 1 renumbered after the store's own

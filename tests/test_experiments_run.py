@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -368,3 +369,53 @@ def test_report_without_matplotlib_writes_the_tables_and_says_so(local_run, tmp_
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
     assert main(["rates", "report", str(out), "--out", str(tmp_path), "--bootstrap", "50"]) == 0
     assert "plots not drawn" in capsys.readouterr().out and (tmp_path / "slopes.csv").is_file()
+
+
+@pytest.mark.parametrize("batch_seconds", [0.0, 10.0])
+def test_dask_with_a_deadline_goes_on_past_a_killed_worker(tmp_path, monkeypatch, batch_seconds):
+    # A task whose worker died (KilledWorker): a batch of several jobs is rerun job by job, a single job
+    # is recorded as crashed, and the queue goes on (with one worker thread and a deadline, nothing else
+    # was in flight, and the rest of the grid was once left unrun without a word).
+    distributed = pytest.importorskip("distributed")
+    from distributed.scheduler import KilledWorker
+
+    exp = small_grid()
+    real = runner.run_batch
+
+    def dies_on_one_job(definition, batch, threads):
+        if (4000, 1) in [tuple(job) for job in batch]:
+            raise KilledWorker("fastmoe-task", types.SimpleNamespace(address="tcp://127.0.0.1:1"), 1)
+        return real(definition, batch, threads)
+
+    monkeypatch.setattr(runner, "run_batch", dies_on_one_job)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        summary = run_experiment(exp, tmp_path, scheduler=client, progress=False, batch_seconds=batch_seconds,
+                                 stop_after=3600.0)
+    assert summary.completed == exp.n_jobs and not summary.timed_out
+    stored = rows(tmp_path, exp.name)
+    assert stored.keys() == set(exp.jobs())
+    assert {key for key, r in stored.items() if r["status"] == "crashed"} == {(4000, 1)}
+
+
+def test_report_never_overwrites_a_results_csv_ahead_of_its_store(tmp_path, capsys):
+    from fastmoe.experiments.cli import main
+    from fastmoe.experiments.store import load_run, read_csv, write_csv
+
+    exp = get_preset("exact-fit").with_grid(sample_sizes=[3000], n_replications=2)
+    run_experiment(exp, tmp_path, scheduler="synchronous", progress=False)
+    _, records, _ = load_run(tmp_path)
+    write_csv(records, tmp_path / "results.csv")  # the export, then the store loses a job
+    with ResultStore(tmp_path) as store:
+        assert store.delete(exp.name, ["ok"], keys=[(3000, 1)]) == 1
+    assert main(["rates", "report", str(tmp_path), "--bootstrap", "50"]) == 0
+    assert "1 jobs of" in capsys.readouterr().out and len(read_csv(tmp_path / "results.csv")) == 2
+    with ResultStore(tmp_path) as store:
+        assert store.count(exp.name) == 2  # taken back in
+        store.delete(exp.name, ["ok"], keys=[(3000, 1)])
+    other = [dict(r, fastmoe_version="0.0.1") for r in records]
+    write_csv(other, tmp_path / "results.csv")
+    before = (tmp_path / "results.csv").read_text()
+    assert main(["rates", "report", str(tmp_path), "--bootstrap", "50"]) == 2
+    assert "exporting would lose them" in capsys.readouterr().err
+    assert (tmp_path / "results.csv").read_text() == before

@@ -428,10 +428,25 @@ def test_an_export_never_loses_archived_jobs(tmp_path, monkeypatch):
     run_paper(paper, tmp_path / "b", ["one"], results=results, **quiet)  # takes the 2 over, runs 4
     export(tmp_path / "b")
     assert len(read_csv(csv)) == 6
-    export(tmp_path / "a")  # machine A's store has 2 of them: it takes the other 4 over, the archive keeps 6
+    # Machine A's store has 2 of them: it takes the other 4 in (even when told to replace the archive:
+    # what can be taken in is), with their run log, and the archive keeps 6.
+    export(tmp_path / "a", replace_archives=True)
     assert len(read_csv(csv)) == 6
     with ResultStore(tmp_path / "a" / "one", read_only=True) as store:
         assert store.count("one") == 6
+        runs = store.runs("one")  # the taken-in rows' run is numbered after A's own
+        assert [r["executor"] for r in runs] == ["synchronous", "archive"]
+        assert sum(r["run_id"] == runs[0]["run_id"] for r in store.records("one")) == 2
+    log = json.loads((results / "one" / "runs.json").read_text())
+    assert [e["jobs_run"] for e in log] == [2, 4]  # A's part and B's, not A's alone
+    # A study started afresh (to measure new code) never takes the archive's rows in.
+    monkeypatch.setattr(runner, "run_experiment", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_paper(paper, tmp_path / "d", ["one"], **quiet)
+    monkeypatch.setattr(runner, "run_experiment", real)
+    with pytest.raises(ArchiveConflict, match="rows a fresh run does not take over"):
+        export(tmp_path / "d")
+    assert len(read_csv(csv)) == 6
     # The archive's rows are of another version: a fresh run that has not caught up does not replace it.
     records = read_csv(csv)
     for record in records:

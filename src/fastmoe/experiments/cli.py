@@ -173,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="archives: the committed CSV exports, and where a study without a store resumes "
                             "from (default: ./docs/results)")
     paper.add_argument("--fresh", action="store_true",
-                       help="a study without a store starts afresh instead of from its archive (to measure new code)")
+                       help="a study without a store starts afresh instead of from its archive (to measure new code); "
+                            "its exports never take the archive's rows in, and replace the archive once the store has "
+                            "every job the archive has")
     paper.add_argument("--replace-archive", action="store_true",
                        help="export a store over its archive even where the archive holds jobs the store lacks "
                             "(by default such a study is not exported: a partial rerun never replaces a fuller "
@@ -307,6 +309,7 @@ def _run(args) -> int:
                              "Give another --out; the report would overwrite its results.csv")
         if taken:
             print(f"{exp.name}: {taken} jobs taken over from the archived run in {out}")
+        _guard_export(out, exp.name, None)  # a results.csv ahead of the store: taken in before the run
         # The store refuses another definition under this name (or another fastmoe version's rows) before
         # experiment.toml is replaced, so the directory keeps describing the study it holds.
         with ResultStore(out) as store:
@@ -330,6 +333,27 @@ def _run(args) -> int:
     return _report(out, experiment=exp.name)
 
 
+def _guard_export(directory: Path, experiment, out) -> None:
+    """Refuse (``ValueError``) a report whose export would replace a ``results.csv`` holding jobs the
+    store lacks, after taking in those of the store's definition and version
+    (:func:`~fastmoe.experiments.store.archive_conflict`)."""
+    from .store import CSV_FILENAME, ResultStore, archive_conflict, store_path
+
+    database = store_path(directory)
+    out_dir = out if out is not None else database.parent
+    if not database.is_file() or not (out_dir / CSV_FILENAME).is_file():
+        return
+    with ResultStore(database, read_only=True) as store:
+        if experiment is not None and experiment not in store.experiment_names():
+            return  # not run yet: nothing of it to export
+        name = store.experiment(experiment).name
+    why, merged = archive_conflict(database, out_dir, name)
+    if why:
+        raise ValueError(why)
+    if merged:
+        print(f"{name}: {merged} jobs of {out_dir / CSV_FILENAME} that the store lacked taken into it")
+
+
 def _report(directory, experiment=None, ok_only=False, min_n=None, max_n=None, n_boot=2000, all_metrics=False,
             plots=True, out=None, statistic="median") -> int:
     from .analysis import DEFAULT_INCLUDE, analyse
@@ -337,6 +361,8 @@ def _report(directory, experiment=None, ok_only=False, min_n=None, max_n=None, n
 
     directory = Path(directory)
     try:
+        # The export replaces out_dir's results.csv: never by a store that lacks some of its jobs.
+        _guard_export(directory, experiment, Path(out) if out is not None else None)
         report = analyse(directory, experiment, include=("ok",) if ok_only else DEFAULT_INCLUDE,
                          n_boot=n_boot, min_n=min_n, max_n=max_n, statistic=statistic)
     except (OSError, KeyError, ValueError, StoreError, sqlite3.DatabaseError) as exc:
@@ -461,9 +487,12 @@ def _paper(args) -> int:
             store = args.root / study.name / STORE_FILENAME
             archive = args.results / study.archive / CSV_FILENAME
             where = "store" if store.is_file() else "archive" if archive.is_file() else "not run"
-            if where == "archive" and why_not_resumable(study.experiment, archive.parent):
-                where = "archive, not resumable"  # another version's rows: a run starts afresh
-            print(f"{study.name:<36} {study.experiment.n_jobs:>6} jobs  {where:<8} {study.experiment.outline()}")
+            if where == "archive":
+                try:  # rows of another version or definition, or none readable: a run starts afresh
+                    where += ", not resumable" if why_not_resumable(study.experiment, archive.parent) else ""
+                except (ValueError, KeyError, OSError) as exc:
+                    where += f", unreadable ({exc})"
+            print(f"{study.name:<36} {study.experiment.n_jobs:>6} jobs  {where:<22} {study.experiment.outline()}")
         return 0
     try:
         if not args.report_only:
@@ -476,7 +505,7 @@ def _paper(args) -> int:
                       results=None if args.fresh else args.results, order=args.order, stop_after=stop_after)
         if not args.no_report:
             doc = write_paper(paper, args.root, args.results, args.doc, n_boot=args.bootstrap, only=args.only,
-                              replace_archives=args.replace_archive)
+                              replace_archives=args.replace_archive, merge_archives=not args.fresh)
             print(f"wrote {doc}")
     except ArchiveConflict as exc:
         print(f"fastmoe rates paper: {exc}", file=sys.stderr)

@@ -189,6 +189,19 @@ def _machine() -> dict:
             "system": platform.platform(terse=True), "fastmoe": __version__, "commit": _commit()}
 
 
+def _merge_run_logs(path: Path, other: Path) -> None:
+    """Add to the run log ``path`` the entries of ``other`` it lacks (an archive's, whose jobs a store
+    took in), in the order the runs started."""
+    if not other.is_file():
+        return
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    known = {json.dumps(e, sort_keys=True) for e in entries}
+    entries += [e for e in json.loads(other.read_text()) if json.dumps(e, sort_keys=True) not in known]
+    entries.sort(key=lambda e: str(e.get("started", "")))
+    with atomic_open(path, "w") as fh:
+        json.dump(entries, fh, indent=1)
+
+
 def _append_log(path: Path, entry: dict) -> None:
     entries = json.loads(path.read_text()) if path.is_file() else []
     entries.append(entry)
@@ -244,10 +257,13 @@ def run_paper(paper: Paper, root, only: Optional[Sequence[str]] = None, *, sched
             echo(f"{study.name}: not started, the time limit has passed")
             continue
         out = root / study.name
+        new = not (out / STORE_FILENAME).exists()
         if results is not None:
             resume_from_archive(study, out, Path(results) / study.archive, echo)
         with ResultStore(out) as store:
             store.register(study.experiment)
+            if results is None and new:
+                store.mark_fresh()  # its exports never take the archive's rows in (archive_conflict)
         study.experiment.save(out / DEFINITION_FILENAME)
         echo(f"{study.name}: {study.experiment.n_jobs} jobs ({out})")
         # The machine and the commit as the run starts: the checkout may move on while a long run works.
@@ -572,13 +588,15 @@ class ArchiveConflict(ValueError):
 
 
 def write_paper(paper: Paper, root, results, doc, *, figures=None, n_boot: int = 2000,
-                only: Optional[Sequence[str]] = None, replace_archives: bool = False, echo=print) -> Path:
+                only: Optional[Sequence[str]] = None, replace_archives: bool = False, merge_archives: bool = True,
+                echo=print) -> Path:
     """Export the studies that have stores and write the document (and its figures) from the archives.
 
     An export never loses an archived job silently (:func:`~fastmoe.experiments.store.archive_conflict`):
-    archived jobs a store lacks are merged into it first where they are of its definition and version,
-    and a store that would still drop some (a study run afresh with another version, not finished yet)
-    is not exported unless ``replace_archives``; the document then reads that study's archive, and
+    archived jobs a store lacks are taken into it first where they are of its definition and version
+    (with their run log's entries; not with ``merge_archives=False``, for studies run afresh to measure
+    new code), and a store that would still drop some (a study run afresh, not finished yet) is not
+    exported unless ``replace_archives``; the document then reads that study's archive, and
     :class:`ArchiveConflict` is raised once the document is written. With no store under ``root`` and
     no archive under ``results`` for any study, nothing is written (``ValueError``: a mistyped path).
 
@@ -599,7 +617,10 @@ def write_paper(paper: Paper, root, results, doc, *, figures=None, n_boot: int =
     only : sequence of str, optional
         Export only these studies (the document always covers every study).
     replace_archives : bool, default=False
-        Export a store over its archive even where the archive holds jobs the store lacks.
+        Export a store over its archive even where the archive holds jobs the store lacks and cannot
+        take in.
+    merge_archives : bool, default=True
+        Take an archive's jobs of the store's definition and version into the store before its export.
     """
     root, results, doc = Path(root), Path(results), Path(doc)
     figures = Path(figures) if figures is not None else doc.parent / "figures"
@@ -609,7 +630,14 @@ def write_paper(paper: Paper, root, results, doc, *, figures=None, n_boot: int =
     for study in paper.studies.values():
         archive = results / study.archive
         stored = study.name in chosen and _stored(root / study.name, study.name)
-        conflict = None if not stored or replace_archives else archive_conflict(root / study.name, archive, study.name)
+        conflict, merged = (archive_conflict(root / study.name, archive, study.name, merge=merge_archives)
+                            if stored else (None, 0))
+        if merged:
+            echo(f"{study.name}: {merged} jobs of {archive} that its store lacked taken into the store")
+            _merge_run_logs(root / study.name / RUN_LOG, archive / RUN_LOG)
+        if conflict and replace_archives:
+            echo(f"{study.name}: replacing its archive (--replace-archive): {conflict}")
+            conflict = None
         if conflict:
             echo(f"{study.name}: not exported: {conflict}")
             conflicts.append(f"{study.name}: {conflict}")

@@ -555,11 +555,12 @@ def _run_dask(experiment, definition, batches, threads, scheduler, recorder, dea
                 records = future.result()
             except KilledWorker as exc:
                 if len(batch) > 1:
-                    for job in batch:  # find the culprit: every job on its own
-                        futures.add(submit([job]))
+                    # Find the culprit: every job on its own, first in the queue (within the slots and
+                    # the deadline like any task).
+                    queue.extendleft([job] for job in reversed(batch))
                 else:
                     recorder.add([crashed_record(experiment, *batch[0], f"KilledWorker: {exc}")])
-                continue
+                records = []
             finally:
                 future.release()
             recorder.add(records)

@@ -23,6 +23,7 @@ a store. A file that is not a result store, or a damaged one, raises :class:`Sto
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import json
@@ -30,7 +31,7 @@ import os
 import socket
 import sqlite3
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
 from .. import __version__
 from ._atomic import atomic_open
@@ -282,32 +283,65 @@ class ResultStore:
         each run id the records name gets a row in ``runs`` (executor ``"archive"``), so that the runs
         this store records next are numbered after them. Returns how many records were new.
         """
-        self.register(experiment)
-        return self._add_records(experiment.name, records, __version__)
+        with self._transaction():  # all of it or none: a half-imported archive would read as a run
+            self.register(experiment)
+            return self._add_records(experiment.name, records, __version__, renumber=False)
 
     def merge_records(self, name: str, records: List[dict]) -> int:
         """Add an archive's records of the stored experiment ``name`` that this store lacks, as
         :meth:`import_records` does but without registering: for rows of the version and definition the
         store already holds (the caller checks, :func:`archive_conflict`), whichever fastmoe version runs
-        now. Returns how many records were new."""
-        return self._add_records(name, records, self.version_of(name))
+        now. Their run ids are renumbered after this store's own runs. Returns how many were new."""
+        with self._transaction():
+            return self._add_records(name, records, self.version_of(name), renumber=True)
 
-    def _add_records(self, name: str, records: List[dict], version: str) -> int:
-        for run_id in sorted({r["run_id"] for r in records if r.get("run_id") is not None}):
+    @contextlib.contextmanager
+    def _transaction(self):
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _add_records(self, name: str, records: List[dict], version: str, renumber: bool) -> int:
+        for position, record in enumerate(records):
+            if not record.get("status") or record.get("n") is None or record.get("replication") is None:
+                raise StoreError(f"record {position} of experiment {name!r} has no n, replication or status: "
+                                 f"{ {key: record.get(key) for key in ('n', 'replication', 'status')} }")
+        ids = sorted({int(r["run_id"]) for r in records if r.get("run_id") is not None})
+        first = int(self._conn.execute("SELECT COALESCE(MAX(run_id), 0) FROM runs").fetchone()[0]) if renumber else 0
+        new_id = {run_id: (first + rank + 1 if renumber else run_id) for rank, run_id in enumerate(ids)}
+        for run_id in ids:
             self._conn.execute(
                 "INSERT OR IGNORE INTO runs (run_id, experiment, started, fastmoe_version, executor) "
-                "VALUES (?, ?, ?, ?, 'archive')", (int(run_id), name, utc_now(), version))
+                "VALUES (?, ?, ?, ?, 'archive')", (new_id[run_id], name, utc_now(), version))
         added = 0
         for record in records:
             record = dict(record)
             run_id = record.pop("run_id", None)
-            added += self.add(record, None if run_id is None else int(run_id))
+            added += self.add(record, None if run_id is None else new_id[int(run_id)])
         return added
 
     def done_keys(self, experiment: str) -> set:
         """``{(n, replication)}`` already stored for ``experiment`` (any status)."""
         cur = self._conn.execute("SELECT n, replication FROM results WHERE experiment = ?", (experiment,))
         return {(int(n), int(r)) for n, r in cur}
+
+    def mark_fresh(self) -> None:
+        """Record that this store's study was started afresh beside an archive (``rates paper --fresh``,
+        to measure new code): :func:`archive_conflict` never takes that archive's rows into it."""
+        self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fresh', '1')")
+
+    @property
+    def fresh(self) -> bool:
+        """Whether :meth:`mark_fresh` was called on this store."""
+        return self._conn.execute("SELECT value FROM meta WHERE key = 'fresh'").fetchone() is not None
+
+    def keys(self) -> set:
+        """``{(experiment, n, replication)}`` of every stored row."""
+        return {(e, int(n), int(r)) for e, n, r in self._conn.execute("SELECT experiment, n, replication FROM results")}
 
     def count(self, experiment: Optional[str] = None, status: Optional[str] = None) -> int:
         """Number of stored rows, optionally for one experiment and/or status."""
@@ -512,49 +546,64 @@ def definition_changes(old: dict, new: dict) -> str:
     return ", ".join(keys) if keys else "no field (only the digest's encoding)"
 
 
-def archive_conflict(store_dir, archive, name: str) -> Optional[str]:
-    """Why exporting experiment ``name`` from the store in ``store_dir`` over ``archive`` would lose
-    rows, or None when it would not (after merging into the store the archive's rows it lacks, where
-    they are of its definition and version).
+def archive_conflict(store_dir, archive, name: str, merge: bool = True) -> Tuple[Optional[str], int]:
+    """Whether exporting experiment ``name`` from the store in ``store_dir`` over ``archive`` would lose
+    rows: ``(why, merged)``, ``why`` None when it would not, ``merged`` the archived jobs taken into the
+    store first.
 
     An export replaces the archive's ``results.csv``. That loses nothing when the store holds every job
     the archive holds (it took them over, or ran them again: a study run afresh replaces its archive once
-    it has every job the archive has). Archived jobs the store lacks are merged into it first when the
-    archive has the store's experiment, definition (digest) and fastmoe version (an older checkout's
-    store, the archive advanced elsewhere); otherwise they would be lost, and this says why.
+    it has every job the archive has). With ``merge``, archived jobs the store lacks are taken into it
+    first when the archive has the store's experiment, definition (digest) and fastmoe version (an older
+    checkout's store, the archive advanced elsewhere); otherwise they would be lost, and ``why`` says
+    why. (Without ``merge``, or into a store started afresh to measure new code (``ResultStore.fresh``),
+    they never are.)
     """
     archive, store_dir = Path(archive), Path(store_dir)
     if not (archive / CSV_FILENAME).is_file():
-        return None
+        return None, 0
     rows = read_csv(archive / CSV_FILENAME)
     with ResultStore(store_dir, read_only=True) as store:
-        held = {(name, n, replication) for n, replication in store.done_keys(name)}
-        missing = {(r.get("experiment"), r["n"], r["replication"]) for r in rows} - held
+        held = store.keys()  # another experiment's rows in the same store are held too
+        missing = {(r.get("experiment"), r.get("n"), r.get("replication")) for r in rows} - held
         if not missing:
-            return None
+            return None, 0
         digest, version = store.experiment(name).model_digest(), store.version_of(name)
-    why = _why_not_mixed(archive, name, digest, version)
-    if why is None:
+        merge = merge and not store.fresh
+    # A run directory's own export may have no experiment.toml beside it (a run made through the Python
+    # API): its definition is the store's.
+    own = archive.resolve() == store_path(store_dir).parent.resolve()
+    why = _why_not_mixed(archive, name, digest, version, definition_optional=own)
+    if why is None and merge:
         with ResultStore(store_dir) as store:
-            store.merge_records(name, [r for r in rows if (r.get("experiment"), r["n"], r["replication"]) in missing])
-        return None
+            merged = store.merge_records(name, [r for r in rows
+                                                if (r.get("experiment"), r.get("n"), r.get("replication")) in missing])
+        return None, merged
+    if why is None:
+        why = "rows a fresh run does not take over"
     return (f"{archive} holds {len(missing)} jobs that the store in {store_dir} lacks; it holds {why}: exporting "
             "would lose them. Run the study until it has every job the archive has, or replace the archive on purpose "
-            "(--replace-archive)")
+            "(--replace-archive)"), 0
 
 
-def _why_not_mixed(archive: Path, name: str, digest: str, version: str) -> Optional[str]:
+def _why_not_mixed(archive: Path, name: str, digest: str, version: str,
+                   definition_optional: bool = False) -> Optional[str]:
     """What ``archive`` holds instead of rows of experiment ``name`` with ``digest`` run by fastmoe
     ``version``, worded to follow "the archive holds" (None when it holds those, so that a store of
     them may take its rows)."""
-    if not (archive / DEFINITION_FILENAME).is_file():
+    rows = read_csv(archive / CSV_FILENAME)
+    if (archive / DEFINITION_FILENAME).is_file():
+        archived = Experiment.load(archive / DEFINITION_FILENAME)
+        if archived.name != name:
+            return f"rows of the experiment {archived.name!r}"
+        if archived.model_digest() != digest:
+            return f"another definition (digest {archived.model_digest()})"
+    elif not definition_optional:
         return f"{CSV_FILENAME} but no {DEFINITION_FILENAME} (its rows cannot be read as a study)"
-    archived = Experiment.load(archive / DEFINITION_FILENAME)
-    if archived.name != name:
-        return f"rows of the experiment {archived.name!r}"
-    if archived.model_digest() != digest:
-        return f"another definition (digest {archived.model_digest()})"
-    versions = sorted({str(r.get("fastmoe_version")) for r in read_csv(archive / CSV_FILENAME)} - {version})
+    others = sorted({str(r.get("experiment")) for r in rows} - {name})
+    if others:
+        return f"rows of the experiment {others[0]!r}"
+    versions = sorted({str(r.get("fastmoe_version")) for r in rows} - {version})
     if versions:
         return f"rows of fastmoe {', '.join(versions)}, not {version}"
     return None
@@ -564,12 +613,18 @@ def import_archive(experiment: Experiment, out, archive) -> tuple:
     """Seed a run directory without a store from an archive of the same study: ``(jobs taken over, why
     not)``, ``why not`` None when the archive's rows were taken over (or there is no archive).
 
-    Only when ``out`` holds no store yet and the archive holds ``experiment``, with its digest, in rows
-    of this fastmoe version; else the rows must not be mixed, and ``why not`` says which differs.
+    Only when ``out`` holds no store of the study yet (none, or one an interrupted take-over left
+    without it) and the archive holds ``experiment``, with its digest, in rows of this fastmoe version;
+    else the rows must not be mixed, and ``why not`` says which differs. One transaction: all of the
+    rows or none.
     """
     out, archive = Path(out), Path(archive)
-    if (out / STORE_FILENAME).exists() or not (archive / CSV_FILENAME).is_file():
+    if not (archive / CSV_FILENAME).is_file():
         return 0, None
+    if (out / STORE_FILENAME).exists():
+        with ResultStore(out, read_only=True) as store:
+            if experiment.name in store.experiment_names():
+                return 0, None  # the store runs this study (archived jobs it lacks: archive_conflict)
     why_not = why_not_resumable(experiment, archive)
     if why_not:
         return 0, why_not
