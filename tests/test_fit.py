@@ -457,6 +457,16 @@ def test_column_moments_over_blocks_of_rows(rng, monkeypatch):
         np.testing.assert_allclose(tiny_mean, expected_mean * 1e-200, rtol=1e-10)
         np.testing.assert_allclose(tiny_sd[:2], expected_sd[:2] * 1e-200, rtol=1e-10)
         assert tiny_sd[2] == 0.0
+    # A row of weight 0 does not count, even where its value is of another size.
+    w = weights.copy()
+    w[0] = 0.0
+    tiny = A * 1e-200
+    tiny[0] = 1.0
+    mean, sd = _problem.column_moments(tiny[1:], w[1:])
+    zero_mean, zero_sd = _problem.column_moments(tiny, w)
+    np.testing.assert_allclose(zero_mean, mean, rtol=1e-10)
+    np.testing.assert_allclose(zero_sd, sd, rtol=1e-10)
+    assert zero_sd[1] > 0.0
 
 
 def test_fit_units_choose_and_map_back(rng):

@@ -238,6 +238,9 @@ def test_bool_dummies_beside_float_columns_are_numbers(data, well_separated):
     with pytest.warns(fastmoe.ConvergenceWarning):
         plain = fastmoe.fit(numbers, y, 2, **kwargs)
     assert result.params.allclose(plain.params, rtol=0, atol=0)
+    # a complex column beside a float one is still refused, not cast to its real part
+    with pytest.raises(ValueError, match="numeric|complex"):
+        fastmoe.fit(pd.DataFrame({"x1": X[:, 0], "z": X[:, 1] + 1j}), y, 2)
 
 
 def test_pandas_missing_values_are_reported_by_row(data):

@@ -19,12 +19,14 @@ Merging two atoms ``i, j`` (masses ``p = exp(beta0)``):
 Both rules commute with the translations that leave the model unchanged, so the tree does not depend
 on which expert is the reference.
 
-An atom at the boundary of the model (an expert that gives some class probability 0 wherever the data
-are, its intercept running off towards -inf: ``FitResult.boundary``) is merged as the finite atom
-nearest to it that gives that class probability ``e^-BOUNDARY_LOGIT`` at most on every row
-(:func:`tame_boundary`): averaged as it stands, an intercept of -1.7e6 made the merged expert give a
-class of the data probability e^-837506, and the merged level's log-likelihood -6.3e8 (where the
-one-expert fit has -4640).
+An atom at the boundary of the model through its intercept (an expert that gives some class
+probability 0 wherever the data are, the class's intercept running off towards -inf:
+``FitResult.boundary``) is merged with that intercept raised until the class has probability about
+``e^-BOUNDARY_LOGIT`` on its most likely row (:func:`tame_boundary`): averaged as it stands, an
+intercept of -1.7e6 made the merged expert give a class of the data probability e^-837506, and the
+merged level's log-likelihood -6.3e8 (where the one-expert fit has -4640). A class zeroed by a slope
+running off (the data on one side of a hyperplane) keeps that slope, and the merged levels then still
+depend on where it stopped.
 """
 
 from __future__ import annotations
@@ -114,11 +116,12 @@ def merge_atoms(params: MoEParams, i: int, j: int) -> MoEParams:
 
 def tame_boundary(params: MoEParams, X) -> MoEParams:
     """``params`` with every class an expert gives a probability below ``e^-BOUNDARY_LOGIT`` on every row
-    of ``X`` lifted to exactly that on its most likely row (its intercept raised; the reference class's
-    raises it against all the others), so that no atom sits at infinity.
+    of ``X`` lifted to about that on its most likely row (its intercept raised; the reference class's
+    raises it against all the others), so that no intercept sits at infinity. Slopes are left as they
+    are (a class zeroed by a slope running off keeps it).
 
-    The likelihood changes by at most ``e^-BOUNDARY_LOGIT`` (3e-7) per row and class so lifted; the
-    model's other classes keep their odds against one another.
+    The likelihood changes by at most about ``e^-BOUNDARY_LOGIT`` (3e-7) per row and class so lifted;
+    the model's other classes keep their odds against one another.
     """
     from scipy.special import logsumexp  # on first use: keeps ``import fastmoe`` light
 

@@ -82,9 +82,15 @@ def column_moments(A, weights=None):
         sd = np.sqrt(sum(weighted_sum(squares(b), b) for b in blocks) / total)
     low, high = A.min(axis=0), A.max(axis=0)
     extent = np.maximum(np.abs(low), np.abs(high))
+    counted = None if w is None or (w > 0).all() else w > 0  # rows of weight 0 do not count
+    if counted is not None:
+        extent = np.abs(A[counted]).max(axis=0, initial=0.0)
     small = np.flatnonzero((extent > 0.0) & (extent < SMALL_COLUMN))
     if small.size:
-        small_mean, small_sd = column_moments(A[:, small] / extent[small], weights)
+        scaled = A[:, small] / extent[small]
+        if counted is not None:
+            scaled[~counted] = 0.0  # their values, so scaled, could overflow, and 0 * inf is NaN
+        small_mean, small_sd = column_moments(scaled, weights)
         mean[small], sd[small] = small_mean * extent[small], small_sd * extent[small]
     # A column of one repeated value is constant whatever its sums round to (a sum of 5e5 copies of 0.1
     # is 9e-12 off, more than CONSTANT_SPREAD allows).

@@ -36,15 +36,15 @@ def _pandas_to_numpy(value):
     dtypes = getattr(value, "dtypes", None)
     if dtypes is None or not hasattr(value, "to_numpy"):
         return value
-    from pandas.api.types import is_extension_array_dtype, is_numeric_dtype
+    from pandas.api.types import is_complex_dtype, is_extension_array_dtype, is_numeric_dtype
 
     dtypes = [dtypes] if not hasattr(dtypes, "__iter__") else list(dtypes)  # a Series has one dtype
     # Bool columns beside numeric ones (pd.get_dummies' output since pandas 2) also give dtype object.
     mixed = len({str(dtype) for dtype in dtypes}) > 1
     if not (mixed or any(is_extension_array_dtype(dtype) for dtype in dtypes)):
         return value
-    if not all(is_numeric_dtype(dtype) for dtype in dtypes):
-        return value
+    if not all(is_numeric_dtype(dtype) and not is_complex_dtype(dtype) for dtype in dtypes):
+        return value  # complex columns too: their cast would drop the imaginary part
     return value.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
