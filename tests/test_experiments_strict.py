@@ -550,6 +550,7 @@ def test_an_unreachable_scheduler_is_reported_in_one_line(tmp_path, capsys):
                      "tcp://127.0.0.1:1", "--sample-sizes", "300", "--replications", "1", "--no-progress"])
     assert code == 2 and time.monotonic() - start < 30
     assert "could not reach a Dask scheduler at tcp://127.0.0.1:1" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()  # the directory it created is gone again: nothing ran
 
 
 def _die_at_start(coordinator_pid):

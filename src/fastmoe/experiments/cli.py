@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import sqlite3
 import sys
@@ -299,6 +300,7 @@ def _run(args) -> int:
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         return _fail("run", exc)
     out = args.out if args.out is not None else Path(f"rates-{exp.name}")
+    created = not out.exists()
     try:
         # An archived run (results.csv and experiment.toml, no store: what a repository keeps) is taken
         # over, not run again and overwritten by the report's export; one of another definition or
@@ -319,6 +321,8 @@ def _run(args) -> int:
                                  threads_per_job=args.threads_per_job, retry_failed=args.retry_failed,
                                  progress=not args.no_progress, order=args.order, stop_after=stop_after)
     except (ValueError, StoreError, sqlite3.DatabaseError, OSError, RuntimeError) as exc:
+        if created:  # e.g. no Dask scheduler answered: a refused command leaves no directory behind
+            _remove_if_empty_run(out)
         return _fail("run", exc)
     where = summary.executor + (f", {summary.n_workers} workers x {summary.threads_per_job} threads"
                                 if summary.n_workers else "")
@@ -331,6 +335,20 @@ def _run(args) -> int:
     if args.no_report:
         return 0
     return _report(out, experiment=exp.name)
+
+
+def _remove_if_empty_run(out: Path) -> None:
+    """Remove the run directory ``out`` this command created when it holds no job's row."""
+    from .store import STORE_FILENAME, ResultStore
+
+    try:
+        if (out / STORE_FILENAME).is_file():
+            with ResultStore(out, read_only=True) as store:
+                if store.count():
+                    return
+        shutil.rmtree(out)
+    except (OSError, sqlite3.DatabaseError):
+        pass  # the refusal is what the user needs to see
 
 
 def _guard_export(directory: Path, experiment, out) -> None:
