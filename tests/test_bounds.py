@@ -115,6 +115,12 @@ def test_separable_data_converge_at_the_bound_instead_of_diverging(rng):
     y_one_missing = np.where(y == 1, 2, y)
     result = fastmoe.fit(X, y_one_missing, 2, n_classes=3, bounds=5.0, random_state=0)
     assert result.converged and not result.diverged
+    # With the slopes boxed only, the intercepts run off; the advice is a box on them, not the one given.
+    for k, slopes in ((1, {"expert_slope": 5.0}), (2, {"expert_slope": 5.0, "gate_slope": 5.0})):
+        with pytest.warns(fastmoe.ConvergenceWarning, match="the maximum in this box does not exist; bound the "
+                                                            "intercepts too"):
+            result = fastmoe.fit(X, y_one_missing, k, n_classes=3, bounds=slopes, random_state=0)
+        assert result.diverged and "a box on every slope" not in result.message
 
 
 @pytest.mark.parametrize("bounds", [{"expert_slope": 2.0}, {"gate_slope": 2.0}])

@@ -306,8 +306,8 @@ def fit(
 
     Generalised EM (MODEL.md section 2): every iteration is one fused compiled pass (E-step,
     log-likelihood, all gradients and Hessians) followed by one Newton step for the gating and for
-    each expert; steps that would lower the log-likelihood are halved per block until their Q
-    function increases, so the log-likelihood never decreases.
+    each expert; steps that would lower the objective are halved per block until their Q function
+    increases, so the objective (the log-likelihood, less the ridge with ``l2 > 0``) never decreases.
 
     Parameters
     ----------
@@ -415,7 +415,9 @@ def fit(
     ConvergenceWarning
         When the fit stops before converging (iteration cap) or its coefficients diverge.
     SearchWarning
-        When of several starts only one reached the maximum that was kept (and the fit converged).
+        When of several starts only one reached the maximum that was kept (and the fit converged), or
+        a start diverged to a higher likelihood than the kept maximum's (which is then not the global
+        maximum, and the MLE may not exist).
     """
     started = time.perf_counter()
     columns = getattr(X, "columns", None) if feature_names is None else feature_names
@@ -502,7 +504,10 @@ def fit(
     # starts diverged, their slopes growing as Newton steps gained 4e-9 nats each).
     every_start = (starts.diverged.size if starts is not None and starts.diverged.size > 1
                    and bool(starts.diverged.all()) else 0)
+    slopes_boxed = bounds is not None and bool(np.isfinite(bounds.expert_slope)) and (
+        n_experts == 1 or bool(np.isfinite(bounds.gate_slope)))  # one expert has no gating slopes
     message = monitor.message(penalised=l2 > 0, empty_experts=best.empty_experts, boundary=best.boundary,
+                              slopes_boxed=slopes_boxed,
                               active_bounds=active_bounds, definite=n_experts == 1, every_start=every_start)
     if monitor.reason not in ("converged", "callback"):
         warnings.warn(f"fastmoe.fit: {message}", exceptions.ConvergenceWarning, stacklevel=2)

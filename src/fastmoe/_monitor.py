@@ -280,10 +280,11 @@ class ConvergenceMonitor:
         return self.reason == "converged"
 
     def message(self, penalised=False, empty_experts=(), boundary=(), active_bounds=(), definite=False,
-                every_start=0):
+                every_start=0, slopes_boxed=False):
         """The sentence that says how the run ended.
 
-        ``penalised``: the fit had a ridge; ``definite``: the divergence does not depend on the
+        ``penalised``: the fit had a ridge; ``slopes_boxed``: a box held every slope (then only
+        intercepts can run off, and a box on them is the advice, not the one already given); ``definite``: the divergence does not depend on the
         start (the problem is concave: one expert). Only then, or where the data prove it
         (``judge_diverging(proved=True)``), does a diverged run say that the MLE does not exist: one
         run can head for a supremum at infinity below a finite maximum that other starts reach
@@ -312,6 +313,9 @@ class ConvergenceMonitor:
             parts.append(
                 "the intercepts run off to infinity (a class that never occurs, or gets no probability in "
                 "some expert): the penalised maximum does not exist" if penalised else
+                "the intercepts run off to infinity (a class that never occurs, or gets no probability in "
+                "some expert): the maximum in this box does not exist; bound the intercepts too "
+                "(bounds=B bounds every parameter)" if slopes_boxed else
                 "coefficients run off to infinity (separable data, or a class that never occurs): the MLE "
                 "does not exist; consider l2 > 0 or a box on every slope (bounds=...)"
                 if definite or self.divergence_proved else
