@@ -1,4 +1,4 @@
-"""Starts and restarts: the search for the global maximum, run in parallel where the data are small.
+"""Starts and restarts: the search for the global maximum, its runs in parallel on threads.
 
 The likelihood of a mixture of experts has many local maxima, and EM from any one data-driven start
 usually stops at one of them (measured, issue 12: from a k-means start 0-3 of 10 seeds reached the best

@@ -224,7 +224,8 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     fit_result_ : FitResult
         The core's full result (history, timings, message).
     log_likelihood_ : float
-        Log-likelihood of the training data at ``params_`` (weighted with ``sample_weight``).
+        Log-likelihood of the training data at ``params_``, weighted as the fit was (``sample_weight``
+        and ``class_weight``); :meth:`loglik` gives the unweighted one.
     objective_ : float
         Maximised objective (log-likelihood minus the ridge penalty).
     n_iter_ : int
@@ -240,8 +241,10 @@ class MixtureOfExpertsClassifier(ClassifierMixin, BaseEstimator):
     n_free_params_ : int
         Free parameters ``(k - 1)(d_gate + 1) + k (K - 1)(d + 1)``.
     bic_, aic_ : float
-        Information criteria of the training fit (see :meth:`bic`), with ``n`` the number of rows of ``X``,
-        or the sum of ``sample_weight`` when given (frequency weights; class weights do not count).
+        Information criteria of the training fit, from ``log_likelihood_`` (class-weighted where
+        ``class_weight`` is given), with ``n`` the number of rows of ``X``, or the sum of
+        ``sample_weight`` when given (frequency weights; class weights do not count). :meth:`bic` and
+        :meth:`aic` on data give the unweighted ones, with ``n`` its rows.
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Only when ``X`` had string column names.

@@ -46,7 +46,8 @@ class SelectionResult:
     criterion : {"bic", "aic", "dendrogram"}
         What chose: the sweep's criterion, or ``"dendrogram"`` for ``method="dendrogram"``.
     best_n_experts : int
-        The candidate with the lowest criterion among the admissible fits.
+        The candidate with the lowest criterion among the admissible fits (``method="sweep"``), or the
+        level the dendrogram selects (``method="dendrogram"``, whatever the table's BIC says).
     best_estimator : MixtureOfExpertsClassifier
         Its fitted estimator.
     estimators : dict of int to MixtureOfExpertsClassifier

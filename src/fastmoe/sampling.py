@@ -30,6 +30,8 @@ def sample(params, n=None, X=None, random_state=None, *, low=-1.0, high=1.0, ret
         Bounds of the uniform law of X.
     return_latent : bool
         Also return the latent expert of each sample.
+    n_threads : int, optional
+        OpenMP threads of the labels' kernel (default: all usable cores); the draw is the same for any.
 
     Returns
     -------

@@ -33,7 +33,8 @@ gives ``J_p^{-1} J J_p^{-1}``, the model-based variance of the penalised estimat
 
 :func:`bootstrap_table` gives intervals that do not lean on the normal approximation: it draws new labels
 from the fitted model at the same inputs, refits from the estimate and reads the intervals off the refits
-(percentile, basic or studentized); ``docs/uncertainty.md`` has their measured coverage beside Wald's.
+(normal, the default, from the refits' spread; percentile, basic, bias-corrected ``bc`` or studentized);
+``docs/uncertainty.md`` has their measured coverage beside Wald's.
 
 Caveats, reported rather than hidden: the intervals are asymptotic and assume a converged fit at an
 interior maximum of a correctly sized model. In an over-specified mixture the
@@ -577,7 +578,7 @@ def bootstrap_table(
         out). ``docs/uncertainty.md`` gives their measured coverage.
     failed : {"keep", "drop"}, default="keep"
         Refits that diverge (the drawn labels have no MLE: a class quasi-separated inside an expert) or
-        do not converge: ``"keep"`` counts their last iterates in the quantiles of the percentile and
+        do not converge: ``"keep"`` counts their last iterates in the quantiles of the percentile, bc and
         basic intervals (they are draws of an estimator that runs off, and belong in its tails),
         ``"drop"`` leaves them out. The standard deviation, the covariance and the studentized interval
         (and so the normal interval) always use the converged refits only.
