@@ -568,12 +568,12 @@ def archive_conflict(store_dir, archive, name: str, merge: bool = True) -> Tuple
         missing = {(r.get("experiment"), r.get("n"), r.get("replication")) for r in rows} - held
         if not missing:
             return None, 0
-        digest, version = store.experiment(name).model_digest(), store.version_of(name)
+        stored, version = store.experiment(name), store.version_of(name)
         merge = merge and not store.fresh
     # A run directory's own export may have no experiment.toml beside it (a run made through the Python
     # API): its definition is the store's.
     own = archive.resolve() == store_path(store_dir).parent.resolve()
-    why = _why_not_mixed(archive, name, digest, version, definition_optional=own)
+    why = _why_not_mixed(archive, rows, stored, version, definition_optional=own)
     if why is None and merge:
         with ResultStore(store_dir) as store:
             merged = store.merge_records(name, [r for r in rows
@@ -586,18 +586,19 @@ def archive_conflict(store_dir, archive, name: str, merge: bool = True) -> Tuple
             "(--replace-archive)"), 0
 
 
-def _why_not_mixed(archive: Path, name: str, digest: str, version: str,
+def _why_not_mixed(archive: Path, rows: List[dict], experiment: Experiment, version: str,
                    definition_optional: bool = False) -> Optional[str]:
-    """What ``archive`` holds instead of rows of experiment ``name`` with ``digest`` run by fastmoe
+    """What ``archive`` (its ``rows`` read) holds instead of rows of ``experiment`` run by fastmoe
     ``version``, worded to follow "the archive holds" (None when it holds those, so that a store of
     them may take its rows)."""
-    rows = read_csv(archive / CSV_FILENAME)
+    name = experiment.name
     if (archive / DEFINITION_FILENAME).is_file():
         archived = Experiment.load(archive / DEFINITION_FILENAME)
         if archived.name != name:
             return f"rows of the experiment {archived.name!r}"
-        if archived.model_digest() != digest:
-            return f"another definition (digest {archived.model_digest()})"
+        if archived.model_digest() != experiment.model_digest():
+            return (f"another definition (digest {archived.model_digest()}: "
+                    f"{definition_changes(archived.to_dict(), experiment.to_dict())} differ)")
     elif not definition_optional:
         return f"{CSV_FILENAME} but no {DEFINITION_FILENAME} (its rows cannot be read as a study)"
     others = sorted({str(r.get("experiment")) for r in rows} - {name})
@@ -625,12 +626,12 @@ def import_archive(experiment: Experiment, out, archive) -> tuple:
         with ResultStore(out, read_only=True) as store:
             if experiment.name in store.experiment_names():
                 return 0, None  # the store runs this study (archived jobs it lacks: archive_conflict)
-    why_not = why_not_resumable(experiment, archive)
-    if why_not:
-        return 0, why_not
-    _, records, _ = _load_archive(archive, None)
+    rows = read_csv(archive / CSV_FILENAME)
+    why = _why_not_mixed(archive, rows, experiment, __version__)
+    if why:
+        return 0, f"{archive} holds {why}"
     with ResultStore(out) as store:
-        return store.import_records(experiment, records), None
+        return store.import_records(experiment, rows), None
 
 
 def why_not_resumable(experiment: Experiment, archive) -> Optional[str]:
@@ -640,10 +641,7 @@ def why_not_resumable(experiment: Experiment, archive) -> Optional[str]:
     archive = Path(archive)
     if not (archive / CSV_FILENAME).is_file():
         return None
-    why = _why_not_mixed(archive, experiment.name, experiment.model_digest(), __version__)
-    if why and why.startswith("another definition"):
-        archived = Experiment.load(archive / DEFINITION_FILENAME)
-        why += f": {definition_changes(archived.to_dict(), experiment.to_dict())} differ"
+    why = _why_not_mixed(archive, read_csv(archive / CSV_FILENAME), experiment, __version__)
     return None if why is None else f"{archive} holds {why}"
 
 
