@@ -504,8 +504,9 @@ def fit(
     # starts diverged, their slopes growing as Newton steps gained 4e-9 nats each).
     every_start = (starts.diverged.size if starts is not None and starts.diverged.size > 1
                    and bool(starts.diverged.all()) else 0)
-    slopes_boxed = bounds is not None and bool(np.isfinite(bounds.expert_slope)) and (
-        n_experts == 1 or bool(np.isfinite(bounds.gate_slope)))  # one expert has no gating slopes
+    # One expert has no gating slopes: its expert slopes' bound is every slope's.
+    slopes_boxed = bounds is not None and (bounds.slopes_bounded
+                                           or (n_experts == 1 and bool(np.isfinite(bounds.expert_slope))))
     message = monitor.message(penalised=l2 > 0, empty_experts=best.empty_experts, boundary=best.boundary,
                               slopes_boxed=slopes_boxed,
                               active_bounds=active_bounds, definite=n_experts == 1, every_start=every_start)
